@@ -1,0 +1,58 @@
+# `make demo` and `make test` work from a fresh machine: they set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl
+
+# One thread per rank, DeepSpeed on its CPU accelerator, JIT-built ops cached between runs.
+export OMP_NUM_THREADS ?= 1
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup system-deps demo test test-fast lint clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages the multi-rank tests need (OpenMPI for mpirun, numactl for deepspeed --bind_cores_to_rank).
+system-deps:
+	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+# torch is pinned first (a CPU build here); constraints.txt pins everything else so no install
+# can swap torch for a CUDA build behind our back.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -c constraints.txt -e '.[train,operator,dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m rlhf synth-data --out $(DEMO_DIR)/data
+	$(PY) -m rlhf tiny-models --out $(DEMO_DIR)/models --data $(DEMO_DIR)/data
+	$(PY) -m rlhf train sft --config examples/tiny/sft.yaml checkpoint.output_dir=$(DEMO_DIR)/sft
+	$(PY) -m rlhf train reward --config examples/tiny/reward.yaml checkpoint.output_dir=$(DEMO_DIR)/reward
+
+test: setup
+	$(PY) -m ruff check rlhf tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check rlhf tests
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from rlhf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The `rlhf` command: one parser for every subcommand; stage options live in the typed configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlhf.config import STAGES, ConfigError, dump, load
+
+
+class UserError(Exception):
+    """A problem in the user's input: printed without a traceback, exit status 2."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=sorted(STAGES), help="which stage")
+    p.add_argument("--config", "-c", type=Path, help="YAML file with the stage config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.learning_rate=1e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF training: SFT -> reward model -> PPO on DeepSpeed")
+    # `deepspeed --module rlhf.cli` passes --local_rank; we read LOCAL_RANK from the environment instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one stage (resumes from its latest checkpoint)")
+    _add_config_args(p)
+
+    p = sub.add_parser("config", help="validate a stage config and print it with every default filled in")
+    _add_config_args(p)
+
+    p = sub.add_parser("synth-data", help="write our synthetic preference dataset (JSONL)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sft", type=int, default=2000)
+    p.add_argument("--n-pairs", type=int, default=2000)
+    p.add_argument("--n-heldout", type=int, default=200)
+
+    p = sub.add_parser("tiny-models", help="build a tiny tokenizer + actor and reward models offline")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="directory written by `rlhf synth-data` (tokenizer corpus)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load(STAGES[args.stage], args.config, args.overrides)
+    from rlhf.stages.loop import run_stage
+
+    summary = run_stage(cfg)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump(load(STAGES[args.stage], args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_synth_data(args: argparse.Namespace) -> int:
+    from rlhf.data.synthetic import generate
+
+    paths = generate(args.out, seed=args.seed, n_sft=args.n_sft, n_pairs=args.n_pairs, n_heldout=args.n_heldout)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_tiny_models(args: argparse.Namespace) -> int:
+    from rlhf.data.synthetic import corpus_texts
+    from rlhf.models.tiny import build_tiny_assets
+
+    paths = build_tiny_assets(args.out, corpus_texts(args.data), seed=args.seed)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rlhf.data.sources import DataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

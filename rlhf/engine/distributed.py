@@ -1,0 +1,68 @@
+"""Process-group environment: one mapping from any launcher to torch.distributed's variables.
+
+``torch.distributed`` (and DeepSpeed) read RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT. ``deepspeed`` and ``torchrun`` set them; OpenMPI's ``mpirun`` sets OMPI_COMM_WORLD_*
+instead; a bare ``python`` sets nothing. :func:`torch_env` fills them in for all three cases.
+This module does not import torch, so the container entrypoint can use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MASTER_PORT = "29500"
+
+# (torch variable, OpenMPI variable, fallback for a single process)
+_MPI_VARS = (
+    ("RANK", "OMPI_COMM_WORLD_RANK", "0"),
+    ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "1"),
+    ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "0"),
+    ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "1"),
+)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torch_env(env: Mapping[str, str], master_addr: str | None = None) -> dict[str, str]:
+    """The torch.distributed variables missing from ``env``, derived from the launcher's.
+
+    Variables already present win (``deepspeed``/``torchrun``). Under OpenMPI they come from
+    OMPI_COMM_WORLD_*; ``master_addr`` (e.g. the first host of the MPI hostfile) defaults to
+    127.0.0.1, which is right for one machine. A lone process gets rank 0 of 1 on a free port.
+    """
+    out: dict[str, str] = {}
+    under_mpi = "OMPI_COMM_WORLD_RANK" in env
+    for torch_var, mpi_var, single in _MPI_VARS:
+        if torch_var not in env:
+            out[torch_var] = env.get(mpi_var, single) if under_mpi else single
+    if "MASTER_ADDR" not in env:
+        out["MASTER_ADDR"] = master_addr or "127.0.0.1"
+    if "MASTER_PORT" not in env:
+        single_process = not under_mpi and "WORLD_SIZE" not in env
+        out["MASTER_PORT"] = str(free_port()) if single_process else DEFAULT_MASTER_PORT
+    return out
+
+
+def setup_env(environ: dict[str, str] | None = None) -> DistInfo:
+    """Fill in os.environ (or ``environ``) for torch.distributed and return this process's place."""
+    environ = os.environ if environ is None else environ
+    environ.update(torch_env(environ))
+    return DistInfo(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))

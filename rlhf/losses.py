@@ -1,0 +1,92 @@
+"""Pure tensor math: losses, label masks and score positions. No models, no I/O, no distributed.
+
+Every function takes plain tensors and is unit-tested on tiny hand-computed cases.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def sft_labels(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor, loss_on_prompt: bool
+) -> torch.Tensor:
+    """Labels for causal-LM training: padding (and, unless ``loss_on_prompt``, the prompt) ignored."""
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    if not loss_on_prompt:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        labels = labels.masked_fill(positions[None, :] < prompt_lens[:, None], IGNORE_INDEX)
+    return labels
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross entropy over labelled positions; returns (loss, number of tokens).
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``. With ``fp32`` the softmax runs in float32
+    (DeepSpeed-Chat's --compute_fp32_loss), which matters for bf16/fp16 logits.
+    """
+    shift_logits = logits[:, :-1, :]
+    shift_labels = labels[:, 1:]
+    if fp32:
+        shift_logits = shift_logits.float()
+    n_tokens = (shift_labels != IGNORE_INDEX).sum()
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss / n_tokens.clamp(min=1), n_tokens
+
+
+def end_index(input_ids: torch.Tensor, pad_id: int, num_padding_at_beginning: int = 0) -> torch.Tensor:
+    """Per row, the index of the first padding token (the sequence length if none).
+
+    DeepSpeed-Chat semantics: the first ``num_padding_at_beginning`` tokens equal to ``pad_id``
+    are not padding (OPT's BOS when pad = eos). The score of a sequence is its value at
+    ``end_index - 1``, the last real token.
+    """
+    is_pad = input_ids == pad_id
+    nth_pad = is_pad & (is_pad.cumsum(dim=1) == num_padding_at_beginning + 1)
+    seq_len = torch.full_like(input_ids[:, 0], input_ids.size(1))
+    return torch.where(nth_pad.any(dim=1), nth_pad.int().argmax(dim=1), seq_len)
+
+
+def gather_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[i, index[i]]`` for every row."""
+    return values.gather(1, index[:, None]).squeeze(1)
+
+
+def pairwise_reward_loss(
+    chosen_values: torch.Tensor,
+    rejected_values: torch.Tensor,
+    chosen_ids: torch.Tensor,
+    rejected_ids: torch.Tensor,
+    pad_id: int,
+    num_padding_at_beginning: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeepSpeed-Chat's reward-model loss; returns (loss, chosen scores, rejected scores).
+
+    For each pair, ``-logsigmoid(v_chosen - v_rejected)`` is averaged over the token positions from
+    where the two sequences first differ to where the longer one ends, then over pairs. Scores are
+    the values at each sequence's last real token. Identical pairs use only the last position.
+    Both id tensors must have the same (padded) length.
+    """
+    seq_len = chosen_ids.size(1)
+    c_end = end_index(chosen_ids, pad_id, num_padding_at_beginning)
+    r_end = end_index(rejected_ids, pad_id, num_padding_at_beginning)
+    differs = chosen_ids != rejected_ids
+    diverged = differs.any(dim=1)
+    divergence = torch.where(diverged, differs.int().argmax(dim=1), torch.full_like(c_end, seq_len - 1))
+    r_end = torch.where(diverged, r_end, c_end)
+    span_end = torch.where(diverged, torch.maximum(c_end, r_end), torch.full_like(c_end, seq_len))
+    positions = torch.arange(seq_len, device=chosen_ids.device)[None, :]
+    span = (positions >= divergence[:, None]) & (positions < span_end[:, None])
+    per_token = -F.logsigmoid(chosen_values.float() - rejected_values.float())
+    per_pair = (per_token * span).sum(dim=1) / span.sum(dim=1).clamp(min=1)
+    chosen_scores = gather_at(chosen_values, (c_end - 1).clamp(min=0))
+    rejected_scores = gather_at(rejected_values, (r_end - 1).clamp(min=0))
+    return per_pair.mean(), chosen_scores, rejected_scores

@@ -1,0 +1,70 @@
+"""Load tokenizers and models from a Hub id or a local directory, with DeepSpeed-Chat's knobs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from rlhf.config.parts import DataConfig, ModelConfig
+
+_DROPOUT_ATTRS = (
+    "dropout", "attention_dropout", "hidden_dropout", "activation_dropout", "resid_pdrop", "embd_pdrop",
+    "attn_pdrop", "summary_first_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+)
+
+
+def load_tokenizer(model: ModelConfig, data: DataConfig | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer from ``model.tokenizer`` (default: the model path), right-padded for training.
+
+    A tokenizer without a pad token pads with its eos token (as DeepSpeed-Chat does); a configured
+    end-of-text token missing from the vocabulary is added as a special token.
+    """
+    source = model.tokenizer or model.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {source} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if data is not None and data.add_eot_token and data.eot_token:
+        if data.eot_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [data.eot_token]})
+    return tokenizer
+
+
+def model_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, **extra: Any):
+    """The HF config with our dropout override and the tokenizer's special ids."""
+    config = AutoConfig.from_pretrained(model.name_or_path, trust_remote_code=model.trust_remote_code, **extra)
+    if model.dropout is not None:
+        for attr in _DROPOUT_ATTRS:
+            if isinstance(getattr(config, attr, None), float):
+                setattr(config, attr, model.dropout)
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        config.eos_token_id = tokenizer.eos_token_id
+    return config
+
+
+def finish_model(module: torch.nn.Module, model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow embeddings to fit the tokenizer (to a multiple of 8) and switch on checkpointing."""
+    vocab = module.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        module.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+    if model.gradient_checkpointing:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        module.config.use_cache = False
+
+
+def load_causal_lm(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32):
+    """A causal LM ready for training (weights in ``dtype``; DeepSpeed casts to its precision)."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    module = AutoModelForCausalLM.from_pretrained(
+        model.name_or_path, config=model_config(model, tokenizer), **kwargs
+    )
+    finish_model(module, model, tokenizer)
+    return module

@@ -1,0 +1,75 @@
+"""What a training stage plugs into the shared loop (:mod:`rlhf.stages.loop`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rlhf.config.stages import StageConfig
+from rlhf.engine.setup import Runtime
+
+Batch = dict[str, torch.Tensor]
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to ``length``: (input_ids, attention_mask)."""
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class Stage(ABC):
+    """A stage: its model, how a batch is collated, its training loss and its evaluation."""
+
+    name: ClassVar[str]
+    lora_task: ClassVar[str]
+
+    def __init__(self, cfg: StageConfig, runtime: Runtime, tokenizer):
+        self.cfg = cfg
+        self.runtime = runtime
+        self.tokenizer = tokenizer
+
+    def padded_length(self, longest: int) -> int:
+        """Batch length: the longest row, or max_seq_len for static shapes (Gaudi)."""
+        if self.cfg.data.pad_to_max_length or self.runtime.accel.static_shapes:
+            return self.cfg.data.max_seq_len
+        return longest
+
+    @abstractmethod
+    def build_model(self, dtype: torch.dtype) -> nn.Module:
+        """The trainable model, LoRA applied when configured."""
+
+    @abstractmethod
+    def build_skeleton(self) -> nn.Module:
+        """The same structure as build_model, for export; called under the meta device."""
+
+    @abstractmethod
+    def collate(self, rows: list[dict[str, Any]]) -> Batch: ...
+
+    @abstractmethod
+    def train_loss(self, engine, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss to backpropagate and detached metrics of this micro-batch."""
+
+    @abstractmethod
+    def eval_sums(self, engine, batch: Batch) -> dict[str, torch.Tensor]:
+        """Additive statistics of one eval batch (summed across batches and ranks)."""
+
+    @abstractmethod
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Eval metrics from the summed statistics."""
+
+    @abstractmethod
+    def real_tokens(self, batch: Batch) -> int:
+        """Non-padding tokens in a batch (for throughput)."""
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The model to save_pretrained, given the materialized trained structure (LoRA merged)."""
+        from rlhf.models.export import merge_lora
+
+        return merge_lora(model)

@@ -1,0 +1,70 @@
+import math
+
+import torch
+
+from rlhf import losses
+
+PAD = 0
+
+
+def test_sft_labels_mask_prompt_and_padding():
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    mask = (ids != PAD).long()
+    prompt = torch.tensor([2, 1])
+    assert losses.sft_labels(ids, mask, prompt, loss_on_prompt=False).tolist() == [
+        [-100, -100, 7, 8], [-100, 6, -100, -100]]
+    assert losses.sft_labels(ids, mask, prompt, loss_on_prompt=True).tolist() == [[5, 6, 7, 8], [5, 6, -100, -100]]
+
+
+def test_causal_lm_loss_by_hand():
+    # Vocabulary of 2, uniform logits except one confident position.
+    logits = torch.zeros(1, 3, 2)
+    logits[0, 1] = torch.tensor([0.0, math.log(3.0)])  # p(token 1) = 0.75 at position 1
+    labels = torch.tensor([[-100, 0, 1]])  # position 0 predicts label 0; position 1 predicts label 1
+    loss, n = losses.causal_lm_loss(logits, labels)
+    expected = (-math.log(0.5) - math.log(0.75)) / 2
+    assert n.item() == 2
+    assert abs(loss.item() - expected) < 1e-6
+    loss32, _ = losses.causal_lm_loss(logits.bfloat16(), labels, fp32=True)
+    assert loss32.dtype == torch.float32
+
+
+def test_end_index_with_padding_at_beginning():
+    ids = torch.tensor([[1, 4, 5, 1, 1], [1, 4, 1, 1, 1], [3, 4, 5, 6, 7]])
+    # pad id 1 is also the BOS: the first one is not padding
+    assert losses.end_index(ids, pad_id=1, num_padding_at_beginning=1).tolist() == [3, 2, 5]
+    assert losses.end_index(ids, pad_id=1, num_padding_at_beginning=0).tolist() == [0, 0, 5]
+
+
+def test_pairwise_loss_matches_deepspeed_chat_by_hand():
+    chosen = torch.tensor([[7, 8, 9, 0, 0]])
+    rejected = torch.tensor([[7, 8, 3, 4, 0]])
+    cv = torch.tensor([[0.1, 0.2, 1.0, 2.0, 3.0]])
+    rv = torch.tensor([[0.1, 0.2, 0.0, -1.0, 5.0]])
+    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD)
+    # diverge at 2, chosen ends at 3, rejected at 4 -> positions 2 and 3
+    expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(-3.0)))) / 2
+    assert abs(loss.item() - expected) < 1e-6
+    assert cs.tolist() == [1.0]  # value at the last real chosen token (index 2)
+    assert rs.tolist() == [-1.0]  # index 3
+
+
+def test_pairwise_loss_identical_pair_uses_last_position():
+    ids = torch.tensor([[7, 8, 0]])
+    cv = torch.tensor([[0.0, 1.0, 2.0]])
+    rv = torch.tensor([[0.0, 1.0, 0.0]])
+    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, ids, ids, pad_id=PAD)
+    assert abs(loss.item() - (-math.log(1 / (1 + math.exp(-2.0))))) < 1e-6
+    assert cs.tolist() == rs.tolist() == [1.0]
+
+
+def test_pairwise_loss_batch_is_mean_of_pairs_and_grad_flows():
+    chosen = torch.tensor([[7, 8, 0], [5, 6, 7]])
+    rejected = torch.tensor([[7, 9, 0], [5, 1, 0]])
+    cv = torch.zeros(2, 3, requires_grad=True)
+    rv = torch.zeros(2, 3)
+    loss, _, _ = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD)
+    assert abs(loss.item() - math.log(2)) < 1e-6
+    loss.backward()
+    # only positions inside each pair's divergent span get gradient
+    assert (cv.grad != 0).tolist() == [[False, True, False], [False, True, True]]
