@@ -86,7 +86,14 @@ COMMANDS = {"train": cmd_train, "config": cmd_config, "synth-data": cmd_synth_da
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after options (argparse cannot interleave them with subcommands).
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from rlhf.data.sources import DataError
 
     try:

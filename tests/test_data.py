@@ -12,6 +12,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from rlhf.config.parts import DataSource
 from rlhf.config.stages import StageConfig
 from rlhf.data import cache as cache_mod
 from rlhf.data import sources as sources_mod
@@ -70,6 +71,10 @@ def pairs(tag: str, n: int) -> list[dict]:
             for i in range(n)]
 
 
+def resolve_source_path(path: Path, fmt: str = "auto"):
+    return resolve_source(DataSource(path=str(path), format=fmt))
+
+
 def make_cfg(tmp_path: Path, **data) -> DataOnly:
     data.setdefault("cache_dir", str(tmp_path / "cache"))
     return DataOnly(checkpoint={"output_dir": str(tmp_path / "out")}, data=data)
@@ -88,12 +93,6 @@ def test_hh_format_from_save_to_disk_dir_named_like_hub(tmp_path):
     assert data.source.format == "hh" and data.source.kind == "disk"
     assert data.train == [Record(row["prompt"], row["chosen"], row["rejected"])] * 3
     assert data.eval == [Record(row["prompt"], " hey", row["rejected"])]
-
-
-def resolve_source_path(path: Path, fmt: str = "auto"):
-    from rlhf.config.parts import DataSource
-
-    return resolve_source(DataSource(path=str(path), format=fmt))
 
 
 def test_gptj_pairwise_wraps_prompt_and_answers(tmp_path):
@@ -132,8 +131,6 @@ def test_json_dir_with_test_split_and_local_jsonfile(tmp_path, monkeypatch):
 
     write_json(tmp_path / "chat" / "data" / "train.json", pairs("a", 2))
     write_json(tmp_path / "chat" / "data" / "eval.json", pairs("b", 1))
-    from rlhf.config.parts import DataSource
-
     explicit = load_source(DataSource(path=f"local/jsonfile:{tmp_path / 'chat'}"), require_rejected=True)
     monkeypatch.chdir(tmp_path / "chat")
     implicit = load_source(DataSource(path="local/jsonfile"), require_rejected=True)
@@ -145,8 +142,6 @@ def test_json_dir_with_test_split_and_local_jsonfile(tmp_path, monkeypatch):
 
 
 def test_hub_dataset_and_unloadable_name(monkeypatch):
-    from rlhf.config.parts import DataSource
-
     row = {"prompt": "\n\nHuman: q\n\nAssistant:", "chosen": " a", "rejected": " b"}
     calls = []
 
@@ -236,6 +231,13 @@ def test_unreadable_file_is_never_skippable(tmp_path, name, content, expected):
     assert str(path) in str(err.value)
 
 
+def test_json_file_may_hold_json_lines(tmp_path):
+    one = write_jsonl(tmp_path / "one.json", pairs("x", 1))
+    two = write_jsonl(tmp_path / "two.json", pairs("y", 2))
+    assert len(load_source(resolve_source_path(one), require_rejected=True).train) == 1
+    assert len(load_source(resolve_source_path(two), require_rejected=True).train) == 2
+
+
 def test_all_records_bad_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ["oops\n", "nope\n"])
     with pytest.raises(DataError, match="no usable training records .2 bad records skipped"):
@@ -260,7 +262,7 @@ def test_split_deterministic_disjoint_covering():
 def test_zero_share_gives_empty_part(shares):
     for n in (0, 1, 2, 3, 7, 10):
         parts = split_records(list(range(n)), shares, seed=1)
-        assert all(not p for p, s in zip(parts, shares) if s == 0)
+        assert all(not p for p, s in zip(parts, shares, strict=True) if s == 0)
         assert sorted(x for p in parts for x in p) == list(range(n))
     assert split_bounds(10, (1, 1, 1)) == [0, 3, 7, 10]
 
@@ -285,7 +287,7 @@ def decode_sft(tokenizer, ds) -> list[tuple[str, str]]:
 
 def test_blending_two_sources_and_sft_only_phase0_only(tmp_path, tokenizer):
     a = write_jsonl(tmp_path / "a.jsonl", pairs("a", 20))
-    b = write_json(tmp_path / "b" / "train.json", pairs("b", 10))
+    write_json(tmp_path / "b" / "train.json", pairs("b", 10))
     s = write_jsonl(tmp_path / "s.jsonl", [{"prompt": f"Human: s{i}?\n\nAssistant:", "chosen": f" good s{i}"}
                                            for i in range(5)])
     cfg = make_cfg(tmp_path, paths=[str(a), str(tmp_path / "b")], sft_only_paths=[str(s)], split="1,1,2",

@@ -40,7 +40,13 @@ SPLITS = ("train", "eval")
 
 @dataclass
 class PhaseData:
-    """A phase's tokenized samples (None when empty) and how they were made."""
+    """A phase's tokenized samples (None when empty) and how they were made.
+
+    ``stats``: phase; sources (per source: path, format, kind, train/eval records read, and
+    train/eval_per_phase chunk sizes or, for SFT-only sources, train/eval_used); skipped_bad_records
+    ({file or name[split]: count}); dropped ({split: {truncated, identical}}); train/eval_samples;
+    cache_key; cache_dir; reused (False only on the rank that built the cache in this call).
+    """
 
     train: datasets.Dataset | None
     eval: datasets.Dataset | None
@@ -52,7 +58,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        spec = json.loads(backend.to_str())
+        for transient in ("truncation", "padding"):  # call-time settings, not the tokenizer
+            spec.pop(transient, None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps([getattr(tokenizer, "eos_token", None), getattr(tokenizer, "bos_token", None)]).encode())
@@ -124,7 +133,7 @@ def _build(
 ) -> dict[str, Any]:
     """Write the cache for one key to ``target`` atomically; returns its stats."""
     stats: dict[str, Any] = {"phase": phase, "sources": [], "skipped_bad_records": {}, "dropped": {}}
-    records = dict(zip(SPLITS, _phase_records(data, phase, seed, sources, sft_only, stats)), strict=True)
+    records = dict(zip(SPLITS, _phase_records(data, phase, seed, sources, sft_only, stats), strict=True))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:

@@ -166,7 +166,7 @@ def resolve_source(source: DataSource) -> ResolvedSource:
 def _load_hub(name: str) -> Any:
     try:
         return datasets.load_dataset(name)
-    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+    except Exception as e:  # any failure means the same to the user
         raise DataError(
             f"{name}: neither a local file/directory nor a loadable dataset "
             f"(datasets.load_dataset failed: {type(e).__name__}: {e})"
@@ -216,8 +216,8 @@ RawRow = dict[str, Any] | _Bad
 
 def _json_rows(path: Path) -> Iterator[tuple[str, RawRow]]:
     """(location, row or _Bad) for each record of a JSON array / JSON lines file."""
-    text = _read_text(path)
-    stripped = text.lstrip("\ufeff \t\r\n")
+    text = _read_text(path).removeprefix("\ufeff")
+    stripped = text.lstrip()
     if path.suffix != ".jsonl" and stripped.startswith("["):
         try:
             rows = json.loads(stripped)
@@ -227,12 +227,12 @@ def _json_rows(path: Path) -> Iterator[tuple[str, RawRow]]:
             where = f"record {i}"
             yield where, row if isinstance(row, dict) else _Bad(where, None, f"not an object ({type(row).__name__})")
         return
-    if path.suffix != ".jsonl":
-        try:
+    if path.suffix != ".jsonl" and len([line for line in text.splitlines() if line.strip()]) > 1:
+        try:  # a multi-line .json that is one JSON value (not a list) is neither format
             whole = json.loads(stripped)
         except json.JSONDecodeError:
-            whole = None  # not one JSON value: JSON lines
-        if whole is not None and not isinstance(whole, list):
+            whole = None  # JSON lines
+        if whole is not None:
             raise DataError(f"{path}: expected a JSON list of objects or JSON lines, got a {type(whole).__name__}")
     index = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -349,7 +349,7 @@ def load_source(
 def _load_disk(path: str) -> Any:
     try:
         return datasets.load_from_disk(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # not a readable save_to_disk directory
         raise DataError(f"{path}: cannot load the save_to_disk dataset ({type(e).__name__}: {e})") from e
 
 

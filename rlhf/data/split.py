@@ -53,7 +53,7 @@ def split_records(records: Sequence[T], shares: Sequence[float], seed: int) -> l
     """Permute ``records`` with ``seed`` and cut them into ``len(shares)`` disjoint contiguous chunks."""
     order = shuffle_indices(len(records), seed)
     bounds = split_bounds(len(records), shares)
-    return [[records[i] for i in order[lo:hi]] for lo, hi in zip(bounds, bounds[1:])]
+    return [[records[i] for i in order[lo:hi]] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def hold_out(records: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:

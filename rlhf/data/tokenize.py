@@ -87,7 +87,7 @@ def tokenize_records(
 
     chosen = _ids(tokenizer, [r.chosen for r in records])
     if phase == 0:
-        for p, a in zip(prompts, chosen):
+        for p, a in zip(prompts, chosen, strict=True):
             ids = join(p, a)
             if ids is None:
                 dropped["truncated"] += 1
@@ -100,7 +100,7 @@ def tokenize_records(
     if any(r.rejected is None for r in records):
         raise DataError("reward-model data needs a 'rejected' answer in every record")
     rejected = _ids(tokenizer, [r.rejected or "" for r in records])
-    for p, c, r in zip(prompts, chosen, rejected):
+    for p, c, r in zip(prompts, chosen, rejected, strict=True):
         c_ids, r_ids = join(p, c), join(p, r)
         if c_ids is None or r_ids is None:
             dropped["truncated"] += 1
