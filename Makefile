@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl
+DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev
 
 # One thread per rank, DeepSpeed on its CPU accelerator, JIT-built ops cached between runs.
 export OMP_NUM_THREADS ?= 1

@@ -67,12 +67,19 @@ def pairwise_reward_loss(
     rejected_ids: torch.Tensor,
     pad_id: int,
     num_padding_at_beginning: int = 0,
+    kind: str = "last_token",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeepSpeed-Chat's reward-model loss; returns (loss, chosen scores, rejected scores).
+    """Pairwise reward-model loss; returns (loss, chosen scores, rejected scores).
 
-    For each pair, ``-logsigmoid(v_chosen - v_rejected)`` is averaged over the token positions from
-    where the two sequences first differ to where the longer one ends, then over pairs. Scores are
-    the values at each sequence's last real token. Identical pairs use only the last position.
+    Scores are the values at each sequence's last real token. ``kind``:
+
+    - ``last_token`` (Bradley-Terry): ``-logsigmoid(score_chosen - score_rejected)`` averaged over
+      pairs. It trains exactly the score that evaluation and PPO read.
+    - ``divergence`` (DeepSpeed-Chat): ``-logsigmoid(v_chosen - v_rejected)`` averaged over the token
+      positions from where the two sequences first differ to where the longer one ends, then over
+      pairs; identical pairs use only the last position. Positions past the shorter sequence's end
+      compare against values of padding, which a model can learn to exploit.
+
     Both id tensors must have the same (padded) length.
     """
     seq_len = chosen_ids.size(1)
@@ -85,8 +92,12 @@ def pairwise_reward_loss(
     span_end = torch.where(diverged, torch.maximum(c_end, r_end), torch.full_like(c_end, seq_len))
     positions = torch.arange(seq_len, device=chosen_ids.device)[None, :]
     span = (positions >= divergence[:, None]) & (positions < span_end[:, None])
-    per_token = -F.logsigmoid(chosen_values.float() - rejected_values.float())
-    per_pair = (per_token * span).sum(dim=1) / span.sum(dim=1).clamp(min=1)
     chosen_scores = gather_at(chosen_values, (c_end - 1).clamp(min=0))
     rejected_scores = gather_at(rejected_values, (r_end - 1).clamp(min=0))
+    if kind == "last_token":
+        return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean(), chosen_scores, rejected_scores
+    if kind != "divergence":
+        raise ValueError(f"unknown pairwise loss {kind!r}")
+    per_token = -F.logsigmoid(chosen_values.float() - rejected_values.float())
+    per_pair = (per_token * span).sum(dim=1) / span.sum(dim=1).clamp(min=1)
     return per_pair.mean(), chosen_scores, rejected_scores

@@ -41,7 +41,7 @@ def test_pairwise_loss_matches_deepspeed_chat_by_hand():
     rejected = torch.tensor([[7, 8, 3, 4, 0]])
     cv = torch.tensor([[0.1, 0.2, 1.0, 2.0, 3.0]])
     rv = torch.tensor([[0.1, 0.2, 0.0, -1.0, 5.0]])
-    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD)
+    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD, kind="divergence")
     # diverge at 2, chosen ends at 3, rejected at 4 -> positions 2 and 3
     expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(-3.0)))) / 2
     assert abs(loss.item() - expected) < 1e-6
@@ -53,7 +53,7 @@ def test_pairwise_loss_identical_pair_uses_last_position():
     ids = torch.tensor([[7, 8, 0]])
     cv = torch.tensor([[0.0, 1.0, 2.0]])
     rv = torch.tensor([[0.0, 1.0, 0.0]])
-    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, ids, ids, pad_id=PAD)
+    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, ids, ids, pad_id=PAD, kind="divergence")
     assert abs(loss.item() - (-math.log(1 / (1 + math.exp(-2.0))))) < 1e-6
     assert cs.tolist() == rs.tolist() == [1.0]
 
@@ -63,8 +63,22 @@ def test_pairwise_loss_batch_is_mean_of_pairs_and_grad_flows():
     rejected = torch.tensor([[7, 9, 0], [5, 1, 0]])
     cv = torch.zeros(2, 3, requires_grad=True)
     rv = torch.zeros(2, 3)
-    loss, _, _ = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD)
+    loss, _, _ = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD, kind="divergence")
     assert abs(loss.item() - math.log(2)) < 1e-6
     loss.backward()
     # only positions inside each pair's divergent span get gradient
     assert (cv.grad != 0).tolist() == [[False, True, False], [False, True, True]]
+
+
+def test_last_token_loss_is_bradley_terry_on_scores():
+    chosen = torch.tensor([[7, 8, 9, 0], [5, 6, 0, 0]])
+    rejected = torch.tensor([[7, 8, 0, 0], [5, 6, 7, 8]])
+    cv = torch.tensor([[0.0, 0.0, 2.0, 9.0], [0.0, 1.0, 9.0, 9.0]], requires_grad=True)
+    rv = torch.tensor([[0.0, 0.5, 9.0, 9.0], [0.0, 0.0, 0.0, 3.0]])
+    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, chosen, rejected, pad_id=PAD)
+    assert cs.tolist() == [2.0, 1.0] and rs.tolist() == [0.5, 3.0]
+    expected = (math.log1p(math.exp(-1.5)) + math.log1p(math.exp(2.0))) / 2
+    assert abs(loss.item() - expected) < 1e-6
+    loss.backward()
+    # gradient reaches only the scored positions, never padding
+    assert (cv.grad != 0).tolist() == [[False, False, True, False], [False, True, False, False]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -61,6 +61,11 @@ class RewardConfig(StageConfig):
     phase: ClassVar[int] = 1
     name: ClassVar[str] = "reward"
     model: RewardModelConfig
+    pairwise_loss: Literal["last_token", "divergence"] = Field(
+        "last_token",
+        description="last_token: Bradley-Terry on the sequence scores; divergence: DeepSpeed-Chat's "
+        "per-token loss over the span where chosen and rejected differ",
+    )
 
     @model_validator(mode="after")
     def _check_data(self) -> RewardConfig:

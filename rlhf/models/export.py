@@ -27,20 +27,19 @@ def gather_state_dict(module: nn.Module, is_main: bool) -> dict[str, torch.Tenso
     import deepspeed
 
     state: dict[str, torch.Tensor] = {}
-    seen: dict[int, torch.Tensor] = {}
+    first_name: dict[int, str] = {}  # every rank tracks tied weights, so all gather the same tensors
     for name, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:  # tied weights: gather once
+        if id(tensor) in first_name:  # tied weights: gather once
             if is_main:
-                state[name] = seen[id(tensor)]
+                state[name] = state[first_name[id(tensor)]]
             continue
+        first_name[id(tensor)] = name
         if _is_zero3_param(tensor):
             with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
-                copy = tensor.detach().cpu().clone() if is_main else None
-        else:
-            copy = tensor.detach().cpu().clone() if is_main else None
-        if is_main:
-            seen[id(tensor)] = copy
-            state[name] = copy
+                if is_main:
+                    state[name] = tensor.detach().cpu().clone()
+        elif is_main:
+            state[name] = tensor.detach().cpu().clone()
     return state if is_main else None
 
 

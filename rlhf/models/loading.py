@@ -29,9 +29,8 @@ def load_tokenizer(model: ModelConfig, data: DataConfig | None = None) -> PreTra
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {source} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    if data is not None and data.add_eot_token and data.eot_token:
-        if data.eot_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [data.eot_token]})
+    if data is not None and data.add_eot_token and data.eot_token and data.eot_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [data.eot_token]})
     return tokenizer
 
 

@@ -68,6 +68,10 @@ class Stage(ABC):
     def real_tokens(self, batch: Batch) -> int:
         """Non-padding tokens in a batch (for throughput)."""
 
+    def samples(self, batch: Batch) -> int:
+        """Training examples in a batch."""
+        return int(batch["input_ids"].size(0))
+
     def export_model(self, model: nn.Module) -> nn.Module:
         """The model to save_pretrained, given the materialized trained structure (LoRA merged)."""
         from rlhf.models.export import merge_lora

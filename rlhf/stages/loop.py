@@ -10,7 +10,6 @@ scheduler and RNG state as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -26,7 +25,14 @@ from rlhf.config import dump
 from rlhf.config.stages import StageConfig
 from rlhf.data.cache import prepare_phase_data
 from rlhf.engine.ds_config import build_ds_config
-from rlhf.engine.setup import Runtime, barrier, init_runtime, initialize_training, torch_dtype, zero3_model_init
+from rlhf.engine.setup import (
+    Runtime,
+    barrier,
+    init_runtime,
+    initialize_training,
+    torch_dtype,
+    zero3_model_init,
+)
 from rlhf.models.export import gather_state_dict, materialize, save_hf
 from rlhf.models.loading import load_tokenizer
 from rlhf.stages import checkpoint
@@ -98,9 +104,11 @@ class Trainer:
         )
 
     def _loader(self, dataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
+        # Its own generator: creating an iterator must not draw from the global RNG (which drives
+        # dropout), or a resumed job would see different random numbers than an uninterrupted one.
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.stage.collate,
-            num_workers=self.cfg.data.num_workers,
+            num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -123,7 +131,6 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg, rt, optim = self.cfg, self.rt, self.cfg.optim
-        dtype = torch_dtype(cfg.deepspeed)
         accum = optim.gradient_accumulation_steps
         micro_per_epoch = len(self._loader(self.data.train, self._sampler(self.data.train, True),
                                            optim.per_device_train_batch_size))
@@ -140,6 +147,7 @@ class Trainer:
         with zero3_model_init(ds_config):
             model = self.stage.build_model(torch.float32)
         engine = initialize_training(model, rt, ds_config, cfg.deepspeed, optim, cfg.lora, total_steps)
+        self.engine = engine
 
         state = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0, "train_seconds": 0.0, "real_tokens": 0,
                  "samples": 0}
@@ -168,17 +176,19 @@ class Trainer:
         tokens_window = 0
         engine.train()
         done = step >= total_steps
+        boundary = True
 
         def save(epoch: int, micro: int) -> None:
             client = dict(state, global_step=step, epoch=epoch, micro_in_epoch=micro)
             checkpoint.save(engine, self.ckpt_dir, step, client, rt.dist.rank, cfg.checkpoint.keep_last)
 
-        for epoch in range(state["epoch"], optim.epochs):
+        resume_epoch, resume_micro = state["epoch"], state["micro_in_epoch"]
+        for epoch in range(resume_epoch, optim.epochs):
             if done:
                 break
             sampler = self._sampler(self.data.train, shuffle=True)
             sampler.set_epoch(epoch)
-            skip = state["micro_in_epoch"] if epoch == state["epoch"] else 0
+            skip = resume_micro if epoch == resume_epoch else 0
             loader = self._loader(self.data.train, SkipSampler(sampler, skip * optim.per_device_train_batch_size),
                                   optim.per_device_train_batch_size)
             micro = skip
@@ -194,7 +204,7 @@ class Trainer:
                 tokens = self.stage.real_tokens(batch)
                 tokens_window += tokens
                 state["real_tokens"] += tokens
-                state["samples"] += batch["input_ids"].size(0)
+                state["samples"] += self.stage.samples(batch)
                 for k, v in metrics.items():
                     window[k] = window.get(k, 0.0) + float(v)
                 window_n += 1
@@ -211,20 +221,19 @@ class Trainer:
                     tracker.log(step, "train", row)
                     window, window_n, tokens_window, t_window = {}, 0, 0, time.perf_counter()
                 end_of_epoch = micro >= micro_per_epoch
-                if cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0 and not end_of_epoch:
-                    last_eval = self.evaluate(engine)
-                    tracker.log(step, "eval", last_eval)
                 done = step >= total_steps
                 if done or end_of_epoch:
-                    break
+                    break  # evaluated and saved below
+                if cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0:
+                    last_eval = self.evaluate(engine)
+                    tracker.log(step, "eval", last_eval)
                 if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0:
                     save(epoch, micro)
             next_epoch = micro >= micro_per_epoch
             if not cfg.logging.eval_interval or done or next_epoch:
                 last_eval = self.evaluate(engine)
                 tracker.log(step, "eval", last_eval)
-            if next_epoch and not done:
-                state["epoch"] = epoch + 1
+            if next_epoch and not done and boundary:  # never checkpoint half-accumulated gradients
                 save(epoch + 1, 0)
             if done:
                 save(epoch + (1 if next_epoch else 0), 0 if next_epoch else micro)

@@ -54,7 +54,7 @@ class RewardStage(Stage):
         ids = batch["input_ids"]
         return losses.pairwise_reward_loss(
             values[:half], values[half:], ids[:half], ids[half:],
-            self.tokenizer.pad_token_id, self.cfg.model.num_padding_at_beginning,
+            self.tokenizer.pad_token_id, self.cfg.model.num_padding_at_beginning, self.cfg.pairwise_loss,
         )
 
     def train_loss(self, engine, batch: Batch):
@@ -81,6 +81,9 @@ class RewardStage(Stage):
             "chosen_score": sums["chosen_sum"] / n,
             "rejected_score": sums["rejected_sum"] / n,
         }
+
+    def samples(self, batch: Batch) -> int:
+        return int(batch["input_ids"].size(0)) // 2  # chosen and rejected rows of each pair
 
     def real_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())

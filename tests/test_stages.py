@@ -1,0 +1,89 @@
+"""Tiny SFT and reward-model runs in-process (one rank, CPU/gloo)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf.config import RewardConfig, SFTConfig, load
+from rlhf.stages.loop import run_stage
+
+
+def _rows(out, split):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    cfg = load(SFTConfig, None, tiny.sft_overrides(out, "optim.max_steps=24", "logging.eval_interval=6",
+                                                    "checkpoint.save_interval=6"))
+    return out, cfg, run_stage(cfg)
+
+
+def test_sft_learns_and_saves_a_loadable_model(sft_run):
+    out, cfg, summary = sft_run
+    assert summary["status"] == "completed" and summary["global_step"] == 24
+    evals = _rows(out, "eval")
+    assert [r["step"] for r in evals] == [6, 12, 18, 24]
+    assert evals[-1]["perplexity"] < evals[0]["perplexity"] * 0.8, evals
+    assert summary["metrics"]["eval/perplexity"] == pytest.approx(evals[-1]["perplexity"])
+    assert len(_rows(out, "train")) == 12  # log_interval=2
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+    model_dir = out / "model"
+    assert (model_dir / "model.safetensors").is_file()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = tok("Human: Say apple twice.\n\nAssistant:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    # keep_last=2: only the two newest checkpoints remain
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-18", "step-24"]
+    assert (out / "config.yaml").is_file()
+
+
+def test_sft_rerun_resumes_finished_stage_without_training(sft_run):
+    out, cfg, first = sft_run
+    before = (out / "model" / "model.safetensors").read_bytes()
+    again = run_stage(cfg)
+    assert again["resumed_from_step"] == 24 and again["global_step"] == 24
+    assert again["data"]["reused"] is True
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    assert again["metrics"] == pytest.approx(first["metrics"])
+
+
+def test_reward_model_learns_preferences(tiny, tmp_path):
+    cfg = load(RewardConfig, None, tiny.reward_overrides(tmp_path, "optim.epochs=2"))
+    summary = run_stage(cfg)
+    m = summary["metrics"]
+    assert m["eval/accuracy"] >= 0.8, m
+    assert m["eval/chosen_score"] > m["eval/rejected_score"]
+
+    # Saved as a standard sequence-classification checkpoint with our padding semantics.
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert hf.config.num_labels == 1 and hf.config.num_padding_at_beginning == 0
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    good = "Human: Say cat twice.\n\nAssistant: cat cat. Hope this helps!"
+    bad = "Human: Say cat twice.\n\nAssistant: Hope this helps!"
+    batch = tok([good, bad], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = hf(**batch).logits.squeeze(-1)
+    assert scores.shape == (2,)
+
+
+def test_lora_sft_merges_adapters_into_saved_model(tiny, tmp_path):
+    cfg = load(SFTConfig, None, tiny.sft_overrides(tmp_path, "optim.max_steps=6", "lora.dim=4",
+                                                    "lora.only_optimize_lora=true", "lora.learning_rate=1e-2"))
+    summary = run_stage(cfg)
+    assert summary["status"] == "completed"
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny.actor)
+    names = dict(saved.named_parameters())
+    assert not any("lora" in n for n in names), "adapters must be merged, not saved"
+    changed = [n for n, p in base.named_parameters() if not torch.equal(p, names[n])]
+    # only the LoRA-targeted linear layers changed; embeddings and norms are frozen
+    assert changed and all("proj" in n or "fc" in n for n in changed), changed
