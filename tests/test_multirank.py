@@ -76,6 +76,7 @@ def assert_ranks_agree(results: list[dict]) -> None:
         ("mpirun", "sft", 3, ["deepspeed.stage3_max_live_parameters=0", "deepspeed.stage3_param_persistence_threshold=0"]),
         ("mpirun", "reward", 3, []),
         ("torchrun", "reward", 2, ["lora.dim=4"]),
+        ("torchrun", "sft", 2, ["deepspeed.offload=true", "deepspeed.dtype=bf16"]),
         ("deepspeed", "sft", 1, ["lora.dim=4", "lora.only_optimize_lora=true"]),
     ],
 )

@@ -87,3 +87,15 @@ def test_lora_sft_merges_adapters_into_saved_model(tiny, tmp_path):
     changed = [n for n, p in base.named_parameters() if not torch.equal(p, names[n])]
     # only the LoRA-targeted linear layers changed; embeddings and norms are frozen
     assert changed and all("proj" in n or "fc" in n for n in changed), changed
+
+
+def test_gradient_checkpointing_tensorboard_and_static_padding(tiny, tmp_path):
+    cfg = load(SFTConfig, None, tiny.sft_overrides(
+        tmp_path, "optim.max_steps=4", "model.gradient_checkpointing=true", "logging.tensorboard=true",
+        "data.pad_to_max_length=true", "optim.gradient_accumulation_steps=2", "deepspeed.dtype=bf16"))
+    summary = run_stage(cfg)
+    assert summary["global_step"] == 4
+    assert summary["train_samples"] == 4 * 2 * 8
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert saved.dtype == torch.bfloat16
