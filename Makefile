@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= runs/demo
+# The paths in examples/tiny/*.yaml point here.
+DEMO_DIR := runs/demo
 PYTEST_ARGS ?=
 DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev
 
@@ -33,16 +34,23 @@ system-deps:
 # can swap torch for a CUDA build behind our back.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -c constraints.txt -e '.[train,operator,dev]'
 	touch $@
 
-demo: setup
+# The demo runs single-process stages: give them every core.
+DEMO_THREADS ?= $(shell nproc)
+
+$(DEMO_DIR)/data/pairs.jsonl: | $(STAMP)
 	$(PY) -m rlhf synth-data --out $(DEMO_DIR)/data
+
+$(DEMO_DIR)/models/actor/config.json: $(DEMO_DIR)/data/pairs.jsonl
 	$(PY) -m rlhf tiny-models --out $(DEMO_DIR)/models --data $(DEMO_DIR)/data
-	$(PY) -m rlhf train sft --config examples/tiny/sft.yaml checkpoint.output_dir=$(DEMO_DIR)/sft
-	$(PY) -m rlhf train reward --config examples/tiny/reward.yaml checkpoint.output_dir=$(DEMO_DIR)/reward
+
+# Stages that already finished are skipped; an interrupted one resumes from its checkpoint.
+demo: setup $(DEMO_DIR)/models/actor/config.json
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m rlhf train sft --config examples/tiny/sft.yaml
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m rlhf train reward --config examples/tiny/reward.yaml
 
 test: setup
 	$(PY) -m ruff check rlhf tests

@@ -46,14 +46,20 @@ def test_sft_learns_and_saves_a_loadable_model(sft_run):
     assert (out / "config.yaml").is_file()
 
 
-def test_sft_rerun_resumes_finished_stage_without_training(sft_run):
+def test_sft_rerun_skips_finished_stage_and_continues_when_extended(sft_run):
     out, cfg, first = sft_run
     before = (out / "model" / "model.safetensors").read_bytes()
     again = run_stage(cfg)
-    assert again["resumed_from_step"] == 24 and again["global_step"] == 24
-    assert again["data"]["reused"] is True
+    assert again["skipped"] is True and again["global_step"] == 24
     assert (out / "model" / "model.safetensors").read_bytes() == before
-    assert again["metrics"] == pytest.approx(first["metrics"])
+
+    longer = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"max_steps": 28})})
+    more = run_stage(longer)
+    assert "skipped" not in more
+    assert more["resumed_from_step"] == 24 and more["global_step"] == 28
+    assert more["data"]["reused"] is True
+    assert (out / "model" / "model.safetensors").read_bytes() != before
+    assert [r["step"] for r in _rows(out, "eval")][-2:] == [24, 28]
 
 
 def test_reward_model_learns_preferences(tiny, tmp_path):

@@ -273,10 +273,32 @@ class Trainer:
         return summary
 
 
+def finished_summary(cfg: StageConfig) -> dict[str, Any] | None:
+    """The summary of this exact stage config if it already completed in its output_dir, else None."""
+    out = Path(cfg.checkpoint.output_dir)
+    summary_file, config_file = out / "summary.json", out / "config.yaml"
+    if not (cfg.checkpoint.resume and summary_file.is_file() and config_file.is_file() and (out / "model").is_dir()):
+        return None
+    if config_file.read_text() != dump(cfg):
+        return None  # changed settings (e.g. more epochs): resume from the checkpoint and continue
+    try:
+        summary = json.loads(summary_file.read_text())
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("status") == "completed" else None
+
+
 def run_stage(cfg: StageConfig) -> dict[str, Any]:
-    """Train one stage to completion (resuming if a checkpoint exists) and return its summary."""
+    """Train one stage to completion and return its summary.
+
+    A stage that already completed with the same config is skipped; an interrupted one resumes
+    from its latest checkpoint.
+    """
     from rlhf.stages.reward import RewardStage
     from rlhf.stages.sft import SFTStage
 
+    done = finished_summary(cfg)
+    if done is not None:
+        return dict(done, skipped=True)
     stage_cls = {"sft": SFTStage, "reward": RewardStage}[cfg.name]
     return Trainer(cfg, stage_cls).run()
