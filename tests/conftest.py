@@ -23,12 +23,10 @@ class TinySetup:
     actor: Path
     reward: Path
 
-    def sft_overrides(self, out: Path, *extra: str) -> list[str]:
+    def _common(self, out: Path) -> list[str]:
         return [
-            f"model.name_or_path={self.actor}",
             f"data.paths=[{self.data / 'pairs.jsonl'}]",
             "data.split=0,1,1",
-            f"data.sft_only_paths=[{self.data / 'sft.jsonl'}]",
             "data.max_seq_len=64",
             "data.eval_fraction=0.1",
             "optim.learning_rate=3e-3",
@@ -39,26 +37,14 @@ class TinySetup:
             f"checkpoint.output_dir={out}",
             "logging.progress_bar=false",
             "logging.log_interval=2",
-            *extra,
         ]
 
+    def sft_overrides(self, out: Path, *extra: str) -> list[str]:
+        return [f"model.name_or_path={self.actor}", f"data.sft_only_paths=[{self.data / 'sft.jsonl'}]",
+                *self._common(out), *extra]
+
     def reward_overrides(self, out: Path, *extra: str) -> list[str]:
-        return [
-            f"model.name_or_path={self.reward}",
-            f"data.paths=[{self.data / 'pairs.jsonl'}]",
-            "data.split=0,1,1",
-            "data.max_seq_len=64",
-            "data.eval_fraction=0.1",
-            "optim.learning_rate=3e-3",
-            "optim.per_device_train_batch_size=8",
-            "optim.per_device_eval_batch_size=16",
-            "optim.lr_scheduler=constant",
-            "deepspeed.dtype=fp32",
-            f"checkpoint.output_dir={out}",
-            "logging.progress_bar=false",
-            "logging.log_interval=2",
-            *extra,
-        ]
+        return [f"model.name_or_path={self.reward}", *self._common(out), *extra]
 
 
 @pytest.fixture(scope="session")

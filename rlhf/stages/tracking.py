@@ -29,7 +29,10 @@ class Tracker:
         if progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, file=sys.stderr)
+            # In a pod's log (no terminal) a bar redrawn every 0.1 s is noise: update every 30 s there.
+            interval = 0.1 if sys.stderr.isatty() else 30.0
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, file=sys.stderr,
+                             mininterval=interval)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop rows newer than the checkpoint (they will be written again)."""

@@ -1,0 +1,47 @@
+"""The RLHFRun API (``rlhf.dev/v1alpha1``), typed (no torch): load, check, and map to trainer configs.
+
+* :func:`load_manifest` parses a manifest (file or dict) into :class:`RLHFRun`; errors name the
+  field (``spec.stages.sft.nodes: ...``). :func:`validate` runs the admission checks.
+* :func:`stage_config` is the contract with the trainer: the config of one stage.
+* ``python -m rlhf.spec.crd`` prints the CRD (``crds/rlhfrun.yaml``) generated from these types.
+"""
+
+from rlhf.spec.errors import SpecError
+from rlhf.spec.load import load_manifest, read_manifest, validate
+from rlhf.spec.meta import (
+    API_VERSION,
+    CRD_NAME,
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    PLURAL,
+    STAGE_NAMES,
+    VERSION,
+    ObjectMeta,
+)
+from rlhf.spec.run import (
+    DEVICE_RESOURCES,
+    PVC_MOUNT_PATH,
+    TRAINER_ACCELERATORS,
+    DataSpec,
+    ModelsSpec,
+    PVCStorage,
+    RLHFRun,
+    RLHFRunSpec,
+    RunPolicySpec,
+    SchedulingSpec,
+    StorageSpec,
+    Toleration,
+)
+from rlhf.spec.stages import LoraSpec, ResourcesSpec, StageSpec, StagesSpec
+from rlhf.spec.status import Condition, RLHFRunStatus, StageStatus
+from rlhf.spec.trainer import stage_config, storage_root
+
+__all__ = [
+    "API_VERSION", "CRD_NAME", "DEVICE_RESOURCES", "GROUP", "KIND", "MAX_NAME_LENGTH", "PLURAL",
+    "PVC_MOUNT_PATH", "STAGE_NAMES", "TRAINER_ACCELERATORS", "VERSION", "Condition", "DataSpec",
+    "LoraSpec", "ModelsSpec", "ObjectMeta", "PVCStorage", "RLHFRun", "RLHFRunSpec", "RLHFRunStatus",
+    "ResourcesSpec", "RunPolicySpec", "SchedulingSpec", "SpecError", "StageSpec", "StageStatus",
+    "StagesSpec", "StorageSpec", "Toleration", "load_manifest", "read_manifest", "stage_config",
+    "storage_root", "validate",
+]

@@ -1,0 +1,80 @@
+"""Load an RLHFRun manifest (YAML file or dict) into the typed spec, and check it as admission does."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from rlhf.spec.errors import SpecError, problems_from
+from rlhf.spec.meta import STAGE_NAMES
+from rlhf.spec.run import RLHFRun
+from rlhf.spec.trainer import stage_config
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """YAML as kubectl reads it: ``5e-5`` is a float (PyYAML's YAML 1.1 rules would make it a string)."""
+
+
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The one YAML document in ``path`` (comments and ``---`` separators allowed), as a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([f"cannot read {path}: {e}"]) from None
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=ManifestLoader) if d is not None]
+    except yaml.YAMLError as e:
+        raise SpecError([f"{path} is not valid YAML: {e}"]) from None
+    if len(docs) != 1:
+        raise SpecError([f"{path}: expected one YAML document, found {len(docs)}"])
+    if not isinstance(docs[0], dict):
+        raise SpecError([f"{path}: expected a mapping at the top level, got {type(docs[0]).__name__}"])
+    return docs[0]
+
+
+def validate(run: RLHFRun) -> None:
+    """Semantic checks beyond the schema, as the operator runs them at admission: every stage's
+    trainer config (``trainerOptions`` included) must build. Raises :class:`SpecError`."""
+    problems: list[str] = []
+    for stage in STAGE_NAMES:
+        try:
+            stage_config(run, stage)
+        except SpecError as e:
+            problems += [p for p in e.problems if p not in problems]
+    if problems:
+        raise SpecError(problems, repr(run.metadata.name))
+
+
+def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, semantic: bool = True) -> RLHFRun:
+    """Parse an RLHFRun from a YAML file or a dict; errors name the field (``spec.stages.sft.nodes: ...``).
+
+    With ``semantic`` (the default) also run :func:`validate`.
+    """
+    if isinstance(source, Mapping):
+        data, where = dict(source), ""
+    else:
+        data, where = read_manifest(source), str(source)
+    try:
+        run = RLHFRun.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(problems_from(e, RLHFRun), where) from None
+    if semantic:
+        try:
+            validate(run)
+        except SpecError as e:
+            raise SpecError(e.problems, where or repr(run.metadata.name)) from None
+    return run

@@ -1,0 +1,234 @@
+"""The RLHFRun object: models, data, storage, stages, scheduling, and the object around them."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+
+from rlhf.config import DataConfig, DataSource
+from rlhf.spec.base import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    FreeObject,
+    Rule,
+    SpecModel,
+    no_dotdot,
+    section,
+    trainer_field,
+)
+from rlhf.spec.meta import API_VERSION, KIND, STAGE_NAMES, ObjectMeta
+from rlhf.spec.stages import StagesSpec
+from rlhf.spec.status import RLHFRunStatus
+
+Accelerator = Literal["nvidia", "habana", "cpu"]
+#: Extended resource a worker pod requests per device, by accelerator (cpu requests none).
+DEVICE_RESOURCES: dict[str, str | None] = {
+    "nvidia": "nvidia.com/gpu", "habana": "habana.ai/gaudi", "cpu": None,
+}
+#: Value of RLHF_ACCELERATOR for the trainer (:func:`rlhf.engine.accelerator.detect`), by accelerator.
+TRAINER_ACCELERATORS = {"nvidia": "cuda", "habana": "hpu", "cpu": "cpu"}
+#: Where the operator mounts the run's PVC (with its subPath) in every pod: the storage root on a cluster.
+PVC_MOUNT_PATH = "/mnt/rlhf"
+
+SPLIT_PATTERN = r"^\s*[0-9]+(\.[0-9]*)?\s*,\s*[0-9]+(\.[0-9]*)?\s*,\s*[0-9]+(\.[0-9]*)?\s*$"
+_DEFAULT_SPLIT = ",".join(f"{share:g}" for share in DataConfig.model_fields["split"].default)
+PathStr = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+def _mapping_only(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping like {path: Dahoas/rm-static} or {path: DIR, format: hh}")
+    return value
+
+
+#: A data source as the trainer declares it (:class:`rlhf.config.DataSource`), written as a mapping.
+Source = Annotated[DataSource, BeforeValidator(_mapping_only)]
+
+
+class ModelsSpec(SpecModel):
+    """The base models. A path is absolute or relative to the working directory (on a cluster: the
+    storage root, where the operator runs the trainers)."""
+
+    actor: PathStr = Field(
+        description="Base of the actor, e.g. facebook/opt-1.3b: a Hub id or a directory. "
+        "SFT fine-tunes it; PPO starts from SFT's output",
+    )
+    reward: PathStr = Field(
+        description="Base of the reward model, e.g. facebook/opt-350m: a Hub id or a directory. "
+        "The reward stage trains it; PPO's critic starts from its output",
+    )
+    tokenizer: PathStr | None = Field(
+        None, description="Tokenizer of both models (Hub id or directory); default each model's own. "
+        "PPO scores the actor's tokens with the reward model, so they must share a vocabulary",
+    )
+
+
+class DataSpec(SpecModel):
+    """The preference data, split across the three stages the same way in every stage."""
+
+    datasets: list[Source] = Field(
+        min_length=1, max_length=64,
+        description="Preference datasets (prompt/chosen/rejected), split across SFT, reward and PPO",
+    )
+    sft_only_datasets: list[Source] = Field(
+        default_factory=list, max_length=64, description="Datasets used whole, by SFT only"
+    )
+    split: str = Field(
+        _DEFAULT_SPLIT, max_length=64, json_schema_extra={"pattern": SPLIT_PATTERN},
+        description="Relative shares of each dataset for SFT, reward and PPO, e.g. '2,4,4' (--data_split)",
+    )
+    eval_fraction: float = trainer_field("data.eval_fraction")
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: str) -> str:
+        try:
+            DataConfig(split=value)  # the trainer's own parsing and checks
+        except ValidationError as e:
+            messages = (err["msg"].removeprefix("Value error, ") for err in e.errors())
+            raise ValueError("; ".join(messages)) from None
+        if not re.match(SPLIT_PATTERN, value):
+            raise ValueError(f"expected three non-negative numbers like '2,4,4', got {value!r}")
+        return value
+
+    @property
+    def shares(self) -> tuple[float, float, float]:
+        """The split as numbers (SFT, reward, PPO)."""
+        return DataConfig(split=self.split).split
+
+
+class PVCStorage(SpecModel):
+    """A PersistentVolumeClaim in the run's namespace, mounted in every pod (ReadWriteMany for
+    several nodes)."""
+
+    cel_rules = (
+        Rule("!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')",
+             "subPath must not contain '..'", lambda m: no_dotdot(m.sub_path), "subPath"),
+    )
+
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the PersistentVolumeClaim"
+    )
+    sub_path: str | None = Field(
+        None, pattern=r"^[^/]", max_length=1024,
+        description="Directory inside the volume to use as the storage root",
+    )
+
+
+class StorageSpec(SpecModel):
+    """Where stage outputs (<root>/sft, <root>/reward, <root>/ppo) and the shared data cache
+    (<root>/data_cache) go. Immutable once the run exists."""
+
+    cel_rules = (
+        Rule("has(self.pvc) != has(self.localDir)",
+             "exactly one of pvc (on a cluster) or localDir (with rlhf run) must be set",
+             lambda m: (m.pvc is None) != (m.local_dir is None)),
+        Rule("self == oldSelf", "storage is immutable", None),
+    )
+
+    pvc: PVCStorage | None = Field(
+        None, description="On a cluster: the PersistentVolumeClaim holding the run"
+    )
+    local_dir: PathStr | None = Field(
+        None, description="With `rlhf run`: a local directory, e.g. runs/quickstart"
+    )
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(
+        None, max_length=316, description="Taint key; empty with operator Exists matches all"
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal)")
+    value: str | None = Field(None, max_length=63, description="Taint value for operator Equal")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all"
+    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated")
+
+
+class SchedulingSpec(SpecModel):
+    """Where the stage pods may run, and how they queue."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels every pod requires")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Tolerations of every pod"
+    )
+    affinity: FreeObject | None = Field(None, description="A core/v1 Affinity for every pod")
+    priority_class_name: str | None = Field(
+        None, pattern=DNS_SUBDOMAIN, max_length=253, description="PriorityClass of the stage jobs"
+    )
+    queue_name: str | None = Field(
+        None, pattern=DNS_LABEL, max_length=63, description="Kueue LocalQueue the stage jobs are submitted to"
+    )
+
+
+class RunPolicySpec(SpecModel):
+    """Lifetime of the stage jobs (applied to each stage's MPIJob runPolicy)."""
+
+    suspend: bool = Field(
+        False, description="Hold the run: no new stage starts and a running one is suspended"
+    )
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Time limit of each stage's job")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete a finished stage's job (not its outputs) after this many seconds"
+    )
+
+
+def _every_stage(condition: str) -> str:
+    """CEL for ``condition`` on every stage (``s`` is the stage). Written out rather than
+    ``[...].all(...)``: the stages are distinct CEL types, and Kubernetes rejects mixed list literals."""
+    return "(" + " && ".join(condition.replace("s.", f"self.stages.{s}.") for s in STAGE_NAMES) + ")"
+
+
+class RLHFRunSpec(SpecModel):
+    """What to train and where: the three DeepSpeed-Chat stages, SFT -> reward model -> PPO."""
+
+    cel_rules = (
+        Rule("self.accelerator != 'cpu' || " + _every_stage("s.dtype != 'fp16'"),
+             "accelerator cpu does not train in fp16; use bf16 or fp32",
+             lambda m: m.accelerator != "cpu" or all(m.stages.get(s).dtype != "fp16" for s in STAGE_NAMES),
+             "accelerator"),
+        Rule("self.accelerator != 'cpu' || " + _every_stage("!s.offload"),
+             "accelerator cpu has no device memory to offload from; set offload: false",
+             lambda m: m.accelerator != "cpu" or not any(m.stages.get(s).offload for s in STAGE_NAMES),
+             "accelerator"),
+    )
+
+    accelerator: Accelerator = Field(description="Device family: nvidia (CUDA GPUs), habana (Gaudi) or cpu")
+    image: str | None = Field(
+        None, min_length=1, max_length=1024,
+        description="Trainer image; default the operator's for the accelerator",
+    )
+    hub_token_secret: str | None = Field(
+        None, pattern=DNS_SUBDOMAIN, max_length=253,
+        description="Secret in the run's namespace whose HF_TOKEN key is given to the trainers "
+        "(gated Hub models)",
+    )
+    seed: int = trainer_field("seed", "Seeds the data split, shuffling and initialisation of every stage")
+    models: ModelsSpec = Field(description="Base models of the actor and the reward model")
+    data: DataSpec = Field(description="Datasets and how they are split across the stages")
+    storage: StorageSpec = Field(description="Where outputs and the data cache go")
+    stages: StagesSpec = section(StagesSpec, "How each stage runs and trains")
+    scheduling: SchedulingSpec = section(SchedulingSpec, "Node selection and queueing of the stage jobs")
+    run_policy: RunPolicySpec = section(RunPolicySpec, "Suspension, deadlines and clean-up of the stage jobs")
+
+
+class RLHFRun(SpecModel):
+    """An RLHF training run: SFT, reward model and PPO (DeepSpeed-Chat's three steps), each as an MPIJob."""
+
+    api_version: Literal["rlhf.dev/v1alpha1"] = Field(alias="apiVersion", description=f"{API_VERSION}")
+    kind: Literal["RLHFRun"] = Field(description=KIND)
+    metadata: ObjectMeta
+    spec: RLHFRunSpec = Field(description="What to train and where")
+    status: RLHFRunStatus | None = Field(None, description="Observed state, written by the operator")
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as a manifest dict (camelCase, defaults filled in, unset fields left out)."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"metadata"})
+        api_version, kind = out.pop("apiVersion"), out.pop("kind")
+        return {"apiVersion": api_version, "kind": kind, "metadata": self.metadata.dump(), **out}
+

@@ -1,0 +1,97 @@
+"""``spec.stages``: how each of the three stages (sft, reward, ppo) runs and trains.
+
+Training fields map onto one trainer config key each (named in their description); everything
+else the trainer offers is reachable through ``trainerOptions``, checked at admission.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from rlhf.config.parts import DType
+from rlhf.spec.base import Quantity, Rule, SpecModel, section, trainer_field
+from rlhf.spec.meta import STAGE_NAMES
+
+
+class ResourcesSpec(SpecModel):
+    """CPU and memory requested by each worker pod of the stage (devices come from devicesPerNode)."""
+
+    cpu: Quantity | None = Field(None, description="CPU cores per worker pod, e.g. 32 or '500m'")
+    memory: Quantity | None = Field(None, description="Memory per worker pod, e.g. '256Gi'")
+
+
+class LoraSpec(SpecModel):
+    """LoRA adapters (peft); dim 0 trains the full model."""
+
+    cel_rules = (
+        Rule("!self.onlyOptimizeLora || self.dim > 0", "onlyOptimizeLora needs dim > 0",
+             lambda m: not m.only_optimize_lora or m.dim > 0, "onlyOptimizeLora"),
+        Rule("!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear')",
+             "leave targetModules out to adapt every linear layer ('all-linear')",
+             lambda m: "all-linear" not in (m.target_modules or ()), "targetModules"),
+    )
+
+    dim: int = trainer_field("lora.dim")
+    alpha: float | None = trainer_field("lora.alpha")
+    dropout: float = trainer_field("lora.dropout", "Dropout of the LoRA layers")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = trainer_field(
+        "lora.target_modules",
+        "Module name suffixes to adapt (peft target_modules); default every linear layer",
+        default=None, max_length=64,
+    )
+    learning_rate: float | None = trainer_field("lora.learning_rate")
+    only_optimize_lora: bool = trainer_field("lora.only_optimize_lora")
+
+
+class StageSpec(SpecModel):
+    """One stage: its MPIJob's shape and the main training settings."""
+
+    cel_rules = (
+        Rule("!self.offload || self.zeroStage >= 1", "offload needs zeroStage >= 1",
+             lambda m: not m.offload or m.zero_stage >= 1, "offload"),
+    )
+
+    nodes: int = Field(1, ge=1, description="Nodes the stage runs on: MPIJob worker pods, one per node")
+    devices_per_node: int = Field(
+        1, ge=1,
+        description="Accelerator devices per node, one training process each (accelerator cpu: processes)",
+    )
+    resources: ResourcesSpec = section(ResourcesSpec, "CPU and memory requested by each worker pod")
+    zero_stage: int = trainer_field("deepspeed.zero_stage")
+    dtype: DType = trainer_field("deepspeed.dtype")
+    offload: bool = trainer_field("deepspeed.offload")
+    gradient_checkpointing: bool = trainer_field("model.gradient_checkpointing")
+    per_device_train_batch_size: int = trainer_field(
+        "optim.per_device_train_batch_size",
+        "Micro-batch size of each process (--per_device_train_batch_size)",
+    )
+    learning_rate: float = trainer_field("optim.learning_rate")
+    epochs: int = trainer_field("optim.epochs")
+    lora: LoraSpec = section(LoraSpec, "LoRA adapters (peft); dim 0 trains the full model")
+    retries: int = Field(
+        2, ge=0, description="Retries of a failed stage (its MPIJob's runPolicy.backoffLimit); "
+        "a retry resumes from the stage's latest checkpoint",
+    )
+    trainer_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further trainer config keys, dotted, e.g. "
+        "{optim.warmup_ratio: 0.1, data.max_seq_len: 512} (see `rlhf config STAGE`). Checked against "
+        "the stage's trainer config at admission; keys that a spec field sets "
+        "(seed, data paths, model, output_dir, the fields above) are rejected.",
+    )
+
+
+class StagesSpec(SpecModel):
+    """The three stages; each defaults to one process with the trainer's defaults."""
+
+    sft: StageSpec = section(StageSpec, "Stage 1: supervised fine-tuning of the actor")
+    reward: StageSpec = section(StageSpec, "Stage 2: the reward model, trained on chosen/rejected pairs")
+    ppo: StageSpec = section(StageSpec, "Stage 3: PPO of the SFT actor against the reward model")
+
+    def get(self, stage: str) -> StageSpec:
+        """The spec of ``stage`` (one of :data:`~rlhf.spec.meta.STAGE_NAMES`)."""
+        if stage not in STAGE_NAMES:
+            raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
+        return getattr(self, stage)

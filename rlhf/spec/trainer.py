@@ -1,0 +1,199 @@
+"""From an RLHFRun to each stage's trainer config: the contract between the spec and the trainer.
+
+:func:`stage_config` returns the dict the operator puts in a stage's ConfigMap and ``rlhf run``
+passes to ``rlhf train STAGE --config``. It is checked against the stage's typed config
+(:data:`rlhf.config.STAGES`), so an admitted run's configs load in the trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from rlhf.config import STAGES, ConfigError, ModelConfig, RewardModelConfig, StageConfig, build
+from rlhf.spec.base import SpecModel, trainer_key
+from rlhf.spec.errors import SpecError
+from rlhf.spec.meta import STAGE_NAMES
+from rlhf.spec.run import PVC_MOUNT_PATH, RLHFRun
+
+#: Shared by all stages: tokenized data is built once and reused.
+DATA_CACHE = "data_cache"
+#: Where a stage's final model lands inside its output directory (``<root>/<stage>/model``).
+MODEL_DIR = "model"
+
+
+class _PPOPreview(StageConfig):
+    """Provisional check of the PPO stage's config: the shared sections plus its two models.
+
+    TODO(ppo): there is no PPO stage config yet. Once ``rlhf.config.STAGES`` has ``"ppo"``,
+    :func:`_config_class` uses it instead; then revisit :func:`_model_keys` so the actor/critic
+    keys below match the real config's sections.
+    """
+
+    actor: ModelConfig
+    critic: RewardModelConfig
+
+
+def _config_class(stage: str) -> type[StageConfig]:
+    return STAGES.get(stage) or _PPOPreview
+
+
+def storage_root(run: RLHFRun) -> str:
+    """The run's storage root as the trainers see it: ``localDir``, or where the PVC is mounted."""
+    storage = run.spec.storage
+    return (storage.local_dir or PVC_MOUNT_PATH).rstrip("/") or "/"
+
+
+def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tuple[Any, str]]]:
+    """The stage's model section name and its keys -> (value, manifest field)."""
+    models = run.spec.models
+    if stage == "ppo":  # TODO(ppo): provisional section names, see _PPOPreview.
+        # The SFT and reward outputs carry their tokenizers (spec.models.tokenizer included).
+        return "actor", {"actor.name_or_path": (f"{root}/sft/{MODEL_DIR}", "spec.storage"),
+                         "critic.name_or_path": (f"{root}/reward/{MODEL_DIR}", "spec.storage")}
+    base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
+    keys = {"model.name_or_path": (base, f"spec.models.{field}")}
+    if models.tokenizer:
+        keys["model.tokenizer"] = (models.tokenizer, "spec.models.tokenizer")
+    return "model", keys
+
+
+def _spec_keys(model: SpecModel, where: str) -> dict[str, tuple[Any, str]]:
+    """Trainer keys set by the fields of ``model`` (recursively) -> (value, manifest field)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{where}.{info.alias or name}"
+        key = trainer_key(info)
+        if key is not None and value is not None:
+            out[key] = (value, path)
+        elif isinstance(value, SpecModel):
+            out.update(_spec_keys(value, path))
+    return out
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])} is not a section")
+    node[parts[-1]] = value
+
+
+def _compose(run: RLHFRun, stage: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The stage's trainer config, which manifest field each key came from, and conflicts."""
+    spec, root = run.spec, storage_root(run)
+    stage_spec = spec.stages.get(stage)
+    data = spec.data
+    keys: dict[str, tuple[Any, str]] = {
+        "seed": (spec.seed, "spec.seed"),
+        "data.paths": ([s.model_dump() for s in data.datasets], "spec.data.datasets"),
+        "data.split": (data.split, "spec.data.split"),
+        "data.eval_fraction": (data.eval_fraction, "spec.data.evalFraction"),
+        "data.cache_dir": (f"{root}/{DATA_CACHE}", "spec.storage"),
+        "checkpoint.output_dir": (f"{root}/{stage}", "spec.storage"),
+    }
+    if stage == "sft":
+        sft_only = [s.model_dump() for s in data.sft_only_datasets]
+        keys["data.sft_only_paths"] = (sft_only, "spec.data.sftOnlyDatasets")
+    section, model_keys = _model_keys(run, stage, root)
+    keys.update(model_keys)
+    for key, item in _spec_keys(stage_spec, f"spec.stages.{stage}").items():
+        keys[section + key[len("model"):] if key.startswith("model.") else key] = item
+
+    config: dict[str, Any] = {}
+    origins = {key: field for key, (_, field) in keys.items()}
+    for key, (value, _) in keys.items():
+        _set(config, key, value)
+    problems = []
+    options = f"spec.stages.{stage}.trainerOptions"
+    for key, value in stage_spec.trainer_options.items():
+        owner = next((k for k in keys if k == key or key.startswith(k + ".")), None)
+        if owner is not None:
+            problems.append(f"{options}: {key}: set by {origins[owner]}; set it there")
+            continue
+        inner = next((k for k in keys if k.startswith(key + ".")), None)
+        if inner is not None:
+            problems.append(f"{options}: {key}: would replace {inner}, set by {origins[inner]}; "
+                            f"give dotted keys instead, e.g. {key}.<name>")
+            continue
+        try:
+            _set(config, key, value)
+        except ValueError as e:
+            problems.append(f"{options}: {key}: {e}")
+            continue
+        origins[key] = options
+    return config, origins, problems
+
+
+def _field_of(key: str, origins: dict[str, str], stage: str) -> str:
+    """The manifest field responsible for trainer key ``key`` (its own, or a parent's)."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in origins:
+            field = origins[prefix]
+            return f"{field}: {key}" if field.endswith("trainerOptions") or prefix != key else field
+    return f"spec.stages.{stage}: {key}" if key != "<root>" else f"spec.stages.{stage}"
+
+
+def _check(stage: str, config: dict[str, Any], origins: dict[str, str]) -> list[str]:
+    """Build the stage's typed config; its errors, each naming the manifest field at fault."""
+    problems = []
+    if _config_class(stage) is _PPOPreview:  # TODO(ppo): the PPO config will check this itself.
+        split = config["data"]["split"]
+        if not _ppo_share(split):
+            problems.append(f"spec.data.split: the ppo stage needs a positive PPO share (got {split!r})")
+    try:
+        build(_config_class(stage), config)
+    except ConfigError as e:
+        for line in str(e).splitlines()[1:]:
+            key, _, msg = line.strip().partition(": ")
+            msg = msg.removeprefix("Value error, ")
+            section, sep, rest = msg.partition(": ")
+            if key == "<root>" and sep and section in _SECTION_FIELDS:  # a stage's cross-section check
+                problems.append(f"{_SECTION_FIELDS[section]}: {_in_manifest_terms(rest, origins)}")
+            else:
+                problems.append(f"{_field_of(key, origins, stage)}: {msg}")
+    return problems
+
+
+#: Manifest field of a trainer config section named by a stage-level check ("data: SFT needs ...").
+_SECTION_FIELDS = {"data": "spec.data", "model": "spec.models"}
+
+
+def _in_manifest_terms(message: str, origins: dict[str, str]) -> str:
+    """Name trainer keys by the spec fields that set them: data.paths -> spec.data.datasets."""
+    names = {k: f for k, f in origins.items() if "." in k and f.startswith("spec.") and not f.endswith(
+        ("trainerOptions", "spec.storage"))}
+    if not names:
+        return message
+    pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])({pattern})(?![\w])", lambda m: names[m.group(1)], message)
+
+
+def _ppo_share(split: str) -> bool:
+    try:
+        return float(split.split(",")[2]) > 0
+    except (IndexError, ValueError):
+        return True  # malformed splits are reported by the data section's own check
+
+
+def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
+    """The trainer config of ``stage`` (sft, reward or ppo) for ``run``, checked.
+
+    Outputs go to ``<storage>/<stage>``, the tokenized-data cache to ``<storage>/data_cache``
+    (shared by the stages); SFT trains ``spec.models.actor``, the reward stage
+    ``spec.models.reward``, PPO starts from their outputs. Raises :class:`SpecError` naming the
+    manifest fields at fault.
+    """
+    if stage not in STAGE_NAMES:
+        raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
+    config, origins, problems = _compose(run, stage)
+    problems += _check(stage, config, origins)
+    if problems:
+        raise SpecError(problems, f"{run.metadata.name!r} (stage {stage})")
+    return copy.deepcopy(config)
