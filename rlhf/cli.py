@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a stage config and print it with every default filled in")
     _add_config_args(p)
 
+    p = sub.add_parser("validate", help="check an RLHFRun manifest as the cluster would; print each stage's trainer config")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--stage", choices=["sft", "reward", "ppo"], help="print only this stage's config")
+
     p = sub.add_parser("synth-data", help="write our synthetic preference dataset (JSONL)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -63,6 +67,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rlhf.spec import STAGE_NAMES, load_manifest, stage_config
+
+    run = load_manifest(args.manifest)
+    stages = [args.stage] if args.stage else list(STAGE_NAMES)
+    docs = [{"stage": stage, "config": stage_config(run, stage)} for stage in stages]
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    print(f"{args.manifest}: valid RLHFRun {run.metadata.name!r}", file=sys.stderr)
+    return 0
+
+
 def cmd_synth_data(args: argparse.Namespace) -> int:
     from rlhf.data.synthetic import generate
 
@@ -82,7 +99,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
+COMMANDS = {"train": cmd_train, "config": cmd_config, "validate": cmd_validate, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
 
 
 def main(argv: list[str] | None = None) -> int:

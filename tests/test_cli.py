@@ -61,3 +61,24 @@ def test_unknown_argument_is_rejected(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_validate_prints_stage_configs(capsys):
+    from pathlib import Path
+
+    manifest = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    assert main(["validate", str(manifest), "--stage", "sft"]) == 0
+    captured = capsys.readouterr()
+    doc = yaml.safe_load(captured.out)
+    assert doc["stage"] == "sft" and doc["config"]["checkpoint"]["output_dir"].endswith("sft")
+    assert "valid RLHFRun 'quickstart'" in captured.err
+
+
+def test_validate_rejects_invalid_manifest_naming_the_field(tmp_path, capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("optim.warmup_ratio: 0.05", "optim.warmup_ratoi: 0.05", 1))
+    assert main(["validate", str(bad)]) == 2
+    assert "spec.stages.sft.trainerOptions" in capsys.readouterr().err
