@@ -117,4 +117,7 @@ def test_build_tiny_assets_presets_share_tokenizer(tmp_path, texts):
     )
     n_actor = sum(p.numel() for p in actor.parameters())
     assert 9e6 < n_actor < 13e6
-    assert len(AutoTokenizer.from_pretrained(paths["actor"])) == 1024
+    # the BPE vocabulary is capped at 1024; a small corpus may saturate below it
+    vocab = len(AutoTokenizer.from_pretrained(paths["actor"]))
+    assert 256 < vocab <= 1024
+    assert actor.get_input_embeddings().weight.shape[0] == vocab
