@@ -53,14 +53,14 @@ demo: setup $(DEMO_DIR)/models/actor/config.json
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m rlhf train reward --config examples/tiny/reward.yaml
 
 test: setup
-	$(PY) -m ruff check rlhf tests
+	$(PY) -m ruff check rlhf operator trainer_image tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check rlhf tests
+	$(PY) -m ruff check rlhf operator trainer_image tests
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

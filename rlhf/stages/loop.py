@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from rlhf.config import dump
 from rlhf.config.stages import StageConfig
-from rlhf.data.cache import prepare_phase_data
 from rlhf.engine.ds_config import build_ds_config
 from rlhf.engine.setup import (
     Runtime,
@@ -37,6 +36,7 @@ from rlhf.models.export import gather_state_dict, materialize, save_hf
 from rlhf.models.loading import load_tokenizer
 from rlhf.stages import checkpoint
 from rlhf.stages.base import Batch, Stage
+from rlhf.stages.data import prepare_stage_data
 from rlhf.stages.tracking import Tracker
 
 
@@ -93,7 +93,7 @@ class Trainer:
         if self.rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(dump(cfg))
-        self.data = prepare_phase_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)
+        self.data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)["train"]
         if self.data.train is None or len(self.data.train) == 0:
             raise ValueError(f"stage {stage_cls.name}: no training samples after splitting data (stats: {self.data.stats})")
 
