@@ -96,10 +96,10 @@ def test_no_option_declared_twice():
     """Every stage is composed from shared parts: a field name is declared in one class only."""
     from pydantic import BaseModel
 
-    from rlhf.config import parts, stages
+    from rlhf.config import parts, ppo_parts, stages
 
     owners: dict[str, list[str]] = {}
-    for module in (parts, stages):
+    for module in (parts, ppo_parts, stages):
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
                 own = set(obj.__annotations__) - {"phase", "name"}
@@ -137,5 +137,5 @@ def test_ds_config_shapes():
 
 
 def test_every_stage_registered():
-    assert set(STAGES) == {"sft", "reward"}
-    assert STAGES["sft"].phase == 0 and STAGES["reward"].phase == 1
+    assert set(STAGES) == {"sft", "reward", "ppo"}
+    assert [STAGES[s].phase for s in ("sft", "reward", "ppo")] == [0, 1, 2]

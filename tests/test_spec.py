@@ -89,7 +89,6 @@ def test_storage_layout_and_models():
     assert {c["data"]["cache_dir"] for c in (sft, reward, ppo)} == {f"{PVC_MOUNT_PATH}/data_cache"}
     assert sft["model"].items() >= {"name_or_path": "a/actor", "tokenizer": "a/tok"}.items()
     assert reward["model"].items() >= {"name_or_path": "a/rm", "tokenizer": "a/tok"}.items()
-    # TODO(ppo): provisional layout until the PPO trainer config exists.
     assert ppo["actor"]["name_or_path"] == f"{PVC_MOUNT_PATH}/sft/model"
     assert ppo["critic"]["name_or_path"] == f"{PVC_MOUNT_PATH}/reward/model"
     local = load_manifest(manifest(storage={"localDir": "runs/x/"}))
@@ -119,7 +118,7 @@ def _dig(config: dict[str, Any], key: str) -> Any:
 
 def test_every_stage_field_maps_onto_its_trainer_key():
     stage = {"zeroStage": 3, "dtype": "fp32", "offload": True, "gradientCheckpointing": True,
-             "perDeviceTrainBatchSize": 3, "learningRate": 2.5e-4, "epochs": 5,
+             "perDeviceTrainBatchSize": 4, "learningRate": 2.5e-4, "epochs": 5,
              "lora": {"dim": 16, "alpha": 32.0, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"],
                       "learningRate": 1.0e-3, "onlyOptimizeLora": True}}
     run = load_manifest(manifest(stages={"reward": stage, "ppo": stage}))
@@ -132,7 +131,7 @@ def test_every_stage_field_maps_onto_its_trainer_key():
                 continue
             value = values[info.alias]
             assert _dig(reward, key) == value, key
-            ppo_key = key.replace("model.", "actor.", 1)  # TODO(ppo): provisional section name
+            ppo_key = key.replace("model.", "actor.", 1)  # PPO's model section is its actor
             assert _dig(ppo, ppo_key) == value, ppo_key
             checked += 1
     assert checked == 13  # 7 stage fields, 6 LoRA fields
@@ -191,7 +190,7 @@ def test_ppo_options_are_checked_against_the_shared_sections():
     config = stage_config(run, "ppo")
     assert (config["optim"]["warmup_steps"], config["critic"]["num_padding_at_beginning"]) == (100, 1)
     problems = errors_of(manifest(data={"datasets": [{"path": "d"}], "split": "1,1,0"}))
-    assert problems == ["spec.data.split: the ppo stage needs a positive PPO share (got '1,1,0')"]
+    assert problems == ["spec.data: PPO needs spec.data.datasets with a positive PPO share in spec.data.split"]
 
 
 def test_semantic_checks_can_be_deferred():

@@ -12,10 +12,12 @@ from rlhf.config.parts import (
     OptimConfig,
     RewardModelConfig,
 )
-from rlhf.config.stages import STAGES, RewardConfig, SFTConfig, StageConfig
+from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
+from rlhf.config.stages import STAGES, PPOConfig, RewardConfig, SFTConfig, StageConfig
 
 __all__ = [
-    "STAGES", "CheckpointConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
+    "STAGES", "CheckpointConfig", "GenerationConfig", "PPOAlgoConfig", "PPOConfig", "PPOEnginesConfig",
+    "PPOEvalConfig", "PtxConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
     "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "RewardConfig", "RewardModelConfig",
     "SFTConfig", "Section", "StageConfig", "apply_overrides", "build", "dump", "load",
 ]

@@ -17,6 +17,7 @@ from rlhf.config.parts import (
     OptimConfig,
     RewardModelConfig,
 )
+from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
 
 
 class StageConfig(Section):
@@ -74,4 +75,63 @@ class RewardConfig(StageConfig):
         return self
 
 
-STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig}
+class PPOConfig(StageConfig):
+    """Stage 3: PPO of the actor (from SFT) against the reward model, with a critic (from the RM).
+
+    ``optim``, ``deepspeed`` and ``lora`` are the actor's; ``optim.per_device_train_batch_size`` is
+    the PPO mini-batch (--per_device_training_batch_size) and ``optim.epochs`` the passes over the
+    prompts. The critic has its own optimizer settings, ZeRO stage and LoRA.
+    """
+
+    phase: ClassVar[int] = 2
+    name: ClassVar[str] = "ppo"
+    actor: ModelConfig
+    critic: RewardModelConfig
+    reward_model: RewardModelConfig | None = Field(
+        None, description="The frozen reward model; default the critic's checkpoint (both start from the RM stage). "
+        "It may have its own tokenizer: it then scores the decoded text",
+    )
+    critic_optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(learning_rate=5e-6),
+        description="The critic's learning rate, weight decay, schedule and warm-up (--critic_learning_rate, "
+        "--critic_weight_decay); batch sizes and epochs come from optim",
+    )
+    critic_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA of the critic (--critic_lora_dim)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    ppo: PPOAlgoConfig = Field(default_factory=PPOAlgoConfig)
+    engines: PPOEnginesConfig = Field(default_factory=PPOEnginesConfig)
+    ptx: PtxConfig = Field(default_factory=PtxConfig)
+    evaluation: PPOEvalConfig = Field(default_factory=PPOEvalConfig)
+
+    @model_validator(mode="after")
+    def _check_ppo(self) -> PPOConfig:
+        if not self.data.paths or self.data.split[2] <= 0:
+            raise ValueError("data: PPO needs data.paths with a positive PPO share in data.split")
+        if self.ptx.coef > 0 and not self.data.sft_only_paths and self.data.split[0] <= 0:
+            raise ValueError("data: ptx.coef > 0 needs SFT data: data.sft_only_paths or a positive SFT share")
+        fixed = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "epochs", "max_steps"} & self.critic_optim.model_fields_set
+        if fixed:
+            raise ValueError(f"critic_optim: {', '.join(sorted(fixed))} come from optim (the critic trains on "
+                             "the actor's mini-batches); set them there")
+        gen = self.generation
+        rollout = gen.per_device_generation_batch_size * gen.generation_batches
+        if rollout % self.optim.per_device_train_batch_size:
+            raise ValueError(
+                f"optim: per_device_train_batch_size ({self.optim.per_device_train_batch_size}) must divide the "
+                f"samples of one iteration, generation.per_device_generation_batch_size x generation_batches ({rollout})"
+            )
+        if gen.max_prompt_len + gen.max_answer_len > self.data.max_seq_len:
+            raise ValueError(
+                f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
+                f"data.max_seq_len ({self.data.max_seq_len})"
+            )
+        return self
+
+    @property
+    def reward(self) -> RewardModelConfig:
+        """The frozen reward model's section (the critic's unless reward_model is set)."""
+        return self.reward_model or self.critic
+
+
+STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}

@@ -11,7 +11,7 @@ import copy
 import re
 from typing import Any
 
-from rlhf.config import STAGES, ConfigError, ModelConfig, RewardModelConfig, StageConfig, build
+from rlhf.config import STAGES, ConfigError, StageConfig, build
 from rlhf.spec.base import SpecModel, trainer_key
 from rlhf.spec.errors import SpecError
 from rlhf.spec.meta import STAGE_NAMES
@@ -23,20 +23,8 @@ DATA_CACHE = "data_cache"
 MODEL_DIR = "model"
 
 
-class _PPOPreview(StageConfig):
-    """Provisional check of the PPO stage's config: the shared sections plus its two models.
-
-    TODO(ppo): there is no PPO stage config yet. Once ``rlhf.config.STAGES`` has ``"ppo"``,
-    :func:`_config_class` uses it instead; then revisit :func:`_model_keys` so the actor/critic
-    keys below match the real config's sections.
-    """
-
-    actor: ModelConfig
-    critic: RewardModelConfig
-
-
 def _config_class(stage: str) -> type[StageConfig]:
-    return STAGES.get(stage) or _PPOPreview
+    return STAGES[stage]
 
 
 def storage_root(run: RLHFRun) -> str:
@@ -48,7 +36,7 @@ def storage_root(run: RLHFRun) -> str:
 def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tuple[Any, str]]]:
     """The stage's model section name and its keys -> (value, manifest field)."""
     models = run.spec.models
-    if stage == "ppo":  # TODO(ppo): provisional section names, see _PPOPreview.
+    if stage == "ppo":  # actor from SFT's output, critic (and frozen reward model) from the RM's
         # The SFT and reward outputs carry their tokenizers (spec.models.tokenizer included).
         return "actor", {"actor.name_or_path": (f"{root}/sft/{MODEL_DIR}", "spec.storage"),
                          "critic.name_or_path": (f"{root}/reward/{MODEL_DIR}", "spec.storage")}
@@ -143,10 +131,6 @@ def _field_of(key: str, origins: dict[str, str], stage: str) -> str:
 def _check(stage: str, config: dict[str, Any], origins: dict[str, str]) -> list[str]:
     """Build the stage's typed config; its errors, each naming the manifest field at fault."""
     problems = []
-    if _config_class(stage) is _PPOPreview:  # TODO(ppo): the PPO config will check this itself.
-        split = config["data"]["split"]
-        if not _ppo_share(split):
-            problems.append(f"spec.data.split: the ppo stage needs a positive PPO share (got {split!r})")
     try:
         build(_config_class(stage), config)
     except ConfigError as e:
@@ -173,13 +157,6 @@ def _in_manifest_terms(message: str, origins: dict[str, str]) -> str:
         return message
     pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
     return re.sub(rf"(?<![\w.])({pattern})(?![\w])", lambda m: names[m.group(1)], message)
-
-
-def _ppo_share(split: str) -> bool:
-    try:
-        return float(split.split(",")[2]) > 0
-    except (IndexError, ValueError):
-        return True  # malformed splits are reported by the data section's own check
 
 
 def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:

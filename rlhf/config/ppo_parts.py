@@ -1,0 +1,89 @@
+"""Config parts only PPO (stage 3) has. Every constant DeepSpeed-Chat hard-codes in its PPO trainer
+is a field here, with DeepSpeed-Chat's value as the default; step-3 flags are named in descriptions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rlhf.config.base import Section
+
+
+class GenerationConfig(Section):
+    """How the actor answers prompts during rollouts (sampling) — step 2 of every PPO iteration."""
+
+    max_prompt_len: int = Field(256, ge=1, description="Prompt tokens kept, the last ones (--max_prompt_seq_len)")
+    max_answer_len: int = Field(256, ge=1, description="Answer tokens generated at most (--max_answer_seq_len)")
+    per_device_generation_batch_size: int = Field(
+        8, ge=1, description="Prompts answered at once per process (--per_device_generation_batch_size)"
+    )
+    generation_batches: int = Field(
+        1, ge=1, description="Generation batches collected before each round of training (--generation_batches)"
+    )
+    do_sample: bool = Field(True, description="Sample answers (greedy if false); rollouts need exploration")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold; 1 disables")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables")
+    min_answer_len: int = Field(
+        1, ge=0,
+        description="Answers with fewer tokens (before the end-of-text token) are not scored by the reward "
+        "model: they get -ppo.clip_reward_value, the lowest reward there is",
+    )
+
+
+class PPOAlgoConfig(Section):
+    """The PPO algorithm (DeepSpeed-Chat's DeepSpeedPPOTrainer constants)."""
+
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each round of experience (--ppo_epochs)")
+    max_iterations: int | None = Field(
+        None, ge=1, description="Stop after this many iterations (generation rounds); default: optim.epochs over the prompts"
+    )
+    kl_ctl: float = Field(0.1, ge=0, description="Weight of the per-token KL penalty to the reference model")
+    clip_reward_value: float = Field(5.0, gt=0, description="Reward-model scores are clipped to +-this")
+    cliprange: float = Field(0.2, gt=0, description="PPO policy ratio clip")
+    cliprange_value: float = Field(0.2, gt=0, description="Value clip around the rollout's values")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    whiten_advantages: bool = Field(
+        True, description="Normalise advantages over each mini-batch's answer tokens (DeepSpeed-Chat does not)"
+    )
+
+
+class PPOEnginesConfig(Section):
+    """The DeepSpeed engines of the four (five) models; the actor's is ``deepspeed``."""
+
+    critic_zero_stage: int | None = Field(None, ge=0, le=3, description="(--critic_zero_stage); default: the actor's")
+    reference_zero_stage: int | None = Field(None, ge=0, le=3, description="Frozen reference; default: the actor's")
+    reward_zero_stage: int | None = Field(None, ge=0, le=3, description="Frozen reward model; default: the critic's")
+    offload_reference_model: bool = Field(
+        False, description="Keep the reference model's parameters in CPU memory (ZeRO-3) (--offload_reference_model)"
+    )
+    offload_reward_model: bool = Field(False, description="Same for the frozen reward model")
+    hybrid_engine: bool = Field(
+        False, description="DeepSpeed hybrid engine for the actor's generation, CUDA only (--enable_hybrid_engine)"
+    )
+    ema: bool = Field(False, description="Keep an exponential moving average of the actor, saved as ema_model/ (--enable_ema)")
+    ema_decay: float = Field(0.992, gt=0, lt=1, description="EMA decay per optimizer step")
+
+
+class PtxConfig(Section):
+    """Unsupervised (pretraining-style) loss mixed into the actor's updates (DeepSpeed-Chat's ptx)."""
+
+    coef: float = Field(
+        0.0, ge=0, description="Weight of the SFT-style loss on the SFT share of the data; 0 disables (--unsup_coef)"
+    )
+
+
+class PPOEvalConfig(Section):
+    """Greedy answers to held-out prompts, scored before training (the SFT model) and at the end."""
+
+    prompts: str | None = Field(
+        None, description="JSONL file of {prompt: ...}; default: the eval split of the PPO prompts"
+    )
+    max_prompts: int = Field(128, ge=1, description="Prompts evaluated at most")
+    checker: Literal["none", "synthetic"] = Field(
+        "none", description="synthetic: also check answers with the synthetic task's program "
+        "(property share, content share; see rlhf.data.synthetic)"
+    )
+    baseline: bool = Field(True, description="Also evaluate the starting actor (the SFT model) once")
