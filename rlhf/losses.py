@@ -101,3 +101,112 @@ def pairwise_reward_loss(
     per_token = -F.logsigmoid(chosen_values.float() - rejected_values.float())
     per_pair = (per_token * span).sum(dim=1) / span.sum(dim=1).clamp(min=1)
     return per_pair.mean(), chosen_scores, rejected_scores
+
+
+# --------------------------------------------------------------------------- PPO
+# Shapes: B sequences of T tokens, right-padded; position t of a [B, T-1] tensor is the action
+# that emitted token t+1. ``mask`` marks answer tokens (the end-of-text token included).
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (0 if there are none)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the masked positions; others become 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each next token: ``logits[:, t]`` scored on ``tokens[:, t + 1]``; shape [B, T-1].
+
+    Computed in float32 (bf16 log-softmax is too coarse for PPO ratios).
+    """
+    logp = F.log_softmax(logits[:, :-1, :].float(), dim=-1)
+    return logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the last 1 in ``mask`` (0 for an all-zero row)."""
+    positions = torch.arange(mask.size(1), device=mask.device)[None, :]
+    return (positions * (mask > 0)).amax(dim=1)
+
+
+def shaped_rewards(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    kl_ctl: float,
+    clip_reward_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: ``-kl_ctl * (logprob - ref_logprob)`` on every answer token, plus the
+    sequence score clipped to ``+-clip_reward_value`` on its last answer token. Returns (rewards, kl)
+    with ``kl`` the per-token estimate ``logprob - ref_logprob``; both zero outside ``mask``."""
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_ctl * kl
+    clipped = scores.to(rewards.dtype).clamp(-clip_reward_value, clip_reward_value)
+    end = last_index(mask)
+    rewards = rewards.scatter_add(1, end[:, None], (clipped * mask.gather(1, end[:, None]).squeeze(1))[:, None])
+    return rewards, kl
+
+
+def gae(
+    values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the answer tokens; returns (advantages, returns).
+
+    The episode ends after the last masked position: the value after it is 0. Positions outside
+    ``mask`` get 0 advantage and return.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    steps = values.size(1)
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
+        next_mask = mask[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
+        running = delta + gamma * lam * running * next_mask
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate loss over answer tokens; returns (loss, {clipfrac, approx_kl})."""
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)`` over answer tokens; returns (loss, {clipfrac})."""
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    unclipped_sq = (values - returns) ** 2
+    clipped_sq = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_sq, clipped_sq), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped_sq > unclipped_sq).float(), mask)}
+    return loss, stats
