@@ -87,8 +87,10 @@ def test_storage_layout_and_models():
     assert [c["checkpoint"]["output_dir"] for c in (sft, reward, ppo)] == [
         f"{PVC_MOUNT_PATH}/sft", f"{PVC_MOUNT_PATH}/reward", f"{PVC_MOUNT_PATH}/ppo"]
     assert {c["data"]["cache_dir"] for c in (sft, reward, ppo)} == {f"{PVC_MOUNT_PATH}/data_cache"}
-    assert sft["model"].items() >= {"name_or_path": "a/actor", "tokenizer": "a/tok"}.items()
-    assert reward["model"].items() >= {"name_or_path": "a/rm", "tokenizer": "a/tok"}.items()
+    # Hub ids load from the copies `rlhf prepare` made on the storage (rlhf.spec.hub).
+    hub = f"{PVC_MOUNT_PATH}/hub/models"
+    assert sft["model"].items() >= {"name_or_path": f"{hub}/a--actor", "tokenizer": f"{hub}/a--tok"}.items()
+    assert reward["model"].items() >= {"name_or_path": f"{hub}/a--rm", "tokenizer": f"{hub}/a--tok"}.items()
     assert ppo["actor"]["name_or_path"] == f"{PVC_MOUNT_PATH}/sft/model"
     assert ppo["critic"]["name_or_path"] == f"{PVC_MOUNT_PATH}/reward/model"
     local = load_manifest(manifest(storage={"localDir": "runs/x/"}))
@@ -97,13 +99,14 @@ def test_storage_layout_and_models():
 
 def test_data_and_seed_are_shared_by_every_stage():
     run = load_manifest(manifest(seed=7, data={
-        "datasets": [{"path": "d1"}, {"path": "local", "format": "hh"}],
+        "datasets": [{"path": "d1"}, {"path": "./local", "format": "hh"}],
         "sftOnlyDatasets": [{"path": "s.jsonl"}], "split": "6,2,2", "evalFraction": 0.1}))
     for stage in STAGE_NAMES:
         config = stage_config(run, stage)
         assert config["seed"] == 7
-        assert config["data"]["paths"] == [{"path": "d1", "format": "auto"},
-                                           {"path": "local", "format": "hh"}]
+        # A Hub dataset is read from its prepared copy, with the format it resolves to; paths as given.
+        assert config["data"]["paths"] == [{"path": f"{PVC_MOUNT_PATH}/hub/datasets/d1", "format": "generic"},
+                                           {"path": "./local", "format": "hh"}]
         assert (config["data"]["split"], config["data"]["eval_fraction"]) == ("6,2,2", 0.1)
         assert ("sft_only_paths" in config["data"]) == (stage == "sft")
     assert stage_config(run, "sft")["data"]["sft_only_paths"] == [{"path": "s.jsonl", "format": "auto"}]

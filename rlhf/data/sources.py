@@ -30,6 +30,7 @@ import datasets
 
 from rlhf.config.parts import DataSource
 from rlhf.data.formats import ASSISTANT, format_answer, format_prompt
+from rlhf.data.known import KNOWN_FORMATS, is_local_jsonfile, known_format
 
 
 class DataError(ValueError):
@@ -45,13 +46,6 @@ class Record:
     rejected: str | None = None
 
 
-KNOWN_FORMATS: dict[str, str] = {
-    "Dahoas/rm-static": "hh",
-    "Dahoas/full-hh-rlhf": "hh",
-    "Dahoas/synthetic-instruct-gptj-pairwise": "gptj-pairwise",
-    "yitingxie/rlhf-reward-datasets": "yitingxie",
-}
-LOCAL_JSONFILE = "local/jsonfile"
 TRAIN_NAMES = ("train",)
 EVAL_NAMES = ("eval", "test", "validation")
 FIELDS = ("prompt", "chosen", "rejected")
@@ -90,18 +84,6 @@ class SourceData:
 # --------------------------------------------------------------------------------------------- resolution
 
 
-def _known_format(path: str) -> str | None:
-    """The format of a known Hub dataset named by ``path`` or by a local path's last components."""
-    p = Path(path)
-    stem = p.stem if p.suffix in (".json", ".jsonl") else p.name
-    candidates = {path.strip("/").lower(), f"{p.parent.name}/{stem}".lower(), stem.lower()}
-    for name, fmt in KNOWN_FORMATS.items():
-        owner, short = name.lower().split("/")
-        if candidates & {f"{owner}/{short}", short, f"{owner}_{short}", f"{owner}--{short}", f"{owner}___{short}"}:
-            return fmt
-    return None
-
-
 def _find_split_file(directory: Path, names: tuple[str, ...]) -> Path | None:
     found = [directory / f"{n}{ext}" for n in names for ext in (".json", ".jsonl")]
     found = [f for f in found if f.is_file()]
@@ -133,8 +115,8 @@ def _looks_local(path: str) -> bool:
 def resolve_source(source: DataSource) -> ResolvedSource:
     """Find where ``source`` lives and which format it has, without reading records."""
     spec = source.path
-    fmt = source.format if source.format != "auto" else (_known_format(spec) or "generic")
-    if spec == LOCAL_JSONFILE or spec.startswith(LOCAL_JSONFILE + ":"):
+    fmt = source.format if source.format != "auto" else (known_format(spec) or "generic")
+    if is_local_jsonfile(spec):
         base = Path(spec.partition(":")[2] or ".").expanduser().resolve()
         found = _json_dir(base)
         if found is None:

@@ -48,16 +48,20 @@ Source = Annotated[DataSource, BeforeValidator(_mapping_only)]
 
 
 class ModelsSpec(SpecModel):
-    """The base models. A path is absolute or relative to the working directory (on a cluster: the
-    storage root, where the operator runs the trainers)."""
+    """The base models, each a Hugging Face Hub id or a path. A Hub id is 'name' or 'org/name' (letters,
+    digits, '-', '_', '.'; no '--' or '..'; no file suffix such as .json): the prepare step downloads it
+    to <storage>/hub/models/<org>--<name> and the stages load that copy. Anything else is a path, used
+    as given: one starting with '/', './', '../' or '~', or with two or more '/'. A relative path is
+    relative to the working directory (on a cluster: the storage root, where the operator runs the
+    trainers); write ./dir for a local directory 'dir'."""
 
     actor: PathStr = Field(
-        description="Base of the actor, e.g. facebook/opt-1.3b: a Hub id or a directory. "
-        "SFT fine-tunes it; PPO starts from SFT's output",
+        description="Base of the actor: a Hub id (facebook/opt-1.3b, downloaded by the prepare step) "
+        "or a directory (/models/opt, ./opt). SFT fine-tunes it; PPO starts from SFT's output",
     )
     reward: PathStr = Field(
-        description="Base of the reward model, e.g. facebook/opt-350m: a Hub id or a directory. "
-        "The reward stage trains it; PPO's critic starts from its output",
+        description="Base of the reward model: a Hub id (facebook/opt-350m, downloaded by the prepare "
+        "step) or a directory. The reward stage trains it; PPO's critic starts from its output",
     )
     tokenizer: PathStr | None = Field(
         None, description="Tokenizer of both models (Hub id or directory); default each model's own. "
@@ -70,10 +74,15 @@ class DataSpec(SpecModel):
 
     datasets: list[Source] = Field(
         min_length=1, max_length=64,
-        description="Preference datasets (prompt/chosen/rejected), split across SFT, reward and PPO",
+        description="Preference datasets (prompt/chosen/rejected), split across SFT, reward and PPO. "
+        "A path that is a Hub id (Dahoas/rm-static: 'name' or 'org/name', no file suffix) is saved by "
+        "the prepare step to <storage>/hub/datasets/<org>--<name> and read from there in the format it "
+        "resolves to; any other path (data/pairs.jsonl, ./dir, /data/x) is used as given, relative to the "
+        "working directory (on a cluster: the storage root)",
     )
     sft_only_datasets: list[Source] = Field(
-        default_factory=list, max_length=64, description="Datasets used whole, by SFT only"
+        default_factory=list, max_length=64,
+        description="Datasets used whole, by SFT only; Hub ids and paths as in datasets",
     )
     split: str = Field(
         _DEFAULT_SPLIT, max_length=64, json_schema_extra={"pattern": SPLIT_PATTERN},

@@ -11,9 +11,10 @@ import copy
 import re
 from typing import Any
 
-from rlhf.config import STAGES, ConfigError, StageConfig, build
+from rlhf.config import STAGES, ConfigError, DataSource, StageConfig, build
 from rlhf.spec.base import SpecModel, trainer_key
 from rlhf.spec.errors import SpecError
+from rlhf.spec.hub import dataset_location, model_location
 from rlhf.spec.meta import STAGE_NAMES
 from rlhf.spec.run import PVC_MOUNT_PATH, RLHFRun
 
@@ -41,10 +42,16 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
         return "actor", {"actor.name_or_path": (f"{root}/sft/{MODEL_DIR}", "spec.storage"),
                          "critic.name_or_path": (f"{root}/reward/{MODEL_DIR}", "spec.storage")}
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
-    keys = {"model.name_or_path": (base, f"spec.models.{field}")}
+    # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.spec.hub); paths as given.
+    keys = {"model.name_or_path": (model_location(root, base), f"spec.models.{field}")}
     if models.tokenizer:
-        keys["model.tokenizer"] = (models.tokenizer, "spec.models.tokenizer")
+        keys["model.tokenizer"] = (model_location(root, models.tokenizer), "spec.models.tokenizer")
     return "model", keys
+
+
+def _sources(root: str, sources: list[DataSource]) -> list[dict[str, Any]]:
+    """Data sources as the trainer reads them: Hub datasets from their prepared copies (rlhf.spec.hub)."""
+    return [dataset_location(root, s.model_dump()) for s in sources]
 
 
 def _spec_keys(model: SpecModel, where: str) -> dict[str, tuple[Any, str]]:
@@ -78,14 +85,14 @@ def _compose(run: RLHFRun, stage: str) -> tuple[dict[str, Any], dict[str, str], 
     data = spec.data
     keys: dict[str, tuple[Any, str]] = {
         "seed": (spec.seed, "spec.seed"),
-        "data.paths": ([s.model_dump() for s in data.datasets], "spec.data.datasets"),
+        "data.paths": (_sources(root, data.datasets), "spec.data.datasets"),
         "data.split": (data.split, "spec.data.split"),
         "data.eval_fraction": (data.eval_fraction, "spec.data.evalFraction"),
         "data.cache_dir": (f"{root}/{DATA_CACHE}", "spec.storage"),
         "checkpoint.output_dir": (f"{root}/{stage}", "spec.storage"),
     }
     if stage == "sft":
-        sft_only = [s.model_dump() for s in data.sft_only_datasets]
+        sft_only = _sources(root, data.sft_only_datasets)
         keys["data.sft_only_paths"] = (sft_only, "spec.data.sftOnlyDatasets")
     section, model_keys = _model_keys(run, stage, root)
     keys.update(model_keys)
