@@ -1,0 +1,296 @@
+"""Rendering: an admitted RLHFRun -> the dicts of its children. Pure: no cluster, no clock.
+
+One jinja2 template per child kind (``templates/*.j2``): the MPIJob of a stage, the ConfigMap of a
+step, the prepare Job. The environment is strict (an undefined variable is an error) and every
+value reaches the text through :func:`to_yaml_scalar` (the ``tojson`` filter), which writes it as a
+JSON/YAML double-quoted scalar or flow collection; the text is then parsed with
+``yaml.safe_load``. So a newline, a quote, ``{{ }}``, ``&anchor`` or ``!!tag`` inside any string of
+a manifest stays part of that string: no value can add or change a field.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from rlhf.spec import PVC_MOUNT_PATH, STAGE_NAMES
+from rlhf_operator import names
+from rlhf_operator.admission import Admitted
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.profiles import OFFLINE_ENV, profile
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: The operator retries a failed stage itself (delete + recreate, the trainer resumes from its
+#: checkpoint), so the MPIJob fails on the first error and its pods are fresh on each attempt.
+MPIJOB_BACKOFF_LIMIT = 0
+#: The prepare Job retries in place (downloads can be flaky; it resumes what it has).
+PREPARE_BACKOFF_LIMIT = 2
+LAUNCHER_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+ENTRYPOINT = "rlhf-entrypoint"
+
+
+def to_yaml_scalar(value: Any) -> str:
+    """``value`` as JSON, with every character outside printable ASCII escaped (YAML reads
+    ``\\uXXXX``/``\\UXXXXXXXX``; JSON's surrogate pairs and raw U+2028 would not survive)."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """The template environment: strict undefined, no autoescape, our ``tojson``."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["tojson"] = to_yaml_scalar
+    return env
+
+
+def render_template(name: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Render ``templates/<name>`` with ``context`` and parse the text as one YAML document."""
+    text = environment().get_template(name).render(**context)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"template {name} did not render a mapping")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces every child shares.
+
+
+def _meta(admitted: Admitted, step: str, name: str, uid: str | None,
+          annotations: dict[str, str] | None = None, queued: bool = True) -> dict[str, Any]:
+    """Metadata of a child; ``queued`` children (the jobs) carry the run's Kueue queue label."""
+    labels = names.labels(admitted.name, step)
+    queue = admitted.run.spec.scheduling.queue_name
+    if queue and queued:
+        labels[names.QUEUE_LABEL] = queue
+    return {
+        "name": name,
+        "namespace": admitted.namespace,
+        "labels": labels,
+        "annotations": annotations or {},
+        "owner_references": [names.owner_reference(admitted.name, uid)] if uid else [],
+    }
+
+
+def image(admitted: Admitted, config: OperatorConfig) -> str:
+    """The trainer image: the run's spec.image, else the operator's default for its accelerator."""
+    return admitted.run.spec.image or config.image(admitted.run.spec.accelerator)
+
+
+def scheduling(admitted: Admitted, config: OperatorConfig) -> dict[str, Any]:
+    """Node selection of every pod: the accelerator pool's (operator config) merged with the run's.
+
+    The pool's nodeSelector keys win (admission rejects a run that contradicts them); tolerations
+    are the pool's then the run's, without duplicates.
+    """
+    spec = admitted.run.spec
+    pool = config.pool(spec.accelerator)
+    node_selector = {**spec.scheduling.node_selector, **pool.node_selector}
+    tolerations: list[dict[str, Any]] = []
+    for tol in [*pool.tolerations, *spec.scheduling.tolerations]:
+        item = tol.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if item not in tolerations:
+            tolerations.append(item)
+    return {
+        "node_selector": node_selector,
+        "tolerations": tolerations,
+        "affinity": spec.scheduling.affinity or {},
+        "priority_class_name": spec.scheduling.priority_class_name,
+    }
+
+
+def storage(admitted: Admitted) -> dict[str, Any]:
+    """The run's PVC, mounted at PVC_MOUNT_PATH (with its subPath) in every pod."""
+    pvc = admitted.run.spec.storage.pvc
+    if pvc is None:  # admission guarantees it; keep the error readable all the same
+        raise ValueError("spec.storage.pvc: required on a cluster")
+    return {"claim_name": pvc.claim_name, "sub_path": pvc.sub_path, "mount_path": PVC_MOUNT_PATH}
+
+
+def _env(pairs: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"name": k, "value": v} for k, v in pairs.items()]
+
+
+def trainer_env(admitted: Admitted) -> dict[str, str]:
+    """Environment of every stage process: the accelerator for the entrypoint, offline Hub
+    access, and the profile's collective-library defaults."""
+    prof = profile(admitted.run.spec.accelerator)
+    return {"RLHF_ACCELERATOR": prof.trainer_accelerator, **OFFLINE_ENV, **prof.env}
+
+
+# ---------------------------------------------------------------------------------------------
+# The children.
+
+
+def config_map(admitted: Admitted, step: str, uid: str | None) -> dict[str, Any]:
+    """The ConfigMap of ``step``: a stage's trainer config (``config.yaml``) or, for the prepare
+    Job, the run's manifest (``run.yaml``)."""
+    if step == names.PREPARE:
+        file_name, content = names.RUN_MANIFEST_FILE, run_manifest_text(admitted)
+    else:
+        file_name = names.STAGE_CONFIG_FILE
+        content = yaml.safe_dump(admitted.configs[step], sort_keys=True, default_flow_style=False)
+    return render_template("configmap.yaml.j2", {
+        "meta": _meta(admitted, step, names.config_map_name(admitted.name, step), uid, queued=False),
+        "file_name": file_name,
+        "content": content,
+    })
+
+
+def run_manifest_text(admitted: Admitted) -> str:
+    """The run as ``rlhf prepare`` reads it: apiVersion, kind, name/namespace and the spec."""
+    run = admitted.run
+    manifest = {
+        "apiVersion": run.api_version,
+        "kind": run.kind,
+        "metadata": {"name": admitted.name, "namespace": admitted.namespace},
+        "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+
+
+def _suspend_annotations(suspend: bool) -> dict[str, str]:
+    return {names.SUSPENDED_BY_RUN: "true"} if suspend else {}
+
+
+def prepare_job(admitted: Admitted, config: OperatorConfig, uid: str | None,
+                suspend: bool = False) -> dict[str, Any]:
+    """The batch/v1 Job running ``rlhf prepare /etc/rlhf/run.yaml`` on the run's storage."""
+    spec = admitted.run.spec
+    env: list[dict[str, Any]] = _env({"TOKENIZERS_PARALLELISM": "false"})
+    if spec.hub_token_secret:
+        env.append({"name": "HF_TOKEN", "valueFrom": {
+            "secretKeyRef": {"name": spec.hub_token_secret, "key": "HF_TOKEN"}}})
+    res = config.prepare
+    meta = _meta(admitted, names.PREPARE, names.job_name(admitted.name, names.PREPARE), uid,
+                 _suspend_annotations(suspend))
+    return render_template("prepare-job.yaml.j2", {
+        "meta": meta,
+        "pod_labels": names.labels(admitted.name, names.PREPARE),
+        "backoff_limit": PREPARE_BACKOFF_LIMIT,
+        "suspend": suspend,
+        "active_deadline_seconds": spec.run_policy.active_deadline_seconds,
+        "ttl_seconds_after_finished": spec.run_policy.ttl_seconds_after_finished,
+        "user": names.USER_ID,
+        "scheduling": scheduling(admitted, config),
+        "image": image(admitted, config),
+        "command": ["rlhf", "prepare", f"{names.CONFIG_DIR}/{names.RUN_MANIFEST_FILE}"],
+        "env": env,
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": {"memory": res.memory}},
+        "storage": storage(admitted),
+        "config_dir": names.CONFIG_DIR,
+        "config_map": names.config_map_name(admitted.name, names.PREPARE),
+    })
+
+
+def mpirun_command(admitted: Admitted, stage: str) -> list[str]:
+    """The launcher's command: the entrypoint wraps ``mpirun``, which starts one
+    ``rlhf-entrypoint stage`` per device on the workers (hostfile written by the MPI operator).
+    Ranks started over ssh do not see the pod's env, so ``-x`` forwards it."""
+    stage_spec = admitted.run.spec.stages.get(stage)
+    config_file = f"{names.CONFIG_DIR}/{names.STAGE_CONFIG_FILE}"
+    forwarded = [arg for name in ["PATH", *trainer_env(admitted)] for arg in ("-x", name)]
+    return [
+        ENTRYPOINT, "launch", "--config", config_file, "--",
+        "mpirun", "-np", str(stage_spec.nodes * stage_spec.devices_per_node),
+        "--hostfile", names.HOSTFILE, "-wdir", PVC_MOUNT_PATH,
+        "--bind-to", "none", "--map-by", "slot", *forwarded,
+        ENTRYPOINT, "stage", stage, "--config", config_file,
+    ]
+
+
+def worker_resources(admitted: Admitted, config: OperatorConfig, stage: str) -> dict[str, Any]:
+    """A worker pod's resources: its node's devices (limits), the stage's cpu/memory (requests =
+    limits), and on Gaudi the pool's hugepages."""
+    spec = admitted.run.spec
+    stage_spec = spec.stages.get(stage)
+    prof = profile(spec.accelerator)
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if prof.device_resource:
+        limits[prof.device_resource] = stage_spec.devices_per_node
+    for key in ("cpu", "memory"):
+        value = getattr(stage_spec.resources, key)
+        if value is not None:
+            limits[key] = requests[key] = value
+    hugepages = config.pool(spec.accelerator).hugepages2_mi
+    if prof.hugepages and hugepages:
+        limits["hugepages-2Mi"] = requests["hugepages-2Mi"] = hugepages
+    out: dict[str, Any] = {"limits": limits}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | None,
+           attempt: int = 1, suspend: bool = False) -> dict[str, Any]:
+    """The MPIJob of ``stage`` (its ``attempt``-th try), owned by the run."""
+    if stage not in STAGE_NAMES:
+        raise KeyError(f"unknown stage {stage!r}")
+    spec = admitted.run.spec
+    stage_spec = spec.stages.get(stage)
+    prof = profile(spec.accelerator)
+    run_policy: dict[str, Any] = {
+        "backoffLimit": MPIJOB_BACKOFF_LIMIT, "cleanPodPolicy": "Running", "suspend": suspend,
+    }
+    if spec.run_policy.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    annotations = {names.ATTEMPT_ANNOTATION: str(attempt), **_suspend_annotations(suspend)}
+    pod_labels = names.labels(admitted.name, stage)
+    return render_template("mpijob.yaml.j2", {
+        "meta": _meta(admitted, stage, names.job_name(admitted.name, stage), uid, annotations),
+        "slots_per_worker": stage_spec.devices_per_node,
+        "ssh_auth_mount_path": names.SSH_AUTH_MOUNT_PATH,
+        "run_policy": run_policy,
+        "workers": stage_spec.nodes,
+        "image": image(admitted, config),
+        "env": _env(trainer_env(admitted)),
+        "user": names.USER_ID,
+        "scheduling": scheduling(admitted, config),
+        "storage": storage(admitted),
+        "config_dir": names.CONFIG_DIR,
+        "config_map": names.config_map_name(admitted.name, stage),
+        "launcher": {
+            "labels": pod_labels, "container": "launcher", "command": mpirun_command(admitted, stage),
+            "resources": LAUNCHER_RESOURCES, "host_ipc": False, "add_capabilities": [], "shm": False,
+        },
+        "worker": {
+            "labels": pod_labels, "container": "worker", "command": [ENTRYPOINT, "sshd"],
+            "resources": worker_resources(admitted, config, stage), "host_ipc": prof.host_ipc,
+            "add_capabilities": list(prof.add_capabilities), "shm": prof.shm_volume,
+        },
+    })
+
+
+def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None) -> list[dict[str, Any]]:
+    """Every child the operator creates for the run, in creation order: the ConfigMaps, the
+    prepare Job, then one MPIJob per stage (first attempt)."""
+    suspend = admitted.run.spec.run_policy.suspend
+    out = [config_map(admitted, step, uid) for step in names.STEPS]
+    out.append(prepare_job(admitted, config, uid, suspend=suspend))
+    out += [mpijob(admitted, config, stage, uid, suspend=suspend) for stage in STAGE_NAMES]
+    return out
