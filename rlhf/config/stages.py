@@ -114,6 +114,8 @@ class PPOConfig(StageConfig):
         if fixed:
             raise ValueError(f"critic_optim: {', '.join(sorted(fixed))} come from optim (the critic trains on "
                              "the actor's mini-batches); set them there")
+        if self.engines.ema and self.lora.enabled:
+            raise ValueError("engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0")
         gen = self.generation
         rollout = gen.per_device_generation_batch_size * gen.generation_batches
         if rollout % self.optim.per_device_train_batch_size:

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rlhf.data.formats import format_answer, format_prompt
+from rlhf.text_metrics import distinct_n, mean_words
 
 CLOSING = "Hope this helps!"
 """The preferred property: an answer has it when it ends with this closing (whatever its content)."""
@@ -312,16 +313,12 @@ def answer_stats(prompts: Sequence[str], answers: Sequence[str]) -> dict[str, fl
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     n = len(answers)
-    if n == 0:
-        return {"n": 0, "property_rate": 0.0, "content_rate": 0.0, "distinct_2": 0.0, "mean_length": 0.0}
-    words = [a.split() for a in answers]
-    bigrams = [tuple(ws[i : i + 2]) for ws in words for i in range(len(ws) - 1)]
     return {
         "n": n,
-        "property_rate": sum(map(has_property, answers)) / n,
-        "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n,
-        "distinct_2": len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
-        "mean_length": sum(map(len, words)) / n,
+        "property_rate": sum(map(has_property, answers)) / n if n else 0.0,
+        "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n if n else 0.0,
+        "distinct_2": distinct_n(answers, 2),
+        "mean_length": mean_words(answers),
     }
 
 

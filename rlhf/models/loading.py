@@ -67,3 +67,11 @@ def load_causal_lm(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype
     )
     finish_model(module, model, tokenizer)
     return module
+
+
+def causal_lm_skeleton(model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """The structure of :func:`load_causal_lm`'s model without its weights (for export under meta)."""
+    module = AutoModelForCausalLM.from_config(model_config(model, tokenizer))
+    if len(tokenizer) > module.get_input_embeddings().weight.shape[0]:
+        module.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+    return module

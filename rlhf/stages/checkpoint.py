@@ -60,9 +60,18 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], rank: 
     return tag
 
 
-def load(engine, ckpt_dir: Path, rank: int) -> dict[str, Any] | None:
-    """Load the latest checkpoint into ``engine``; returns its client state, or None if there is none."""
-    tag = latest_tag(ckpt_dir)
+def tag_step(tag: str) -> int:
+    """The step of a ``step-N`` tag."""
+    match = _TAG.match(tag)
+    if match is None:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(match.group(1))
+
+
+def load(engine, ckpt_dir: Path, rank: int, tag: str | None = None) -> dict[str, Any] | None:
+    """Load checkpoint ``tag`` (default the latest) into ``engine``; returns its client state, or None
+    if there is none."""
+    tag = tag or latest_tag(ckpt_dir)
     if tag is None:
         return None
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)

@@ -300,5 +300,9 @@ def run_stage(cfg: StageConfig) -> dict[str, Any]:
     done = finished_summary(cfg)
     if done is not None:
         return dict(done, skipped=True)
+    if cfg.name == "ppo":
+        from rlhf.stages.ppo import PPOTrainer
+
+        return PPOTrainer(cfg).run()  # type: ignore[arg-type]
     stage_cls = {"sft": SFTStage, "reward": RewardStage}[cfg.name]
     return Trainer(cfg, stage_cls).run()

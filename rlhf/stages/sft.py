@@ -6,13 +6,20 @@ import math
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from rlhf import losses
 from rlhf.config.stages import SFTConfig
-from rlhf.models.loading import load_causal_lm, model_config
+from rlhf.models.loading import causal_lm_skeleton, load_causal_lm
 from rlhf.models.lora import apply_lora
 from rlhf.stages.base import Batch, Stage, pad_rows
+
+
+def sft_batch(rows: list[dict[str, Any]], pad_id: int, length: int, loss_on_prompt: bool = False) -> Batch:
+    """A causal-LM batch of phase-0 rows (``input_ids``, ``prompt_len``), right-padded to ``length``."""
+    input_ids, mask = pad_rows([r["input_ids"] for r in rows], pad_id, length)
+    prompt_lens = torch.tensor([r["prompt_len"] for r in rows], dtype=torch.long)
+    labels = losses.sft_labels(input_ids, mask, prompt_lens, loss_on_prompt)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 class SFTStage(Stage):
@@ -25,17 +32,12 @@ class SFTStage(Stage):
         return apply_lora(model, self.cfg.lora, "CAUSAL_LM") if self.cfg.lora.enabled else model
 
     def build_skeleton(self):
-        model = AutoModelForCausalLM.from_config(model_config(self.cfg.model, self.tokenizer))
-        if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(int(8 * math.ceil(len(self.tokenizer) / 8.0)))
+        model = causal_lm_skeleton(self.cfg.model, self.tokenizer)
         return apply_lora(model, self.cfg.lora, "CAUSAL_LM") if self.cfg.lora.enabled else model
 
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        ids = [r["input_ids"] for r in rows]
-        input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id, self.padded_length(max(map(len, ids))))
-        prompt_lens = torch.tensor([r["prompt_len"] for r in rows], dtype=torch.long)
-        labels = losses.sft_labels(input_ids, mask, prompt_lens, self.cfg.loss_on_prompt)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        longest = max(len(r["input_ids"]) for r in rows)
+        return sft_batch(rows, self.tokenizer.pad_token_id, self.padded_length(longest), self.cfg.loss_on_prompt)
 
     def _loss(self, engine, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

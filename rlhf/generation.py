@@ -1,0 +1,140 @@
+"""Answering prompts with a causal LM: batched, KV-cached ``generate()``, repacked for training.
+
+Prompts are left-padded for generation (so every row's answer starts at the same column); the
+result is repacked right-padded — prompt, answer (its end-of-text token included), padding — the
+layout every other forward pass of PPO uses, so no model needs position ids for left padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sampling:
+    """Decoding options (a subset of transformers' GenerationConfig)."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+
+    def kwargs(self) -> dict:
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+               "no_repeat_ngram_size": self.no_repeat_ngram_size, "repetition_penalty": self.repetition_penalty}
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # the model's generation_config may carry sampling defaults that would only warn
+            out.update(temperature=None, top_p=None, top_k=None)
+        return out
+
+
+@dataclass
+class Generated:
+    """Prompts and answers, right-packed: ``sequences[i] = prompt_i + answer_i + padding``.
+
+    ``action_mask[i, t]`` (shape [B, T-1]) is 1 where token ``t+1`` is an answer token;
+    ``answer_lens`` counts answer tokens (end-of-text included), ``content_lens`` those before it.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    prompt_lens: torch.Tensor
+    answer_lens: torch.Tensor
+    content_lens: torch.Tensor
+    answers: list[list[int]]  # answer token ids, end-of-text excluded
+
+    @property
+    def ended(self) -> torch.Tensor:
+        """Rows whose answer ended with the end-of-text token (not cut by max_new_tokens)."""
+        return self.answer_lens > self.content_lens
+
+
+def left_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``length`` (default the longest): (input_ids, attention_mask)."""
+    length = max(map(len, rows)) if length is None else length
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"prompt {i} has {len(row)} tokens, more than {length}")
+        if row:
+            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, length - len(row):] = 1
+    return ids, mask
+
+
+def cut_answer(tokens: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+    """The answer up to its end: (content tokens, whether it ended with ``eos_id``).
+
+    A sampled pad token also ends it (what follows would be read as padding by the reward model).
+    """
+    for i, tok in enumerate(tokens):
+        if tok == eos_id:
+            return tokens[:i], True
+        if tok == pad_id:
+            return tokens[:i], False
+    return list(tokens), False
+
+
+def pack(
+    prompts: list[list[int]], answers: list[list[int]], ended: list[bool], eos_id: int, pad_id: int,
+    length: int | None = None,
+) -> Generated:
+    """Right-packed sequences of ``prompt + answer (+ eos if it ended)``, padded to ``length`` or the longest."""
+    rows = [p + a + ([eos_id] if e else []) for p, a, e in zip(prompts, answers, ended, strict=True)]
+    longest = max(map(len, rows))
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"a sequence of {longest} tokens does not fit in {length}")
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    action = torch.zeros((len(rows), max(length - 1, 0)), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+        action[i, len(prompts[i]) - 1 : len(row) - 1] = 1
+    return Generated(
+        sequences=ids, attention_mask=mask, action_mask=action,
+        prompt_lens=torch.tensor([len(p) for p in prompts]),
+        answer_lens=torch.tensor([len(r) - len(p) for r, p in zip(rows, prompts, strict=True)]),
+        content_lens=torch.tensor([len(a) for a in answers]), answers=[list(a) for a in answers],
+    )
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    sampling: Sampling,
+    device: torch.device | None = None,
+    synced_gpus: bool = False,
+    static_prompt_len: int | None = None,
+) -> Generated:
+    """Answer every prompt (one batch) with KV-cached decoding.
+
+    ``synced_gpus`` must be set under ZeRO-3, where every rank takes part in every forward pass
+    until all ranks are done. ``static_prompt_len`` pads prompts to a fixed width and the packed
+    result to ``static_prompt_len + max_new_tokens`` (static shapes for Gaudi graphs).
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("cannot answer an empty prompt")
+    ids, mask = left_pad(prompts, pad_id, static_prompt_len)
+    device = device or next(model.parameters()).device
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id, pad_token_id=pad_id,
+        synced_gpus=synced_gpus, **sampling.kwargs(),
+    )
+    new = out[:, ids.size(1):].tolist()
+    answers, ended = zip(*(cut_answer(row, eos_id, pad_id) for row in new), strict=True)
+    length = static_prompt_len + sampling.max_new_tokens if static_prompt_len else None
+    return pack(prompts, list(answers), list(ended), eos_id, pad_id, length)

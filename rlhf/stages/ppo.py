@@ -1,0 +1,286 @@
+"""Stage 3: PPO. Each iteration, in numbered steps:
+
+1. sample ``generation_batches`` batches of prompts;
+2. the actor answers them (sampling, KV cache; ``synced_gpus`` under ZeRO-3);
+3. the frozen reward model scores the answers;
+4. per-token rewards = clipped score on the last answer token + KL penalty to the reference;
+   advantages and returns by GAE over the critic's values;
+5. ``ppo_epochs`` passes over the experience in mini-batches: clipped policy loss (+ ptx loss) for
+   the actor, clipped value loss for the critic;
+6. metrics, EMA, checkpoint.
+
+Before the first iteration and at the end, :mod:`rlhf.stages.ppo_eval` answers held-out prompts
+greedily; the summary compares the final actor with the starting (SFT) one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from rlhf import losses
+from rlhf.config import PPOConfig, dump
+from rlhf.engine.setup import barrier, init_runtime, torch_dtype
+from rlhf.models.export import gather_state_dict, materialize, merge_lora, save_hf
+from rlhf.stages import checkpoint
+from rlhf.stages.data import prepare_stage_data
+from rlhf.stages.loop import SkipSampler, seed_everything, write_json_atomic
+from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
+from rlhf.stages.ppo_models import PPOModels, actor_skeleton, build_models, load_tokenizers, update_ema
+from rlhf.stages.rollout import Experience, actor_logprobs, critic_values, make_experience
+from rlhf.stages.sft import sft_batch
+from rlhf.stages.tracking import Tracker
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+class PPOTrainer:
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.checkpoint.output_dir)
+        self.rt = init_runtime(cfg.deepspeed)
+        seed_everything(cfg.seed)
+        self.tokenizer, _, _ = load_tokenizers(cfg)
+        if self.rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump(cfg))
+        data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)
+        self.prompts, self.ptx = data["prompts"], data.get("ptx")
+        if self.prompts.train is None or len(self.prompts.train) == 0:
+            raise ValueError(f"stage ppo: no prompts after splitting data (stats: {self.prompts.stats})")
+        self.eval_prompts = eval_prompts(cfg, self.tokenizer, self.prompts.eval)
+        self.ckpt_actor = self.out / "checkpoints" / "actor"
+        self.ckpt_critic = self.out / "checkpoints" / "critic"
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _sampler(self, dataset) -> DistributedSampler:
+        return DistributedSampler(dataset, num_replicas=self.rt.dist.world_size, rank=self.rt.dist.rank,
+                                  shuffle=True, seed=self.cfg.seed, drop_last=True)
+
+    def _prompt_loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        bs = self.cfg.generation.per_device_generation_batch_size
+        sampler = self._sampler(self.prompts.train)
+        sampler.set_epoch(epoch)
+        return DataLoader(self.prompts.train, batch_size=bs, sampler=SkipSampler(sampler, skip_batches * bs),
+                          collate_fn=lambda rows: [list(r["prompt_ids"]) for r in rows], drop_last=True,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _ptx_batches(self, consumed: int):
+        """Endless SFT-style batches for the ptx loss, starting after ``consumed`` of them."""
+        bs = self.cfg.optim.per_device_train_batch_size
+        sampler = self._sampler(self.ptx.train)
+        per_epoch = len(sampler) // bs
+        if per_epoch == 0:
+            raise ValueError("ptx: fewer SFT samples per rank than optim.per_device_train_batch_size")
+        pad = self.tokenizer.pad_token_id
+        for epoch in itertools.count(consumed // per_epoch):
+            sampler.set_epoch(epoch)
+            skip = consumed % per_epoch if epoch == consumed // per_epoch else 0
+            loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(sampler, skip * bs), drop_last=True,
+                                collate_fn=lambda rows: sft_batch(rows, pad, max(len(r["input_ids"]) for r in rows)))
+            yield from loader
+
+    def _plan(self) -> tuple[int, int, int]:
+        """(iterations per epoch, total iterations, optimizer steps per iteration)."""
+        cfg = self.cfg
+        batches = len(self._sampler(self.prompts.train)) // cfg.generation.per_device_generation_batch_size
+        per_epoch = batches // cfg.generation.generation_batches
+        if per_epoch < 1:
+            raise ValueError(
+                f"stage ppo: {batches} prompt batches per rank are fewer than generation.generation_batches "
+                f"({cfg.generation.generation_batches}); lower the generation batch size or add prompts"
+            )
+        total = per_epoch * cfg.optim.epochs
+        if cfg.ppo.max_iterations:
+            total = min(total, cfg.ppo.max_iterations)
+        rollout = cfg.generation.per_device_generation_batch_size * cfg.generation.generation_batches
+        micro = rollout // cfg.optim.per_device_train_batch_size * cfg.ppo.ppo_epochs
+        return per_epoch, total, math.ceil(micro / cfg.optim.gradient_accumulation_steps)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _save(self, models: PPOModels, state: dict[str, Any]) -> None:
+        rank, keep = self.rt.dist.rank, self.cfg.checkpoint.keep_last
+        checkpoint.save(models.actor, self.ckpt_actor, state["iteration"], state, rank, keep)
+        checkpoint.save(models.critic, self.ckpt_critic, state["iteration"], state, rank, keep)
+        if models.ema is not None and self.rt.is_main:
+            torch.save(models.ema.state_dict(), self.ckpt_actor / f"step-{state['iteration']}" / "ema.pt")
+
+    def _resume(self, models: PPOModels) -> dict[str, Any] | None:
+        """Load the newest iteration both the actor and the critic completed."""
+        tags = [checkpoint.latest_tag(d) for d in (self.ckpt_actor, self.ckpt_critic)]
+        if not self.cfg.checkpoint.resume or None in tags:
+            return None
+        tag = min(tags, key=checkpoint.tag_step)  # a crash between the two saves leaves the critic behind
+        state = checkpoint.load(models.actor, self.ckpt_actor, self.rt.dist.rank, tag)
+        checkpoint.load(models.critic, self.ckpt_critic, self.rt.dist.rank, tag)
+        ema_file = self.ckpt_actor / tag / "ema.pt"
+        if models.ema is not None and ema_file.is_file():
+            models.ema.load_state_dict(torch.load(ema_file, map_location="cpu"))
+        return state
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        per_epoch, total_iters, steps_per_iter = self._plan()
+        models = build_models(cfg, rt, total_iters * steps_per_iter)
+        state: dict[str, Any] = {"iteration": 0, "epoch": 0, "batch_in_epoch": 0, "ptx_batches": 0,
+                                 "train_seconds": 0.0, "samples": 0, "baseline": {}}
+        loaded = self._resume(models)
+        if loaded:
+            state.update({k: loaded[k] for k in state if k in loaded})
+        resumed_from = state["iteration"]
+        tracker = Tracker(
+            self.out, enabled=rt.is_main,
+            tensorboard_dir=Path(cfg.logging.tensorboard_dir or self.out / "tensorboard") if cfg.logging.tensorboard else None,
+            progress=cfg.logging.progress_bar, total_steps=total_iters, start_step=resumed_from, desc="ppo",
+        )
+        if resumed_from:
+            tracker.write(f"[ppo] resumed from iteration {resumed_from} ({self.ckpt_actor.parent})")
+        if cfg.evaluation.baseline and not state["baseline"] and self.eval_prompts:
+            state["baseline"], rows = evaluate(models, cfg, rt, self.eval_prompts)
+            self._write_rows("baseline_answers.jsonl", rows)
+            tracker.log(0, "baseline", state["baseline"])
+
+        ptx = self._ptx_batches(state["ptx_batches"]) if cfg.ptx.coef > 0 else None
+        gen_batches = cfg.generation.generation_batches
+        while state["iteration"] < total_iters:
+            loader = iter(self._prompt_loader(state["epoch"], state["batch_in_epoch"]))
+            while state["batch_in_epoch"] // gen_batches < per_epoch and state["iteration"] < total_iters:
+                t0 = time.perf_counter()
+                # 1. sample prompts
+                prompt_batches = [next(loader) for _ in range(gen_batches)]
+                # 2.-4. answer, score, rewards and advantages
+                parts, gen_stats = [], []
+                for prompts in prompt_batches:
+                    exp, _, stats = make_experience(models, cfg, rt, prompts)
+                    parts.append(exp)
+                    gen_stats.append(stats)
+                experience = Experience.cat(parts, self.tokenizer.pad_token_id)
+                t1 = time.perf_counter()
+                # 5. PPO epochs over the experience
+                train_stats = self._train(models, experience, state, ptx)
+                t2 = time.perf_counter()
+                # 6. bookkeeping: metrics, checkpoint
+                state["iteration"] += 1
+                state["batch_in_epoch"] += gen_batches
+                state["samples"] += len(experience)
+                state["train_seconds"] += t2 - t0
+                row = self._metrics(experience, gen_stats, train_stats, t0, t1, t2, models)
+                tracker.advance()
+                it = state["iteration"]
+                if it % cfg.logging.log_interval == 0 or it == total_iters:
+                    tracker.log(it, "train", row)
+                if cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0 and it < total_iters:
+                    self._save(models, state)
+            if state["batch_in_epoch"] // gen_batches >= per_epoch:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+        self._save(models, state)
+
+        final, rows = evaluate(models, cfg, rt, self.eval_prompts) if self.eval_prompts else ({}, [])
+        self._write_rows("eval_answers.jsonl", rows)
+        tracker.log(state["iteration"], "eval", final)
+        tracker.close()
+        return self._finish(models, state, total_iters, resumed_from, final)
+
+    def _train(self, models: PPOModels, exp: Experience, state: dict[str, Any], ptx) -> dict[str, list[float]]:
+        cfg, device = self.cfg, self.rt.device
+        bs = cfg.optim.per_device_train_batch_size
+        stats: dict[str, list[float]] = {}
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["iteration"])
+        for _ in range(cfg.ppo.ppo_epochs):
+            order = torch.randperm(len(exp), generator=g)
+            for start in range(0, len(exp), bs):
+                mb = exp.select(order[start : start + bs])
+                seqs, mask = mb.sequences.to(device), mb.attention_mask.to(device)
+                action = mb.action_mask.to(device)
+                # actor: clipped policy loss (+ ptx)
+                advantages = mb.advantages.to(device)
+                if cfg.ppo.whiten_advantages:
+                    advantages = losses.whiten(advantages, action)
+                logprobs = actor_logprobs(models.actor, seqs, mask)
+                actor_loss, pstats = losses.policy_loss(logprobs, mb.logprobs.to(device), advantages, action,
+                                                        cfg.ppo.cliprange)
+                loss = actor_loss
+                if ptx is not None:
+                    batch = {k: v.to(device) for k, v in next(ptx).items()}
+                    state["ptx_batches"] += 1
+                    out = models.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                    ptx_loss, _ = losses.causal_lm_loss(out.logits, batch["labels"], fp32=True)
+                    loss = loss + cfg.ptx.coef * ptx_loss
+                    stats.setdefault("ptx_loss", []).append(float(ptx_loss.detach()))
+                models.actor.backward(loss)
+                models.actor.step()
+                if models.ema is not None and models.actor.is_gradient_accumulation_boundary():
+                    update_ema(models.ema, models.actor.module, cfg.engines.ema_decay)
+                # critic: clipped value loss
+                values = critic_values(models.critic, seqs, mask)
+                critic_loss, vstats = losses.value_loss(values, mb.values.to(device), mb.returns.to(device), action,
+                                                        cfg.ppo.cliprange_value)
+                models.critic.backward(critic_loss)
+                models.critic.step()
+                self.rt.accel.mark_step()
+                for name, value in (("actor_loss", actor_loss), ("critic_loss", critic_loss),
+                                    ("actor_clipfrac", pstats["clipfrac"]), ("approx_kl", pstats["approx_kl"]),
+                                    ("critic_clipfrac", vstats["clipfrac"])):
+                    stats.setdefault(name, []).append(float(value.detach()))
+        return stats
+
+    def _metrics(self, exp: Experience, gen_stats, train_stats, t0, t1, t2, models: PPOModels) -> dict[str, float]:
+        world = self.rt.dist.world_size
+        answer_lens = exp.action_mask.sum(dim=1)
+        generated = sum(s["generated_tokens"] for s in gen_stats)
+        gen_seconds = sum(s["generate_seconds"] for s in gen_stats)
+        row = {
+            "reward_mean": float(exp.scores.mean()), "reward_std": float(exp.scores.std(unbiased=False)),
+            "kl": float(exp.kl.sum(dim=1).mean()), "answer_tokens": float(answer_lens.float().mean()),
+            "generate_seconds": gen_seconds, "experience_seconds": sum(s["experience_seconds"] for s in gen_stats),
+            "train_seconds": t2 - t1, "iteration_seconds": t2 - t0,
+            "generate_tokens_per_second": generated * world / max(gen_seconds, 1e-9),
+            "samples_per_second": len(exp) * world / max(t2 - t0, 1e-9),
+            "actor_lr": models.actor.get_lr()[0], "critic_lr": models.critic.get_lr()[0],
+        }
+        row.update({k: _mean(v) for k, v in train_stats.items()})
+        return row
+
+    def _write_rows(self, name: str, rows: list[dict]) -> None:
+        if self.rt.is_main and rows:
+            (self.out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def _finish(self, models: PPOModels, state, total_iters, resumed_from, final) -> dict[str, Any]:
+        rt, cfg = self.rt, self.cfg
+        model_dir = self.out / "model"
+        full = gather_state_dict(models.actor.module, rt.is_main)
+        dtype = torch_dtype(cfg.deepspeed)
+        if rt.is_main:
+            actor = merge_lora(materialize(lambda: actor_skeleton(cfg, self.tokenizer), full))
+            save_hf(actor, self.tokenizer, model_dir, dtype)
+            if models.ema is not None:
+                save_hf(models.ema, self.tokenizer, self.out / "ema_model", dtype)
+        barrier()
+        metrics = {f"eval/{k}": v for k, v in final.items()}
+        metrics.update({f"baseline/{k}": v for k, v in state["baseline"].items()})
+        metrics.update({f"check/{k}": v for k, v in comparison(state["baseline"], final).items()})
+        seconds = state["train_seconds"]
+        summary = {
+            "stage": "ppo", "status": "completed", "global_step": state["iteration"], "total_steps": total_iters,
+            "resumed_from_step": resumed_from, "world_size": rt.dist.world_size, "accelerator": rt.accel.name,
+            "metrics": metrics, "train_samples": state["samples"] * rt.dist.world_size,
+            "train_seconds": round(seconds, 3),
+            "samples_per_second": round(state["samples"] * rt.dist.world_size / seconds, 3) if seconds else None,
+            "model_dir": str(model_dir),
+            "data": {k: v for k, v in self.prompts.stats.items() if isinstance(v, (int, float, str, bool))},
+        }
+        if rt.is_main:
+            write_json_atomic(self.out / "summary.json", summary)
+        barrier()
+        return summary

@@ -1,0 +1,113 @@
+"""PPO evaluation: greedy answers to held-out prompts, scored by the reward model and, for the
+synthetic task, checked by its program — so reward hacking shows (reward up, content down)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import PPOConfig
+from rlhf.data.sources import DataError
+from rlhf.engine.setup import Runtime
+from rlhf.stages.ppo_models import PPOModels
+from rlhf.stages.rollout import answer, score
+from rlhf.text_metrics import distinct_n, mean_words
+
+
+def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
+    """Token ids of the evaluation prompts: ``evaluation.prompts`` (JSONL) or the PPO eval split."""
+    keep = cfg.generation.max_prompt_len
+    ev = cfg.evaluation
+    if ev.prompts:
+        path = Path(ev.prompts)
+        if not path.is_file():
+            raise DataError(f"evaluation.prompts: {path} not found")
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"evaluation.prompts: {path}:{n}: expected a JSON object with 'prompt' ({e})") from None
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-keep:]
+            if ids:
+                out.append(ids)
+            if len(out) == ev.max_prompts:
+                break
+        if not out:
+            raise DataError(f"evaluation.prompts: {path} has no prompts")
+        return out
+    if eval_split is None or len(eval_split) == 0:
+        return []
+    return [list(r["prompt_ids"]) for r in eval_split.select(range(min(ev.max_prompts, len(eval_split))))]
+
+
+def _gather(rows: list[Any]) -> list[Any]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    out: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(out, rows)
+    return [r for part in out for r in part]
+
+
+@torch.no_grad()
+def evaluate(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]) -> tuple[dict[str, float], list[dict]]:
+    """Metrics over ``prompts`` (every rank answers its share, in equal numbers of batches) and the rows."""
+    world, rank = rt.dist.world_size, rt.dist.rank
+    bs = cfg.generation.per_device_generation_batch_size
+    per_rank = -(-len(prompts) // world)
+    mine = list(range(rank, len(prompts), world))
+    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))  # equal work: ZeRO-3 ranks generate in lockstep
+    tok = models.tokenizer
+    rows = []
+    for start in range(0, per_rank, bs):
+        index = mine[start : start + bs]
+        gen = answer(models, cfg, rt, [prompts[i] for i in index], greedy=True)
+        scores = score(models, cfg, gen, rt)
+        for j, i in enumerate(index):
+            rows.append({"index": i, "prompt": tok.decode(prompts[i], skip_special_tokens=True),
+                         "answer": tok.decode(gen.answers[j], skip_special_tokens=True),
+                         "score": float(scores[j]), "tokens": int(gen.content_lens[j]), "ended": bool(gen.ended[j])})
+    unique = {r["index"]: r for r in _gather(rows)}
+    rows = [unique[i] for i in sorted(unique)]
+    return metrics_of(rows, cfg.evaluation.checker), rows
+
+
+def metrics_of(rows: list[dict], checker: str) -> dict[str, float]:
+    """Reward, length and diversity of the answers; with the synthetic checker, property and content rates."""
+    if not rows:
+        return {}
+    answers = [r["answer"] for r in rows]
+    scores = torch.tensor([r["score"] for r in rows])
+    out = {
+        "reward_mean": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)),
+        "answer_tokens": sum(r["tokens"] for r in rows) / len(rows), "ended_rate": sum(r["ended"] for r in rows) / len(rows),
+        "distinct_2": distinct_n(answers, 2), "mean_words": mean_words(answers),
+    }
+    if checker == "synthetic":
+        from rlhf.data.synthetic import content_ok, has_property
+
+        out["property_rate"] = sum(map(has_property, answers)) / len(rows)
+        out["content_rate"] = sum(content_ok(r["prompt"], r["answer"]) for r in rows) / len(rows)
+    return out
+
+
+def comparison(baseline: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """How the final actor compares with the starting one (the SFT model): the no-hacking checks."""
+    out: dict[str, float] = {}
+    if "property_rate" in baseline and "property_rate" in final:
+        out["property_gain_points"] = 100 * (final["property_rate"] - baseline["property_rate"])
+        out["content_ratio"] = final["content_rate"] / baseline["content_rate"] if baseline["content_rate"] else 0.0
+    for key, name in (("distinct_2", "distinct_2_ratio"), ("mean_words", "length_ratio"), ("reward_mean", None)):
+        if key in baseline and key in final:
+            if name is None:
+                out["reward_gain"] = final[key] - baseline[key]
+            else:
+                out[name] = final[key] / baseline[key] if baseline[key] else 0.0
+    return out

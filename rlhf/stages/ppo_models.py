@@ -1,0 +1,162 @@
+"""PPO's models, each in its own DeepSpeed engine: actor and critic train; reference and reward are frozen.
+
+* actor — the SFT model (LoRA optional), ``cfg.deepspeed``/``cfg.optim``; optional EMA copy.
+* reference — the same weights, frozen, for the KL penalty.
+* critic — the reward model's checkpoint, predicting a value per token; its own optimizer and ZeRO stage.
+* reward — the frozen reward model; it may have its own tokenizer (then it scores decoded text).
+
+Dropout is off in all four unless a model section sets ``dropout``: PPO's probability ratios and
+values must not be noisy (DeepSpeed-Chat's --disable_actor_dropout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimConfig, PPOConfig
+from rlhf.data.cache import tokenizer_fingerprint
+from rlhf.engine.ds_config import build_ds_config
+from rlhf.engine.setup import Runtime, initialize_training, zero3_model_init
+from rlhf.models.loading import causal_lm_skeleton, load_causal_lm, load_tokenizer
+from rlhf.models.lora import apply_lora
+from rlhf.models.reward import RewardModel, load_reward_model
+
+
+def _no_dropout(model: ModelConfig) -> ModelConfig:
+    return model if model.dropout is not None else model.model_copy(update={"dropout": 0.0})
+
+
+def critic_optim(cfg: PPOConfig) -> OptimConfig:
+    """The critic's optimizer settings with the actor's batch sizes and epochs."""
+    shared = {k: getattr(cfg.optim, k) for k in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                                                 "gradient_accumulation_steps", "epochs", "max_steps")}
+    return cfg.critic_optim.model_copy(update=shared)
+
+
+def _with_stage(ds: DeepSpeedConfig, stage: int | None, offload: bool = False) -> DeepSpeedConfig:
+    return ds.model_copy(update={"zero_stage": ds.zero_stage if stage is None else stage, "offload": offload})
+
+
+def frozen_ds_config(cfg: PPOConfig, stage: int | None, offload: bool, world_size: int) -> dict[str, Any]:
+    """Engine config of a frozen model: ZeRO-3 if asked (or to offload its parameters), else stage 0
+    (a full copy per rank; ZeRO-1/2 shard only optimizer state, which a frozen model has none of)."""
+    stage = cfg.deepspeed.zero_stage if stage is None else stage
+    stage = 3 if offload or stage == 3 else 0
+    ds = _with_stage(cfg.deepspeed, stage, offload)
+    return build_ds_config(ds, cfg.optim, world_size, train=False,
+                           micro_batch_size=cfg.generation.per_device_generation_batch_size)
+
+
+@dataclass
+class PPOModels:
+    actor: Any  # DeepSpeed engines
+    reference: Any
+    critic: Any
+    reward: Any
+    tokenizer: Any  # the actor's (and the critic's)
+    reward_tokenizer: Any
+    same_reward_tokenizer: bool
+    ema: nn.Module | None
+    actor_ds_config: dict[str, Any]
+    critic_ds_config: dict[str, Any]
+
+
+def load_tokenizers(cfg: PPOConfig) -> tuple[Any, Any, bool]:
+    """(actor tokenizer, reward-model tokenizer, whether they are the same). The critic must share
+    the actor's tokenizer: it reads the actor's tokens."""
+    tokenizer = load_tokenizer(cfg.actor, cfg.data)
+    actor_fp = tokenizer_fingerprint(tokenizer)
+    critic_tok = load_tokenizer(cfg.critic, cfg.data)
+    if tokenizer_fingerprint(critic_tok) != actor_fp:
+        where = "critic.tokenizer" if cfg.critic.tokenizer else "critic.name_or_path"
+        raise ConfigError(
+            f"{where}: the critic's tokenizer ({cfg.critic.tokenizer or cfg.critic.name_or_path}) differs from "
+            f"the actor's ({cfg.actor.tokenizer or cfg.actor.name_or_path}); the critic reads the actor's tokens, "
+            "so it needs the same tokenizer (a reward model with another tokenizer goes in reward_model)"
+        )
+    reward = cfg.reward
+    if reward is cfg.critic:
+        return tokenizer, tokenizer, True
+    reward_tok = load_tokenizer(reward, cfg.data)
+    same = tokenizer_fingerprint(reward_tok) == actor_fp
+    return tokenizer, (tokenizer if same else reward_tok), same
+
+
+def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int) -> PPOModels:
+    """Load and wrap all models; ``total_steps`` sizes the lr schedules."""
+    import deepspeed
+
+    if cfg.engines.hybrid_engine and rt.accel.name != "cuda":
+        raise ConfigError(f"engines.hybrid_engine: DeepSpeed's hybrid engine needs CUDA (running on {rt.accel.name})")
+    tokenizer, reward_tokenizer, same = load_tokenizers(cfg)
+    world = rt.dist.world_size
+    actor_cfg, critic_cfg = _no_dropout(cfg.actor), _no_dropout(cfg.critic)
+
+    actor_ds = build_ds_config(cfg.deepspeed, cfg.optim, world)
+    if cfg.engines.hybrid_engine:
+        actor_ds["hybrid_engine"] = {
+            "enabled": True, "max_out_tokens": cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
+            "inference_tp_size": 1, "release_inference_cache": False, "pin_parameters": True,
+            "tp_gather_partition_size": 8,
+        }
+    with zero3_model_init(actor_ds):
+        actor = load_causal_lm(actor_cfg, tokenizer)
+        if cfg.lora.enabled:
+            actor = apply_lora(actor, cfg.lora, "CAUSAL_LM")
+    actor_engine = initialize_training(actor, rt, actor_ds, cfg.deepspeed, cfg.optim, cfg.lora, total_steps)
+
+    ref_ds = frozen_ds_config(cfg, cfg.engines.reference_zero_stage, cfg.engines.offload_reference_model, world)
+    with zero3_model_init(ref_ds):
+        reference = load_causal_lm(actor_cfg, tokenizer).eval().requires_grad_(False)
+    reference_engine, *_ = deepspeed.initialize(model=reference, config=ref_ds, dist_init_required=False)
+
+    critic_ds_model = _with_stage(cfg.deepspeed, cfg.engines.critic_zero_stage, cfg.deepspeed.offload)
+    c_optim = critic_optim(cfg)
+    critic_ds = build_ds_config(critic_ds_model, c_optim, world)
+    with zero3_model_init(critic_ds):
+        critic = load_reward_model(critic_cfg, tokenizer)
+        if cfg.critic_lora.enabled:
+            critic = RewardModel(apply_lora(critic.model, cfg.critic_lora, "SEQ_CLS"), critic.pad_id,
+                                 critic.num_padding_at_beginning)
+    critic_engine = initialize_training(critic, rt, critic_ds, critic_ds_model, c_optim, cfg.critic_lora, total_steps)
+
+    reward_stage = cfg.engines.reward_zero_stage
+    reward_stage = cfg.engines.critic_zero_stage if reward_stage is None else reward_stage
+    reward_ds = frozen_ds_config(cfg, reward_stage, cfg.engines.offload_reward_model, world)
+    with zero3_model_init(reward_ds):
+        reward = load_reward_model(_no_dropout(cfg.reward), reward_tokenizer).eval().requires_grad_(False)
+    reward_engine, *_ = deepspeed.initialize(model=reward, config=reward_ds, dist_init_required=False)
+
+    ema = None
+    if cfg.engines.ema:
+        with zero3_model_init({"zero_optimization": {"stage": 0}}):
+            ema = load_causal_lm(actor_cfg, tokenizer).eval().requires_grad_(False)
+    return PPOModels(actor_engine, reference_engine, critic_engine, reward_engine, tokenizer, reward_tokenizer,
+                     same, ema, actor_ds, critic_ds)
+
+
+def actor_skeleton(cfg: PPOConfig, tokenizer) -> nn.Module:
+    """The actor's structure without weights (export materialises the gathered weights into it)."""
+    model = causal_lm_skeleton(cfg.actor, tokenizer)
+    return apply_lora(model, cfg.lora, "CAUSAL_LM") if cfg.lora.enabled else model
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, actor: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * actor``, gathering ZeRO-3 partitions one parameter at a time."""
+    from rlhf.models.export import _is_zero3_param
+
+    actor_params = dict(actor.named_parameters())
+    for name, target in ema.named_parameters():
+        source = actor_params[name]
+        if _is_zero3_param(source):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([source]):
+                target.lerp_(source.data.to(target.device, target.dtype), 1.0 - decay)
+        else:
+            target.lerp_(source.data.to(target.device, target.dtype), 1.0 - decay)

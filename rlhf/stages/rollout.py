@@ -1,0 +1,142 @@
+"""Steps 2-4 of a PPO iteration: answer prompts, score the answers, turn scores into per-token
+advantages. Everything here runs without gradients; the result is one batch of :class:`Experience`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import torch
+
+from rlhf import losses
+from rlhf.config import PPOConfig
+from rlhf.engine.setup import Runtime
+from rlhf.generation import Generated, Sampling, generate
+from rlhf.stages.base import pad_rows
+from rlhf.stages.ppo_models import PPOModels
+
+
+@dataclass
+class Experience:
+    """One rollout batch, right-packed ``[B, T]`` sequences; per-action tensors are ``[B, T-1]``."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    scores: torch.Tensor  # the reward model's raw score per sequence
+    kl: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.sequences.size(0)
+
+    def select(self, index: torch.Tensor | slice) -> Experience:
+        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def cat(parts: list[Experience], pad_id: int) -> Experience:
+        """Concatenate batches of different lengths (right-padding the shorter ones)."""
+        width = max(p.sequences.size(1) for p in parts)
+        out = {}
+        for f in fields(Experience):
+            tensors = [getattr(p, f.name) for p in parts]
+            if tensors[0].dim() == 2:  # [B, T] or [B, T-1]: pad each to the widest part's width
+                fill = pad_id if f.name == "sequences" else 0
+                tensors = [torch.nn.functional.pad(t, (0, width - p.sequences.size(1)), value=fill)
+                           for p, t in zip(parts, tensors, strict=True)]
+            out[f.name] = torch.cat(tensors)
+        return Experience(**out)
+
+
+def sampling(cfg: PPOConfig, *, greedy: bool = False) -> Sampling:
+    gen = cfg.generation
+    return Sampling(max_new_tokens=gen.max_answer_len, do_sample=gen.do_sample and not greedy,
+                    temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+
+
+def answer(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]], *, greedy: bool = False) -> Generated:
+    """Step 2: the actor answers (KV cache; every rank in every forward pass under ZeRO-3)."""
+    tok = models.tokenizer
+    engine = models.actor
+    was_training = engine.module.training
+    engine.eval()
+    try:
+        return generate(
+            engine.module, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            sampling=sampling(cfg, greedy=greedy), device=rt.device,
+            synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
+            static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
+        )
+    finally:
+        engine.train(was_training)
+
+
+def _reward_inputs(models: PPOModels, gen: Generated, rt: Runtime) -> torch.Tensor:
+    """The sequences in the reward model's tokens: the actor's own, or the decoded text re-tokenized."""
+    if models.same_reward_tokenizer:
+        return gen.sequences
+    actor_tok, rm_tok = models.tokenizer, models.reward_tokenizer
+    rows = []
+    for i, ans in enumerate(gen.answers):
+        prompt = gen.sequences[i, : int(gen.prompt_lens[i])].tolist()
+        text = actor_tok.decode(prompt, skip_special_tokens=True) + actor_tok.decode(ans, skip_special_tokens=True)
+        ids = rm_tok(text, add_special_tokens=False)["input_ids"]
+        rows.append(ids + ([rm_tok.eos_token_id] if bool(gen.ended[i]) and rm_tok.eos_token_id is not None else []))
+    ids, _ = pad_rows(rows, rm_tok.pad_token_id, max(map(len, rows)))
+    return ids
+
+
+@torch.no_grad()
+def score(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime) -> torch.Tensor:
+    """Step 3: the frozen reward model's score of each answer (too-short answers get the lowest reward)."""
+    ids = _reward_inputs(models, gen, rt).to(rt.device)
+    pad = models.reward_tokenizer.pad_token_id
+    mask = (ids != pad).long()
+    module: torch.nn.Module = models.reward.module
+    values = models.reward(ids, attention_mask=mask)
+    scores = module.scores(values, ids).float().cpu()  # type: ignore[operator]
+    too_short = gen.content_lens < cfg.generation.min_answer_len
+    return torch.where(too_short, torch.full_like(scores, -cfg.ppo.clip_reward_value), scores)
+
+
+def actor_logprobs(engine, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    logits = engine(input_ids=sequences, attention_mask=attention_mask, use_cache=False).logits
+    return losses.logprobs_of(logits, sequences)
+
+
+def critic_values(engine, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return engine(sequences, attention_mask=attention_mask)[:, :-1].float()
+
+
+@torch.no_grad()
+def make_experience(
+    models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]
+) -> tuple[Experience, Generated, dict[str, float]]:
+    """Steps 2-4 for one generation batch: answers, scores, then KL-shaped rewards and GAE."""
+    t0 = time.perf_counter()
+    gen = answer(models, cfg, rt, prompts)  # 2. generate
+    t1 = time.perf_counter()
+    scores = score(models, cfg, gen, rt)  # 3. score
+    seqs, mask, action = (x.to(rt.device) for x in (gen.sequences, gen.attention_mask, gen.action_mask))
+    models.actor.eval()
+    logprobs = actor_logprobs(models.actor, seqs, mask).cpu()  # 4. log-probs, values, rewards, GAE
+    models.actor.train()
+    ref_logprobs = actor_logprobs(models.reference, seqs, mask).cpu()
+    models.critic.eval()
+    values = critic_values(models.critic, seqs, mask).cpu()
+    models.critic.train()
+    action = action.cpu().float()
+    ppo = cfg.ppo
+    rewards, kl = losses.shaped_rewards(logprobs, ref_logprobs, scores, action, ppo.kl_ctl, ppo.clip_reward_value)
+    advantages, returns = losses.gae(values, rewards, action, ppo.gamma, ppo.lam)
+    t2 = time.perf_counter()
+    exp = Experience(gen.sequences, gen.attention_mask, action, logprobs, ref_logprobs, values * action, rewards,
+                     advantages, returns, scores, kl)
+    new_tokens = int(gen.answer_lens.sum())
+    stats = {"generate_seconds": t1 - t0, "experience_seconds": t2 - t1, "generated_tokens": float(new_tokens)}
+    return exp, gen, stats

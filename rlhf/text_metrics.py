@@ -1,0 +1,16 @@
+"""Model-free statistics of generated answers (collapse shows up here before anywhere else)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def distinct_n(answers: Sequence[str], n: int = 2) -> float:
+    """Distinct word n-grams over all answers / all n-grams (whitespace words); 0 when there are none."""
+    grams = [tuple(ws[i : i + n]) for ws in (a.split() for a in answers) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_words(answers: Sequence[str]) -> float:
+    """Mean answer length in whitespace words."""
+    return sum(len(a.split()) for a in answers) / len(answers) if answers else 0.0
