@@ -21,6 +21,8 @@ MAX_BYTES = 4095
 ESSENTIAL = ("stage", "status", "global_step", "metrics", "model_dir")
 #: Longest single log line kept in a failure message.
 MAX_LINE = 300
+#: Indented lines after an error line that are part of it.
+DETAIL_LINES = 5
 
 # A Python exception line ("ValueError: ...") or our CLI's "error: ..." line, possibly after an
 # mpirun output tag such as "[1,0]<stderr>:".
@@ -81,12 +83,26 @@ def compact_summary(summary: dict[str, Any], limit: int = MAX_BYTES) -> dict[str
 
 
 def error_line(lines: Iterable[str]) -> str | None:
-    """The last line that looks like an error (Python exception or ``error: ...``), if any."""
+    """The last error in the log (Python exception or ``error: ...`` line), if any.
+
+    An error line ending in ``:`` is followed by its indented detail lines (our config errors
+    list one problem per line); up to :data:`DETAIL_LINES` of them are appended.
+    """
+    lines = [line.rstrip() for line in lines]
     found = None
-    for line in lines:
-        match = _ERROR_LINE.search(line.rstrip())
-        if match:
-            found = match.group(1).strip()
+    for i, line in enumerate(lines):
+        match = _ERROR_LINE.search(line)
+        if not match:
+            continue
+        found = match.group(1).strip()
+        if found.endswith(":"):
+            details = []
+            for follow in lines[i + 1:i + 1 + DETAIL_LINES]:
+                if not follow[:1].isspace():
+                    break
+                details.append(follow.strip())
+            if details:
+                found = f"{found} {'; '.join(details)}"
     return found
 
 
