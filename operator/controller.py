@@ -1,0 +1,182 @@
+"""One reconcile of a run, end to end: observe -> decide -> write status -> ensure -> tell.
+
+The only impure part of the reconcile layer: it reads the run and its children through
+:mod:`rlhf_operator.kube`, asks :func:`rlhf_operator.reconcile.decide`, writes the status once if
+it changed (before acting, so a retry is counted even if the operator stops right after), applies
+the actions (409 on create and 404 on delete are normal) and posts the Events. Reconciles of one
+run are serialised by a lock; different runs proceed concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from rlhf_operator import kube, names
+from rlhf_operator.admission import AdmissionError, admit
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.metrics import Metrics
+from rlhf_operator.reconcile import Action, Decision, Key, decide, is_finished
+from rlhf_operator.status import timestamp
+
+from rlhf.spec import STAGE_NAMES
+
+logger = logging.getLogger("rlhf_operator")
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) turning ``old`` into ``new``; None-valued keys delete."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+def _latest(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    pods = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    return pods[-1] if pods else None
+
+
+class Controller:
+    """Reconciles RLHFRuns against the API server behind ``kube``."""
+
+    def __init__(self, kube_client: kube.Kube, config: OperatorConfig, metrics: Metrics | None = None,
+                 clock: Callable[[], datetime] | None = None):
+        self.kube = kube_client
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def reconcile(self, namespace: str, name: str) -> Decision | None:
+        """Reconcile the run ``namespace/name``; None if it is gone or being deleted."""
+        async with self._locks[(namespace, name)]:
+            with self.metrics.reconcile():
+                decision = await self._reconcile(namespace, name)
+        return decision
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The run was deleted: drop what we keep about it."""
+        self._locks.pop((namespace, name), None)
+        self.metrics.set_phase(namespace, name, None)
+
+    async def _reconcile(self, namespace: str, name: str) -> Decision | None:
+        body = await self.kube.get(kube.RUNS, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.metrics.set_phase(namespace, name, None)
+            return None
+        try:
+            admission: Any = admit(body, self.config, source=f"{namespace}/{name}")
+        except AdmissionError as e:
+            admission = e
+        objects = await self._observe(namespace, name)
+        pods = await self._finished_pods(namespace, name, objects)
+        decision = decide(body, admission, self.config, objects, pods, self._clock())
+        if not await self._write_status(body, decision.status):
+            return None
+        for action in decision.actions:
+            await self._apply(namespace, action)
+        await self._post_events(body, decision.events)
+        self.metrics.set_phase(namespace, name, decision.status.get("phase"))
+        return decision
+
+    async def _observe(self, namespace: str, run: str) -> dict[Key, dict[str, Any]]:
+        keys: list[Key] = [("ConfigMap", names.config_map_name(run, step)) for step in names.STEPS]
+        keys.append(("Job", names.job_name(run, names.PREPARE)))
+        keys += [("MPIJob", names.job_name(run, stage)) for stage in STAGE_NAMES]
+        found = await asyncio.gather(*(self.kube.get(kube.BY_KIND[kind], namespace, n) for kind, n in keys))
+        return {key: obj for key, obj in zip(keys, found, strict=True) if obj is not None}
+
+    async def _finished_pods(self, namespace: str, run: str, objects: dict[Key, dict[str, Any]]
+                             ) -> dict[str, dict[str, Any]]:
+        """The latest pod of each finished step: its termination message has the result."""
+        wanted: dict[str, str] = {}
+        prepare = objects.get(("Job", names.job_name(run, names.PREPARE)))
+        if prepare is not None and is_finished("Job", prepare):
+            wanted[names.PREPARE] = f"job-name={names.job_name(run, names.PREPARE)}"
+        for stage in STAGE_NAMES:
+            job = objects.get(("MPIJob", names.job_name(run, stage)))
+            if job is not None and is_finished("MPIJob", job):
+                wanted[stage] = names.launcher_selector(names.job_name(run, stage))
+        found = await asyncio.gather(*(self.kube.list(kube.PODS, namespace, sel) for sel in wanted.values()))
+        out = {}
+        for step, pods in zip(wanted, found, strict=True):
+            pod = _latest(pods)
+            if pod is not None:
+                out[step] = pod
+        return out
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Patch the status subresource if ``status`` differs; False if the run is gone."""
+        old = body.get("status") or {}
+        if old == status:
+            return True
+        meta = body["metadata"]
+        patched = await self.kube.patch(kube.RUNS, meta["namespace"], meta["name"],
+                                        {"status": merge_patch(old, status)}, subresource="status")
+        return patched is not None
+
+    async def _apply(self, namespace: str, action: Action) -> None:
+        resource = kube.BY_KIND[action.kind]
+        if action.verb == "create":
+            assert action.body is not None
+            _, created = await self.kube.create(resource, namespace, action.body)
+            if not created:
+                logger.info("%s %s/%s already exists", action.kind, namespace, action.name)
+        elif action.verb == "patch":
+            assert action.body is not None
+            await self.kube.patch(resource, namespace, action.name, action.body)
+        else:
+            await self.kube.delete(resource, namespace, action.name, uid=action.uid)
+        self.metrics.actions.labels(action.verb, action.kind).inc()
+        logger.info("%s %s %s/%s", action.verb, action.kind, namespace, action.name)
+
+    async def _post_events(self, body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+        meta = body["metadata"]
+        now = timestamp(self._clock())
+        for type_, reason, message in events:
+            event = {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": names.RUN_API_VERSION, "kind": names.RUN_KIND,
+                                   "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+                "type": type_, "reason": reason, "message": message[:1024],
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                "source": {"component": names.OPERATOR_NAME}, "reportingComponent": names.OPERATOR_NAME,
+            }
+            try:
+                await self.kube.create(kube.EVENTS, meta["namespace"], event)
+            except kube.ApiError as e:  # events are best effort
+                logger.warning("cannot post event %s: %s", reason, e)
+
+    async def resync_forever(self, namespaces: list[str], interval: float) -> None:
+        """The slow timer: every ``interval`` seconds, reconcile every run (all namespaces if none)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.resync(namespaces)
+
+    async def resync(self, namespaces: list[str]) -> None:
+        for namespace in namespaces or [None]:
+            try:
+                runs = await self.kube.list(kube.RUNS, namespace)
+            except (kube.ApiError, OSError, asyncio.TimeoutError) as e:
+                logger.warning("resync: cannot list runs: %s", e)
+                continue
+            for run in runs:
+                meta = run.get("metadata") or {}
+                try:
+                    await self.reconcile(meta["namespace"], meta["name"])
+                except Exception:
+                    logger.exception("resync of %s/%s failed", meta.get("namespace"), meta.get("name"))

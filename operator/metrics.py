@@ -1,0 +1,59 @@
+"""Prometheus metrics of the operator: runs by phase, reconcile duration, errors, actions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+
+
+class Metrics:
+    """The operator's metrics, in their own registry (several operators may share a process in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Gauge("rlhf_operator_runs", "RLHFRuns known to the operator, by phase", ["phase"],
+                          registry=self.registry)
+        self.reconcile_seconds = Histogram(
+            "rlhf_operator_reconcile_duration_seconds", "Duration of one reconcile of a run",
+            registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.errors = Counter("rlhf_operator_reconcile_errors_total", "Reconciles that raised an error",
+                              registry=self.registry)
+        self.actions = Counter("rlhf_operator_actions_total", "Changes made to children", ["verb", "kind"],
+                               registry=self.registry)
+        self._phases: dict[tuple[str, str], str] = {}
+        for phase in PHASES:
+            self.runs.labels(phase).set(0)
+
+    @contextmanager
+    def reconcile(self) -> Iterator[None]:
+        """Time a reconcile; count it as an error if it raises."""
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.errors.inc()
+            raise
+        finally:
+            self.reconcile_seconds.observe(time.perf_counter() - start)
+
+    def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Record the run's phase (None: the run is gone)."""
+        if phase is None:
+            self._phases.pop((namespace, name), None)
+        else:
+            self._phases[(namespace, name)] = phase
+        for p in PHASES:
+            self.runs.labels(p).set(sum(1 for v in self._phases.values() if v == p))
+
+    def serve(self, port: int) -> None:
+        """Serve ``/metrics`` on ``port`` (a background thread)."""
+        start_http_server(port, registry=self.registry)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()

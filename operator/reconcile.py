@@ -1,0 +1,430 @@
+"""The decision of one reconcile: observed run + children -> status, actions, events. Pure.
+
+Level-based: the same function serves create, resume and update; it looks only at what exists
+now and at the run's status (which remembers what finished: a stage whose MPIJob was cleaned up
+after success is not run again). Steps: the prepare Job first, then the SFT and reward MPIJobs
+together, then PPO once both succeeded. A failed MPIJob of attempt ``k`` means ``k`` failures;
+while that is within ``spec.stages.<stage>.retries`` it is deleted and recreated as attempt
+``k + 1`` (the trainer resumes from its checkpoint), after that the run fails. Attempts are
+recorded on the MPIJob (annotation), so a restart of the operator never double-counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from rlhf_operator import names, render
+from rlhf_operator.admission import AdmissionError, Admitted
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.status import (
+    FAILED,
+    STEP_CONDITIONS,
+    STEP_TITLES,
+    SUCCEEDED,
+    SUSPENDED,
+    VALID,
+    condition_events,
+    get_condition,
+    ordered_stages,
+    set_condition,
+    stage_entry,
+    timestamp,
+)
+
+from rlhf.spec import STAGE_NAMES
+
+Verb = Literal["create", "patch", "delete"]
+Key = tuple[str, str]  # (kind, name)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to a child: create ``body``, merge-patch it with ``body``, or delete it."""
+
+    verb: Verb
+    kind: str
+    name: str
+    body: dict[str, Any] | None = None
+    uid: str | None = None
+
+
+@dataclass
+class Decision:
+    """What to write (``status``: the whole new status), do, and tell."""
+
+    status: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading children.
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether the run with ``uid`` is ``obj``'s controller."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def _true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return {c.get("type"): c for c in conds if c.get("status") == "True"}
+
+
+def mpijob_state(job: dict[str, Any]) -> tuple[str, str]:
+    """(state, message) of an MPIJob from its v2beta1 conditions: Succeeded, Failed, Suspended,
+    Running (also while Restarting) or Pending (Created, or nothing yet)."""
+    conds = _true_conditions(job)
+    for type_, state in (("Succeeded", "Succeeded"), ("Failed", "Failed"), ("Suspended", "Suspended"),
+                         ("Restarting", "Running"), ("Running", "Running"), ("Created", "Pending")):
+        if type_ in conds:
+            return state, str(conds[type_].get("message") or conds[type_].get("reason") or type_)
+    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return "Suspended", "suspended"
+    return "Pending", "waiting for the MPI operator"
+
+
+def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
+    """(state, message) of a batch/v1 Job: Succeeded, Failed, Suspended, Running or Pending."""
+    conds = _true_conditions(job)
+    if "Complete" in conds:
+        return "Succeeded", str(conds["Complete"].get("message") or "completed")
+    if "Failed" in conds:
+        return "Failed", str(conds["Failed"].get("message") or conds["Failed"].get("reason") or "failed")
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended", "suspended"
+    if (job.get("status") or {}).get("active"):
+        return "Running", "running"
+    return "Pending", "waiting for its pod"
+
+
+def is_finished(kind: str, job: dict[str, Any]) -> bool:
+    state = (mpijob_state if kind == "MPIJob" else batch_job_state)(job)[0]
+    return state in ("Succeeded", "Failed")
+
+
+def termination_message(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON termination message of a pod's terminated container, if any (launcher first)."""
+    if not pod:
+        return None
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    statuses = sorted(statuses, key=lambda s: s.get("name") != "launcher")
+    for cs in statuses:
+        terminated = ((cs.get("state") or {}).get("terminated")
+                      or (cs.get("lastState") or {}).get("terminated") or {})
+        text = terminated.get("message")
+        if not text:
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return {"status": "failed", "reason": text.strip().splitlines()[-1][:300] if text.strip() else ""}
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def metrics_of(message: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric metrics of a stage summary (termination message of a successful launcher)."""
+    raw = (message or {}).get("metrics")
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = float(value)
+    return out
+
+
+def _failure_reason(message: dict[str, Any] | None, fallback: str) -> str:
+    if message and message.get("reason"):
+        return str(message["reason"])
+    return fallback
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:8])
+
+
+def _annotation(obj: dict[str, Any], key: str) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+
+
+def _suspend_patch(kind: str, obj: dict[str, Any], suspend: bool) -> dict[str, Any] | None:
+    """The patch that makes a running child follow the run's ``suspend`` (None if it does). A child
+    suspended by someone else (Kueue) is left alone when the run resumes."""
+    spec = obj.get("spec") or {}
+    current = bool((spec.get("runPolicy") or {}).get("suspend") if kind == "MPIJob" else spec.get("suspend"))
+    if suspend and not current:
+        flag, note = True, "true"
+    elif not suspend and current and _annotation(obj, names.SUSPENDED_BY_RUN) == "true":
+        flag, note = False, None
+    else:
+        return None
+    body: dict[str, Any] = {"spec": {"runPolicy": {"suspend": flag}} if kind == "MPIJob" else {"suspend": flag}}
+    body["metadata"] = {"annotations": {names.SUSPENDED_BY_RUN: note}}
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision.
+
+
+@dataclass
+class _Step:
+    """A step's condition as decided: status, reason, message."""
+
+    status: str
+    reason: str
+    message: str
+
+
+@dataclass
+class _Ctx:
+    admitted: Admitted
+    config: OperatorConfig
+    uid: str
+    objects: dict[Key, dict[str, Any]]
+    pods: dict[str, dict[str, Any]]
+    now: datetime
+    old: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    steps: dict[str, _Step] = field(default_factory=dict)
+    failure: str | None = None
+    started: bool = False
+
+    @property
+    def suspend(self) -> bool:
+        return self.admitted.run.spec.run_policy.suspend
+
+    def job(self, kind: str, step: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, names.job_name(self.admitted.name, step)))
+
+
+def _conflict(kind: str, name: str) -> str:
+    return f"a {kind} named {name} exists and is not owned by this run; delete or rename it"
+
+
+def _ensure_config_maps(ctx: _Ctx) -> set[str]:
+    """Create or update each step's ConfigMap; the steps whose name is taken by someone else."""
+    blocked = set()
+    for step in names.STEPS:
+        desired = render.config_map(ctx.admitted, step, ctx.uid)
+        name = desired["metadata"]["name"]
+        obj = ctx.objects.get(("ConfigMap", name))
+        if obj is None:
+            ctx.actions.append(Action("create", "ConfigMap", name, desired))
+        elif not owned_by(obj, ctx.uid):
+            blocked.add(step)
+            ctx.steps[step] = _Step("False", "NameConflict", _conflict("ConfigMap", name))
+        elif obj.get("data") != desired["data"]:
+            ctx.actions.append(Action("patch", "ConfigMap", name, {"data": desired["data"]}))
+    return blocked
+
+
+def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
+    """Drive the prepare Job; True once the run's storage is prepared."""
+    step = names.PREPARE
+    name = names.job_name(ctx.admitted.name, step)
+    done = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[step])
+    if done and done.get("status") == "True":
+        ctx.steps[step] = _Step("True", "Succeeded", done.get("message") or "storage prepared")
+        return True
+    if step in blocked:
+        return False
+    job = ctx.job("Job", step)
+    if job is None:
+        if ctx.suspend:
+            ctx.steps[step] = _Step("False", "Suspended", "the run is suspended")
+        else:
+            ctx.actions.append(Action("create", "Job", name, render.prepare_job(ctx.admitted, ctx.config, ctx.uid)))
+            ctx.steps[step] = _Step("False", "Created", f"Job {name} created")
+            ctx.started = True
+        return False
+    if not owned_by(job, ctx.uid):
+        ctx.steps[step] = _Step("False", "NameConflict", _conflict("Job", name))
+        return False
+    ctx.started = True
+    state, detail = batch_job_state(job)
+    if state == "Succeeded":
+        ctx.steps[step] = _Step("True", "Succeeded", "models and datasets are in the run's storage")
+        return True
+    if state == "Failed":
+        reason = _failure_reason(termination_message(ctx.pods.get(step)), detail)
+        ctx.steps[step] = _Step("False", "Failed", f"Job {name} failed: {reason}")
+        ctx.failure = ctx.failure or f"prepare failed: {reason}"
+        return False
+    patch = _suspend_patch("Job", job, ctx.suspend)
+    if patch:
+        ctx.actions.append(Action("patch", "Job", name, patch))
+        state = "Suspended" if ctx.suspend else "Pending"
+    ctx.steps[step] = _Step("False", state, f"Job {name}: {detail}")
+    return False
+
+
+def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_for: str,
+           blocked: set[str]) -> None:
+    """Drive one stage's MPIJob; updates ``entry`` (its status.stages item) in place."""
+    title = STEP_TITLES[stage]
+    name = names.job_name(ctx.admitted.name, stage)
+    limit = ctx.admitted.run.spec.stages.get(stage).retries
+    job = ctx.job("MPIJob", stage)
+    message = termination_message(ctx.pods.get(stage))
+
+    if entry["state"] == "Succeeded":
+        if not entry.get("metrics") and message and message.get("status") != "failed":
+            entry["metrics"] = metrics_of(message)
+        metrics = _format_metrics(entry.get("metrics") or {})
+        ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        return
+    if stage in blocked:
+        return
+    if job is not None and not owned_by(job, ctx.uid):
+        ctx.steps[stage] = _Step("False", "NameConflict", _conflict("MPIJob", name))
+        return
+    if job is None:
+        if entry["state"] == "Failed" and entry["retries"] > limit:
+            before = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[stage]) or {}
+            text = before.get("message") or f"{title} failed after {entry['retries']} attempts"
+            ctx.steps[stage] = _Step("False", "Failed", text)
+            ctx.failure = ctx.failure or text
+            return
+        if not ready:
+            ctx.steps[stage] = _Step("False", "Waiting", f"waiting for {waiting_for}")
+            return
+        if ctx.suspend:
+            ctx.steps[stage] = _Step("False", "Suspended", "the run is suspended")
+            return
+        attempt = entry["retries"] + 1
+        body = render.mpijob(ctx.admitted, ctx.config, stage, ctx.uid, attempt=attempt)
+        ctx.actions.append(Action("create", "MPIJob", name, body))
+        entry.update(jobName=name, state="Pending")
+        ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} created (attempt {attempt})")
+        ctx.started = True
+        return
+
+    ctx.started = True
+    entry["jobName"] = name
+    try:
+        attempt = max(1, int(_annotation(job, names.ATTEMPT_ANNOTATION) or 1))
+    except ValueError:
+        attempt = 1
+    meta, job_status = job.get("metadata") or {}, job.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        entry["state"] = "Pending"
+        ctx.steps[stage] = _Step("False", "Retrying", f"MPIJob {name} (attempt {attempt}) is being deleted")
+        return
+    state, detail = mpijob_state(job)
+    if state in ("Running", "Succeeded", "Failed") and not entry.get("startTime"):
+        entry["startTime"] = job_status.get("startTime") or meta.get("creationTimestamp") or timestamp(ctx.now)
+    if state == "Succeeded":
+        entry.update(state="Succeeded", retries=max(entry["retries"], attempt - 1),
+                     completionTime=job_status.get("completionTime") or timestamp(ctx.now),
+                     metrics=metrics_of(message))
+        metrics = _format_metrics(entry["metrics"])
+        ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        return
+    if state == "Failed":
+        failures = max(entry["retries"], attempt)
+        reason = _failure_reason(message, detail)
+        entry["retries"] = failures
+        if failures <= limit:
+            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid")))
+            entry["state"] = "Pending"
+            ctx.steps[stage] = _Step("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
+                                     f"{failures} of {limit} resumes from the latest checkpoint")
+        else:
+            entry.update(state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now))
+            text = f"{title} failed after {failures} attempt{'s' if failures > 1 else ''}: {reason}"
+            ctx.steps[stage] = _Step("False", "Failed", text)
+            ctx.failure = ctx.failure or text
+        return
+    entry["retries"] = max(entry["retries"], attempt - 1)
+    patch = _suspend_patch("MPIJob", job, ctx.suspend)
+    if patch:
+        ctx.actions.append(Action("patch", "MPIJob", name, patch))
+        state = "Suspended" if ctx.suspend else "Pending"
+    entry["state"] = "Running" if state == "Running" else "Pending"
+    ctx.steps[stage] = _Step("False", state, f"MPIJob {name} (attempt {attempt}): {detail}")
+
+
+def _current_stage(entries: dict[str, dict[str, Any]]) -> str | None:
+    running = [s for s in STAGE_NAMES if entries[s]["state"] == "Running"]
+    if running:
+        return running[0]
+    started = [s for s in STAGE_NAMES if entries[s].get("jobName") or entries[s]["state"] != "Pending"]
+    return started[-1] if started else None
+
+
+def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: OperatorConfig,
+           objects: dict[Key, dict[str, Any]], pods: dict[str, dict[str, Any]], now: datetime) -> Decision:
+    """Decide one reconcile of the run ``body`` (as read from the API server).
+
+    ``objects`` are its existing children by (kind, name); ``pods`` the latest pod of each
+    finished step (launcher of a stage's MPIJob, pod of the prepare Job), by step.
+    """
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid") or "", meta.get("generation")
+    old = body.get("status") or {}
+    conditions = list(old.get("conditions") or [])
+
+    def cond(type_: str, status: str, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+
+    if isinstance(admission, AdmissionError):
+        text = "; ".join(admission.problems)
+        cond(VALID, "False", "InvalidSpec", text)
+        cond(FAILED, "True", "InvalidSpec", text)
+        cond(SUCCEEDED, "False", "InvalidSpec", "the run is invalid")
+        status = {**old, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
+        status.setdefault("completionTime", timestamp(now))
+        return Decision(status, [], condition_events(old.get("conditions") or [], conditions))
+
+    ctx = _Ctx(admission, config, uid, objects, pods, now, old)
+    cond(VALID, "True", "Admitted", "the run was admitted")
+    blocked = _ensure_config_maps(ctx)
+    prepared = _prepare(ctx, blocked)
+    entries = {stage: stage_entry(old, stage) for stage in STAGE_NAMES}
+    for stage in ("sft", "reward"):
+        _stage(ctx, stage, entries[stage], prepared, "the prepare Job", blocked)
+    both = all(entries[s]["state"] == "Succeeded" for s in ("sft", "reward"))
+    _stage(ctx, "ppo", entries["ppo"], both, "the SFT and reward stages", blocked)
+
+    for step, decided in ctx.steps.items():
+        cond(STEP_CONDITIONS[step], decided.status, decided.reason, decided.message)
+    succeeded = entries["ppo"]["state"] == "Succeeded"
+    if ctx.failure:
+        phase = "Failed"
+    elif succeeded:
+        phase = "Succeeded"
+    elif ctx.suspend:
+        phase = "Suspended"
+    elif ctx.started:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    cond(SUSPENDED, "True" if ctx.suspend else "False", "Suspended" if ctx.suspend else "NotSuspended",
+         "spec.runPolicy.suspend is true" if ctx.suspend else "")
+    cond(SUCCEEDED, "True" if succeeded else "False", "Succeeded" if succeeded else phase,
+         "all stages succeeded" if succeeded else "")
+    cond(FAILED, "True" if ctx.failure else "False", "StageFailed" if ctx.failure else "NoFailure",
+         ctx.failure or "")
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "stage": _current_stage(entries),
+        "startTime": old.get("startTime") or (timestamp(now) if ctx.started else None),
+        "completionTime": (old.get("completionTime") or timestamp(now)) if phase in ("Succeeded", "Failed")
+        else None,
+        "conditions": conditions,
+        "stages": ordered_stages(entries),
+    }
+    status = {k: v for k, v in status.items() if v is not None}
+    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], conditions))
