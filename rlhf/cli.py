@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rlhf.config import STAGES, ConfigError, dump, load
+from rlhf.runner import commands as run_commands
 
 
 class UserError(Exception):
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="directory written by `rlhf synth-data` (tokenizer corpus)")
     p.add_argument("--seed", type=int, default=0)
+    run_commands.add_parsers(sub)  # prepare, run
     return parser
 
 
@@ -100,6 +102,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "config": cmd_config, "validate": cmd_validate, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
+COMMANDS.update(run_commands.COMMANDS)  # prepare, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,160 @@
+"""What ``rlhf run`` leaves behind: the final table, ``<root>/run_summary.json`` and ``<root>/status.yaml``.
+
+``status.yaml`` is the run's status in the RLHFRun ``status`` shape (:mod:`rlhf.spec.status`), as
+the operator writes it on a cluster: a condition per stage (:func:`condition_type`: SFTSucceeded,
+RewardSucceeded, PPOSucceeded) plus the summary ``Succeeded`` and ``Failed`` conditions, and the
+``stages`` list with each stage's final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhf.runner.progress import duration
+from rlhf.spec import Condition, RLHFRunStatus, StageStatus
+
+#: States of a stage in ``rlhf run``.
+PENDING, RUNNING, DONE, SKIPPED, FAILED, STOPPED, NOT_RUN = (
+    "pending", "running", "done", "skipped", "failed", "stopped", "not run")
+#: Metrics shown first in the table, per stage (others follow up to a few).
+KEY_METRICS = {
+    "sft": ("eval/perplexity", "eval/loss"),
+    "reward": ("eval/accuracy", "eval/margin", "eval/loss"),
+    "ppo": ("eval/reward_mean", "check/reward_gain", "baseline/reward_mean"),
+}
+_CONDITION_NAMES = {"sft": "SFT", "reward": "Reward", "ppo": "PPO"}
+
+
+def condition_type(stage: str) -> str:
+    """The per-stage condition: ``SFTSucceeded``, ``RewardSucceeded``, ``PPOSucceeded``."""
+    return f"{_CONDITION_NAMES.get(stage, stage.capitalize())}Succeeded"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class StageResult:
+    """One stage in this run: its state and what it produced."""
+
+    stage: str
+    state: str = PENDING
+    note: str = ""  # why skipped / not run / failed
+    exit_code: int | None = None
+    seconds: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)  # the stage's summary.json
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log: str | None = None
+    config: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        raw = self.summary.get("metrics") or {}
+        return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def key_metrics(self, limit: int = 3) -> dict[str, float]:
+        metrics = self.metrics
+        keys = [k for k in KEY_METRICS.get(self.stage, ()) if k in metrics]
+        keys += [k for k in sorted(metrics) if k not in keys]
+        return {k: metrics[k] for k in keys[:limit]}
+
+    def steps(self) -> str:
+        step, total = self.summary.get("global_step"), self.summary.get("total_steps")
+        if step is None:
+            return "-"
+        return f"{step}/{total}" if total else str(step)
+
+
+def table(results: list[StageResult]) -> str:
+    """The final summary table: stage, state, steps, key metrics, time, model directory."""
+    rows = [("stage", "state", "steps", "metrics", "time", "model")]
+    for r in results:
+        metrics = "  ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in r.key_metrics().items())
+        time_ = duration(r.seconds) if r.seconds is not None else "-"
+        model = r.summary.get("model_dir", "-") if r.state in (DONE, SKIPPED) else "-"
+        state = r.state + (f" ({r.note})" if r.note and r.state in (SKIPPED, NOT_RUN) else "")
+        rows.append((r.stage, state, r.steps(), metrics or "-", time_, str(model)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(path: Path, *, run: str, manifest: str, root: Path, status: str, reason: str | None,
+                  exit_code: int, started: datetime, plan: dict[str, Any], results: list[StageResult]) -> None:
+    """``run_summary.json``: the run's outcome and every stage's state, metrics and outputs."""
+    finished = now()
+    stages = {}
+    for r in results:
+        stages[r.stage] = {
+            "state": r.state, "note": r.note or None, "exit_code": r.exit_code, "seconds": r.seconds,
+            "global_step": r.summary.get("global_step"), "total_steps": r.summary.get("total_steps"),
+            "metrics": r.metrics, "model_dir": r.summary.get("model_dir") if r.state in (DONE, SKIPPED) else None,
+            "log": r.log, "config": r.config,
+        }
+    content = {
+        "run": run, "manifest": manifest, "storage": str(root), "status": status, "reason": reason,
+        "exit_code": exit_code, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
+        "seconds": round((finished - started).total_seconds(), 1), "plan": plan, "stages": stages,
+    }
+    _write_atomic(path, json.dumps(content, indent=2) + "\n")
+
+
+class StatusWriter:
+    """Keeps ``status.yaml`` current; a condition's lastTransitionTime changes only with its status."""
+
+    def __init__(self, path: Path, started: datetime):
+        self.path, self.started = path, started
+        self._conditions: dict[str, Condition] = {}
+
+    def _set(self, type_: str, status: str, reason: str, message: str) -> None:
+        old = self._conditions.get(type_)
+        when = old.last_transition_time if old is not None and old.status == status else now()
+        self._conditions[type_] = Condition.model_validate(
+            {"type": type_, "status": status, "lastTransitionTime": when, "reason": reason, "message": message})
+
+    def write(self, results: list[StageResult], phase: str, reason: str = "", message: str = "") -> None:
+        """Write the status for ``results`` with ``phase`` (Running, Succeeded or Failed)."""
+        for r in results:
+            status, why = {
+                DONE: ("True", "Completed"), SKIPPED: ("True", "AlreadyCompleted"), RUNNING: ("Unknown", "Running"),
+                PENDING: ("Unknown", "Pending"), FAILED: ("False", "StageFailed"), STOPPED: ("False", "Interrupted"),
+                NOT_RUN: ("Unknown", "NotRun"),
+            }[r.state]
+            self._set(condition_type(r.stage), status, why, r.note)
+        self._set("Succeeded", "True" if phase == "Succeeded" else ("Unknown" if phase == "Running" else "False"),
+                  reason or phase, message)
+        self._set("Failed", "True" if phase == "Failed" else "False", reason or phase, message)
+        running = [r.stage for r in results if r.state == RUNNING]
+        started = [r for r in results if r.started_at is not None]
+        status = RLHFRunStatus.model_validate({
+            "phase": phase,
+            "stage": running[-1] if running else (started[-1].stage if started else None),
+            "startTime": self.started,
+            "completionTime": now() if phase in ("Succeeded", "Failed") else None,
+            "conditions": list(self._conditions.values()),
+            "stages": [StageStatus.model_validate({
+                "name": r.stage,
+                "state": {RUNNING: "Running", DONE: "Succeeded", SKIPPED: "Succeeded", FAILED: "Failed",
+                          STOPPED: "Failed"}.get(r.state, "Pending"),
+                "startTime": r.started_at, "completionTime": r.finished_at,
+                "retries": 0, "metrics": r.metrics,
+            }) for r in results if r.state != NOT_RUN],
+        })
+        data = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        _write_atomic(self.path, yaml.safe_dump(data, sort_keys=False))
