@@ -31,7 +31,7 @@ EXPECTED_RULES = {
     ("rlhf.dev", "rlhfruns/status"): {"get", "patch", "update"},
     ("rlhf.dev", "rlhfruns/finalizers"): {"update"},
     ("kubeflow.org", "mpijobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
@@ -196,7 +196,7 @@ def operator_config(docs: list[dict]) -> dict:
 def test_operator_config_defaults(helm):
     docs = render(helm)
     config = operator_config(docs)
-    assert set(config) == {"namespaces", "images", "pools", "prepare"}
+    assert set(config) == {"namespaces", "images", "pools", "prepare", "resyncSeconds"}
     assert config["namespaces"] == []
     version = app_version()
     assert config["images"] == {"nvidia": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
@@ -204,7 +204,8 @@ def test_operator_config_defaults(helm):
                                 "cpu": f"ghcr.io/rlhf-operator/trainer-cuda:{version}"}
     assert set(config["pools"]) == {"nvidia", "habana", "cpu"}
     for pool in config["pools"].values():
-        assert set(pool) == {"nodeSelector", "tolerations", "devicesPerNode"}
+        assert {"nodeSelector", "tolerations", "devicesPerNode"} <= set(pool)
+    assert config["pools"]["habana"]["hugepages2Mi"] == "95000Mi"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in config["pools"]["nvidia"]["tolerations"]
     assert config["prepare"] == {"cpu": "2", "memory": "8Gi"}
 
@@ -216,8 +217,29 @@ def test_operator_config_gaudi_pools(helm):
                                       "node.kubernetes.io/instance-type": "dl1.24xlarge"}
     assert {"key": "dedicated", "operator": "Equal", "value": "gaudi", "effect": "NoSchedule"} in habana["tolerations"]
     assert config["images"]["habana"] == "registry.example.com/ml/trainer-gaudi:0.1.0-synapse1.21.0"
+    assert habana["hugepages2Mi"] == "120000Mi"
     assert config["pools"]["cpu"]["devicesPerNode"] == 32
     assert config["prepare"] == {"cpu": "8", "memory": "32Gi"}
+
+
+@pytest.mark.parametrize("values", sorted(p.name for p in VALUES.glob("*.yaml")))
+def test_operator_loads_the_rendered_config(helm, values, tmp_path):
+    """The contract with the operator: its own loader accepts what the chart mounts."""
+    from rlhf_operator.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(one(render(helm, values), "ConfigMap")["data"]["config.yaml"])
+    config = load_config(path)
+    rendered = yaml.safe_load(path.read_text())
+    assert config.namespaces == rendered["namespaces"]
+    for accelerator in ("nvidia", "habana", "cpu"):
+        assert config.image(accelerator) == rendered["images"][accelerator]
+        pool = rendered["pools"][accelerator]
+        assert config.pool(accelerator).devices_per_node == pool["devicesPerNode"]
+        assert config.pool(accelerator).node_selector == pool["nodeSelector"]
+        assert config.pool(accelerator).hugepages2_mi == pool.get("hugepages2Mi")
+    assert (config.prepare.cpu, config.prepare.memory) == (rendered["prepare"]["cpu"], rendered["prepare"]["memory"])
+    assert config.resync_seconds == rendered["resyncSeconds"]
 
 
 # ---------------------------------------------------------------- RBAC

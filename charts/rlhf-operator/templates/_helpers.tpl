@@ -65,7 +65,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- range $accelerator, $image := .Values.trainerImages }}
 {{- $_ := set $images $accelerator (include "rlhf-operator.imageRef" (list $image $)) }}
 {{- end }}
-{{- $config := dict "namespaces" (.Values.watchNamespaces | default list) "images" $images "pools" .Values.pools "prepare" .Values.prepare }}
+{{- $config := dict "namespaces" (.Values.watchNamespaces | default list) "images" $images "pools" .Values.pools "prepare" .Values.prepare "resyncSeconds" .Values.resyncSeconds }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -90,10 +90,10 @@ reads the Hub token from the Secret through its env valueFrom, the operator neve
 - apiGroups: [kubeflow.org]
   resources: [mpijobs]
   verbs: [get, list, watch, create, patch, delete]
-# The prepare step (downloads and data caches) is a batch Job.
+# The prepare step (downloads and data caches) is a batch Job (patched to suspend/resume it).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # The run's manifest and per-stage trainer configs.
 - apiGroups: [""]
   resources: [configmaps]
