@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rlhf import tools_cli
 from rlhf.config import STAGES, ConfigError, dump, load
 from rlhf.runner import commands as run_commands
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="directory written by `rlhf synth-data` (tokenizer corpus)")
     p.add_argument("--seed", type=int, default=0)
     run_commands.add_parsers(sub)  # prepare, run
+    tools_cli.add_parsers(sub)  # chat, rw-eval, prompt-eval
     return parser
 
 
@@ -103,6 +105,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "config": cmd_config, "validate": cmd_validate, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
 COMMANDS.update(run_commands.COMMANDS)  # prepare, run
+COMMANDS.update(tools_cli.COMMANDS)  # chat, rw-eval, prompt-eval
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,116 @@
+"""PPO on one rank in-process (CPU/gloo) with the nano models: the loop, its outputs, and its checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from rlhf import tools
+from rlhf.config import ConfigError, PPOConfig, load
+from rlhf.generation import Sampling, cut_answer, pack
+from rlhf.stages.loop import run_stage
+
+ITERATION_METRICS = {"reward_mean", "reward_std", "kl", "actor_loss", "critic_loss", "actor_clipfrac",
+                     "critic_clipfrac", "approx_kl", "answer_tokens", "generate_seconds", "train_seconds",
+                     "generate_tokens_per_second", "samples_per_second", "actor_lr", "critic_lr"}
+
+
+def _rows(out, split):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo")
+    cfg = load(PPOConfig, None, tiny.ppo_overrides(out, "ppo.max_iterations=3", "generation.generation_batches=2",
+                                                    "ppo.ppo_epochs=2"))
+    return out, cfg, run_stage(cfg)
+
+
+def test_ppo_iterates_logs_and_saves_a_chatable_actor(ppo_run):
+    out, cfg, summary = ppo_run
+    assert summary["status"] == "completed" and summary["global_step"] == 3
+    rows = _rows(out, "train")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert row.keys() >= ITERATION_METRICS, ITERATION_METRICS - row.keys()
+        assert row["answer_tokens"] >= 1
+    # held-out evaluation of the starting actor and the final one, with the program's checks
+    for prefix in ("baseline", "eval"):
+        for key in ("reward_mean", "distinct_2", "mean_words", "property_rate", "content_rate"):
+            assert f"{prefix}/{key}" in summary["metrics"], f"{prefix}/{key}"
+    assert {"check/property_gain_points", "check/distinct_2_ratio", "check/length_ratio"} <= summary["metrics"].keys()
+    assert len((out / "eval_answers.jsonl").read_text().splitlines()) == 6
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.vocab_size >= 512
+    actor, tok = tools.load_actor(out / "model")
+    answer = tools.reply(actor, tok, [("What is the capital of France?", None)], Sampling(max_new_tokens=8))
+    assert isinstance(answer, str)
+    assert json.loads((out / "summary.json").read_text())["model_dir"] == str(out / "model")
+
+
+def test_ppo_rerun_with_the_same_config_is_skipped(ppo_run):
+    _, cfg, _ = ppo_run
+    assert run_stage(cfg)["skipped"] is True
+
+
+def test_ppo_with_ptx_ema_and_a_reward_model_with_its_own_tokenizer(tiny, tmp_path):
+    from rlhf.data.synthetic import corpus_texts
+    from rlhf.models import tiny as tiny_models
+
+    other_tok = tiny_models.train_tokenizer(corpus_texts(tiny.data), vocab_size=300)
+    nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
+    other = tiny_models.build_tiny(tmp_path / "other_rm", tokenizer=other_tok, seed=2, **nano)
+    out = tmp_path / "ppo"
+    cfg = load(PPOConfig, None, tiny.ppo_overrides(
+        out, f"reward_model.name_or_path={other}", "ptx.coef=0.5", f"data.sft_only_paths=[{tiny.data / 'sft.jsonl'}]",
+        "engines.ema=true", "ppo.max_iterations=1", "evaluation.baseline=false"))
+    summary = run_stage(cfg)
+    assert summary["status"] == "completed"
+    assert "ptx_loss" in _rows(out, "train")[0]
+    assert (out / "ema_model" / "config.json").is_file()
+
+
+def test_critic_with_another_tokenizer_is_a_config_error(tiny, tmp_path):
+    from rlhf.data.synthetic import corpus_texts
+    from rlhf.models import tiny as tiny_models
+
+    other_tok = tiny_models.train_tokenizer(corpus_texts(tiny.data), vocab_size=300)
+    nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
+    other = tiny_models.build_tiny(tmp_path / "other", tokenizer=other_tok, seed=2, **nano)
+    cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path / "out", f"critic.name_or_path={other}"))
+    from rlhf.stages.ppo_models import load_tokenizers
+
+    with pytest.raises(ConfigError, match="critic.name_or_path: the critic's tokenizer"):
+        load_tokenizers(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.per_device_train_batch_size=3", "must divide the samples of one iteration"),
+    ("critic_optim.epochs=2", "critic_optim: epochs come from optim"),
+    ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
+    ("data.split=1,1,0", "PPO needs data.paths with a positive PPO share"),
+])
+def test_ppo_config_checks(tiny, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load(PPOConfig, None, tiny.ppo_overrides(tmp_path, override))
+
+
+def test_ema_with_lora_is_rejected(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="ema"):
+        load(PPOConfig, None, tiny.ppo_overrides(tmp_path, "engines.ema=true", "lora.dim=4"))
+
+
+def test_answers_are_cut_at_their_end_and_packed_right_padded():
+    assert cut_answer([5, 6, 1, 7], eos_id=1, pad_id=0) == ([5, 6], True)
+    assert cut_answer([5, 0, 6], eos_id=1, pad_id=0) == ([5], False)
+    assert cut_answer([5, 6], eos_id=1, pad_id=0) == ([5, 6], False)
+    gen = pack([[9, 8, 7], [4]], [[5, 6], []], [True, False], eos_id=1, pad_id=0)
+    assert gen.sequences.tolist() == [[9, 8, 7, 5, 6, 1], [4, 0, 0, 0, 0, 0]]
+    assert gen.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]
+    # action t emits token t+1: answer tokens 5, 6 and the eos of row 0; nothing for the empty answer
+    assert gen.action_mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
+    assert gen.answer_lens.tolist() == [3, 0] and gen.content_lens.tolist() == [2, 0]
+    assert gen.ended.tolist() == [True, False]
