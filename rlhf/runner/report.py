@@ -81,7 +81,7 @@ def table(results: list[StageResult]) -> str:
         metrics = "  ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in r.key_metrics().items())
         time_ = duration(r.seconds) if r.seconds is not None else "-"
         model = r.summary.get("model_dir", "-") if r.state in (DONE, SKIPPED) else "-"
-        state = r.state + (f" ({r.note})" if r.note and r.state in (SKIPPED, NOT_RUN) else "")
+        state = r.state + (f" ({r.note})" if r.note and r.state != DONE else "")
         rows.append((r.stage, state, r.steps(), metrics or "-", time_, str(model)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -63,7 +63,7 @@ def finished_stage(stage: str, config: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of ``stage`` if it already completed with exactly ``config``, else None."""
     if stage not in STAGES:
         return None
-    from rlhf.stages.loop import finished_summary
+    from rlhf.stages.finished import finished_summary
 
     return finished_summary(build(STAGES[stage], config, f"stage {stage}"))
 
@@ -216,6 +216,8 @@ class Runner:
         return p
 
     def _finish_stage(self, stage: str, p: procs.StageProcess) -> None:
+        if p.alive():  # the leader exited but left processes behind in its group
+            procs.stop_all([p], min(self.opts.grace, 2.0))
         r = self.results[stage]
         r.exit_code, r.seconds, r.finished_at = p.returncode, p.elapsed, report.now()
         try:

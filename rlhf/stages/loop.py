@@ -37,6 +37,7 @@ from rlhf.models.loading import load_tokenizer
 from rlhf.stages import checkpoint
 from rlhf.stages.base import Batch, Stage
 from rlhf.stages.data import prepare_stage_data
+from rlhf.stages.finished import finished_summary  # re-exported: torch-free, used by `rlhf run` too
 from rlhf.stages.tracking import Tracker
 
 
@@ -271,21 +272,6 @@ class Trainer:
             write_json_atomic(self.out / "summary.json", summary)
         barrier()
         return summary
-
-
-def finished_summary(cfg: StageConfig) -> dict[str, Any] | None:
-    """The summary of this exact stage config if it already completed in its output_dir, else None."""
-    out = Path(cfg.checkpoint.output_dir)
-    summary_file, config_file = out / "summary.json", out / "config.yaml"
-    if not (cfg.checkpoint.resume and summary_file.is_file() and config_file.is_file() and (out / "model").is_dir()):
-        return None
-    if config_file.read_text() != dump(cfg):
-        return None  # changed settings (e.g. more epochs): resume from the checkpoint and continue
-    try:
-        summary = json.loads(summary_file.read_text())
-    except json.JSONDecodeError:
-        return None
-    return summary if summary.get("status") == "completed" else None
 
 
 def run_stage(cfg: StageConfig) -> dict[str, Any]:
