@@ -8,6 +8,7 @@ condition.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,20 @@ from rlhf.spec import STAGE_NAMES, RLHFRun, SpecError, load_manifest, stage_conf
 #: The parts of a core/v1 Affinity a run may set (all of it, but nothing else).
 AFFINITY_KEYS = frozenset({"nodeAffinity", "podAffinity", "podAntiAffinity"})
 DEFAULT_NAMESPACE = "default"
+_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY = re.compile(rf"^({_PREFIX}/)?{_NAME}$")
+LABEL_VALUE = re.compile(rf"^({_NAME})?$")
+
+
+def _label_problems(where: str, key: str | None, value: str | None) -> list[str]:
+    """Kubernetes label syntax (nodeSelector, tolerations): the API server would reject the job."""
+    out = []
+    if key is not None and (not LABEL_KEY.match(key) or len(key.split("/")[-1]) > 63 or len(key) > 317):
+        out.append(f"{where}: {key!r} is not a valid label key")
+    if value is not None and (not LABEL_VALUE.match(value) or len(value) > 63):
+        out.append(f"{where}: {value!r} is not a valid label value")
+    return out
 
 
 class AdmissionError(SpecError):
@@ -57,6 +72,10 @@ def _cluster_problems(run: RLHFRun, config: OperatorConfig) -> list[str]:
                 f"spec.scheduling.nodeSelector.{key}: {value!r} conflicts with the {spec.accelerator} "
                 f"pool's {pool.node_selector[key]!r}"
             )
+    for key, value in spec.scheduling.node_selector.items():
+        problems += _label_problems(f"spec.scheduling.nodeSelector.{key}", key, value)
+    for i, tol in enumerate(spec.scheduling.tolerations):
+        problems += _label_problems(f"spec.scheduling.tolerations[{i}]", tol.key or None, tol.value)
     for key in sorted(set(spec.scheduling.affinity or {}) - AFFINITY_KEYS):
         problems.append(
             f"spec.scheduling.affinity.{key}: unknown field (expected {', '.join(sorted(AFFINITY_KEYS))})"

@@ -47,7 +47,9 @@ class Pool(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     devices_per_node: int = Field(8, ge=1)
-    hugepages2_mi: str | None = Field(None, alias="hugepages2Mi", description="Gaudi: hugepages-2Mi per pod")
+    hugepages2_mi: str | None = Field(
+        None, alias="hugepages2Mi", description="Gaudi: hugepages-2Mi per worker pod (default 95000Mi; '0': none)"
+    )
 
 
 class Images(_Model):
@@ -60,7 +62,7 @@ class Images(_Model):
 
 class Pools(_Model):
     nvidia: Pool = Field(default_factory=lambda: Pool(devices_per_node=8))
-    habana: Pool = Field(default_factory=lambda: Pool(devices_per_node=8, hugepages2_mi="95000Mi"))
+    habana: Pool = Field(default_factory=lambda: Pool(devices_per_node=8))
     cpu: Pool = Field(default_factory=lambda: Pool(devices_per_node=64))
 
 

@@ -25,7 +25,8 @@ class Profile:
     #: Gaudi: the host's IPC namespace, SYS_NICE and 2Mi hugepages for the HCCL/driver buffers.
     host_ipc: bool = False
     add_capabilities: tuple[str, ...] = ()
-    hugepages: bool = False
+    #: Default ``hugepages-2Mi`` per worker pod (Habana's MPIJob examples); the pool may override.
+    hugepages: str | None = None
 
     @property
     def trainer_accelerator(self) -> str:
@@ -42,7 +43,7 @@ PROFILES: dict[str, Profile] = {
     "habana": Profile(
         "habana", DEVICE_RESOURCES["habana"],
         env={"PT_HPU_LAZY_MODE": "1", "HABANA_LOGS": "/tmp/habana_logs"},
-        host_ipc=True, add_capabilities=("SYS_NICE",), hugepages=True,
+        host_ipc=True, add_capabilities=("SYS_NICE",), hugepages="95000Mi",
     ),
     "cpu": Profile("cpu", DEVICE_RESOURCES["cpu"], env={}, shm_volume=True),
 }

@@ -235,8 +235,8 @@ def worker_resources(admitted: Admitted, config: OperatorConfig, stage: str) -> 
         value = getattr(stage_spec.resources, key)
         if value is not None:
             limits[key] = requests[key] = value
-    hugepages = config.pool(spec.accelerator).hugepages2_mi
-    if prof.hugepages and hugepages:
+    hugepages = config.pool(spec.accelerator).hugepages2_mi or prof.hugepages
+    if prof.hugepages and hugepages and hugepages != "0":
         limits["hugepages-2Mi"] = requests["hugepages-2Mi"] = hugepages
     out: dict[str, Any] = {"limits": limits}
     if requests:
