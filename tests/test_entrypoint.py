@@ -318,15 +318,19 @@ def test_sshd_config(tmp_path):
     keys = sshdmod.host_keys(home, state)
     assert keys == [home / ".ssh" / "id_rsa", state / "ssh_host_ed25519_key"]
     env = {"PATH": "/opt/conda/bin:/usr/bin", "RLHF_ACCELERATOR": "cuda", "HOME": "/x", "SSH_AUTH_SOCK": "s",
-           "BAD": 'has "quotes"', "SPACED": "a b"}
+           "BAD": 'has "quotes"', "SPACED": "a b", "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+           "RUN_WORKER_PORT_22_TCP_ADDR": "10.0.0.2", "RUN_WORKER_PORT": "tcp://10.0.0.2:22", "MASTER_PORT": "29500"}
     text, skipped = sshdmod.sshd_config(port=2222, keys=keys, state=state, home=home, user="mpiuser", environ=env)
     lines = text.splitlines()
     for expected in ("Port 2222", "StrictModes no", "UsePAM no", "PasswordAuthentication no", "AllowUsers mpiuser",
                      f"AuthorizedKeysFile {home}/.ssh/authorized_keys", f"HostKey {home}/.ssh/id_rsa"):
         assert expected in lines
     setenv = [line for line in lines if line.startswith("SetEnv ")]
-    assert setenv == ['SetEnv "PATH=/opt/conda/bin:/usr/bin" "RLHF_ACCELERATOR=cuda" "SPACED=a b"']
+    assert setenv == ['SetEnv "MASTER_PORT=29500" "PATH=/opt/conda/bin:/usr/bin" "RLHF_ACCELERATOR=cuda" "SPACED=a b"']
     assert skipped == ["BAD"]
+    # a uid without a passwd entry: no AllowUsers line (sshd checks the account itself)
+    text, _ = sshdmod.sshd_config(port=2222, keys=keys, state=state, home=home, user=None, environ={})
+    assert "AllowUsers" not in text and "SetEnv" not in text
 
 
 def test_sshd_state_falls_back_to_a_temporary_dir_and_generates_a_key(tmp_path):

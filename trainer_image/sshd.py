@@ -16,8 +16,8 @@ Port 22 needs root, so sshd listens on :data:`DEFAULT_PORT` (2222; the image's c
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -33,6 +33,9 @@ KEY_TYPES = ("ed25519", "rsa")
 _NOT_FORWARDED = {"HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "MAIL",
                   "HOSTNAME", "LS_COLORS"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes service links (FOO_SERVICE_HOST, FOO_PORT_80_TCP_ADDR, FOO_PORT=tcp://...): one set per
+# Service in the namespace, useless to the ranks, and they can make the SetEnv line very long.
+_SERVICE_LINK = re.compile(r"^[A-Z0-9_]+_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
 
 
 def state_dir(home: Path) -> Path:
@@ -70,6 +73,8 @@ def setenv_directive(environ: Mapping[str, str]) -> tuple[str | None, list[str]]
         value = environ[name]
         if name in _NOT_FORWARDED or name.startswith("SSH_") or not _NAME.match(name):
             continue
+        if _SERVICE_LINK.match(name) or (name.endswith("_PORT") and re.match(r"^(tcp|udp|sctp)://", value)):
+            continue
         if any(c in value for c in '"\\\n\r'):
             skipped.append(name)
             continue
@@ -77,7 +82,15 @@ def setenv_directive(environ: Mapping[str, str]) -> tuple[str | None, list[str]]
     return ("SetEnv " + " ".join(items) if items else None), skipped
 
 
-def sshd_config(*, port: int, keys: list[Path], state: Path, home: Path, user: str,
+def current_user() -> str | None:
+    """This process's user name from the passwd database (None for a uid without an entry)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def sshd_config(*, port: int, keys: list[Path], state: Path, home: Path, user: str | None,
                 environ: Mapping[str, str]) -> tuple[str, list[str]]:
     """The sshd_config text for a foreground, non-root sshd, and the variables it could not pass."""
     lines = [
@@ -86,7 +99,7 @@ def sshd_config(*, port: int, keys: list[Path], state: Path, home: Path, user: s
         *(f"HostKey {key}" for key in keys),
         f"PidFile {state / 'sshd.pid'}",
         f"AuthorizedKeysFile {home / '.ssh' / 'authorized_keys'}",
-        f"AllowUsers {user}",
+        *([f"AllowUsers {user}"] if user else []),
         "StrictModes no",
         "UsePAM no",
         "PubkeyAuthentication yes",
@@ -116,7 +129,7 @@ def prepare(port: int = DEFAULT_PORT, environ: Mapping[str, str] | None = None,
         raise FileNotFoundError("sshd is not installed (the trainer images install openssh-server)")
     state = state_dir(home)
     config, skipped = sshd_config(port=port, keys=host_keys(home, state), state=state, home=home,
-                                  user=getpass.getuser(), environ=environ)
+                                  user=current_user(), environ=environ)
     if skipped:
         print(f"rlhf-entrypoint sshd: not passed to ssh sessions (value not representable): {', '.join(skipped)}",
               file=sys.stderr)
