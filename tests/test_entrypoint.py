@@ -241,7 +241,7 @@ def test_launch_reports_a_killed_command(tmp_path):
 
 
 def test_launch_without_summary_is_a_failure(tmp_path):
-    code, message, _ = _launch(tmp_path, [sys.executable, "-c", "print('no summary')"])
+    code, message, _ = _launch(tmp_path, [sys.executable, "-c", "print('no summary')"], wait_summary=0.2)
     assert code == 1
     assert message["status"] == "failed" and "wrote no" in message["reason"] and message["exit_code"] == 0
 
@@ -254,6 +254,20 @@ def test_launch_missing_program_and_bad_config(tmp_path):
     log = tmp_path / "log2"
     assert launchmod.launch(cfg, ["true"], log, hostfile=tmp_path / "none") == 2
     assert "checkpoint.output_dir is not set" in json.loads(log.read_text())["reason"]
+
+
+def test_summary_that_shows_up_late_is_read(tmp_path):
+    _, out = _config(tmp_path)
+    out.mkdir()
+    calls = []
+
+    def sleep(_seconds):
+        calls.append(1)
+        if len(calls) == 2:
+            (out / "summary.json").write_text('{"status": "completed"}')
+
+    assert launchmod.read_summary(out, wait=60, sleep=sleep) == {"status": "completed"}
+    assert len(calls) == 2
 
 
 def test_output_dir_follows_command_line_overrides(tmp_path):

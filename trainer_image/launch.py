@@ -143,8 +143,21 @@ def _reason(cmd: Sequence[str], code: int, tail: Sequence[str]) -> str:
     return f"{what}: {error}" if error else what
 
 
+def read_summary(out_dir: Path, wait: float, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """The stage summary, retried for up to ``wait`` seconds: rank 0 wrote it on another node,
+    and a shared filesystem (NFS) may show the new file to this pod a moment later."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return termination.read_summary(out_dir)
+        except ValueError:
+            if time.monotonic() >= deadline:
+                raise
+            sleep(0.5)
+
+
 def launch(config: str | Path, cmd: Sequence[str], termination_log: str | Path, *,
-           hostfile: str | Path | None = None, wait_hosts: float = 300.0,
+           hostfile: str | Path | None = None, wait_hosts: float = 300.0, wait_summary: float = 5.0,
            environ: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> int:
     """Run the launcher command for the stage config ``config``; return the exit status to use.
 
@@ -173,7 +186,7 @@ def launch(config: str | Path, cmd: Sequence[str], termination_log: str | Path, 
     code = run(full_cmd, tail, out)
     if code == 0:
         try:
-            message = termination.compact_summary(termination.read_summary(out_dir))
+            message = termination.compact_summary(read_summary(out_dir, wait_summary))
         except ValueError as e:
             termination.write(termination_log, termination.failure_message(str(e), 0, list(tail)))
             print(f"rlhf-entrypoint: {e}", file=sys.stderr)
