@@ -51,6 +51,11 @@ class Metrics:
         for p in PHASES:
             self.runs.labels(p).set(sum(1 for v in self._phases.values() if v == p))
 
+    @property
+    def known_runs(self) -> int:
+        """How many runs the operator reconciled and still exist."""
+        return len(self._phases)
+
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on ``port`` (a background thread)."""
         start_http_server(port, registry=self.registry)

@@ -3,8 +3,8 @@
 One jinja2 template per child kind (``templates/*.j2``): the MPIJob of a stage, the ConfigMap of a
 step, the prepare Job. The environment is strict (an undefined variable is an error) and every
 value reaches the text through :func:`to_yaml_scalar` (the ``tojson`` filter), which writes it as a
-JSON/YAML double-quoted scalar or flow collection; the text is then parsed with
-``yaml.safe_load``. So a newline, a quote, ``{{ }}``, ``&anchor`` or ``!!tag`` inside any string of
+JSON/YAML double-quoted scalar or flow collection; the text is then parsed by YAML's safe
+loader (``yaml.safe_load``). So a newline, a quote, ``{{ }}``, ``&anchor`` or ``!!tag`` inside any string of
 a manifest stays part of that string: no value can add or change a field.
 """
 
@@ -32,6 +32,8 @@ MPIJOB_BACKOFF_LIMIT = 0
 PREPARE_BACKOFF_LIMIT = 2
 LAUNCHER_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
 ENTRYPOINT = "rlhf-entrypoint"
+#: yaml.safe_load's loader, in C when libyaml is there (same safe constructor, ~10x faster).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def to_yaml_scalar(value: Any) -> str:
@@ -52,6 +54,17 @@ def to_yaml_scalar(value: Any) -> str:
     return "".join(out)
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, through libyaml when it can (it refuses lone surrogates, which no
+    manifest from the API server can hold; the pure-Python safe loader takes those)."""
+    if SAFE_LOADER is not yaml.SafeLoader:
+        try:
+            return yaml.load(text, Loader=SAFE_LOADER)
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_load(text)
+
+
 @cache
 def environment() -> jinja2.Environment:
     """The template environment: strict undefined, no autoescape, our ``tojson``."""
@@ -68,7 +81,7 @@ def environment() -> jinja2.Environment:
 def render_template(name: str, context: dict[str, Any]) -> dict[str, Any]:
     """Render ``templates/<name>`` with ``context`` and parse the text as one YAML document."""
     text = environment().get_template(name).render(**context)
-    data = yaml.safe_load(text)
+    data = load_yaml(text)
     if not isinstance(data, dict):
         raise ValueError(f"template {name} did not render a mapping")
     return data

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -54,8 +55,8 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 15.0, w
 class OperatorThread:
     """The real operator (Kopf + our handlers) in its own thread and event loop."""
 
-    def __init__(self, url: str, config: OperatorConfig):
-        self.url, self.config = url, config
+    def __init__(self, url: str, config: OperatorConfig, liveness: str | None = None):
+        self.url, self.config, self.liveness = url, config, liveness
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -69,7 +70,7 @@ class OperatorThread:
 
         try:
             asyncio.run(operator(self.config, Connection(server=self.url), metrics=self.metrics,
-                                 stop_flag=self._stop, ready_flag=self._ready, tune=tune))
+                                 liveness=self.liveness, stop_flag=self._stop, ready_flag=self._ready, tune=tune))
         except BaseException as e:  # surfaced by stop()
             self.error = e
 
@@ -185,15 +186,21 @@ class Cluster:
                                                     "completionTime": "2026-01-01T01:00:00Z"})
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.asynccontextmanager
-async def cluster(config: OperatorConfig | None = None, start: bool = True
+async def cluster(config: OperatorConfig | None = None, start: bool = True, liveness: str | None = None
                   ) -> AsyncIterator[tuple[Cluster, OperatorThread | None]]:
     """An emulated cluster and (unless ``start`` is False) a running operator."""
     config = config or OperatorConfig(resync_seconds=30)
     async with RealisticKubernetes() as emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         c = Cluster(emulator, url)
-        op = await OperatorThread(url, config).start() if start else None
+        op = await OperatorThread(url, config, liveness).start() if start else None
         try:
             yield c, op
         finally:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
-from harness import NS, OperatorThread, cluster, eventually, manifest
+from harness import NS, OperatorThread, cluster, eventually, free_port, manifest
 from rlhf_operator.config import OperatorConfig
 
 pytestmark = pytest.mark.asyncio
 
 
 async def test_success_path_prepare_then_sft_and_reward_then_ppo():
-    async with cluster() as (c, op):
+    port = free_port()
+    async with cluster(liveness=f"http://127.0.0.1:{port}/healthz") as (c, op):
+        async def healthy():
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as rsp:
+                    return rsp.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+        await eventually(healthy, what="the liveness endpoint")
         await c.create_run(manifest())
         # prepare first, no stage job before it succeeded
         await c.finish_prepare()

@@ -1,0 +1,184 @@
+"""The pure decision: idempotence, no flapping conditions, status as memory, suspension etiquette."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from harness import manifest
+from rlhf_operator import names, render
+from rlhf_operator.admission import AdmissionError, admit
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.controller import merge_patch
+from rlhf_operator.reconcile import decide, metrics_of, mpijob_state, termination_message
+
+CONFIG = OperatorConfig()
+UID = "run-uid"
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    data = manifest(**spec)
+    data["metadata"].update(uid=UID, generation=1)
+    if status is not None:
+        data["status"] = status
+    return data
+
+
+def observed(data: dict[str, Any], steps: dict[str, list[str]], **extra: Any) -> dict:
+    """Children as the operator renders them, with the given conditions per step."""
+    admitted = admit(data, CONFIG)
+    objects = {}
+    for step in names.STEPS:
+        cm = render.config_map(admitted, step, UID)
+        objects[("ConfigMap", cm["metadata"]["name"])] = cm
+    for step, conds in steps.items():
+        if step == names.PREPARE:
+            obj = render.prepare_job(admitted, CONFIG, UID)
+            kind = "Job"
+        else:
+            obj = render.mpijob(admitted, CONFIG, step, UID, attempt=extra.get("attempt", {}).get(step, 1))
+            kind = "MPIJob"
+        obj["metadata"]["uid"] = f"{step}-uid"
+        obj["status"] = {"conditions": [{"type": t, "status": "True"} for t in conds]}
+        objects[(kind, obj["metadata"]["name"])] = obj
+    return objects
+
+
+def step(data, objects, pods=None, now=T0):
+    """Decide, and apply the status as the API server would; returns (decision, new body)."""
+    admission = _admission(data)
+    decision = decide(data, admission, CONFIG, objects, pods or {}, now)
+    new = copy.deepcopy(data)
+    new["status"] = decision.status
+    return decision, new
+
+
+def _admission(data):
+    try:
+        return admit(data, CONFIG)
+    except AdmissionError as e:
+        return e
+
+
+def launcher(message: dict[str, Any]) -> dict[str, Any]:
+    return {"status": {"containerStatuses": [{"name": "launcher", "state": {"terminated": {
+        "exitCode": 0, "message": json.dumps(message)}}}]}}
+
+
+def test_a_new_run_creates_config_maps_and_the_prepare_job_only():
+    decision, _ = step(body(), {})
+    created = [(a.kind, a.name) for a in decision.actions]
+    assert created == [("ConfigMap", "demo-run"), ("ConfigMap", "demo-sft-config"),
+                       ("ConfigMap", "demo-reward-config"), ("ConfigMap", "demo-ppo-config"),
+                       ("Job", "demo-prepare")]
+    assert decision.status["phase"] == "Running"
+
+
+def test_deciding_again_on_the_same_world_changes_nothing():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created"]})
+    first, data = step(data, objects, now=T0)
+    second, _ = step(data, objects, now=T0 + timedelta(hours=1))
+    assert second.actions == [] and second.events == []
+    assert second.status == first.status  # transition times kept: nothing to write
+    assert merge_patch(first.status, second.status) == {}
+
+
+def test_transition_time_changes_only_with_status():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created"], "reward": ["Created"]})
+    _, data = step(data, objects, now=T0)
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created"]})
+    _, later = step(data, objects, now=T0 + timedelta(minutes=5))
+    before = {c["type"]: c for c in data["status"]["conditions"]}
+    after = {c["type"]: c for c in later["status"]["conditions"]}
+    assert after["SFTSucceeded"]["reason"] == "Running" != before["SFTSucceeded"]["reason"]
+    assert after["SFTSucceeded"]["lastTransitionTime"] == before["SFTSucceeded"]["lastTransitionTime"]  # still False
+
+
+def test_a_failed_attempt_is_counted_once_even_if_seen_twice():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Failed"], "reward": ["Created"]})
+    first, data = step(data, objects)
+    assert [(a.verb, a.name, a.uid) for a in first.actions] == [("delete", "demo-sft", "sft-uid")]
+    second, data = step(data, objects)  # the deletion has not happened yet (or the operator restarted)
+    sft = next(s for s in data["status"]["stages"] if s["name"] == "sft")
+    assert sft["retries"] == 1
+    del objects[("MPIJob", "demo-sft")]
+    third, _ = step(data, objects)
+    created = [a for a in third.actions if a.verb == "create"]
+    assert [a.name for a in created] == ["demo-sft"]
+    assert created[0].body["metadata"]["annotations"][names.ATTEMPT_ANNOTATION] == "2"
+
+
+def test_a_succeeded_stage_whose_job_was_cleaned_up_is_not_run_again():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Running"]})
+    pods = {"sft": launcher({"status": "completed", "metrics": {"eval/loss": 0.5, "note": "x", "flag": True}})}
+    _, data = step(data, objects, pods)
+    del objects[("MPIJob", "demo-sft")], objects[("Job", "demo-prepare")]  # ttlSecondsAfterFinished
+    decision, data = step(data, objects)
+    assert decision.actions == []
+    sft = next(s for s in data["status"]["stages"] if s["name"] == "sft")
+    assert sft["state"] == "Succeeded" and sft["metrics"] == {"eval/loss": 0.5}
+
+
+def test_ppo_waits_for_both_stages():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Running"]})
+    decision, data = step(data, objects)
+    assert not any(a.name == "demo-ppo" for a in decision.actions)
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"]})
+    decision, _ = step(data, objects)
+    assert [a.name for a in decision.actions if a.kind == "MPIJob"] == ["demo-ppo"]
+
+
+def test_resume_leaves_jobs_suspended_by_someone_else_alone():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Suspended"], "reward": ["Suspended"]})
+    for key in (("MPIJob", "demo-sft"), ("MPIJob", "demo-reward")):
+        objects[key]["spec"]["runPolicy"]["suspend"] = True  # Kueue holds them in its queue
+    objects[("MPIJob", "demo-sft")]["metadata"]["annotations"][names.SUSPENDED_BY_RUN] = "true"
+    decision, _ = step(data, objects)
+    patched = {a.name: a.body for a in decision.actions if a.verb == "patch"}
+    assert list(patched) == ["demo-sft"]
+    assert patched["demo-sft"]["spec"]["runPolicy"]["suspend"] is False
+
+
+def test_config_map_drift_is_patched_and_foreign_objects_block_their_step():
+    data = body()
+    objects = observed(data, {})
+    objects[("ConfigMap", "demo-sft-config")]["data"] = {"config.yaml": "edited: by hand\n"}
+    objects[("ConfigMap", "demo-run")]["metadata"]["ownerReferences"] = []
+    decision, new = step(data, objects)
+    assert [(a.verb, a.name) for a in decision.actions] == [("patch", "demo-sft-config")]
+    conds = {c["type"]: c for c in new["status"]["conditions"]}
+    assert conds["Prepared"]["reason"] == "NameConflict"
+
+
+def test_invalid_run_has_no_actions_and_names_the_field():
+    data = body()
+    data["spec"]["storage"] = {"localDir": "runs/x"}
+    decision, new = step(data, {})
+    assert decision.actions == []
+    valid = next(c for c in new["status"]["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["message"].startswith("spec.storage.pvc")
+    assert [e[1] for e in decision.events] == ["InvalidSpec", "RunInvalidSpec"]
+
+
+def test_termination_messages_and_job_states():
+    assert metrics_of({"metrics": {"a": 1, "b": float("nan"), "c": "x"}}) == {"a": 1.0}
+    assert termination_message({"status": {"containerStatuses": [{"name": "launcher", "state": {
+        "terminated": {"message": "Traceback...\nRuntimeError: boom"}}}]}})["reason"] == "RuntimeError: boom"
+    assert termination_message(None) is None
+    assert mpijob_state({"status": {"conditions": [{"type": "Created", "status": "True"},
+                                                   {"type": "Running", "status": "False"}]}})[0] == "Pending"
+    assert mpijob_state({"status": {"conditions": [{"type": "Restarting", "status": "True"}]}})[0] == "Running"
+
+
+def test_merge_patch_removes_keys_with_null():
+    assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}, "e": [1]}) == {
+        "a": None, "b": {"d": None}, "e": [1]}
