@@ -45,7 +45,12 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 
 def _latest(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    pods = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    """The newest pod (creation time, then resourceVersion for pods created the same second)."""
+    def key(pod: dict[str, Any]) -> tuple[str, int]:
+        meta = pod.get("metadata") or {}
+        rv = str(meta.get("resourceVersion") or "0")
+        return meta.get("creationTimestamp") or "", int(rv) if rv.isdigit() else 0
+    pods = sorted(pods, key=key)
     return pods[-1] if pods else None
 
 

@@ -182,3 +182,29 @@ def test_termination_messages_and_job_states():
 def test_merge_patch_removes_keys_with_null():
     assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}, "e": [1]}) == {
         "a": None, "b": {"d": None}, "e": [1]}
+
+
+def test_every_status_fits_the_rlhfrun_crd_schema():
+    """A field the API server would prune would make every reconcile write the status again."""
+    import jsonschema
+    import yaml
+    from test_render import ROOT, unknown_fields
+
+    crd = yaml.safe_load((ROOT / "crds" / "rlhfrun.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    data = body()
+    worlds = [
+        {},
+        {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Failed"]},
+        {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"], "ppo": ["Suspended"]},
+        {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"], "ppo": ["Succeeded"]},
+    ]
+    pods = {s: launcher({"status": "completed", "metrics": {"eval/x": 1}}) for s in ("sft", "reward", "ppo")}
+    for steps in worlds:
+        decision, data = step(data, observed(data, steps), pods)
+        jsonschema.validate(decision.status, schema, cls=jsonschema.Draft7Validator)
+        assert unknown_fields(decision.status, schema) == []
+    assert data["status"]["phase"] == "Succeeded"
+    invalid = body(storage={"localDir": "x"})
+    decision, _ = step(invalid, {})
+    jsonschema.validate(decision.status, schema, cls=jsonschema.Draft7Validator)
