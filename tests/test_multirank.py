@@ -28,7 +28,9 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    # The package is installed (editable); the repository root must not go on PYTHONPATH, where
+    # its operator/ directory would shadow the standard library's `operator` module.
+    env.pop("PYTHONPATH", None)
     return env
 
 
@@ -36,7 +38,7 @@ def mpirun(n: int) -> list[str]:
     if not shutil.which("mpirun"):
         pytest.skip("OpenMPI's mpirun is not installed (make setup installs openmpi-bin)")
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(n), "--mca", "btl", "self,vader",
-           "--mca", "oob_tcp_if_include", "lo", "-x", f"MASTER_PORT={free_port()}", "-x", "PYTHONPATH"]
+           "--mca", "oob_tcp_if_include", "lo", "-x", f"MASTER_PORT={free_port()}"]
     for key in ENV_KEYS:
         cmd += ["-x", key]
     return cmd
