@@ -250,6 +250,7 @@ def test_a_failing_stage_stops_the_others_and_shows_its_log_tail(fakes, tmp_path
     assert summary["status"] == "failed" and "reward failed: exit code 3" in summary["reason"]
     states = {s: v["state"] for s, v in summary["stages"].items()}
     assert states == {"sft": "stopped", "reward": "failed", "ppo": "not run"}
+    assert summary["stages"]["sft"]["total_steps"] == 4, "a stopped stage reports how far it got"
     status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert status["phase"] == "Failed" and conditions["Failed"] == ("True", "StageFailed")

@@ -55,6 +55,7 @@ class StageResult:
     finished_at: datetime | None = None
     log: str | None = None
     config: str | None = None
+    reached: tuple[int | None, int | None] = (None, None)  # (step, total) seen in its progress, if it stopped
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -69,6 +70,8 @@ class StageResult:
 
     def steps(self) -> str:
         step, total = self.summary.get("global_step"), self.summary.get("total_steps")
+        if step is None:
+            step, total = self.reached
         if step is None:
             return "-"
         return f"{step}/{total}" if total else str(step)
@@ -103,7 +106,8 @@ def write_summary(path: Path, *, run: str, manifest: str, root: Path, status: st
     for r in results:
         stages[r.stage] = {
             "state": r.state, "note": r.note or None, "exit_code": r.exit_code, "seconds": r.seconds,
-            "global_step": r.summary.get("global_step"), "total_steps": r.summary.get("total_steps"),
+            "global_step": r.summary.get("global_step", r.reached[0]),
+            "total_steps": r.summary.get("total_steps", r.reached[1]),
             "metrics": r.metrics, "model_dir": r.summary.get("model_dir") if r.state in (DONE, SKIPPED) else None,
             "log": r.log, "config": r.config,
         }

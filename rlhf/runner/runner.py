@@ -220,10 +220,15 @@ class Runner:
             procs.stop_all([p], min(self.opts.grace, 2.0))
         r = self.results[stage]
         r.exit_code, r.seconds, r.finished_at = p.returncode, p.elapsed, report.now()
-        try:
-            r.summary = json.loads((self.root / stage / "summary.json").read_text())
-        except (OSError, ValueError):
-            r.summary = {}
+        r.summary = {}
+        if p.returncode == 0:
+            try:
+                r.summary = json.loads((self.root / stage / "summary.json").read_text())
+            except (OSError, ValueError):
+                r.summary = {}
+        if not r.summary:  # stopped or failed: how far it got
+            prog = progress.read_progress(self.root / stage, Path(r.log or ""))
+            r.reached = (prog.step, prog.total)
         if p.returncode == 0:
             r.state = DONE
             if r.summary.get("skipped"):
