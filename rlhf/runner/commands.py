@@ -35,7 +35,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     stages = parse_stages(args.stages)
     try:
         prepared = prepare(run, stages, echo=lambda line: print(line, flush=True))
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # a failed download, an unwritable storage root
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.manifest}: storage prepared" + ("" if prepared.did_work else " (nothing to do)"), flush=True)
