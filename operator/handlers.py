@@ -36,6 +36,10 @@ def build_registry(controller: Controller, connection: Connection,
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # we post our own Events, on transitions only
+        if controller.config.namespaces:
+            # A namespaced install (Roles only) may neither list namespaces nor watch CRDs, both
+            # cluster-scoped: take the configured names as they are, scan resources once.
+            settings.scanning.disabled = True
         for group, version, plural in CHILD_RESOURCES:
             settings.watching.label_selectors[group, version, plural] = names.selector()
         if tune is not None:

@@ -89,8 +89,11 @@ class Connection:
             config.load_kube_config(client_configuration=cfg)
 
         def token() -> str | None:
-            header = cfg.get_api_key_with_prefix("authorization") or ""
-            return header.removeprefix("Bearer ").strip() or None
+            # auth_settings() refreshes in-cluster tokens; its key name differs across versions.
+            for item in cfg.auth_settings().values():
+                if item.get("in") == "header" and str(item.get("key", "")).lower() == "authorization":
+                    return str(item.get("value") or "").removeprefix("Bearer ").strip() or None
+            return None
 
         return cls(server=cfg.host, token=token, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
                    cert_path=cfg.cert_file, key_path=cfg.key_file)

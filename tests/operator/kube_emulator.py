@@ -45,7 +45,7 @@ RESOURCES = [
     ("v1/pods", "Pod", True, True),
     ("v1/configmaps", "ConfigMap", True, False),
     ("v1/events", "Event", True, False),
-    ("v1/namespaces", "Namespace", False, True),
+    ("v1/namespaces", "Namespace", False, True),  # discoverable, but not listable (see __call__)
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, True),
 ]
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
@@ -144,6 +144,17 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             self._kinds[res] = (kind, namespaced, status)
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # Namespaces are cluster-scoped: like a namespaced install's ServiceAccount (Roles only),
+        # the operator may not list them (Kopf then assumes its configured namespaces exist).
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            await raw_request.read()
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+                "message": 'namespaces is forbidden: cannot list resource "namespaces" at the cluster scope',
+            }, status=403)
+        return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         # Skip kmock's own state tracking (KubernetesEmulator._handle); ours is in _serve_*.

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
+
 import aiohttp
 import pytest
+import yaml
 from harness import NS, OperatorThread, cluster, eventually, free_port, manifest
 from rlhf_operator.config import OperatorConfig
 
@@ -241,3 +247,57 @@ async def test_same_named_object_not_owned_is_a_condition_and_left_alone():
         job = await c.job("demo-prepare")
         assert job["metadata"]["labels"] == {"owner": "someone"} and "ownerReferences" not in job["metadata"]
         assert await c.mpijobs() == []
+
+
+async def test_rlhf_operator_run_command_with_kubeconfig_metrics_and_liveness(tmp_path):
+    """`rlhf-operator run` as a process: kubeconfig login, /healthz, /metrics, SIGTERM."""
+    async with cluster(start=False) as (c, _):
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": c.url}}],
+            "users": [{"name": "u", "user": {"token": "t0ken"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
+        }))
+        config = tmp_path / "operator.yaml"
+        config.write_text("namespaces: [team-a]\nresyncSeconds: 30\n")
+        live, prom = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rlhf_operator.cli", "run", "--config", str(config),
+            "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(prom),
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            async def get(url):
+                try:
+                    async with aiohttp.ClientSession() as http, http.get(url) as rsp:
+                        return rsp.status == 200 and await rsp.text()
+                except aiohttp.ClientConnectionError:
+                    return False
+            await eventually(lambda: get(f"http://127.0.0.1:{live}/healthz"), 30, "the liveness endpoint")
+            await c.create_run(manifest())
+            try:
+                await eventually(lambda: c.job("demo-prepare"), 30, "the prepare Job")
+            except AssertionError:
+                proc.kill()
+                raise AssertionError((await proc.stderr.read()).decode()[-3000:]) from None
+
+            async def counted():
+                text = await get(f"http://127.0.0.1:{prom}/metrics")
+                return text and 'rlhf_operator_runs{phase="Running"} 1.0' in text and text
+            text = await eventually(counted, 30, "the run counted in /metrics")
+            assert "rlhf_operator_reconcile_duration_seconds_count" in text
+            assert "rlhf_operator_reconcile_errors_total" in text
+            # Kopf's watch and our client's status writes both logged in with the kubeconfig's token.
+            watches = [r for r in c.emulator if "rlhfruns" in str(r.url) and r.params.get("watch") == "true"]
+            writes = [r for r in c.emulator if str(r.url).endswith("/demo/status") and r.method == "PATCH"]
+            assert watches and writes
+            assert {r.headers.get("Authorization") for r in watches + writes} == {"Bearer t0ken"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                raise
+        assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
