@@ -109,7 +109,7 @@ def test_no_option_declared_twice():
     # (lora.dropout, lora.learning_rate), which are different options from model.dropout and
     # optim.learning_rate.
     allowed = {"model": {"SFTConfig", "RewardConfig"}, "dropout": {"ModelConfig", "LoraConfig"},
-               "learning_rate": {"OptimConfig", "LoraConfig"}}
+               "learning_rate": {"OptimizerConfig", "LoraConfig"}}
     dupes = {f: o for f, o in owners.items() if len(o) > 1 and set(o) != allowed.get(f)}
     assert not dupes, dupes
 

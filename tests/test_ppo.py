@@ -89,13 +89,21 @@ def test_critic_with_another_tokenizer_is_a_config_error(tiny, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("optim.per_device_train_batch_size=3", "must divide the samples of one iteration"),
-    ("critic_optim.epochs=2", "critic_optim: epochs come from optim"),
+    ("critic_optim.epochs=2", "critic_optim.epochs: unknown key"),
     ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
     ("data.split=1,1,0", "PPO needs data.paths with a positive PPO share"),
 ])
 def test_ppo_config_checks(tiny, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load(PPOConfig, None, tiny.ppo_overrides(tmp_path, override))
+
+
+def test_a_dumped_ppo_config_loads_back(tiny, tmp_path):
+    from rlhf.config import dump
+
+    cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, "critic_optim.learning_rate=2e-5"))
+    (tmp_path / "ppo.yaml").write_text(dump(cfg))
+    assert load(PPOConfig, tmp_path / "ppo.yaml") == cfg
 
 
 def test_ema_with_lora_is_rejected(tiny, tmp_path):

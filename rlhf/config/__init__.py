@@ -10,6 +10,7 @@ from rlhf.config.parts import (
     LoraConfig,
     ModelConfig,
     OptimConfig,
+    OptimizerConfig,
     RewardModelConfig,
 )
 from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
@@ -18,6 +19,6 @@ from rlhf.config.stages import STAGES, PPOConfig, RewardConfig, SFTConfig, Stage
 __all__ = [
     "STAGES", "CheckpointConfig", "GenerationConfig", "PPOAlgoConfig", "PPOConfig", "PPOEnginesConfig",
     "PPOEvalConfig", "PtxConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
-    "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "RewardConfig", "RewardModelConfig",
+    "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "OptimizerConfig", "RewardConfig", "RewardModelConfig",
     "SFTConfig", "Section", "StageConfig", "apply_overrides", "build", "dump", "load",
 ]

@@ -108,22 +108,29 @@ class DataConfig(Section):
         return value
 
 
-class OptimConfig(Section):
+class OptimizerConfig(Section):
+    """How one model's weights are updated: AdamW, learning-rate schedule, clipping."""
+
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (--learning_rate)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, not applied to biases and norms (--weight_decay)")
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
-    epochs: int = Field(1, ge=1, description="Passes over the training data (--num_train_epochs)")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps")
-    per_device_train_batch_size: int = Field(8, ge=1, description="(--per_device_train_batch_size)")
-    per_device_eval_batch_size: int = Field(8, ge=1, description="(--per_device_eval_batch_size)")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="(--gradient_accumulation_steps)")
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
     ] = Field("cosine", description="(--lr_scheduler_type)")
     warmup_steps: int = Field(0, ge=0, description="(--num_warmup_steps)")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up as a share of all steps, if warmup_steps is 0")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables")
+
+
+class OptimConfig(OptimizerConfig):
+    """The optimizer plus how the stage batches and iterates over its data."""
+
+    epochs: int = Field(1, ge=1, description="Passes over the training data (--num_train_epochs)")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps")
+    per_device_train_batch_size: int = Field(8, ge=1, description="(--per_device_train_batch_size)")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="(--per_device_eval_batch_size)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="(--gradient_accumulation_steps)")
     compute_fp32_loss: bool = Field(False, description="Compute the loss from fp32 logits (--compute_fp32_loss)")
 
 

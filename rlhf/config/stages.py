@@ -15,6 +15,7 @@ from rlhf.config.parts import (
     LoraConfig,
     ModelConfig,
     OptimConfig,
+    OptimizerConfig,
     RewardModelConfig,
 )
 from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
@@ -91,10 +92,10 @@ class PPOConfig(StageConfig):
         None, description="The frozen reward model; default the critic's checkpoint (both start from the RM stage). "
         "It may have its own tokenizer: it then scores the decoded text",
     )
-    critic_optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(learning_rate=5e-6),
+    critic_optim: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(learning_rate=5e-6),
         description="The critic's learning rate, weight decay, schedule and warm-up (--critic_learning_rate, "
-        "--critic_weight_decay); batch sizes and epochs come from optim",
+        "--critic_weight_decay); it trains on the actor's mini-batches (optim)",
     )
     critic_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA of the critic (--critic_lora_dim)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -109,11 +110,6 @@ class PPOConfig(StageConfig):
             raise ValueError("data: PPO needs data.paths with a positive PPO share in data.split")
         if self.ptx.coef > 0 and not self.data.sft_only_paths and self.data.split[0] <= 0:
             raise ValueError("data: ptx.coef > 0 needs SFT data: data.sft_only_paths or a positive SFT share")
-        fixed = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "epochs", "max_steps"} & self.critic_optim.model_fields_set
-        if fixed:
-            raise ValueError(f"critic_optim: {', '.join(sorted(fixed))} come from optim (the critic trains on "
-                             "the actor's mini-batches); set them there")
         if self.engines.ema and self.lora.enabled:
             raise ValueError("engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0")
         gen = self.generation

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimConfig, PPOConfig
+from rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimConfig, OptimizerConfig, PPOConfig
 from rlhf.data.cache import tokenizer_fingerprint
 from rlhf.engine.ds_config import build_ds_config
 from rlhf.engine.setup import Runtime, initialize_training, zero3_model_init
@@ -32,9 +32,8 @@ def _no_dropout(model: ModelConfig) -> ModelConfig:
 
 def critic_optim(cfg: PPOConfig) -> OptimConfig:
     """The critic's optimizer settings with the actor's batch sizes and epochs."""
-    shared = {k: getattr(cfg.optim, k) for k in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                                                 "gradient_accumulation_steps", "epochs", "max_steps")}
-    return cfg.critic_optim.model_copy(update=shared)
+    batching = cfg.optim.model_dump(exclude=set(OptimizerConfig.model_fields))
+    return OptimConfig(**cfg.critic_optim.model_dump(), **batching)
 
 
 def _with_stage(ds: DeepSpeedConfig, stage: int | None, offload: bool = False) -> DeepSpeedConfig:
