@@ -39,6 +39,10 @@ from rlhf.spec import STAGE_NAMES
 
 Verb = Literal["create", "patch", "delete"]
 Key = tuple[str, str]  # (kind, name)
+#: What a created job that does not run yet is waiting for (the same words before and after the
+#: first observation, so that observing it changes nothing).
+MPIJOB_PENDING = "waiting for the MPI operator"
+JOB_PENDING = "waiting for its pod"
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def mpijob_state(job: dict[str, Any]) -> tuple[str, str]:
             return state, str(conds[type_].get("message") or conds[type_].get("reason") or type_)
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
         return "Suspended", "suspended"
-    return "Pending", "waiting for the MPI operator"
+    return "Pending", MPIJOB_PENDING
 
 
 def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
@@ -100,7 +104,7 @@ def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
         return "Suspended", "suspended"
     if (job.get("status") or {}).get("active"):
         return "Running", "running"
-    return "Pending", "waiting for its pod"
+    return "Pending", JOB_PENDING
 
 
 def is_finished(kind: str, job: dict[str, Any]) -> bool:
@@ -206,6 +210,11 @@ class _Ctx:
         return self.objects.get((kind, names.job_name(self.admitted.name, step)))
 
 
+def _reason(state: str) -> str:
+    """Condition reason of a job in ``state``: a job that exists but does not run yet is "Created"."""
+    return "Created" if state == "Pending" else state
+
+
 def _conflict(kind: str, name: str) -> str:
     return f"a {kind} named {name} exists and is not owned by this run; delete or rename it"
 
@@ -243,7 +252,7 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
             ctx.steps[step] = _Step("False", "Suspended", "the run is suspended")
         else:
             ctx.actions.append(Action("create", "Job", name, render.prepare_job(ctx.admitted, ctx.config, ctx.uid)))
-            ctx.steps[step] = _Step("False", "Created", f"Job {name} created")
+            ctx.steps[step] = _Step("False", "Created", f"Job {name}: {JOB_PENDING}")
             ctx.started = True
         return False
     if not owned_by(job, ctx.uid):
@@ -263,7 +272,7 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     if patch:
         ctx.actions.append(Action("patch", "Job", name, patch))
         state = "Suspended" if ctx.suspend else "Pending"
-    ctx.steps[step] = _Step("False", state, f"Job {name}: {detail}")
+    ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
     return False
 
 
@@ -304,7 +313,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         body = render.mpijob(ctx.admitted, ctx.config, stage, ctx.uid, attempt=attempt)
         ctx.actions.append(Action("create", "MPIJob", name, body))
         entry.update(jobName=name, state="Pending")
-        ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} created (attempt {attempt})")
+        ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
         ctx.started = True
         return
 
@@ -350,7 +359,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         ctx.actions.append(Action("patch", "MPIJob", name, patch))
         state = "Suspended" if ctx.suspend else "Pending"
     entry["state"] = "Running" if state == "Running" else "Pending"
-    ctx.steps[stage] = _Step("False", state, f"MPIJob {name} (attempt {attempt}): {detail}")
+    ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
 
 
 def _current_stage(entries: dict[str, dict[str, Any]]) -> str | None:
