@@ -64,6 +64,8 @@ class Controller:
         self.metrics = metrics or Metrics()
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: The API's refusals of our last changes, per run and child name (see reconcile.decide).
+        self._failures: dict[tuple[str, str], dict[str, str]] = {}
 
     async def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Reconcile the run ``namespace/name``; None if it is gone or being deleted."""
@@ -75,6 +77,7 @@ class Controller:
     def forget(self, namespace: str, name: str) -> None:
         """The run was deleted: drop what we keep about it."""
         self._locks.pop((namespace, name), None)
+        self._failures.pop((namespace, name), None)
         self.metrics.set_phase(namespace, name, None)
 
     async def _reconcile(self, namespace: str, name: str) -> Decision | None:
@@ -88,12 +91,26 @@ class Controller:
             admission = e
         objects = await self._observe(namespace, name)
         pods = await self._finished_pods(namespace, name, objects)
-        decision = decide(body, admission, self.config, objects, pods, self._clock())
+        failures = self._failures.setdefault((namespace, name), {})
+        decision = decide(body, admission, self.config, objects, pods, self._clock(), dict(failures))
         if not await self._write_status(body, decision.status):
             return None
+        changed = False
         for action in decision.actions:
-            await self._apply(namespace, action)
+            error = await self._apply(namespace, action)
+            if failures.get(action.name) != error:
+                changed = True
+                if error is None:
+                    failures.pop(action.name, None)
+                else:
+                    failures[action.name] = error
         await self._post_events(body, decision.events)
+        if changed:  # tell the user now, not at the next event
+            written = {**body, "status": decision.status}
+            again = decide(written, admission, self.config, objects, pods, self._clock(), dict(failures))
+            await self._write_status(written, again.status)
+            await self._post_events(body, again.events)
+            decision = Decision(again.status, decision.actions, decision.events + again.events)
         self.metrics.set_phase(namespace, name, decision.status.get("phase"))
         return decision
 
@@ -133,20 +150,27 @@ class Controller:
                                         {"status": merge_patch(old, status)}, subresource="status")
         return patched is not None
 
-    async def _apply(self, namespace: str, action: Action) -> None:
+    async def _apply(self, namespace: str, action: Action) -> str | None:
+        """Apply one action; the API's refusal as text (quota, RBAC, webhook), None if it went through."""
         resource = kube.BY_KIND[action.kind]
-        if action.verb == "create":
-            assert action.body is not None
-            _, created = await self.kube.create(resource, namespace, action.body)
-            if not created:
-                logger.info("%s %s/%s already exists", action.kind, namespace, action.name)
-        elif action.verb == "patch":
-            assert action.body is not None
-            await self.kube.patch(resource, namespace, action.name, action.body)
-        else:
-            await self.kube.delete(resource, namespace, action.name, uid=action.uid)
+        try:
+            if action.verb == "create":
+                assert action.body is not None
+                _, created = await self.kube.create(resource, namespace, action.body)
+                if not created:
+                    logger.info("%s %s/%s already exists", action.kind, namespace, action.name)
+            elif action.verb == "patch":
+                assert action.body is not None
+                await self.kube.patch(resource, namespace, action.name, action.body)
+            else:
+                await self.kube.delete(resource, namespace, action.name, uid=action.uid)
+        except kube.ApiError as e:
+            self.metrics.errors.inc()
+            logger.warning("cannot %s %s %s/%s: %s", action.verb, action.kind, namespace, action.name, e)
+            return f"cannot {action.verb} {action.kind} {action.name}: {e}"
         self.metrics.actions.labels(action.verb, action.kind).inc()
         logger.info("%s %s %s/%s", action.verb, action.kind, namespace, action.name)
+        return None
 
     async def _post_events(self, body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
         meta = body["metadata"]

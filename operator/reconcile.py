@@ -54,6 +54,8 @@ class Action:
     name: str
     body: dict[str, Any] | None = None
     uid: str | None = None
+    #: The step whose condition reports a failure of this action.
+    step: str | None = None
 
 
 @dataclass
@@ -227,12 +229,12 @@ def _ensure_config_maps(ctx: _Ctx) -> set[str]:
         name = desired["metadata"]["name"]
         obj = ctx.objects.get(("ConfigMap", name))
         if obj is None:
-            ctx.actions.append(Action("create", "ConfigMap", name, desired))
+            ctx.actions.append(Action("create", "ConfigMap", name, desired, step=step))
         elif not owned_by(obj, ctx.uid):
             blocked.add(step)
             ctx.steps[step] = _Step("False", "NameConflict", _conflict("ConfigMap", name))
         elif obj.get("data") != desired["data"]:
-            ctx.actions.append(Action("patch", "ConfigMap", name, {"data": desired["data"]}))
+            ctx.actions.append(Action("patch", "ConfigMap", name, {"data": desired["data"]}, step=step))
     return blocked
 
 
@@ -251,7 +253,8 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         if ctx.suspend:
             ctx.steps[step] = _Step("False", "Suspended", "the run is suspended")
         else:
-            ctx.actions.append(Action("create", "Job", name, render.prepare_job(ctx.admitted, ctx.config, ctx.uid)))
+            body = render.prepare_job(ctx.admitted, ctx.config, ctx.uid)
+            ctx.actions.append(Action("create", "Job", name, body, step=step))
             ctx.steps[step] = _Step("False", "Created", f"Job {name}: {JOB_PENDING}")
             ctx.started = True
         return False
@@ -270,7 +273,7 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         return False
     patch = _suspend_patch("Job", job, ctx.suspend)
     if patch:
-        ctx.actions.append(Action("patch", "Job", name, patch))
+        ctx.actions.append(Action("patch", "Job", name, patch, step=step))
         state = "Suspended" if ctx.suspend else "Pending"
     ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
     return False
@@ -311,7 +314,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
             return
         attempt = entry["retries"] + 1
         body = render.mpijob(ctx.admitted, ctx.config, stage, ctx.uid, attempt=attempt)
-        ctx.actions.append(Action("create", "MPIJob", name, body))
+        ctx.actions.append(Action("create", "MPIJob", name, body, step=stage))
         entry.update(jobName=name, state="Pending")
         ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
         ctx.started = True
@@ -343,7 +346,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         reason = _failure_reason(message, detail)
         entry["retries"] = failures
         if failures <= limit:
-            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid")))
+            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage))
             entry["state"] = "Pending"
             ctx.steps[stage] = _Step("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
                                      f"{failures} of {limit} resumes from the latest checkpoint")
@@ -356,7 +359,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     entry["retries"] = max(entry["retries"], attempt - 1)
     patch = _suspend_patch("MPIJob", job, ctx.suspend)
     if patch:
-        ctx.actions.append(Action("patch", "MPIJob", name, patch))
+        ctx.actions.append(Action("patch", "MPIJob", name, patch, step=stage))
         state = "Suspended" if ctx.suspend else "Pending"
     entry["state"] = "Running" if state == "Running" else "Pending"
     ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
@@ -370,12 +373,24 @@ def _current_stage(entries: dict[str, dict[str, Any]]) -> str | None:
     return started[-1] if started else None
 
 
+def _report_failures(ctx: _Ctx, failures: dict[str, str]) -> None:
+    """A step whose planned change failed last time (quota, RBAC, webhook...) says so."""
+    for action in ctx.actions:
+        text = failures.get(action.name)
+        if text and action.step is not None:
+            current = ctx.steps.get(action.step)
+            if current is None or current.status != "True":
+                ctx.steps[action.step] = _Step("False", f"{action.verb.capitalize()}Failed", text)
+
+
 def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: OperatorConfig,
-           objects: dict[Key, dict[str, Any]], pods: dict[str, dict[str, Any]], now: datetime) -> Decision:
+           objects: dict[Key, dict[str, Any]], pods: dict[str, dict[str, Any]], now: datetime,
+           failures: dict[str, str] | None = None) -> Decision:
     """Decide one reconcile of the run ``body`` (as read from the API server).
 
     ``objects`` are its existing children by (kind, name); ``pods`` the latest pod of each
-    finished step (launcher of a stage's MPIJob, pod of the prepare Job), by step.
+    finished step (launcher of a stage's MPIJob, pod of the prepare Job), by step; ``failures``
+    the API errors of the last attempt to change a child, by child name.
     """
     meta = body.get("metadata") or {}
     uid, generation = meta.get("uid") or "", meta.get("generation")
@@ -405,6 +420,7 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
     both = all(entries[s]["state"] == "Succeeded" for s in ("sft", "reward"))
     _stage(ctx, "ppo", entries["ppo"], both, "the SFT and reward stages", blocked)
 
+    _report_failures(ctx, failures or {})
     for step, decided in ctx.steps.items():
         cond(STEP_CONDITIONS[step], decided.status, decided.reason, decided.message)
     succeeded = entries["ppo"]["state"] == "Succeeded"

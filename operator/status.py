@@ -85,7 +85,7 @@ def condition_events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
         if type_ in titles:
             if before is None and reason in ("Pending", "Waiting"):
                 continue
-            warn = reason in ("Failed", "Retrying", "NameConflict")
+            warn = reason.endswith("Failed") or reason in ("Retrying", "NameConflict")
             events.append(("Warning" if warn else "Normal", f"{titles[type_]}{reason}", cond["message"]))
         elif type_ == SUCCEEDED and status == "True":
             events.append(("Normal", "RunSucceeded", cond["message"]))

@@ -8,6 +8,7 @@ import signal
 import sys
 
 import aiohttp
+import kmock
 import pytest
 import yaml
 from harness import NS, OperatorThread, cluster, eventually, free_port, manifest
@@ -301,3 +302,27 @@ async def test_rlhf_operator_run_command_with_kubeconfig_metrics_and_liveness(tm
                 proc.kill()
                 raise
         assert proc.returncode == 0, (await proc.stderr.read()).decode()[-2000:]
+
+
+async def test_a_refused_job_creation_is_a_condition_until_it_goes_through():
+    quota = {"full": True}
+
+    def admission_webhook():  # a ResourceQuota at its limit answers 403
+        if quota["full"]:
+            raise kmock.KubernetesError(status=403, reason="Forbidden",
+                                        message='exceeded quota: gpu, requested: requests.nvidia.com/gpu=4')
+
+    async with cluster() as (c, _):
+        c.emulator[kmock.action.CREATE, kmock.resource("kubeflow.org/v2beta1/mpijobs")] << admission_webhook
+        await c.create_run(manifest())
+        await c.finish_prepare()
+
+        async def refused():
+            cond = await c.condition("demo", "SFTSucceeded")
+            return cond.get("reason") == "CreateFailed" and cond
+        cond = await eventually(refused, what="CreateFailed")
+        assert "exceeded quota" in cond["message"] and await c.mpijobs() == []
+        assert "SFTCreateFailed" in [e["reason"] for e in await c.events("demo")]
+        quota["full"] = False
+        await c.patch_run("demo", {"metadata": {"annotations": {"retry": "now"}}})  # any event; or the resync
+        await eventually(lambda: c.mpijob("demo-sft"), what="the SFT MPIJob once the quota allows it")
