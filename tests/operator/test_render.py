@@ -17,7 +17,7 @@ from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.cli import dump_yaml
 from rlhf_operator.config import parse_config
 
-from rlhf.spec import read_manifest
+from rlhf.spec import load_manifest, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -271,6 +271,7 @@ def test_prepare_job_and_config_maps():
     run_yaml = yaml.safe_load(maps["opt-1-3b-run"]["data"]["run.yaml"])
     assert run_yaml["metadata"] == {"name": "opt-1-3b", "namespace": "ml"}
     assert run_yaml["spec"]["accelerator"] == "cpu"
+    assert load_manifest(run_yaml).spec == admit(dict(variants())["cpu"], CONFIG).run.spec  # what prepare reads
     sft = yaml.safe_load(maps["opt-1-3b-sft-config"]["data"]["config.yaml"])
     assert sft["checkpoint"]["output_dir"] == "/mnt/rlhf/sft"
     worker = of_kind(docs, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
