@@ -301,9 +301,9 @@ def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | No
 
 def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None) -> list[dict[str, Any]]:
     """Every child the operator creates for the run, in creation order: the ConfigMaps, the
-    prepare Job, then one MPIJob per stage (first attempt)."""
-    suspend = admitted.run.spec.run_policy.suspend
+    prepare Job, then one MPIJob per stage (first attempt). A suspended run gets its jobs as
+    they are here once resumed (the operator starts no job while the run is suspended)."""
     out = [config_map(admitted, step, uid) for step in names.STEPS]
-    out.append(prepare_job(admitted, config, uid, suspend=suspend))
-    out += [mpijob(admitted, config, stage, uid, suspend=suspend) for stage in STAGE_NAMES]
+    out.append(prepare_job(admitted, config, uid))
+    out += [mpijob(admitted, config, stage, uid) for stage in STAGE_NAMES]
     return out

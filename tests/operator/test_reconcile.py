@@ -208,3 +208,16 @@ def test_every_status_fits_the_rlhfrun_crd_schema():
     invalid = body(storage={"localDir": "x"})
     decision, _ = step(invalid, {})
     jsonschema.validate(decision.status, schema, cls=jsonschema.Draft7Validator)
+
+
+def test_the_operator_creates_exactly_what_render_prints():
+    data = body()
+    created = []
+    worlds = [{}, {"prepare": ["Complete"]}, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"]}]
+    for steps in worlds:
+        decision, data = step(data, observed(data, steps) if steps else {})
+        created += [a.body for a in decision.actions if a.verb == "create"]
+    created = [c for c in created if c["kind"] != "ConfigMap"] + [c for c in created if c["kind"] == "ConfigMap"]
+    expected = render.children(admit(body(), CONFIG), CONFIG, uid=UID)
+    expected = [c for c in expected if c["kind"] != "ConfigMap"] + [c for c in expected if c["kind"] == "ConfigMap"]
+    assert created == expected

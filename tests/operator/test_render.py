@@ -246,7 +246,7 @@ def test_scheduling_is_merged_with_the_pool_and_jobs_are_queued():
     docs = children(dict(variants())["scheduled+suspended"])
     job = of_kind(docs, "MPIJob")[0]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
-    assert job["spec"]["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": True,
+    assert job["spec"]["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": False,
                                         "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 60}
     pod = _replicas(job)[1]["template"]["spec"]
     assert pod["priorityClassName"] == "high"
@@ -254,7 +254,10 @@ def test_scheduling_is_merged_with_the_pool_and_jobs_are_queued():
     assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "dedicated"]
     assert "podAntiAffinity" in pod["affinity"]
     prepare = of_kind(docs, "Job")[0]
-    assert prepare["spec"]["suspend"] is True
+    assert prepare["spec"]["activeDeadlineSeconds"] == 7200
+    suspended = render.prepare_job(admit(dict(variants())["scheduled+suspended"], CONFIG), CONFIG, UID, suspend=True)
+    assert suspended["spec"]["suspend"] is True
+    assert suspended["metadata"]["annotations"] == {"rlhf.dev/suspended-by-run": "true"}
     assert prepare["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
     assert all("kueue.x-k8s.io/queue-name" not in d["metadata"]["labels"] for d in of_kind(docs, "ConfigMap"))
 
