@@ -274,7 +274,7 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     patch = _suspend_patch("Job", job, ctx.suspend)
     if patch:
         ctx.actions.append(Action("patch", "Job", name, patch, step=step))
-        state = "Suspended" if ctx.suspend else "Pending"
+        state, detail = ("Suspended", "suspended") if ctx.suspend else ("Pending", JOB_PENDING)
     ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
     return False
 
@@ -360,7 +360,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     patch = _suspend_patch("MPIJob", job, ctx.suspend)
     if patch:
         ctx.actions.append(Action("patch", "MPIJob", name, patch, step=stage))
-        state = "Suspended" if ctx.suspend else "Pending"
+        state, detail = ("Suspended", "suspended") if ctx.suspend else ("Pending", MPIJOB_PENDING)
     entry["state"] = "Running" if state == "Running" else "Pending"
     ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
 
