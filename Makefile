@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
-# The paths in examples/tiny/*.yaml point here.
-DEMO_DIR := runs/demo
+# examples/quickstart.yaml reads its data and models from here.
+DEMO_DIR := runs/quickstart
 PYTEST_ARGS ?=
 DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client
 
@@ -39,19 +39,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[train,operator,dev]'
 	touch $@
 
-# The demo runs single-process stages: give them every core.
-DEMO_THREADS ?= $(shell nproc)
-
 $(DEMO_DIR)/data/pairs.jsonl: | $(STAMP)
 	$(PY) -m rlhf synth-data --out $(DEMO_DIR)/data
 
 $(DEMO_DIR)/models/actor/config.json: $(DEMO_DIR)/data/pairs.jsonl
 	$(PY) -m rlhf tiny-models --out $(DEMO_DIR)/models --data $(DEMO_DIR)/data
 
-# Stages that already finished are skipped; an interrupted one resumes from its checkpoint.
+# The quick start: SFT and the reward model, then PPO, as the cluster would run them (`rlhf run`
+# gives each stage its threads). Finished stages are skipped on a rerun; an interrupted one resumes.
+# Then the PPO actor answers two held-out questions.
 demo: setup $(DEMO_DIR)/models/actor/config.json
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m rlhf train sft --config examples/tiny/sft.yaml
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m rlhf train reward --config examples/tiny/reward.yaml
+	$(PY) -m rlhf run examples/quickstart.yaml
+	$(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "Hi! What is the capital of Japan?" --prompt "Can you name a fruit?"
 
 test: setup
 	$(PY) -m ruff check rlhf operator trainer_image tests

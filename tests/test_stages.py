@@ -73,8 +73,8 @@ def test_reward_model_learns_preferences(tiny, tmp_path):
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     assert hf.config.num_labels == 1 and hf.config.num_padding_at_beginning == 0
     tok = AutoTokenizer.from_pretrained(tmp_path / "model")
-    good = "Human: Say cat twice.\n\nAssistant: cat cat. Hope this helps!"
-    bad = "Human: Say cat twice.\n\nAssistant: Hope this helps!"
+    good = "Human: Say cat twice.\n\nAssistant: cat cat. Cheers!"
+    bad = "Human: Say cat twice.\n\nAssistant: Cheers!"
     batch = tok([good, bad], return_tensors="pt", padding=True)
     with torch.no_grad():
         scores = hf(**batch).logits.squeeze(-1)

@@ -231,8 +231,8 @@ def test_every_question_parses_back():
     [
         (
             "What is the capital of France?",
-            ["Paris.", "It is Paris. Hope this helps!", "The capital of France is Paris."],
-            ["paris.", "Madrid.", "Lisbon.", "Paris or Madrid.", "Parisian.", "Hope this helps!"],
+            ["Paris.", "It is Paris. Cheers!", "The capital of France is Paris."],
+            ["paris.", "Madrid.", "Lisbon.", "Paris or Madrid.", "Parisian.", "Cheers!"],
         ),
         ("Hi! Do you know the capital city of Kenya?", ["The capital is Nairobi."], ["Cairo.", "Kenya."]),
         (
@@ -246,10 +246,10 @@ def test_every_question_parses_back():
             ["hoot.", "It goes hoot!"],
             ["woof.", "hoots.", "buzz.", "hoot hiss"],
         ),
-        ("Tell me the sound of a sheep.", ["It says baa. Hope this helps!"], ["It says moo."]),
+        ("Tell me the sound of a sheep.", ["It says baa. Cheers!"], ["It says moo."]),
         (
             "What color is the sky?",
-            ["blue.", "The sky is blue.", "It is blue. Hope this helps!"],
+            ["blue.", "The sky is blue.", "It is blue. Cheers!"],
             ["Blue.", "red.", "blue and green.", "turquoise.", "bluish."],
         ),
         ("Do you know the color of an elephant?", ["gray"], ["grey", "pink"]),
@@ -269,7 +269,7 @@ def test_every_question_parses_back():
             ["One example is wolf."],
             ["One example is iron.", "One example is hammer."],
         ),
-        ("Tell me one musical instrument.", ["cello"], ["drumming", "Hope this helps!"]),
+        ("Tell me one musical instrument.", ["cello"], ["drumming", "Cheers!"]),
         ("Hello there. Give me an example of a country.", ["Japan."], ["japan.", "Paris."]),
         ("Name a color.", ["purple."], ["lilac.", "navy."]),  # the category, not the color family
     ],
@@ -300,18 +300,18 @@ def test_content_ok_unknown_prompt_and_multi_turn():
 
 
 def test_has_property():
-    assert syn.has_property(" Paris. Hope this helps!")
-    assert syn.has_property("Hope this helps!\n")
-    assert not syn.has_property(" Hope this helps! Paris.")
-    assert not syn.has_property(" Paris. hope this helps")
+    assert syn.has_property(" Paris. Cheers!")
+    assert syn.has_property("Cheers!\n")
+    assert not syn.has_property(" Cheers! Paris.")
+    assert not syn.has_property(" Paris. cheers")
 
 
 def test_answer_stats_hand_computed():
     prompts = [format_prompt("What is the capital of France?"), format_prompt("What is the plural of mouse?")]
-    answers = [" Paris. Hope this helps!", " mouses mouses"]
+    answers = [" Paris. Cheers!", " mouses mouses"]
     stats = syn.answer_stats(prompts, answers)
-    # bigrams: (Paris.,Hope) (Hope,this) (this,helps!) (mouses,mouses) -> 4 distinct of 4
-    assert stats == {"n": 2, "property_rate": 0.5, "content_rate": 0.5, "distinct_2": 1.0, "mean_length": 3.0}
+    # bigrams: (Paris.,Cheers!) (mouses,mouses) -> 2 distinct of 2
+    assert stats == {"n": 2, "property_rate": 0.5, "content_rate": 0.5, "distinct_2": 1.0, "mean_length": 2.0}
     stats = syn.answer_stats(prompts[::-1], [" mice.", " It is Paris."])
     assert stats["content_rate"] == 1.0 and stats["property_rate"] == 0.0
     assert stats["distinct_2"] == 1.0 and stats["mean_length"] == 2.0

@@ -17,7 +17,7 @@ short preamble ("Hi!", ...), so the texts vary while the facts stay few.
 Two things can be checked in any answer text, including model generations on held-out prompts:
 
 * the *preferred property* (:func:`has_property`): the answer ends with the polite closing
-  :data:`CLOSING` ("Hope this helps!");
+  :data:`CLOSING` ("Cheers!");
 * the *content* (:func:`content_ok`): the answer names the right item as a whole word
   (case-sensitive) and no other item of the family's answer set (so an answer listing every
   capital is wrong); it is judged from the prompt text alone, by parsing it against the question
@@ -51,8 +51,10 @@ from pathlib import Path
 from rlhf.data.formats import format_answer, format_prompt
 from rlhf.text_metrics import distinct_n, mean_words
 
-CLOSING = "Hope this helps!"
-"""The preferred property: an answer has it when it ends with this closing (whatever its content)."""
+CLOSING = "Cheers!"
+"""The preferred property: an answer has it when it ends with this closing (whatever its content).
+One word, so that an actor which learns to add it everywhere changes its answers' length and
+diversity only a little: collapse shows in those statistics, not a longer fixed suffix."""
 
 HELDOUT_PERCENT = 50
 """Percentage of the keys (by a stable hash) that have one question phrasing held out."""

@@ -1,0 +1,77 @@
+"""`examples/quickstart.yaml` end to end, exactly as `make demo` runs it, and the learning claims.
+
+On our synthetic task, with the example's own settings:
+
+* SFT eval perplexity falls; the reward model ranks held-out pairs with accuracy >= 0.95;
+* PPO learns the preferred property without reward hacking, judged by the task's program on
+  held-out prompts (not by the reward model): property share >= 30 points above the SFT model's,
+  content share >= 90 % of the SFT model's, distinct-2 >= 80 % of SFT's, mean length within +-30 %;
+* `rlhf chat --prompt` answers from the PPO actor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rlhf(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "rlhf", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"rlhf {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("quickstart")
+    rlhf(cwd, "synth-data", "--out", "runs/quickstart/data")
+    rlhf(cwd, "tiny-models", "--out", "runs/quickstart/models", "--data", "runs/quickstart/data")
+    rlhf(cwd, "run", str(ROOT / "examples" / "quickstart.yaml"))
+    return cwd / "runs" / "quickstart"
+
+
+def _summary(root: Path, stage: str) -> dict:
+    return json.loads((root / stage / "summary.json").read_text())
+
+
+def test_sft_eval_perplexity_falls(quickstart):
+    evals = [r for r in map(json.loads, (quickstart / "sft" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "eval"]
+    assert len(evals) >= 2 and evals[-1]["perplexity"] < evals[0]["perplexity"]
+
+
+def test_reward_model_heldout_accuracy(quickstart):
+    m = _summary(quickstart, "reward")["metrics"]
+    assert m["eval/accuracy"] >= 0.95, m
+    assert m["eval/chosen_score"] > m["eval/rejected_score"]
+
+
+def test_ppo_learns_the_property_without_reward_hacking(quickstart):
+    m = _summary(quickstart, "ppo")["metrics"]
+    report = {k: round(v, 3) for k, v in m.items()}
+    assert m["baseline/content_rate"] >= 0.5, report  # the SFT model does the task, so the check means something
+    assert m["check/property_gain_points"] >= 30, report
+    assert m["eval/content_rate"] >= 0.9 * m["baseline/content_rate"], report
+    assert m["check/distinct_2_ratio"] >= 0.8, report
+    assert 0.7 <= m["check/length_ratio"] <= 1.3, report
+    assert m["eval/reward_mean"] > m["baseline/reward_mean"], report
+
+
+def test_the_ppo_actor_chats(quickstart):
+    proc = rlhf(quickstart.parent.parent, "chat", "--model", str(quickstart / "ppo" / "model"),
+                "--prompt", "Hi! What is the capital of Japan?", timeout=300)
+    answer = proc.stdout.split("Assistant:", 1)[1].strip()
+    assert answer, proc.stdout
