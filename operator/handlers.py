@@ -27,10 +27,11 @@ CHILD_RESOURCES = (("kubeflow.org", "v2beta1", "mpijobs"), ("batch", "v1", "jobs
 
 
 def build_registry(controller: Controller, connection: Connection,
-                   tune: Callable[[kopf.OperatorSettings], None] | None = None) -> kopf.OperatorRegistry:
-    """A Kopf registry with the operator's handlers bound to ``controller``. ``tune`` may adjust
-    Kopf's settings (the tests shorten timeouts)."""
-    registry = kopf.OperatorRegistry()
+                   tune: Callable[[kopf.OperatorSettings], None] | None = None,
+                   registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """A Kopf registry (a new one, or ``registry``) with the operator's handlers bound to
+    ``controller``. ``tune`` may adjust Kopf's settings (the tests shorten timeouts)."""
+    registry = registry if registry is not None else kopf.OperatorRegistry()
     state: dict[str, Any] = {}
 
     @kopf.on.startup(registry=registry)

@@ -250,8 +250,10 @@ async def test_same_named_object_not_owned_is_a_condition_and_left_alone():
         assert await c.mpijobs() == []
 
 
-async def test_rlhf_operator_run_command_with_kubeconfig_metrics_and_liveness(tmp_path):
-    """`rlhf-operator run` as a process: kubeconfig login, /healthz, /metrics, SIGTERM."""
+@pytest.mark.parametrize("command", ["rlhf-operator run", "kopf run"])
+async def test_operator_process_with_kubeconfig_metrics_and_liveness(tmp_path, command):
+    """`rlhf-operator run` (or `kopf run` on the package) as a process: kubeconfig login,
+    /healthz, /metrics, SIGTERM."""
     async with cluster(start=False) as (c, _):
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
@@ -263,11 +265,15 @@ async def test_rlhf_operator_run_command_with_kubeconfig_metrics_and_liveness(tm
         config = tmp_path / "operator.yaml"
         config.write_text("namespaces: [team-a]\nresyncSeconds: 30\n")
         live, prom = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "RLHF_OPERATOR_CONFIG": str(config)}
+        if command == "kopf run":
+            args = ["-m", "kopf", "run", "-m", "rlhf_operator.kopf_app", "--standalone", "-n", NS,
+                    "--liveness", f"http://127.0.0.1:{live}/healthz"]
+        else:
+            args = ["-m", "rlhf_operator.cli", "run", "--config", str(config),
+                    "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(prom)]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rlhf_operator.cli", "run", "--config", str(config),
-            "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", str(prom),
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable, *args, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             async def get(url):
                 try:
@@ -286,9 +292,10 @@ async def test_rlhf_operator_run_command_with_kubeconfig_metrics_and_liveness(tm
             async def counted():
                 text = await get(f"http://127.0.0.1:{prom}/metrics")
                 return text and 'rlhf_operator_runs{phase="Running"} 1.0' in text and text
-            text = await eventually(counted, 30, "the run counted in /metrics")
-            assert "rlhf_operator_reconcile_duration_seconds_count" in text
-            assert "rlhf_operator_reconcile_errors_total" in text
+            if command == "rlhf-operator run":
+                text = await eventually(counted, 30, "the run counted in /metrics")
+                assert "rlhf_operator_reconcile_duration_seconds_count" in text
+                assert "rlhf_operator_reconcile_errors_total" in text
             # Kopf's watch and our client's status writes both logged in with the kubeconfig's token.
             watches = [r for r in c.emulator if "rlhfruns" in str(r.url) and r.params.get("watch") == "true"]
             writes = [r for r in c.emulator if str(r.url).endswith("/demo/status") and r.method == "PATCH"]
