@@ -49,6 +49,7 @@ class Generated:
     answer_lens: torch.Tensor
     content_lens: torch.Tensor
     answers: list[list[int]]  # answer token ids, end-of-text excluded
+    logprobs: torch.Tensor | None = None  # [B, T-1]: log-prob of each answer token when it was generated
 
     @property
     def ended(self) -> torch.Tensor:
@@ -132,9 +133,26 @@ def generate(
     device = device or next(model.parameters()).device
     out = model.generate(
         input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id, pad_token_id=pad_id,
-        synced_gpus=synced_gpus, **sampling.kwargs(),
+        synced_gpus=synced_gpus, output_logits=True, return_dict_in_generate=True, **sampling.kwargs(),
     )
-    new = out[:, ids.size(1):].tolist()
-    answers, ended = zip(*(cut_answer(row, eos_id, pad_id) for row in new), strict=True)
+    new_ids = out.sequences[:, ids.size(1):]
+    answers, ended = zip(*(cut_answer(row, eos_id, pad_id) for row in new_ids.tolist()), strict=True)
     length = static_prompt_len + sampling.max_new_tokens if static_prompt_len else None
-    return pack(prompts, list(answers), list(ended), eos_id, pad_id, length)
+    packed = pack(prompts, list(answers), list(ended), eos_id, pad_id, length)
+    if getattr(out, "logits", None):
+        packed.logprobs = _answer_logprobs(out.logits, new_ids, packed)
+    return packed
+
+
+def _answer_logprobs(step_logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor, gen: Generated) -> torch.Tensor:
+    """The log-probability (temperature 1, unwarped) of every generated answer token, in the packed
+    layout: the actor's forward pass over the answers, without running it again."""
+    picked = torch.stack([
+        torch.log_softmax(logits.float(), dim=-1).gather(-1, new_ids[:, t : t + 1]).squeeze(-1)
+        for t, logits in enumerate(step_logits)
+    ], dim=1).cpu()
+    out = torch.zeros(gen.action_mask.shape, dtype=torch.float32)
+    for i in range(out.size(0)):
+        n, start = int(gen.answer_lens[i]), int(gen.prompt_lens[i]) - 1
+        out[i, start : start + n] = picked[i, :n]
+    return out

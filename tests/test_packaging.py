@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,4 +37,13 @@ def test_no_package_shadows_the_standard_library():
 def test_mapped_packages_import_under_their_names():
     for name in _setuptools()["package-dir"]:
         module = importlib.import_module(name)
-        assert Path(module.__file__).parent.name in ("operator", "trainer_image")
+        assert Path(module.__file__).parent.name in ("rlhf_operator", "trainer_image")
+
+
+def test_repository_root_on_sys_path_shadows_nothing():
+    """`PYTHONPATH=.` (or running from the checkout) must not hide stdlib modules such as `operator`."""
+    code = "import operator, sys; operator.eq(1, 1); assert 'site-packages' not in operator.__file__"
+    for name in _setuptools()["package-dir"]:
+        assert name.split(".")[0] not in sys.stdlib_module_names
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)

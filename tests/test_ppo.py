@@ -122,3 +122,21 @@ def test_answers_are_cut_at_their_end_and_packed_right_padded():
     assert gen.action_mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
     assert gen.answer_lens.tolist() == [3, 0] and gen.content_lens.tolist() == [2, 0]
     assert gen.ended.tolist() == [True, False]
+
+
+def test_generation_logprobs_equal_a_forward_pass(tiny):
+    import torch
+
+    from rlhf import losses
+    from rlhf.generation import generate
+
+    actor, tok = tools.load_actor(tiny.actor)
+    prompts = [tok("Human: Name a color.\n\nAssistant:")["input_ids"], tok("Human: Hi!\n\nAssistant:")["input_ids"]]
+    torch.manual_seed(0)
+    gen = generate(actor, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                   sampling=Sampling(max_new_tokens=6, do_sample=True, temperature=0.7))
+    with torch.no_grad():
+        logits = actor(input_ids=gen.sequences, attention_mask=gen.attention_mask).logits
+    forward = losses.logprobs_of(logits, gen.sequences) * gen.action_mask
+    torch.testing.assert_close(gen.logprobs, forward, atol=1e-4, rtol=1e-4)
+    assert (gen.logprobs != 0).sum() == gen.action_mask.sum()

@@ -123,9 +123,12 @@ def make_experience(
     t1 = time.perf_counter()
     scores = score(models, cfg, gen, rt)  # 3. score
     seqs, mask, action = (x.to(rt.device) for x in (gen.sequences, gen.attention_mask, gen.action_mask))
-    models.actor.eval()
-    logprobs = actor_logprobs(models.actor, seqs, mask).cpu()  # 4. log-probs, values, rewards, GAE
-    models.actor.train()
+    if gen.logprobs is not None:  # 4. log-probs (the actor's from generation), values, rewards, GAE
+        logprobs = gen.logprobs
+    else:
+        models.actor.eval()
+        logprobs = actor_logprobs(models.actor, seqs, mask).cpu()
+        models.actor.train()
     ref_logprobs = actor_logprobs(models.reference, seqs, mask).cpu()
     models.critic.eval()
     values = critic_values(models.critic, seqs, mask).cpu()

@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from rlhf.spec import STAGE_NAMES
 from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.metrics import Metrics
 from rlhf_operator.reconcile import Action, Decision, Key, decide, is_finished
 from rlhf_operator.status import timestamp
-
-from rlhf.spec import STAGE_NAMES
 
 logger = logging.getLogger("rlhf_operator")
 

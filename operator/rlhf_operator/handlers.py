@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+
 from rlhf_operator import names
 from rlhf_operator.controller import Controller
 from rlhf_operator.kube import Connection

@@ -9,6 +9,7 @@ credentials from the service account or the current kubeconfig context. Prefer
 from __future__ import annotations
 
 import kopf
+
 from rlhf_operator.config import load_config
 from rlhf_operator.controller import Controller
 from rlhf_operator.handlers import build_registry

@@ -17,12 +17,12 @@ from typing import Any
 
 import jinja2
 import yaml
+
+from rlhf.spec import PVC_MOUNT_PATH, STAGE_NAMES
 from rlhf_operator import names
 from rlhf_operator.admission import Admitted
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.profiles import OFFLINE_ENV, profile
-
-from rlhf.spec import PVC_MOUNT_PATH, STAGE_NAMES
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: The operator retries a failed stage itself (delete + recreate, the trainer resumes from its

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from rlhf.spec import STAGE_NAMES
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, Admitted
 from rlhf_operator.config import OperatorConfig
@@ -34,8 +35,6 @@ from rlhf_operator.status import (
     stage_entry,
     timestamp,
 )
-
-from rlhf.spec import STAGE_NAMES
 
 Verb = Literal["create", "patch", "delete"]
 Key = tuple[str, str]  # (kind, name)

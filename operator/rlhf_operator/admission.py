@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_operator.config import OperatorConfig
-
 from rlhf.spec import STAGE_NAMES, RLHFRun, SpecError, load_manifest, stage_config
+from rlhf_operator.config import OperatorConfig
 
 #: The parts of a core/v1 Affinity a run may set (all of it, but nothing else).
 AFFINITY_KEYS = frozenset({"nodeAffinity", "podAffinity", "podAntiAffinity"})

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.handlers import build_registry
