@@ -71,8 +71,8 @@ class StageSpec(SpecModel):
     epochs: int = trainer_field("optim.epochs")
     lora: LoraSpec = section(LoraSpec, "LoRA adapters (peft); dim 0 trains the full model")
     retries: int = Field(
-        2, ge=0, description="Retries of a failed stage (its MPIJob's runPolicy.backoffLimit); "
-        "a retry resumes from the stage's latest checkpoint",
+        2, ge=0, description="Retries of a failed stage: the operator recreates its MPIJob (whose own "
+        "backoffLimit is 0), and the retry resumes from the stage's latest checkpoint",
     )
     trainer_options: dict[str, Any] = Field(
         default_factory=dict,
