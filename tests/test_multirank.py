@@ -122,6 +122,22 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+def kill_when_checkpointed(cmd: list[str], latest: Path, not_yet: tuple[str, ...], timeout: float = 300) -> None:
+    """Start ``cmd`` and SIGKILL the whole job as soon as the checkpoint ``latest`` names a tag
+    other than ``not_yet``; fails if the job ends first."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, killed = time.time() + timeout, False
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() not in ("", *not_yet):
+            kill_tree(proc.pid)
+            killed = True
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed, "the job finished before it could be killed"
+
+
 def _train_cmd(overrides: list[str]) -> list[str]:
     return [*mpirun(2), sys.executable, "-m", "rlhf", "train", "sft", *overrides]
 
@@ -135,19 +151,8 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_would(tiny, tmp_path):
                    capture_output=True, timeout=600)
 
     # Start again, kill the whole job (SIGKILL) once a few checkpoints exist, then rerun it.
-    proc = subprocess.Popen(_train_cmd(tiny.sft_overrides(resumed, *common)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = resumed / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    killed = False
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text().strip() not in ("", "step-30"):
-            kill_tree(proc.pid)
-            killed = True
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed, "the job finished before it could be killed"
+    kill_when_checkpointed(_train_cmd(tiny.sft_overrides(resumed, *common)), resumed / "checkpoints" / "latest",
+                           ("step-30",))
     assert not (resumed / "summary.json").exists()
 
     subprocess.run(_train_cmd(tiny.sft_overrides(resumed, *common)), env=_env(), check=True,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_multirank import _env, kill_tree, mpirun
+from test_multirank import _env, kill_when_checkpointed, mpirun
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +40,8 @@ def test_killed_ppo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     subprocess.run(_ppo(tiny, straight, *common), env=_env(), check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_ppo(tiny, resumed, *common), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = resumed / "checkpoints" / "critic" / "latest"
-    deadline, killed = time.time() + 300, False
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and latest.read_text().strip() not in ("", "step-1", "step-5", "step-6"):
-            kill_tree(proc.pid)
-            killed = True
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed, "the job finished before it could be killed"
+    kill_when_checkpointed(_ppo(tiny, resumed, *common), resumed / "checkpoints" / "critic" / "latest",
+                           ("step-1", "step-5", "step-6"))
     assert not (resumed / "summary.json").exists()
 
     subprocess.run(_ppo(tiny, resumed, *common), env=_env(), check=True, capture_output=True, timeout=600)
