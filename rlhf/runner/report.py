@@ -27,7 +27,8 @@ PENDING, RUNNING, DONE, SKIPPED, FAILED, STOPPED, NOT_RUN = (
 KEY_METRICS = {
     "sft": ("eval/perplexity", "eval/loss"),
     "reward": ("eval/accuracy", "eval/margin", "eval/loss"),
-    "ppo": ("eval/reward_mean", "check/reward_gain", "baseline/reward_mean"),
+    "ppo": ("eval/reward_mean", "baseline/reward_mean", "eval/property_rate", "baseline/property_rate",
+            "eval/content_rate", "baseline/content_rate"),
 }
 _CONDITION_NAMES = {"sft": "SFT", "reward": "Reward", "ppo": "PPO"}
 
@@ -62,7 +63,7 @@ class StageResult:
         raw = self.summary.get("metrics") or {}
         return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def key_metrics(self, limit: int = 3) -> dict[str, float]:
+    def key_metrics(self, limit: int = 4) -> dict[str, float]:
         metrics = self.metrics
         keys = [k for k in KEY_METRICS.get(self.stage, ()) if k in metrics]
         keys += [k for k in sorted(metrics) if k not in keys]
