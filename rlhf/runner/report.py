@@ -63,8 +63,9 @@ class StageResult:
         raw = self.summary.get("metrics") or {}
         return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def key_metrics(self, limit: int = 4) -> dict[str, float]:
+    def key_metrics(self, limit: int | None = None) -> dict[str, float]:
         metrics = self.metrics
+        limit = limit or max(3, len(KEY_METRICS.get(self.stage, ())))
         keys = [k for k in KEY_METRICS.get(self.stage, ()) if k in metrics]
         keys += [k for k in sorted(metrics) if k not in keys]
         return {k: metrics[k] for k in keys[:limit]}
