@@ -50,7 +50,9 @@ $(DEMO_DIR)/models/actor/config.json: $(DEMO_DIR)/data/pairs.jsonl
 # Then the PPO actor answers two held-out questions.
 demo: setup $(DEMO_DIR)/models/actor/config.json
 	$(PY) -m rlhf run examples/quickstart.yaml
-	$(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "Hi! What is the capital of Japan?" --prompt "Can you name a fruit?"
+	@for q in "Hi! What is the capital of Japan?" "Can you name a fruit?"; do \
+	  HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
+	  $(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "$$q" || exit 1; done
 
 test: setup
 	$(PY) -m ruff check rlhf operator trainer_image tests
