@@ -65,9 +65,11 @@ def answer(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[in
     engine = models.actor
     was_training = engine.module.training
     engine.eval()
+    # DeepSpeed's hybrid engine generates through the engine (its inference kernels); else the module.
+    model = engine if cfg.engines.hybrid_engine else engine.module
     try:
         return generate(
-            engine.module, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+            model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
             sampling=sampling(cfg, greedy=greedy), device=rt.device,
             synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
             static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
