@@ -102,9 +102,14 @@ def test_available_cpus_honours_cgroup_quota(tmp_path):
     assert envmod.available_cpus(tmp_path / "nothing") == affinity
 
 
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # In-process stage tests leave RANK, MASTER_ADDR, ... in os.environ: a fresh rank must not see them.
+    base = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**base, **(env or {})})
 
 
 def test_stage_dry_run_prints_env_and_trainer_command_without_torch(tmp_path):
