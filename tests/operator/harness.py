@@ -38,8 +38,9 @@ def manifest(name: str = "demo", **spec_changes: Any) -> dict[str, Any]:
     return data
 
 
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` (generous:
+    a loaded CI machine starts Kopf slowly, and a passing check returns at once)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Any = None
