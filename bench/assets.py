@@ -7,7 +7,8 @@
   their lengths matter here.
 * ``actor``: OPT, 6 layers, hidden 384, 6 heads, ffn 1536, vocabulary 1024 (about 11.2M parameters);
 * ``reward``: OPT, 4 layers, hidden 256, 4 heads, ffn 1024 (about 3.6M parameters);
-* ``sft50m`` (on request): OPT, 7 layers, hidden 768, 12 heads, ffn 3072 (about 50M parameters).
+* ``sft50m`` (on request): OPT, 7 layers, hidden 768, 12 heads, ffn 3072 (about 50M parameters);
+* ``sft1b`` (on request, for GPUs): OPT, 24 layers, hidden 2048, 16 heads, ffn 8192 (about 1.2B).
 
 Everything is keyed by :data:`VERSION` and the arguments: a rerun reuses what it built.
 """
@@ -25,7 +26,9 @@ SHAPES: dict[str, dict[str, int]] = {
     "actor": {"n_layers": 6, "hidden": 384, "heads": 6, "ffn": 1536},
     "reward": {"n_layers": 4, "hidden": 256, "heads": 4, "ffn": 1024},
     "sft50m": {"n_layers": 7, "hidden": 768, "heads": 12, "ffn": 3072},
+    "sft1b": {"n_layers": 24, "hidden": 2048, "heads": 16, "ffn": 8192},
 }
+NANO = {"n_layers": 2, "hidden": 64, "heads": 2, "ffn": 256}
 SHAPES_SEEDS = {"actor": 0, "reward": 1, "sft50m": 2}
 PROMPT_TOKENS = (9, 58)
 ANSWER_TOKENS = (10, 59)
@@ -80,14 +83,16 @@ def make_pairs(tokenizer, n_pairs: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("actor", "reward"),
-          vocab_size: int = 1024, seed: int = 0) -> dict[str, Path]:
-    """Build (or reuse) the data and the models under ``root``; returns their paths."""
+          vocab_size: int = 1024, seed: int = 0, shapes: str = "issue") -> dict[str, Path]:
+    """Build (or reuse) the data and the models under ``root``; returns their paths.
+
+    ``shapes="nano"`` gives every model the 2-layer, 64-wide "nano" shape (smoke tests)."""
     from transformers import AutoTokenizer
 
     from rlhf.models.tiny import build_tiny, train_tokenizer
 
     root = Path(root)
-    key = {"version": VERSION, "n_pairs": n_pairs, "vocab_size": vocab_size, "seed": seed}
+    key = {"version": VERSION, "n_pairs": n_pairs, "vocab_size": vocab_size, "seed": seed, "shapes": shapes}
     stamp = root / "assets.json"
     fresh = stamp.exists() and json.loads(stamp.read_text()) == key
     paths = {"data": root / "data", "pairs": root / "data" / "pairs.jsonl", "tokenizer": root / "tokenizer"}
@@ -107,7 +112,8 @@ def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("
     for name in models:
         paths[name] = root / name
         if not (root / name / "config.json").exists():
-            build_tiny(root / name, tokenizer=tokenizer, seed=SHAPES_SEEDS.get(name, 0), **SHAPES[name])
+            shape = NANO if shapes == "nano" else SHAPES[name]
+            build_tiny(root / name, tokenizer=tokenizer, seed=SHAPES_SEEDS.get(name, 0), **shape)
     return paths
 
 
