@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test test-fast lint clean chart-crds tools
+.PHONY: setup system-deps demo test test-fast lint clean chart-crds tools bench
 
 setup: system-deps $(STAMP)
 
@@ -55,14 +55,20 @@ demo: setup $(DEMO_DIR)/models/actor/config.json
 	  $(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "$$q" || exit 1; done
 
 test: setup
-	$(PY) -m ruff check rlhf operator trainer_image tests
+	$(PY) -m ruff check rlhf operator trainer_image tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Trainer and operator benchmarks (bench/README.md): waits for a quiet machine, prints the table,
+# writes bench/results/<timestamp>.json and latest.json. BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: setup
-	$(PY) -m ruff check rlhf operator trainer_image tests
+	$(PY) -m ruff check rlhf operator trainer_image tests bench
 
 # The Helm chart ships the generated CRD (tests/test_chart.py checks they match): run after
 # `python -m rlhf.spec.crd > crds/rlhfrun.yaml`.
