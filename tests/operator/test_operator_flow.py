@@ -68,7 +68,10 @@ async def test_success_path_prepare_then_sft_and_reward_then_ppo():
         assert "RunSucceeded" in reasons and "SFTSucceeded" in reasons
         for name in ("demo-sft", "demo-reward", "demo-ppo"):
             assert c.creations("kubeflow.org/v2beta1/mpijobs", name) == 1
-        assert 'rlhf_operator_runs{phase="Succeeded"} 1.0' in op.metrics.text()
+        # the gauge is updated after the status write the test just saw: wait for it too
+        async def counted():
+            return 'rlhf_operator_runs{phase="Succeeded"} 1.0' in op.metrics.text()
+        await eventually(counted, what="the runs gauge to count the run as Succeeded")
         assert body["metadata"]["namespace"] == NS
 
 
