@@ -263,7 +263,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def operator_process(url: str, workdir: Path) -> AsyncIterator[Any]:
+async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | None = None
+                           ) -> AsyncIterator[Any]:
     """``rlhf-operator run`` against ``url`` (kubeconfig + config file); yields its psutil.Process."""
     import aiohttp
     import psutil
@@ -278,7 +279,7 @@ async def operator_process(url: str, workdir: Path) -> AsyncIterator[Any]:
     config = workdir / "operator.yaml"
     config.write_text(f"namespaces: [{NS}]\n")
     live = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(extra_env or {})}
     env.pop("PYTHONPATH", None)
     log = (workdir / "operator.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -312,16 +313,17 @@ def _rss_mib(process) -> float:
     return process.memory_info().rss / 2**20
 
 
-async def bench(levels: list[int], probes: int, workdir: Path) -> dict[str, Any]:
+async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[str, str] | None = None
+                ) -> dict[str, Any]:
     """Every level in increasing order on one operator (background runs accumulate)."""
-    out: dict[str, Any] = {"levels": {}, "probes": probes}
+    out: dict[str, Any] = {"levels": {}, "probes": probes, "operator_env": extra_env or {}}
     async with TimedKubernetes() as emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         cluster = Cluster(emulator, url)
         driver = Driver(cluster, emulator)
         serving = asyncio.get_running_loop().create_task(driver.serve())
         try:
-            async with operator_process(url, workdir) as proc:
+            async with operator_process(url, workdir, extra_env) as proc:
                 await asyncio.sleep(1.0)
                 out["rss_mib_idle"] = _rss_mib(proc)
                 live = 0
@@ -347,13 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,100,1000", help="live runs, comma-separated")
     parser.add_argument("--probes", type=int, default=40, help="measured runs per level")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment of the operator process (an experiment, e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--workdir", help="where the kubeconfig and the operator's log go (default: a temp dir)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(bench(levels, args.probes, workdir))
+        extra_env = dict(item.split("=", 1) for item in args.env)
+        result = asyncio.run(bench(levels, args.probes, workdir, extra_env))
     print(json.dumps(result))
     return 0
 

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, help="operator: measured runs per level (default 40)")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="assets and training outputs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the JSON results go")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra trainer config override for every trainer run (an experiment, e.g. "
+                        "deepspeed.dtype=fp32); recorded in the result")
     parser.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load below this")
     parser.add_argument("--wait", type=float, default=600, help="seconds to wait for it at most (0: do not wait)")
     args = parser.parse_args(argv)
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = args.stages.split(",")
     work = Path(args.work)
     result: dict[str, Any] = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                              "mode": "quick" if args.quick else "full", "machine": machine()}
+                              "mode": "quick" if args.quick else "full", "machine": machine(),
+                              "overrides": list(args.set)}
     result["load_before"] = wait_for_quiet(args.max_load, args.wait)
     layouts = rank_layouts([int(r) for r in args.ranks.split(",")])
     result["layouts"] = [{"ranks": r, "threads_per_rank": t} for r, t in layouts]
@@ -190,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 steps, warmup = mode[stage]
                 ranks_out = run_trainer(stage, ranks, threads, steps, work / ("assets-quick" if args.quick else "assets"),
-                                        work)
+                                        work, extra=args.set)
                 summary = summarize_ppo(ranks_out, warmup) if stage == "ppo" else summarize_loop(ranks_out, warmup)
                 summary["warmup"] = warmup
                 trainer.setdefault(stage, {})[str(ranks)] = summary
         steps, warmup = mode["sft_big"]
         if "sft_big" in stages and steps:
-            ranks_out = run_trainer("sft", 1, layouts[0][1], steps, work / "assets", work, model=big)
+            ranks_out = run_trainer("sft", 1, layouts[0][1], steps, work / "assets", work, model=big, extra=args.set)
             trainer["sft_big"] = {big: {**summarize_loop(ranks_out, warmup), "warmup": warmup}}
         result["trainer"] = trainer
 

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps (PPO: iterations)")
     parser.add_argument("--model", help="asset name of the trained model (default: actor, reward for RM)")
     parser.add_argument("extra", nargs="*", help="more KEY=VALUE config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from rlhf.config import STAGES as CONFIGS
     from rlhf.config import load
