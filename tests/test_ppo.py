@@ -140,3 +140,16 @@ def test_generation_logprobs_equal_a_forward_pass(tiny):
     forward = losses.logprobs_of(logits, gen.sequences) * gen.action_mask
     torch.testing.assert_close(gen.logprobs, forward, atol=1e-4, rtol=1e-4)
     assert (gen.logprobs != 0).sum() == gen.action_mask.sum()
+
+
+def test_evaluation_prompts_errors_name_the_field(tiny, tmp_path):
+    from rlhf.data.sources import DataError
+    from rlhf.stages.ppo_eval import eval_prompts
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Human: Hi!\\n\\nAssistant:"}\nnot json\n')
+    _, tok = tools.load_actor(tiny.actor)
+    for path, words in ((tmp_path / "missing.jsonl", "no such file"), (bad, "bad.jsonl:2")):
+        cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, f"evaluation.prompts={path}"))
+        with pytest.raises(DataError, match=f"evaluation.prompts: .*{words}"):
+            eval_prompts(cfg, tok, None)

@@ -3,8 +3,6 @@ synthetic task, checked by its program — so reward hacking shows (reward up, c
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,25 +20,16 @@ def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
     keep = cfg.generation.max_prompt_len
     ev = cfg.evaluation
     if ev.prompts:
-        path = Path(ev.prompts)
-        if not path.is_file():
-            raise DataError(f"evaluation.prompts: {path} not found")
-        out = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"evaluation.prompts: {path}:{n}: expected a JSON object with 'prompt' ({e})") from None
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-keep:]
-            if ids:
-                out.append(ids)
-            if len(out) == ev.max_prompts:
-                break
+        from rlhf.tools import read_prompts
+
+        try:
+            texts = read_prompts(ev.prompts)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(f"evaluation.prompts: {e}") from None
+        out = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"][-keep:] for t in texts) if ids]
         if not out:
-            raise DataError(f"evaluation.prompts: {path} has no prompts")
-        return out
+            raise DataError(f"evaluation.prompts: {ev.prompts} has no prompts")
+        return out[: ev.max_prompts]
     if eval_split is None or len(eval_split) == 0:
         return []
     return [list(r["prompt_ids"]) for r in eval_split.select(range(min(ev.max_prompts, len(eval_split))))]
