@@ -313,10 +313,11 @@ def _rss_mib(process) -> float:
     return process.memory_info().rss / 2**20
 
 
-async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[str, str] | None = None
-                ) -> dict[str, Any]:
+async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[str, str] | None = None,
+                concurrency: int = 16) -> dict[str, Any]:
     """Every level in increasing order on one operator (background runs accumulate)."""
-    out: dict[str, Any] = {"levels": {}, "probes": probes, "operator_env": extra_env or {}}
+    out: dict[str, Any] = {"levels": {}, "probes": probes, "operator_env": extra_env or {},
+                           "concurrency": concurrency}
     async with TimedKubernetes() as emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         cluster = Cluster(emulator, url)
@@ -328,7 +329,8 @@ async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[s
                 out["rss_mib_idle"] = _rss_mib(proc)
                 live = 0
                 for level in sorted(levels):
-                    load_seconds = await load_background(cluster, emulator, driver, proc, level - 1 - live, live) \
+                    load_seconds = await load_background(cluster, emulator, driver, proc, level - 1 - live, live,
+                                                          concurrency) \
                         if level - 1 > live else 0.0
                     live = max(live, level - 1)
                     samples = [await probe(cluster, emulator, f"probe{level}-{i:03d}") for i in range(probes)]
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=40, help="measured runs per level")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of the operator process (an experiment, e.g. MALLOC_ARENA_MAX=2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="background runs created at once")
     parser.add_argument("--workdir", help="where the kubeconfig and the operator's log go (default: a temp dir)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         extra_env = dict(item.split("=", 1) for item in args.env)
-        result = asyncio.run(bench(levels, args.probes, workdir, extra_env))
+        result = asyncio.run(bench(levels, args.probes, workdir, extra_env, args.concurrency))
     print(json.dumps(result))
     return 0
 
