@@ -129,3 +129,32 @@ def table(table_rows: list[dict[str, Any]]) -> str:
     for c in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def markdown(table_rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (for bench/README.md)."""
+    head = ["metric", "ranks", "measured", "unit", "reference", "target", "ratio", "status", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in table_rows:
+        cells = [_fmt(r[h]) if h != "ratio" or r[h] is None else f"{r[h]:.2f}x" for h in head]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report [RESULT.json] [--markdown]``: print a saved result's table."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("result", nargs="?", default=str(Path(__file__).parent / "results" / "latest.json"))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    table_rows = rows(json.loads(Path(args.result).read_text()))
+    print(markdown(table_rows) if args.markdown else table(table_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

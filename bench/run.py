@@ -32,7 +32,7 @@ ENV_KEYS = ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_
 
 #: steps (PPO: iterations) measured and warm-up steps skipped, per mode
 SETTINGS = {
-    "full": {"sft": (30, 5), "reward": (30, 5), "ppo": (10, 2), "sft_big": (12, 3), "pairs": 2000,
+    "full": {"sft": (30, 5), "reward": (30, 5), "ppo": (10, 2), "sft_big": (20, 4), "pairs": 2000,
              "peak_seconds": 3.0, "peak_sizes": (2048, 4096), "levels": "1,100,1000", "probes": 40},
     "quick": {"sft": (4, 1), "reward": (4, 1), "ppo": (2, 1), "sft_big": (0, 0), "pairs": 200,
               "peak_seconds": 0.2, "peak_sizes": (256, 512), "levels": "1", "probes": 3},
