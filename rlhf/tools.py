@@ -18,32 +18,28 @@ Turns = list[tuple[str, str | None]]
 
 def load_actor(model_dir: str | Path, device: str = "cpu"):
     """(model, tokenizer) of a causal LM saved by a stage (or any HF causal LM)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlhf.config import ModelConfig
+    from rlhf.models.loading import load_causal_lm, load_tokenizer
 
     _check_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, tokenizer
+    model_cfg = ModelConfig(name_or_path=str(model_dir))
+    tokenizer = load_tokenizer(model_cfg)
+    return load_causal_lm(model_cfg, tokenizer).to(device).eval(), tokenizer
 
 
 def load_scorer(model_dir: str | Path, num_padding_at_beginning: int | None = None):
     """(reward model, tokenizer) saved by the reward stage."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig
 
     from rlhf.config import RewardModelConfig
+    from rlhf.models.loading import load_tokenizer
     from rlhf.models.reward import load_reward_model
 
     _check_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    from transformers import AutoConfig
-
     saved = getattr(AutoConfig.from_pretrained(model_dir), "num_padding_at_beginning", 0)
     pad_begin = saved if num_padding_at_beginning is None else num_padding_at_beginning
     cfg = RewardModelConfig(name_or_path=str(model_dir), num_padding_at_beginning=pad_begin, dropout=0.0)
+    tokenizer = load_tokenizer(cfg)
     return load_reward_model(cfg, tokenizer).eval(), tokenizer
 
 

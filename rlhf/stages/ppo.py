@@ -49,7 +49,8 @@ class PPOTrainer:
         self.out = Path(cfg.checkpoint.output_dir)
         self.rt = init_runtime(cfg.deepspeed)
         seed_everything(cfg.seed)
-        self.tokenizer, _, _ = load_tokenizers(cfg)
+        self.tokenizers = load_tokenizers(cfg)  # (actor's, reward model's, whether they are the same)
+        self.tokenizer = self.tokenizers[0]
         if self.rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(dump(cfg))
@@ -131,7 +132,7 @@ class PPOTrainer:
     def run(self) -> dict[str, Any]:
         cfg, rt = self.cfg, self.rt
         per_epoch, total_iters, steps_per_iter = self._plan()
-        models = build_models(cfg, rt, total_iters * steps_per_iter)
+        models = build_models(cfg, rt, total_iters * steps_per_iter, self.tokenizers)
         state: dict[str, Any] = {"iteration": 0, "epoch": 0, "batch_in_epoch": 0, "ptx_batches": 0,
                                  "train_seconds": 0.0, "samples": 0, "baseline": {}}
         loaded = self._resume(models)

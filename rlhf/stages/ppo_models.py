@@ -85,13 +85,14 @@ def load_tokenizers(cfg: PPOConfig) -> tuple[Any, Any, bool]:
     return tokenizer, (tokenizer if same else reward_tok), same
 
 
-def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int) -> PPOModels:
-    """Load and wrap all models; ``total_steps`` sizes the lr schedules."""
+def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]) -> PPOModels:
+    """Load and wrap all models; ``total_steps`` sizes the lr schedules, ``tokenizers`` is
+    :func:`load_tokenizers`' result."""
     import deepspeed
 
     if cfg.engines.hybrid_engine and rt.accel.name != "cuda":
         raise ConfigError(f"engines.hybrid_engine: DeepSpeed's hybrid engine needs CUDA (running on {rt.accel.name})")
-    tokenizer, reward_tokenizer, same = load_tokenizers(cfg)
+    tokenizer, reward_tokenizer, same = tokenizers
     world = rt.dist.world_size
     actor_cfg, critic_cfg = _no_dropout(cfg.actor), _no_dropout(cfg.critic)
 
