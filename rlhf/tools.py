@@ -84,12 +84,12 @@ def chat(model, tokenizer, sampling: Sampling, read: Callable[[str], str] = inpu
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], answers: list[str], add_eot: bool = True) -> list[float]:
     """Reward-model score of each (prompt, answer), tokenized as in training (answer + end-of-text)."""
+    from rlhf.data.formats import format_answer
+    from rlhf.data.tokenize import answer_rows
     from rlhf.stages.base import pad_rows
 
-    rows = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        ids = tokenizer(prompt + " " + answer.strip(), add_special_tokens=False)["input_ids"]
-        rows.append(ids + ([tokenizer.eos_token_id] if add_eot else []))
+    eot = [tokenizer.eos_token_id if add_eot else None] * len(answers)
+    rows = answer_rows(tokenizer, prompts, [format_answer(a) for a in answers], eot)
     ids, mask = pad_rows(rows, tokenizer.pad_token_id, max(map(len, rows)))
     values = model(ids, attention_mask=mask)
     return [float(s) for s in model.scores(values, ids)]

@@ -153,3 +153,18 @@ def test_evaluation_prompts_errors_name_the_field(tiny, tmp_path):
         cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, f"evaluation.prompts={path}"))
         with pytest.raises(DataError, match=f"evaluation.prompts: .*{words}"):
             eval_prompts(cfg, tok, None)
+
+
+def test_reward_scoring_tokenizes_like_the_reward_stage(tiny):
+    """rw-eval and PPO with a reward model of its own tokenizer feed it the ids it was trained on."""
+    from rlhf.data.sources import Record
+    from rlhf.data.tokenize import answer_rows, tokenize_records
+
+    _, tok = tools.load_actor(tiny.actor)
+    rec = Record(prompt="Human: Name a color.\n\nAssistant:", chosen=" It is red. Cheers!", rejected=" Iron.")
+    cols, _ = tokenize_records([rec], tok, 1, max_seq_len=128, eot_id=tok.eos_token_id)
+    rows = answer_rows(tok, [rec.prompt] * 2, [rec.chosen, rec.rejected], [tok.eos_token_id] * 2)
+    assert rows == [cols["chosen_ids"][0], cols["rejected_ids"][0]]
+    scorer, stok = tools.load_scorer(tiny.reward)
+    a, b = tools.score_texts(scorer, stok, [rec.prompt] * 2, ["It is red. Cheers!", rec.chosen])
+    assert a == pytest.approx(b, abs=1e-5)  # the answer format adds the leading space either way

@@ -61,6 +61,14 @@ def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
+def answer_rows(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+    """``prompt + answer (+ eot)`` token ids, prompt and answer tokenized on their own — the way the
+    reward stage tokenized its pairs, so a reward model scores new answers on the same boundaries.
+    ``eot[i]`` is the id appended to answer ``i`` (None: nothing, e.g. an answer cut by a length limit)."""
+    return [p + a + ([e] if e is not None else [])
+            for p, a, e in zip(_ids(tokenizer, prompts), _ids(tokenizer, answers), eot, strict=True)]
+
+
 def tokenize_records(
     records: Sequence[Record],
     tokenizer: Any,

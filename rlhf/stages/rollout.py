@@ -10,6 +10,7 @@ import torch
 
 from rlhf import losses
 from rlhf.config import PPOConfig
+from rlhf.data.tokenize import answer_rows
 from rlhf.engine.setup import Runtime
 from rlhf.generation import Generated, Sampling, generate
 from rlhf.stages.base import pad_rows
@@ -83,12 +84,11 @@ def _reward_inputs(models: PPOModels, gen: Generated, rt: Runtime) -> torch.Tens
     if models.same_reward_tokenizer:
         return gen.sequences
     actor_tok, rm_tok = models.tokenizer, models.reward_tokenizer
-    rows = []
-    for i, ans in enumerate(gen.answers):
-        prompt = gen.sequences[i, : int(gen.prompt_lens[i])].tolist()
-        text = actor_tok.decode(prompt, skip_special_tokens=True) + actor_tok.decode(ans, skip_special_tokens=True)
-        ids = rm_tok(text, add_special_tokens=False)["input_ids"]
-        rows.append(ids + ([rm_tok.eos_token_id] if bool(gen.ended[i]) and rm_tok.eos_token_id is not None else []))
+    prompts = [actor_tok.decode(gen.sequences[i, : int(n)].tolist(), skip_special_tokens=True)
+               for i, n in enumerate(gen.prompt_lens)]
+    answers = [actor_tok.decode(a, skip_special_tokens=True) for a in gen.answers]
+    eot = [rm_tok.eos_token_id if ended else None for ended in gen.ended.tolist()]
+    rows = answer_rows(rm_tok, prompts, answers, eot)
     ids, _ = pad_rows(rows, rm_tok.pad_token_id, max(map(len, rows)))
     return ids
 
