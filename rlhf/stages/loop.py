@@ -253,25 +253,36 @@ class Trainer:
             save_hf(exported, self.tokenizer, model_dir, torch_dtype(self.cfg.deepspeed))
         barrier()
         seconds = state["train_seconds"]
-        summary = {
-            "stage": self.stage.name,
-            "status": "completed",
-            "global_step": step,
-            "total_steps": total_steps,
-            "resumed_from_step": resumed_from,
-            "world_size": rt.dist.world_size,
-            "accelerator": rt.accel.name,
-            "metrics": {f"eval/{k}": v for k, v in last_eval.items()},
-            "train_samples": state["samples"] * rt.dist.world_size,
-            "train_seconds": round(seconds, 3),
-            "real_tokens_per_second": round(state["real_tokens"] * rt.dist.world_size / seconds, 1) if seconds else None,
-            "model_dir": str(model_dir),
-            "data": {k: v for k, v in self.data.stats.items() if isinstance(v, (int, float, str, bool))},
-        }
-        if rt.is_main:
-            write_json_atomic(self.out / "summary.json", summary)
-        barrier()
+        rate = round(state["real_tokens"] * rt.dist.world_size / seconds, 1) if seconds else None
+        summary = completed_summary(
+            self.stage.name, rt, step=step, total_steps=total_steps, resumed_from=resumed_from,
+            metrics={f"eval/{k}": v for k, v in last_eval.items()}, samples=state["samples"], seconds=seconds,
+            rates={"real_tokens_per_second": rate}, model_dir=model_dir, data_stats=self.data.stats,
+        )
+        publish_summary(self.out, summary, rt)
         return summary
+
+
+def completed_summary(
+    stage: str, rt: Runtime, *, step: int, total_steps: int, resumed_from: int, metrics: dict[str, float],
+    samples: int, seconds: float, rates: dict[str, float | None], model_dir: Path, data_stats: dict[str, Any],
+) -> dict[str, Any]:
+    """A finished stage's ``summary.json`` (the operator and ``rlhf run`` read it): the same keys for
+    every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures."""
+    return {
+        "stage": stage, "status": "completed", "global_step": step, "total_steps": total_steps,
+        "resumed_from_step": resumed_from, "world_size": rt.dist.world_size, "accelerator": rt.accel.name,
+        "metrics": metrics, "train_samples": samples * rt.dist.world_size, "train_seconds": round(seconds, 3),
+        **rates, "model_dir": str(model_dir),
+        "data": {k: v for k, v in data_stats.items() if isinstance(v, (int, float, str, bool))},
+    }
+
+
+def publish_summary(out: Path, summary: dict[str, Any], rt: Runtime) -> None:
+    """Rank 0 writes ``summary.json`` atomically; every rank waits for it."""
+    if rt.is_main:
+        write_json_atomic(out / "summary.json", summary)
+    barrier()
 
 
 def run_stage(cfg: StageConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from rlhf.engine.setup import barrier, init_runtime, torch_dtype
 from rlhf.models.export import gather_state_dict, materialize, merge_lora, save_hf
 from rlhf.stages import checkpoint
 from rlhf.stages.data import prepare_stage_data
-from rlhf.stages.loop import SkipSampler, seed_everything, write_json_atomic
+from rlhf.stages.loop import SkipSampler, completed_summary, publish_summary, seed_everything
 from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
 from rlhf.stages.ppo_models import PPOModels, actor_skeleton, build_models, load_tokenizers, update_ema
 from rlhf.stages.rollout import Experience, actor_logprobs, critic_values, make_experience
@@ -272,16 +272,11 @@ class PPOTrainer:
         metrics.update({f"baseline/{k}": v for k, v in state["baseline"].items()})
         metrics.update({f"check/{k}": v for k, v in comparison(state["baseline"], final).items()})
         seconds = state["train_seconds"]
-        summary = {
-            "stage": "ppo", "status": "completed", "global_step": state["iteration"], "total_steps": total_iters,
-            "resumed_from_step": resumed_from, "world_size": rt.dist.world_size, "accelerator": rt.accel.name,
-            "metrics": metrics, "train_samples": state["samples"] * rt.dist.world_size,
-            "train_seconds": round(seconds, 3),
-            "samples_per_second": round(state["samples"] * rt.dist.world_size / seconds, 3) if seconds else None,
-            "model_dir": str(model_dir),
-            "data": {k: v for k, v in self.prompts.stats.items() if isinstance(v, (int, float, str, bool))},
-        }
-        if rt.is_main:
-            write_json_atomic(self.out / "summary.json", summary)
-        barrier()
+        rate = round(state["samples"] * rt.dist.world_size / seconds, 3) if seconds else None
+        summary = completed_summary(
+            "ppo", rt, step=state["iteration"], total_steps=total_iters, resumed_from=resumed_from, metrics=metrics,
+            samples=state["samples"], seconds=seconds, rates={"samples_per_second": rate}, model_dir=model_dir,
+            data_stats=self.prompts.stats,
+        )
+        publish_summary(self.out, summary, rt)
         return summary
