@@ -138,6 +138,14 @@ def kill_when_checkpointed(cmd: list[str], latest: Path, not_yet: tuple[str, ...
     assert killed, "the job finished before it could be killed"
 
 
+def assert_same_saved_model(a: Path, b: Path) -> None:
+    """The models two runs saved (``<out>/model``) are bit-identical."""
+    wa, wb = (load_file(out / "model" / "model.safetensors") for out in (a, b))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=0, rtol=0, msg=f"{key} differs after resume")
+
+
 def _train_cmd(overrides: list[str]) -> list[str]:
     return [*mpirun(2), sys.executable, "-m", "rlhf", "train", "sft", *overrides]
 
@@ -160,10 +168,7 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_would(tiny, tmp_path):
     summary = json.loads((resumed / "summary.json").read_text())
     assert 0 < summary["resumed_from_step"] < 30 and summary["global_step"] == 30
 
-    a = load_file(straight / "model" / "model.safetensors")
-    b = load_file(resumed / "model" / "model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=f"{key} differs after resume")
+    assert_same_saved_model(straight, resumed)
     # the metrics history is continuous and equal to the uninterrupted one
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [(r["step"], r["split"], r.get("loss")) for r in rows(straight)] == \
