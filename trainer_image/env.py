@@ -9,13 +9,11 @@ yields to a variable that is already set.
 
 from __future__ import annotations
 
-import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from rlhf.engine.distributed import DEFAULT_MASTER_PORT, torch_env
+from rlhf.engine.distributed import DEFAULT_MASTER_PORT, available_cpus, torch_env
 
 #: Where the MPI operator mounts the hostfile in the launcher pod (it is not mounted in workers).
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
@@ -76,31 +74,6 @@ def master_addr(environ: Mapping[str, str]) -> str | None:
         return explicit
     hosts = read_hosts(hostfile_path(environ))
     return hosts[0] if hosts else None
-
-
-def available_cpus(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
-    """CPUs this container may use: the affinity mask, capped by a cgroup CPU quota (v2 or v1)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    root = Path(cgroup_root)
-    quota = None
-    try:
-        limit, period = (root / "cpu.max").read_text().split()[:2]
-        if limit != "max":
-            quota = int(limit) / int(period)
-    except (OSError, ValueError):
-        try:
-            limit_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-            period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-            if limit_us > 0 and period_us > 0:
-                quota = limit_us / period_us
-        except (OSError, ValueError):
-            pass
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
 
 
 def accelerator_env(accelerator: str | None, local_ranks: int, cpus: int) -> dict[str, str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from rlhf.engine.distributed import available_cpus, torch_env
 from rlhf.runner.plan import Machine, StagePlan
 from rlhf.spec import TRAINER_ACCELERATORS
 
@@ -25,13 +25,6 @@ def train_command(plan: StagePlan, config_file: Path) -> list[str]:
         return [sys.executable, "-m", "rlhf", "train", plan.stage, "--config", str(config_file)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(plan.processes),
             "-m", "rlhf.cli", "train", plan.stage, "--config", str(config_file)]
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stage_env(plan: StagePlan, accelerator: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -50,18 +43,15 @@ def stage_env(plan: StagePlan, accelerator: str, base: Mapping[str, str] | None 
         env.setdefault("DS_ACCELERATOR", "cpu")
     if plan.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.devices)
-    if plan.processes == 1:
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    if plan.processes == 1:  # a world of one on a free port; torchrun sets these for several
+        env.update(torch_env(env))
     return env
 
 
 def detect_machine(accelerator: str, environ: Mapping[str, str] | None = None) -> Machine:
     """This machine's cores (those this process may use) and, for nvidia, its visible CUDA devices."""
     environ = os.environ if environ is None else environ
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = available_cpus()
     gpus: tuple[str, ...] = ()
     if accelerator == "nvidia":
         visible = environ.get("CUDA_VISIBLE_DEVICES")
