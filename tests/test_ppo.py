@@ -168,3 +168,59 @@ def test_reward_scoring_tokenizes_like_the_reward_stage(tiny):
     scorer, stok = tools.load_scorer(tiny.reward)
     a, b = tools.score_texts(scorer, stok, [rec.prompt] * 2, ["It is red. Cheers!", rec.chosen])
     assert a == pytest.approx(b, abs=1e-5)  # the answer format adds the leading space either way
+
+
+@pytest.mark.parametrize("overrides, once", [
+    ((), True),  # one epoch over a rollout that is one mini-batch: the training forward is the only one
+    (("ppo.ppo_epochs=2",), False),
+    (("generation.generation_batches=2",), False),
+    (("optim.per_device_train_batch_size=4",), False),
+    (("critic.dropout=0.1",), False),
+    (("critic_lora.dim=4", "critic_lora.dropout=0.1"), False),
+    (("critic_lora.dim=4",), True),
+])
+def test_when_the_critic_values_come_from_its_training_forward(tiny, tmp_path, overrides, once):
+    from rlhf.stages.rollout import critic_values_in_training
+
+    cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, "optim.per_device_train_batch_size=8", *overrides))
+    assert critic_values_in_training(cfg) is once
+
+
+def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_forward(tiny, tmp_path, monkeypatch):
+    """One critic forward per iteration (not an experience forward, then the same one again in
+    training), with the same losses and the same trained models as the two-forward path."""
+    import torch
+
+    from rlhf.stages import ppo as ppo_module
+    from rlhf.stages import rollout
+
+    calls = []
+
+    def counted(module):
+        original = module.critic_values
+
+        def wrapper(engine, sequences, attention_mask):
+            calls.append(module.__name__)
+            return original(engine, sequences, attention_mask)
+        return wrapper
+
+    monkeypatch.setattr(ppo_module, "critic_values", counted(ppo_module))
+    monkeypatch.setattr(rollout, "critic_values", counted(rollout))
+    runs = {}
+    for once in (True, False):
+        calls.clear()
+        monkeypatch.setattr(ppo_module, "critic_values_in_training", lambda cfg, once=once: once)
+        out = tmp_path / f"once-{once}"
+        cfg = load(PPOConfig, None, tiny.ppo_overrides(out, "optim.per_device_train_batch_size=8",
+                                                        "evaluation.baseline=false", "evaluation.max_prompts=2"))
+        assert run_stage(cfg)["status"] == "completed"
+        runs[once] = (out, list(calls))
+    assert runs[True][1] == ["rlhf.stages.ppo"] * 2  # 2 iterations, one critic forward each
+    assert runs[False][1] == ["rlhf.stages.rollout", "rlhf.stages.ppo"] * 2
+    rows = {once: _rows(out, "train") for once, (out, _) in runs.items()}
+    for a, b in zip(rows[True], rows[False], strict=True):
+        for key in ("critic_loss", "actor_loss", "reward_mean", "kl", "critic_clipfrac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    models = {once: AutoModelForCausalLM.from_pretrained(out / "model").state_dict() for once, (out, _) in runs.items()}
+    for name, tensor in models[True].items():
+        torch.testing.assert_close(tensor, models[False][name], rtol=1e-4, atol=1e-5, msg=name)

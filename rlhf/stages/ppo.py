@@ -4,7 +4,8 @@
 2. the actor answers them (sampling, KV cache; ``synced_gpus`` under ZeRO-3);
 3. the frozen reward model scores the answers;
 4. per-token rewards = clipped score on the last answer token + KL penalty to the reference;
-   advantages and returns by GAE over the critic's values;
+   advantages and returns by GAE over the critic's values (taken from the critic's training
+   forward when that would see the same weights and tokens: one epoch, one mini-batch);
 5. ``ppo_epochs`` passes over the experience in mini-batches: clipped policy loss (+ ptx loss) for
    the actor, clipped value loss for the critic;
 6. metrics, EMA, checkpoint.
@@ -34,7 +35,14 @@ from rlhf.stages.data import prepare_stage_data
 from rlhf.stages.loop import SkipSampler, completed_summary, publish_summary, seed_everything
 from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
 from rlhf.stages.ppo_models import PPOModels, actor_skeleton, build_models, load_tokenizers, update_ema
-from rlhf.stages.rollout import Experience, actor_logprobs, critic_values, make_experience
+from rlhf.stages.rollout import (
+    Experience,
+    actor_logprobs,
+    critic_values,
+    critic_values_in_training,
+    make_experience,
+    with_values,
+)
 from rlhf.stages.sft import sft_batch
 from rlhf.stages.tracking import Tracker
 
@@ -61,6 +69,7 @@ class PPOTrainer:
         self.eval_prompts = eval_prompts(cfg, self.tokenizer, self.prompts.eval)
         self.ckpt_actor = self.out / "checkpoints" / "actor"
         self.ckpt_critic = self.out / "checkpoints" / "critic"
+        self.values_in_training = critic_values_in_training(cfg)
 
     # ---- data ---------------------------------------------------------------------------------
     def _sampler(self, dataset) -> DistributedSampler:
@@ -162,7 +171,7 @@ class PPOTrainer:
                 # 2.-4. answer, score, rewards and advantages
                 parts, gen_stats = [], []
                 for prompts in prompt_batches:
-                    exp, _, stats = make_experience(models, cfg, rt, prompts)
+                    exp, _, stats = make_experience(models, cfg, rt, prompts, values=not self.values_in_training)
                     parts.append(exp)
                     gen_stats.append(stats)
                 experience = Experience.cat(parts, self.tokenizer.pad_token_id)
@@ -204,6 +213,10 @@ class PPOTrainer:
                 mb = exp.select(order[start : start + bs])
                 seqs, mask = mb.sequences.to(device), mb.attention_mask.to(device)
                 action = mb.action_mask.to(device)
+                values = None
+                if mb.values is None:  # 4b. the critic's one forward on these tokens: values for GAE and its loss
+                    values = critic_values(models.critic, seqs, mask)
+                    mb = with_values(mb, values.detach().cpu(), cfg)
                 # actor: clipped policy loss (+ ptx)
                 advantages = mb.advantages.to(device)
                 if cfg.ppo.whiten_advantages:
@@ -224,7 +237,8 @@ class PPOTrainer:
                 if models.ema is not None and models.actor.is_gradient_accumulation_boundary():
                     update_ema(models.ema, models.actor.module, cfg.engines.ema_decay)
                 # critic: clipped value loss
-                values = critic_values(models.critic, seqs, mask)
+                if values is None:
+                    values = critic_values(models.critic, seqs, mask)
                 critic_loss, vstats = losses.value_loss(values, mb.values.to(device), mb.returns.to(device), action,
                                                         cfg.ppo.cliprange_value)
                 models.critic.backward(critic_loss)

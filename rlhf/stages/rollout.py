@@ -1,10 +1,15 @@
 """Steps 2-4 of a PPO iteration: answer prompts, score the answers, turn scores into per-token
-advantages. Everything here runs without gradients; the result is one batch of :class:`Experience`."""
+advantages. Everything here runs without gradients; the result is one batch of :class:`Experience`.
+
+No model computes a forward pass twice on the same tokens when once would do: the actor's old
+log-probs come from generation, and when the critic's first training forward would see the same
+weights and tokens as its experience forward (:func:`critic_values_in_training`), the experience
+leaves ``values``/``advantages``/``returns`` empty and training fills them (:func:`with_values`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -26,18 +31,19 @@ class Experience:
     action_mask: torch.Tensor
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
     rewards: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
     scores: torch.Tensor  # the reward model's raw score per sequence
     kl: torch.Tensor
+    # The critic's values and GAE over them; None until training's critic forward supplies them.
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.sequences.size(0)
 
     def select(self, index: torch.Tensor | slice) -> Experience:
-        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Experience(**{f.name: None if (t := getattr(self, f.name)) is None else t[index] for f in fields(self)})
 
     @staticmethod
     def cat(parts: list[Experience], pad_id: int) -> Experience:
@@ -46,6 +52,9 @@ class Experience:
         out = {}
         for f in fields(Experience):
             tensors = [getattr(p, f.name) for p in parts]
+            if any(t is None for t in tensors):
+                out[f.name] = None
+                continue
             if tensors[0].dim() == 2:  # [B, T] or [B, T-1]: pad each to the widest part's width
                 fill = pad_id if f.name == "sequences" else 0
                 tensors = [torch.nn.functional.pad(t, (0, width - p.sequences.size(1)), value=fill)
@@ -115,11 +124,30 @@ def critic_values(engine, sequences: torch.Tensor, attention_mask: torch.Tensor)
     return engine(sequences, attention_mask=attention_mask)[:, :-1].float()
 
 
+def critic_values_in_training(cfg: PPOConfig) -> bool:
+    """Whether the critic's experience forward would repeat its first training forward exactly.
+
+    True with one PPO epoch over a rollout that is a single mini-batch (DeepSpeed-Chat's step-3
+    example) and a critic without dropout: training's forward sees the same weights and tokens, so
+    its detached values serve as the experience's values and the experience forward is skipped.
+    """
+    rollout = cfg.generation.per_device_generation_batch_size * cfg.generation.generation_batches
+    deterministic = not cfg.critic.dropout and not (cfg.critic_lora.enabled and cfg.critic_lora.dropout)
+    return cfg.ppo.ppo_epochs == 1 and rollout == cfg.optim.per_device_train_batch_size and deterministic
+
+
+def with_values(exp: Experience, values: torch.Tensor, cfg: PPOConfig) -> Experience:
+    """Step 4b: advantages and returns by GAE over the critic's (detached) values ``[B, T-1]``."""
+    advantages, returns = losses.gae(values, exp.rewards, exp.action_mask, cfg.ppo.gamma, cfg.ppo.lam)
+    return replace(exp, values=values * exp.action_mask, advantages=advantages, returns=returns)
+
+
 @torch.no_grad()
 def make_experience(
-    models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]
+    models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]], *, values: bool = True
 ) -> tuple[Experience, Generated, dict[str, float]]:
-    """Steps 2-4 for one generation batch: answers, scores, then KL-shaped rewards and GAE."""
+    """Steps 2-4 for one generation batch: answers, scores, then KL-shaped rewards and GAE over the
+    critic's values (unless ``values`` is false: training's critic forward then supplies them)."""
     t0 = time.perf_counter()
     gen = answer(models, cfg, rt, prompts)  # 2. generate
     t1 = time.perf_counter()
@@ -132,16 +160,15 @@ def make_experience(
         logprobs = actor_logprobs(models.actor, seqs, mask).cpu()
         models.actor.train()
     ref_logprobs = actor_logprobs(models.reference, seqs, mask).cpu()
-    models.critic.eval()
-    values = critic_values(models.critic, seqs, mask).cpu()
-    models.critic.train()
     action = action.cpu().float()
     ppo = cfg.ppo
     rewards, kl = losses.shaped_rewards(logprobs, ref_logprobs, scores, action, ppo.kl_ctl, ppo.clip_reward_value)
-    advantages, returns = losses.gae(values, rewards, action, ppo.gamma, ppo.lam)
+    exp = Experience(gen.sequences, gen.attention_mask, action, logprobs, ref_logprobs, rewards, scores, kl)
+    if values:
+        models.critic.eval()
+        exp = with_values(exp, critic_values(models.critic, seqs, mask).cpu(), cfg)
+        models.critic.train()
     t2 = time.perf_counter()
-    exp = Experience(gen.sequences, gen.attention_mask, action, logprobs, ref_logprobs, values * action, rewards,
-                     advantages, returns, scores, kl)
     new_tokens = int(gen.answer_lens.sum())
     stats = {"generate_seconds": t1 - t0, "experience_seconds": t2 - t1, "generated_tokens": float(new_tokens)}
     return exp, gen, stats
