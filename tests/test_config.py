@@ -136,6 +136,21 @@ def test_ds_config_shapes():
     assert frozen["gradient_accumulation_steps"] == 1
 
 
+@pytest.mark.parametrize("stage, offload, world_size, expected", [
+    (2, False, 1, 0),  # nothing to shard on one rank: the same math without ZeRO's bookkeeping
+    (1, False, 1, 0),
+    (2, True, 1, 2),  # ZeRO-Offload on one device is the point of stage 2 there
+    (3, False, 1, 3),
+    (2, False, 2, 2),
+    (0, False, 4, 0),
+])
+def test_zero_stage_on_one_rank(stage, offload, world_size, expected):
+    cfg = load(SFTConfig, None, [*BASE, f"deepspeed.zero_stage={stage}", f"deepspeed.offload={str(offload).lower()}"])
+    assert build_ds_config(cfg.deepspeed, cfg.optim, world_size=world_size)["zero_optimization"]["stage"] == expected
+    forced = cfg.deepspeed.model_copy(update={"overrides": {"zero_optimization": {"stage": stage}}})
+    assert build_ds_config(forced, cfg.optim, world_size=world_size)["zero_optimization"]["stage"] == stage
+
+
 def test_every_stage_registered():
     assert set(STAGES) == {"sft", "reward", "ppo"}
     assert [STAGES[s].phase for s in ("sft", "reward", "ppo")] == [0, 1, 2]

@@ -135,7 +135,9 @@ class OptimConfig(OptimizerConfig):
 
 
 class DeepSpeedConfig(Section):
-    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage 0-3 (--zero_stage)")
+    zero_stage: int = Field(
+        0, ge=0, le=3, description="ZeRO stage 0-3 (--zero_stage); 1 and 2 run as 0 on a single rank without offload"
+    )
     dtype: DType = Field("bf16", description="Training precision (--dtype)")
     offload: bool = Field(False, description="Offload optimizer state (and parameters under ZeRO-3) to CPU (--offload)")
     stage3_max_live_parameters: int = Field(30_000_000, ge=0)
