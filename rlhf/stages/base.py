@@ -10,6 +10,7 @@ from torch import nn
 
 from rlhf.config.stages import StageConfig
 from rlhf.engine.setup import Runtime
+from rlhf.stages.sampling import column_lengths
 
 Batch = dict[str, torch.Tensor]
 
@@ -29,6 +30,8 @@ class Stage(ABC):
 
     name: ClassVar[str]
     lora_task: ClassVar[str]
+    # Token-list columns of a sample; its length (for data.group_by_length) is their longest.
+    length_columns: ClassVar[tuple[str, ...]] = ("input_ids",)
 
     def __init__(self, cfg: StageConfig, runtime: Runtime, tokenizer):
         self.cfg = cfg
@@ -67,6 +70,10 @@ class Stage(ABC):
     @abstractmethod
     def real_tokens(self, batch: Batch) -> int:
         """Non-padding tokens in a batch (for throughput)."""
+
+    def lengths(self, dataset) -> list[int]:
+        """Each sample's length in tokens (the longest of :attr:`length_columns`)."""
+        return column_lengths(dataset, self.length_columns)
 
     def samples(self, batch: Batch) -> int:
         """Training examples in a batch."""

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,8 @@ from rlhf.stages import checkpoint
 from rlhf.stages.base import Batch, Stage
 from rlhf.stages.data import prepare_stage_data
 from rlhf.stages.finished import finished_summary  # re-exported: torch-free, used by `rlhf run` too
+from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler
 from rlhf.stages.tracking import Tracker
-
-
-class SkipSampler(Sampler[int]):
-    """The first ``skip`` indices of ``sampler`` dropped (resuming inside an epoch)."""
-
-    def __init__(self, sampler: Sampler[int], skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +82,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(dump(cfg))
         self.data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)["train"]
+        self._lengths: list[int] | None = None  # per training sample, when data.group_by_length
         if self.data.train is None or len(self.data.train) == 0:
             raise ValueError(f"stage {stage_cls.name}: no training samples after splitting data (stats: {self.data.stats})")
 
@@ -103,6 +91,17 @@ class Trainer:
         return DistributedSampler(
             dataset, num_replicas=self.rt.dist.world_size, rank=self.rt.dist.rank, shuffle=shuffle, seed=self.cfg.seed
         )
+
+    def _epoch_order(self, epoch: int) -> Sampler[int]:
+        """This rank's training samples for ``epoch``: a seeded shuffle, grouped by length if asked."""
+        sampler = self._sampler(self.data.train, shuffle=True)
+        sampler.set_epoch(epoch)
+        if not self.cfg.data.group_by_length:
+            return sampler
+        if self._lengths is None:
+            self._lengths = self.stage.lengths(self.data.train)
+        return LengthGroupedSampler(sampler, self._lengths, self.cfg.optim.per_device_train_batch_size,
+                                    seed=self.cfg.seed * 1_000_003 + epoch)
 
     def _loader(self, dataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
         # Its own generator: creating an iterator must not draw from the global RNG (which drives
@@ -187,8 +186,7 @@ class Trainer:
         for epoch in range(resume_epoch, optim.epochs):
             if done:
                 break
-            sampler = self._sampler(self.data.train, shuffle=True)
-            sampler.set_epoch(epoch)
+            sampler = self._epoch_order(epoch)
             skip = resume_micro if epoch == resume_epoch else 0
             loader = self._loader(self.data.train, SkipSampler(sampler, skip * optim.per_device_train_batch_size),
                                   optim.per_device_train_batch_size)

@@ -32,7 +32,7 @@ from rlhf.engine.setup import barrier, init_runtime, torch_dtype
 from rlhf.models.export import gather_state_dict, materialize, merge_lora, save_hf
 from rlhf.stages import checkpoint
 from rlhf.stages.data import prepare_stage_data
-from rlhf.stages.loop import SkipSampler, completed_summary, publish_summary, seed_everything
+from rlhf.stages.loop import completed_summary, publish_summary, seed_everything
 from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
 from rlhf.stages.ppo_models import PPOModels, actor_skeleton, build_models, load_tokenizers, update_ema
 from rlhf.stages.rollout import (
@@ -43,6 +43,7 @@ from rlhf.stages.rollout import (
     make_experience,
     with_values,
 )
+from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
 from rlhf.stages.sft import sft_batch
 from rlhf.stages.tracking import Tracker
 
@@ -70,16 +71,26 @@ class PPOTrainer:
         self.ckpt_actor = self.out / "checkpoints" / "actor"
         self.ckpt_critic = self.out / "checkpoints" / "critic"
         self.values_in_training = critic_values_in_training(cfg)
+        self._lengths: dict[str, list[int]] = {}  # per column, when data.group_by_length
 
     # ---- data ---------------------------------------------------------------------------------
     def _sampler(self, dataset) -> DistributedSampler:
         return DistributedSampler(dataset, num_replicas=self.rt.dist.world_size, rank=self.rt.dist.rank,
                                   shuffle=True, seed=self.cfg.seed, drop_last=True)
 
+    def _grouped(self, sampler: DistributedSampler, dataset, column: str, batch_size: int, epoch: int):
+        """``sampler`` grouped by the length of ``column`` when data.group_by_length."""
+        if not self.cfg.data.group_by_length:
+            return sampler
+        if column not in self._lengths:
+            self._lengths[column] = column_lengths(dataset, (column,))
+        return LengthGroupedSampler(sampler, self._lengths[column], batch_size, self.cfg.seed * 1_000_003 + epoch)
+
     def _prompt_loader(self, epoch: int, skip_batches: int) -> DataLoader:
         bs = self.cfg.generation.per_device_generation_batch_size
         sampler = self._sampler(self.prompts.train)
         sampler.set_epoch(epoch)
+        sampler = self._grouped(sampler, self.prompts.train, "prompt_ids", bs, epoch)
         return DataLoader(self.prompts.train, batch_size=bs, sampler=SkipSampler(sampler, skip_batches * bs),
                           collate_fn=lambda rows: [list(r["prompt_ids"]) for r in rows], drop_last=True,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
@@ -94,8 +105,9 @@ class PPOTrainer:
         pad = self.tokenizer.pad_token_id
         for epoch in itertools.count(consumed // per_epoch):
             sampler.set_epoch(epoch)
+            grouped = self._grouped(sampler, self.ptx.train, "input_ids", bs, epoch)
             skip = consumed % per_epoch if epoch == consumed // per_epoch else 0
-            loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(sampler, skip * bs), drop_last=True,
+            loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(grouped, skip * bs), drop_last=True,
                                 collate_fn=lambda rows: sft_batch(rows, pad, max(len(r["input_ids"]) for r in rows)))
             yield from loader
 

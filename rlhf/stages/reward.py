@@ -19,6 +19,7 @@ from rlhf.stages.base import Batch, Stage, pad_rows
 class RewardStage(Stage):
     name = "reward"
     lora_task = "SEQ_CLS"
+    length_columns = ("chosen_ids", "rejected_ids")
     cfg: RewardConfig
 
     def _wrap(self, hf) -> RewardModel:
