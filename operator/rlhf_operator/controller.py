@@ -21,7 +21,7 @@ from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.metrics import Metrics
-from rlhf_operator.reconcile import Action, Decision, Key, decide, is_finished
+from rlhf_operator.reconcile import Action, Decision, Key, decide, pods_needed
 from rlhf_operator.status import timestamp
 
 logger = logging.getLogger("rlhf_operator")
@@ -89,7 +89,7 @@ class Controller:
         except AdmissionError as e:
             admission = e
         objects = await self._observe(namespace, name)
-        pods = await self._finished_pods(namespace, name, objects)
+        pods = await self._finished_pods(body, objects)
         failures = self._failures.setdefault((namespace, name), {})
         decision = decide(body, admission, self.config, objects, pods, self._clock(), dict(failures))
         if not await self._write_status(body, decision.status):
@@ -120,17 +120,14 @@ class Controller:
         found = await asyncio.gather(*(self.kube.get(kube.BY_KIND[kind], namespace, n) for kind, n in keys))
         return {key: obj for key, obj in zip(keys, found, strict=True) if obj is not None}
 
-    async def _finished_pods(self, namespace: str, run: str, objects: dict[Key, dict[str, Any]]
+    async def _finished_pods(self, body: dict[str, Any], objects: dict[Key, dict[str, Any]]
                              ) -> dict[str, dict[str, Any]]:
-        """The latest pod of each finished step: its termination message has the result."""
-        wanted: dict[str, str] = {}
-        prepare = objects.get(("Job", names.job_name(run, names.PREPARE)))
-        if prepare is not None and is_finished("Job", prepare):
-            wanted[names.PREPARE] = f"job-name={names.job_name(run, names.PREPARE)}"
-        for stage in STAGE_NAMES:
-            job = objects.get(("MPIJob", names.job_name(run, stage)))
-            if job is not None and is_finished("MPIJob", job):
-                wanted[stage] = names.launcher_selector(names.job_name(run, stage))
+        """The latest pod of each finished step whose result the status does not record yet
+        (:func:`rlhf_operator.reconcile.pods_needed`): its termination message has the result."""
+        meta = body["metadata"]
+        namespace, run = meta["namespace"], meta["name"]
+        wanted = {step: f"job-name={names.job_name(run, step)}" if step == names.PREPARE
+                  else names.launcher_selector(names.job_name(run, step)) for step in pods_needed(body, objects)}
         found = await asyncio.gather(*(self.kube.list(kube.PODS, namespace, sel) for sel in wanted.values()))
         out = {}
         for step, pods in zip(wanted, found, strict=True):

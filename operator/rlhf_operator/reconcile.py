@@ -108,9 +108,62 @@ def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
     return "Pending", JOB_PENDING
 
 
-def is_finished(kind: str, job: dict[str, Any]) -> bool:
-    state = (mpijob_state if kind == "MPIJob" else batch_job_state)(job)[0]
-    return state in ("Succeeded", "Failed")
+def _recorded_failure(status: dict[str, Any], step: str) -> str | None:
+    """The message of ``step``'s condition if the status records that step as Failed."""
+    cond = get_condition(status.get("conditions") or [], STEP_CONDITIONS[step]) or {}
+    if cond.get("status") == "False" and cond.get("reason") == "Failed" and cond.get("message"):
+        return str(cond["message"])
+    return None
+
+
+def _recorded_run_failure(status: dict[str, Any], prefix: str) -> str | None:
+    """The run's ``Failed`` condition message if it is True and starts with ``prefix``."""
+    cond = get_condition(status.get("conditions") or [], FAILED) or {}
+    message = str(cond.get("message") or "")
+    return message if cond.get("status") == "True" and message.startswith(prefix) else None
+
+
+def _attempt(job: dict[str, Any]) -> int:
+    try:
+        return max(1, int(_annotation(job, names.ATTEMPT_ANNOTATION) or 1))
+    except ValueError:
+        return 1
+
+
+def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> list[str]:
+    """The steps whose latest pod :func:`decide` needs: a finished job whose result (the pod's
+    termination message) the run's status does not record yet. Once it is recorded (the stage
+    entry says Succeeded, or the step's condition says Failed), the status is the memory and the
+    pod is not read again: a finished or failed run costs no pod reads. The prepare Job's pod
+    matters only when it failed (its reason)."""
+    meta = body.get("metadata") or {}
+    run, uid = meta.get("name") or "", meta.get("uid") or ""
+    status = body.get("status") or {}
+    out = []
+    prepare = names.job_name(run, names.PREPARE)
+    job = objects.get(("Job", prepare))
+    prepared = get_condition(status.get("conditions") or [], STEP_CONDITIONS[names.PREPARE]) or {}
+    if (job is not None and prepared.get("status") != "True" and owned_by(job, uid)
+            and batch_job_state(job)[0] == "Failed"
+            and not (_recorded_failure(status, names.PREPARE)
+                     and _recorded_run_failure(status, "prepare failed: "))):
+        out.append(names.PREPARE)
+    for stage in STAGE_NAMES:
+        job = objects.get(("MPIJob", names.job_name(run, stage)))
+        if job is None or not owned_by(job, uid) or (job.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        state = mpijob_state(job)[0]
+        entry = stage_entry(status, stage)
+        if state == "Succeeded":
+            recorded = entry["state"] == "Succeeded"
+        elif state == "Failed":
+            recorded = bool(entry["state"] == "Failed" and entry["retries"] >= _attempt(job)
+                            and _recorded_failure(status, stage))
+        else:
+            continue
+        if not recorded:
+            out.append(stage)
+    return out
 
 
 def termination_message(pod: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -266,6 +319,12 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         ctx.steps[step] = _Step("True", "Succeeded", "models and datasets are in the run's storage")
         return True
     if state == "Failed":
+        recorded = _recorded_failure(ctx.old, step)
+        run_failure = _recorded_run_failure(ctx.old, "prepare failed: ")
+        if recorded and run_failure:  # this failure is recorded: no pod read (pods_needed)
+            ctx.steps[step] = _Step("False", "Failed", recorded)
+            ctx.failure = ctx.failure or run_failure
+            return False
         reason = _failure_reason(termination_message(ctx.pods.get(step)), detail)
         ctx.steps[step] = _Step("False", "Failed", f"Job {name} failed: {reason}")
         ctx.failure = ctx.failure or f"prepare failed: {reason}"
@@ -321,10 +380,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
 
     ctx.started = True
     entry["jobName"] = name
-    try:
-        attempt = max(1, int(_annotation(job, names.ATTEMPT_ANNOTATION) or 1))
-    except ValueError:
-        attempt = 1
+    attempt = _attempt(job)
     meta, job_status = job.get("metadata") or {}, job.get("status") or {}
     if meta.get("deletionTimestamp"):
         entry["state"] = "Pending"
@@ -341,6 +397,8 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
         return
     if state == "Failed":
+        recorded = _recorded_failure(ctx.old, stage) if entry["state"] == "Failed" \
+            and entry["retries"] >= attempt else None
         failures = max(entry["retries"], attempt)
         reason = _failure_reason(message, detail)
         entry["retries"] = failures
@@ -350,8 +408,11 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
             ctx.steps[stage] = _Step("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
                                      f"{failures} of {limit} resumes from the latest checkpoint")
         else:
+            if recorded:  # this very failure is in the status already: no pod read (pods_needed)
+                text = recorded
+            else:
+                text = f"{title} failed after {failures} attempt{'s' if failures > 1 else ''}: {reason}"
             entry.update(state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now))
-            text = f"{title} failed after {failures} attempt{'s' if failures > 1 else ''}: {reason}"
             ctx.steps[stage] = _Step("False", "Failed", text)
             ctx.failure = ctx.failure or text
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from harness import NS, cluster, manifest
-from rlhf_operator import names
+from rlhf_operator import kube, names
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.kube import Connection, Kube
@@ -31,6 +31,48 @@ async def test_resync_reconciles_every_run_and_writes_status_only_on_change():
             assert controller.metrics.known_runs == 2
             assert 'rlhf_operator_actions_total{kind="MPIJob",verb="create"}' not in controller.metrics.text()
             assert await controller.reconcile(NS, "absent") is None
+        finally:
+            await controller.kube.close()
+
+
+def pod_lists(c) -> int:
+    return sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path) == f"/api/v1/namespaces/{NS}/pods")
+
+
+@pytest.mark.asyncio
+async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory():
+    async with cluster(start=False) as (c, _):
+        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
+        try:
+            await c.create_run(manifest("one"))
+            await c.create_run(manifest("two"))
+            await controller.resync([NS])
+            await c.finish_prepare("one")
+            await c.set_job_conditions(kube.JOBS, "two-prepare", "Failed", message="pod failed")
+            await c.add_pod("two-prepare-x", {"job-name": "two-prepare"}, "prepare",
+                            {"status": "failed", "reason": "no space left on device"}, 1)
+            await controller.resync([NS])
+            assert await c.mpijob("one-sft") and await c.mpijob("one-reward")
+            assert pod_lists(c) == 1  # the failed prepare Job's pod; a succeeded one says nothing new
+            failed = await c.condition("two", "Prepared")
+            assert "no space left on device" in failed["message"]
+            for stage in ("sft", "reward"):
+                await c.finish_stage("one", stage, metrics={"eval/x": 1.0})
+            await controller.resync([NS])
+            assert pod_lists(c) == 3  # the two launchers
+            await controller.resync([NS])
+            assert await c.mpijob("one-ppo")
+            await c.finish_stage("one", "ppo", metrics={"eval/reward": 2.0})
+            await controller.resync([NS])
+            assert pod_lists(c) == 4
+            writes = status_writes(c)
+            for _ in range(3):
+                await controller.resync([NS])
+            assert pod_lists(c) == 4 and status_writes(c) == writes  # recorded: no reads, no writes
+            body = await c.run("one")
+            assert body["status"]["phase"] == "Succeeded"
+            assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [{"eval/reward": 2.0}]
+            assert await c.condition("two", "Prepared") == failed
         finally:
             await controller.kube.close()
 

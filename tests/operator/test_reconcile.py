@@ -12,7 +12,7 @@ from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import merge_patch
-from rlhf_operator.reconcile import decide, metrics_of, mpijob_state, termination_message
+from rlhf_operator.reconcile import decide, metrics_of, mpijob_state, pods_needed, termination_message
 
 CONFIG = OperatorConfig()
 UID = "run-uid"
@@ -124,6 +124,47 @@ def test_a_succeeded_stage_whose_job_was_cleaned_up_is_not_run_again():
     assert decision.actions == []
     sft = next(s for s in data["status"]["stages"] if s["name"] == "sft")
     assert sft["state"] == "Succeeded" and sft["metrics"] == {"eval/loss": 0.5}
+
+
+def test_pods_are_needed_only_until_the_status_records_the_result():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Running"]})
+    assert pods_needed(data, objects) == ["sft"]  # a succeeded prepare Job's pod says nothing new
+    pods = {"sft": launcher({"status": "completed", "metrics": {"eval/loss": 0.5}})}
+    first, data = step(data, objects, pods)
+    assert pods_needed(data, objects) == []  # recorded: the status is the memory
+    again, _ = step(data, objects)  # and deciding without the pod changes nothing
+    assert again.status == first.status and again.actions == [] and again.events == []
+    sft = next(s for s in again.status["stages"] if s["name"] == "sft")
+    assert sft["metrics"] == {"eval/loss": 0.5}
+
+
+def test_a_recorded_failure_needs_no_pod_and_keeps_its_reason():
+    failed = {"status": "failed", "reason": "CUDA out of memory"}
+    # the prepare Job failed
+    data = body()
+    objects = observed(data, {"prepare": ["Failed"]})
+    assert pods_needed(data, objects) == ["prepare"]
+    first, data = step(data, objects, {"prepare": launcher(failed)})
+    assert "CUDA out of memory" in {c["type"]: c for c in data["status"]["conditions"]}["Prepared"]["message"]
+    assert pods_needed(data, objects) == []
+    again, _ = step(data, objects)
+    assert again.status == first.status and again.events == []
+    # a stage's last attempt failed (retries: 1, so attempt 2 fails the run)
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
+                       attempt={"sft": 2})
+    assert pods_needed(data, objects) == ["sft"]
+    first, data = step(data, objects, {"sft": launcher(failed)})
+    assert data["status"]["phase"] == "Failed"
+    assert "CUDA out of memory" in {c["type"]: c for c in data["status"]["conditions"]}["Failed"]["message"]
+    assert pods_needed(data, objects) == []
+    again, _ = step(data, objects)
+    assert again.status == first.status and again.events == []
+    # a new attempt that fails is not the recorded failure: its pod is read
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
+                       attempt={"sft": 3})
+    assert pods_needed(data, objects) == ["sft"]
 
 
 def test_ppo_waits_for_both_stages():
