@@ -10,7 +10,9 @@ A :class:`~rlhf.config.parts.DataSource` path is resolved, in this order, as:
    ``train`` split and optionally ``eval``/``test``/``validation``);
 4. a directory holding ``train.json[l]`` and optionally ``eval.json[l]``/``test.json[l]``
    (directly or under ``data/``);
-5. otherwise a Hub dataset name, loaded with ``datasets.load_dataset`` (offline from the HF cache).
+5. otherwise, if the string is a Hub id by :func:`rlhf.spec.hub.is_hub_id` (the rule the operator and
+   ``rlhf prepare`` apply), a Hub dataset loaded with ``datasets.load_dataset`` (offline from the HF
+   cache); anything else is a missing path.
 
 The format (``auto``: by known Hub name, also matched against a local path's last components)
 maps a raw row to a :class:`Record` with the chat format of :mod:`rlhf.data.formats`.
@@ -31,6 +33,7 @@ import datasets
 from rlhf.config.parts import DataSource
 from rlhf.data.formats import ASSISTANT, format_answer, format_prompt
 from rlhf.data.known import KNOWN_FORMATS, is_local_jsonfile, known_format
+from rlhf.spec.hub import is_hub_id
 
 
 class DataError(ValueError):
@@ -108,10 +111,6 @@ def _is_saved_dataset(directory: Path) -> bool:
     return any((directory / f).is_file() for f in ("dataset_dict.json", "state.json"))
 
 
-def _looks_local(path: str) -> bool:
-    return path.startswith(("/", ".", "~")) or path.endswith((".json", ".jsonl")) or path.count("/") > 1
-
-
 def resolve_source(source: DataSource) -> ResolvedSource:
     """Find where ``source`` lives and which format it has, without reading records."""
     spec = source.path
@@ -139,7 +138,7 @@ def resolve_source(source: DataSource) -> ResolvedSource:
                 "train.json/train.jsonl (directly or under data/)"
             )
         return ResolvedSource(spec, fmt, "files", str(path), found[0], found[1])
-    if _looks_local(spec):
+    if not is_hub_id(spec):  # the rule the operator and `rlhf prepare` apply (rlhf.spec.hub)
         raise DataError(f"{spec}: no such file or directory")
     return ResolvedSource(spec, fmt, "hub", spec)
 
