@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -263,9 +264,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | None = None
-                           ) -> AsyncIterator[Any]:
-    """``rlhf-operator run`` against ``url`` (kubeconfig + config file); yields its psutil.Process."""
+async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | None = None,
+                           wrap: str | None = None) -> AsyncIterator[Any]:
+    """``rlhf-operator run`` against ``url`` (kubeconfig + config file); yields its psutil.Process.
+
+    ``wrap`` replaces ``python`` in ``python -m rlhf_operator.cli run ...`` (``{python}`` in it is
+    this interpreter), e.g. ``{python} -m memray run --native -o ops.bin``; the wrapper must run
+    the module in the same process (its RSS is the one measured)."""
     import aiohttp
     import psutil
 
@@ -282,8 +287,9 @@ async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | 
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(extra_env or {})}
     env.pop("PYTHONPATH", None)
     log = (workdir / "operator.log").open("wb")
+    python = shlex.split(wrap.replace("{python}", sys.executable)) if wrap else [sys.executable]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rlhf_operator.cli", "run", "--config", str(config),
+        *python, "-m", "rlhf_operator.cli", "run", "--config", str(config),
         "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", "0",
         env=env, stdout=log, stderr=log, cwd=str(workdir))
     try:
@@ -314,17 +320,19 @@ def _rss_mib(process) -> float:
 
 
 async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[str, str] | None = None,
-                concurrency: int = 16) -> dict[str, Any]:
+                concurrency: int = 16, wrap: str | None = None) -> dict[str, Any]:
     """Every level in increasing order on one operator (background runs accumulate)."""
     out: dict[str, Any] = {"levels": {}, "probes": probes, "operator_env": extra_env or {},
                            "concurrency": concurrency}
+    if wrap:
+        out["operator_wrap"] = wrap
     async with TimedKubernetes() as emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         cluster = Cluster(emulator, url)
         driver = Driver(cluster, emulator)
         serving = asyncio.get_running_loop().create_task(driver.serve())
         try:
-            async with operator_process(url, workdir, extra_env) as proc:
+            async with operator_process(url, workdir, extra_env, wrap) as proc:
                 await asyncio.sleep(1.0)
                 out["rss_mib_idle"] = _rss_mib(proc)
                 live = 0
@@ -354,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of the operator process (an experiment, e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--concurrency", type=int, default=16, help="background runs created at once")
+    parser.add_argument("--wrap", metavar="COMMAND",
+                        help="run the operator as COMMAND -m rlhf_operator.cli run ... ({python}: this "
+                             "interpreter), e.g. '{python} -m memray run --native -o /tmp/op.bin'")
     parser.add_argument("--workdir", help="where the kubeconfig and the operator's log go (default: a temp dir)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         extra_env = dict(item.split("=", 1) for item in args.env)
-        result = asyncio.run(bench(levels, args.probes, workdir, extra_env, args.concurrency))
+        result = asyncio.run(bench(levels, args.probes, workdir, extra_env, args.concurrency, args.wrap))
     print(json.dumps(result))
     return 0
 

@@ -63,6 +63,8 @@ class Controller:
         self.metrics = metrics or Metrics()
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: Per run, the token of the requested reconcile that has not started yet (see request).
+        self._queued: dict[tuple[str, str], object] = {}
         #: The API's refusals of our last changes, per run and child name (see reconcile.decide).
         self._failures: dict[tuple[str, str], dict[str, str]] = {}
 
@@ -73,9 +75,29 @@ class Controller:
                 decision = await self._reconcile(namespace, name)
         return decision
 
+    async def request(self, namespace: str, name: str) -> None:
+        """Reconcile the run for an event, unless a reconcile of it is already queued: that one
+        has not read anything yet, so it will see what this event changed (a level-based
+        reconcile needs no more). At most one reconcile per run runs and one waits, however
+        many events of the run and its children arrive meanwhile."""
+        key = (namespace, name)
+        if key in self._queued:
+            return
+        token = self._queued[key] = object()
+        try:
+            async with self._locks[key]:
+                if self._queued.get(key) is token:
+                    del self._queued[key]  # started: a later event queues the next one
+                with self.metrics.reconcile():
+                    await self._reconcile(namespace, name)
+        finally:
+            if self._queued.get(key) is token:
+                del self._queued[key]
+
     def forget(self, namespace: str, name: str) -> None:
         """The run was deleted: drop what we keep about it."""
         self._locks.pop((namespace, name), None)
+        self._queued.pop((namespace, name), None)
         self._failures.pop((namespace, name), None)
         self.metrics.set_phase(namespace, name, None)
 

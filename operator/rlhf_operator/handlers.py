@@ -66,13 +66,13 @@ def build_registry(controller: Controller, connection: Connection,
         if type == "DELETED":
             controller.forget(namespace, name)
             return
-        await controller.reconcile(namespace, name)
+        await controller.request(namespace, name)
 
     def child_handler(group: str, version: str, plural: str) -> None:
         @kopf.on.event(group, version, plural, registry=registry,
                        labels={names.MANAGED_BY: names.OPERATOR_NAME, names.RUN_LABEL: kopf.PRESENT})
         async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
-            await controller.reconcile(namespace, labels[names.RUN_LABEL])
+            await controller.request(namespace, labels[names.RUN_LABEL])
 
     for group, version, plural in CHILD_RESOURCES:
         child_handler(group, version, plural)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from harness import NS, cluster, manifest
 from rlhf_operator import kube, names
@@ -73,6 +75,23 @@ async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory()
             assert body["status"]["phase"] == "Succeeded"
             assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [{"eval/reward": 2.0}]
             assert await c.condition("two", "Prepared") == failed
+        finally:
+            await controller.kube.close()
+
+
+@pytest.mark.asyncio
+async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_into_it():
+    async with cluster(start=False) as (c, _):
+        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
+        try:
+            await c.create_run(manifest("one"))
+            await asyncio.gather(*(controller.request(NS, "one") for _ in range(5)))
+            run_gets = [r for r in c.emulator if r.method == "GET"
+                        and str(r.url.path) == f"/apis/rlhf.dev/v1alpha1/namespaces/{NS}/rlhfruns/one"]
+            assert len(run_gets) == 2  # the one running, and one queued behind it for the rest
+            assert await c.job("one-prepare")
+            await controller.request(NS, "one")  # nothing queued any more: it runs
+            assert sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path).endswith("/rlhfruns/one")) == 3
         finally:
             await controller.kube.close()
 
