@@ -65,6 +65,8 @@ class Controller:
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Per run, the token of the requested reconcile that has not started yet (see request).
         self._queued: dict[tuple[str, str], object] = {}
+        #: Per run, the resourceVersion of our last status write (its own event needs no reconcile).
+        self._written: dict[tuple[str, str], str] = {}
         #: The API's refusals of our last changes, per run and child name (see reconcile.decide).
         self._failures: dict[tuple[str, str], dict[str, str]] = {}
 
@@ -75,13 +77,18 @@ class Controller:
                 decision = await self._reconcile(namespace, name)
         return decision
 
-    async def request(self, namespace: str, name: str) -> None:
+    async def request(self, namespace: str, name: str, run_version: str | None = None) -> None:
         """Reconcile the run for an event, unless a reconcile of it is already queued: that one
         has not read anything yet, so it will see what this event changed (a level-based
         reconcile needs no more). At most one reconcile per run runs and one waits, however
-        many events of the run and its children arrive meanwhile."""
+        many events of the run and its children arrive meanwhile.
+
+        ``run_version``: the resourceVersion of the run in the event, if it is an event of the
+        run. The event of our own last status write is skipped: that version is what the
+        reconcile decided on top of what it observed, and whatever changed in the world since
+        has an event of its own (or is found by the resync)."""
         key = (namespace, name)
-        if key in self._queued:
+        if key in self._queued or (run_version is not None and self._written.get(key) == run_version):
             return
         token = self._queued[key] = object()
         try:
@@ -98,6 +105,7 @@ class Controller:
         """The run was deleted: drop what we keep about it."""
         self._locks.pop((namespace, name), None)
         self._queued.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
         self._failures.pop((namespace, name), None)
         self.metrics.set_phase(namespace, name, None)
 
@@ -166,7 +174,12 @@ class Controller:
         meta = body["metadata"]
         patched = await self.kube.patch(kube.RUNS, meta["namespace"], meta["name"],
                                         {"status": merge_patch(old, status)}, subresource="status")
-        return patched is not None
+        if patched is None:
+            return False
+        version = (patched.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._written[(meta["namespace"], meta["name"])] = str(version)
+        return True
 
     async def _apply(self, namespace: str, action: Action) -> str | None:
         """Apply one action; the API's refusal as text (quota, RBAC, webhook), None if it went through."""

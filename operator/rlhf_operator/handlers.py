@@ -62,11 +62,11 @@ def build_registry(controller: Controller, connection: Connection,
         return connection.kopf_info()
 
     @kopf.on.event("rlhf.dev", "v1alpha1", "rlhfruns", registry=registry)
-    async def run_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    async def run_event(type: str | None, namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
         if type == "DELETED":
             controller.forget(namespace, name)
             return
-        await controller.request(namespace, name)
+        await controller.request(namespace, name, run_version=meta.get("resourceVersion"))
 
     def child_handler(group: str, version: str, plural: str) -> None:
         @kopf.on.event(group, version, plural, registry=registry,

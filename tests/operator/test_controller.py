@@ -79,19 +79,29 @@ async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory()
             await controller.kube.close()
 
 
+def run_gets(c, name: str = "one") -> list:
+    path = f"/apis/rlhf.dev/v1alpha1/namespaces/{NS}/rlhfruns/{name}"
+    return [r for r in c.emulator if r.method == "GET" and str(r.url.path) == path]
+
+
 @pytest.mark.asyncio
-async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_into_it():
+async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_and_our_own_write_skipped():
     async with cluster(start=False) as (c, _):
         controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
         try:
             await c.create_run(manifest("one"))
             await asyncio.gather(*(controller.request(NS, "one") for _ in range(5)))
-            run_gets = [r for r in c.emulator if r.method == "GET"
-                        and str(r.url.path) == f"/apis/rlhf.dev/v1alpha1/namespaces/{NS}/rlhfruns/one"]
-            assert len(run_gets) == 2  # the one running, and one queued behind it for the rest
+            assert len(run_gets(c)) == 2  # the one running, and one queued behind it for the rest
             assert await c.job("one-prepare")
             await controller.request(NS, "one")  # nothing queued any more: it runs
-            assert sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path).endswith("/rlhfruns/one")) == 3
+            assert len(run_gets(c)) == 3
+            # the event of our own last status write needs no reconcile; any other version does
+            version = (await c.run("one"))["metadata"]["resourceVersion"]
+            gets = len(run_gets(c))
+            await controller.request(NS, "one", run_version=version)
+            assert len(run_gets(c)) == gets
+            await controller.request(NS, "one", run_version=str(int(version) - 1))
+            assert len(run_gets(c)) == gets + 1
         finally:
             await controller.kube.close()
 
