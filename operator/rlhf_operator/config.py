@@ -11,6 +11,7 @@ Helm chart mounts it at ``/etc/rlhf-operator/config.yaml``::
       cpu:    {nodeSelector: {}, tolerations: [], devicesPerNode: 64}
     prepare: {cpu: "2", memory: 8Gi}
     resyncSeconds: 60                   # the slow timer that re-checks every run
+    maxConcurrentReconciles: 8          # event-driven reconciles in flight at once (bounds memory)
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class OperatorConfig(_Model):
     pools: Pools = Field(default_factory=Pools)
     prepare: PrepareResources = Field(default_factory=PrepareResources)
     resync_seconds: float = Field(60.0, gt=0)
+    #: Event-driven reconciles in flight at once. Each holds the bodies it read; without a bound,
+    #: a burst of new runs raised the resident memory for good (300 runs at once: 140 MiB
+    #: unbounded, 107-113 MiB with 1-16; ``bench/results/experiments/operator-300-*``).
+    max_concurrent_reconciles: int = Field(8, ge=1)
 
     def pool(self, accelerator: str) -> Pool:
         return getattr(self.pools, accelerator)

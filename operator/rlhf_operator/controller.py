@@ -65,6 +65,9 @@ class Controller:
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Per run, the token of the requested reconcile that has not started yet (see request).
         self._queued: dict[tuple[str, str], object] = {}
+        #: Event-driven reconciles in flight at once: each holds the bodies it read, and Kopf's
+        #: worker holds its event meanwhile; unbounded, a burst of runs is a burst of memory.
+        self._slots = asyncio.Semaphore(config.max_concurrent_reconciles)
         #: Per run, the resourceVersion of our last status write (its own event needs no reconcile).
         self._written: dict[tuple[str, str], str] = {}
         #: The API's refusals of our last changes, per run and child name (see reconcile.decide).
@@ -92,7 +95,7 @@ class Controller:
             return
         token = self._queued[key] = object()
         try:
-            async with self._locks[key]:
+            async with self._locks[key], self._slots:
                 if self._queued.get(key) is token:
                     del self._queued[key]  # started: a later event queues the next one
                 with self.metrics.reconcile():

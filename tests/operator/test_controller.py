@@ -106,6 +106,33 @@ async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_and_our
             await controller.kube.close()
 
 
+@pytest.mark.asyncio
+async def test_event_driven_reconciles_in_flight_are_bounded():
+    async with cluster(start=False) as (c, _):
+        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig(max_concurrent_reconciles=2))
+        inner, now, most = controller._reconcile, 0, 0
+
+        async def counted(namespace: str, name: str):
+            nonlocal now, most
+            now += 1
+            most = max(most, now)
+            try:
+                return await inner(namespace, name)
+            finally:
+                now -= 1
+
+        controller._reconcile = counted
+        try:
+            runs = [f"r{i}" for i in range(6)]
+            for run in runs:
+                await c.create_run(manifest(run))
+            await asyncio.gather(*(controller.request(NS, run) for run in runs))
+            assert most == 2
+            assert all([await c.job(f"{run}-prepare") for run in runs])
+        finally:
+            await controller.kube.close()
+
+
 def test_child_names_fit_kubernetes_limits():
     run = "r" * MAX_NAME_LENGTH
     for step in names.STEPS:
