@@ -27,6 +27,7 @@ class Metrics:
         self.actions = Counter("rlhf_operator_actions_total", "Changes made to children", ["verb", "kind"],
                                registry=self.registry)
         self._phases: dict[tuple[str, str], str] = {}
+        self._counts: dict[str, int] = {}
         for phase in PHASES:
             self.runs.labels(phase).set(0)
 
@@ -44,12 +45,16 @@ class Metrics:
 
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Record the run's phase (None: the run is gone)."""
-        if phase is None:
-            self._phases.pop((namespace, name), None)
-        else:
-            self._phases[(namespace, name)] = phase
-        for p in PHASES:
-            self.runs.labels(p).set(sum(1 for v in self._phases.values() if v == p))
+        key = (namespace, name)
+        old = self._phases.pop(key, None) if phase is None else self._phases.get(key)
+        if phase is not None:
+            self._phases[key] = phase
+        if old == phase:
+            return
+        for p, delta in ((old, -1), (phase, 1)):  # O(1), not a count over every run
+            if p in PHASES:  # a bounded set of label values
+                self._counts[p] = self._counts.get(p, 0) + delta
+                self.runs.labels(p).set(self._counts[p])
 
     @property
     def known_runs(self) -> int:
