@@ -20,6 +20,7 @@ Objects stay visible to assertions as ``emulator.objects[resource, namespace, na
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
 import datetime
 import random
@@ -132,6 +133,11 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
     _log: list[tuple[int, Any, Json]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _kinds: dict[Any, tuple[str, bool, bool]] = attrs.field(factory=dict, init=False)
+    #: Per resource: the keys of its objects (first appearance order), and its part of the log
+    #: (``rv``s ascending), so that a LIST or a watch touches only its own resource.
+    _keys: dict[Any, dict[Any, None]] = attrs.field(factory=dict, init=False)
+    _logs: dict[Any, list[tuple[int, Json]]] = attrs.field(factory=dict, init=False)
+    _by_gvp: dict[tuple[Any, Any, Any], Any] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -142,6 +148,8 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                 subresources={"status"} if status else set(),
             )
             self._kinds[res] = (kind, namespaced, status)
+            self._keys[res], self._logs[res] = {}, []
+            self._by_gvp[res.group, res.version, res.plural] = res
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -161,6 +169,12 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         return await apps.RawHandler._handle(self, request)
 
     def _info(self, request: rendering.Request) -> tuple[Any, str, bool]:
+        wanted = request.resource
+        res = self._by_gvp.get((getattr(wanted, "group", None), getattr(wanted, "version", None),
+                                getattr(wanted, "plural", None)))
+        if res is not None:
+            kind, _, status = self._kinds[res]
+            return res, kind, status
         for res, (kind, _, status) in self._kinds.items():
             if res == request.resource:
                 return res, kind, status
@@ -182,14 +196,24 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             self._objects[key].create(obj)  # appends a version to the object's history
         else:
             self._objects[key] = obj
+        self._keys.setdefault(res, {})[key] = None
+        event = {"type": type_, "object": obj}
         async with self._changed:
-            self._log.append((self._rv, res, {"type": type_, "object": obj}))
+            self._log.append((self._rv, res, event))
+            self._logs.setdefault(res, []).append((self._rv, event))
             self._changed.notify_all()
 
-    def _objects_of(self, res: Any, namespace: str | None) -> list[Json]:
+    def _objects_of(self, res: Any, namespace: str | None, reqs: list[Any] | None = None,
+                    name: str | None = None) -> list[Json]:
+        """Copies of the live objects of ``res`` in ``namespace`` (None: all) that match ``reqs``
+        (and ``name``), in the order they first appeared."""
         out = []
-        for (r, ns, _), obj in self._objects.items():
-            if r == res and not obj.deleted and (namespace is None or ns == namespace):
+        for key in self._keys.get(res, {}):
+            _, ns, _ = key
+            if namespace is not None and ns != namespace or key not in self._objects:
+                continue
+            obj = self._objects[key]
+            if not obj.deleted and (not reqs and name is None or self._visible(obj.raw, None, reqs or [], name)):
                 out.append(copy.deepcopy(obj.raw))
         return out
 
@@ -216,7 +240,7 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         res, kind, _ = self._info(request)
         reqs = parse_selector(request.params.get("labelSelector"))
         async with self._lock:
-            items = [o for o in self._objects_of(res, request.namespace) if self._visible(o, None, reqs)]
+            items = self._objects_of(res, request.namespace, reqs)
             rv = self._rv
         return {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": str(rv)},
                 "items": items}
@@ -329,8 +353,7 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         yield b""  # start streaming at once
         async with self._lock:
             if since == "0":
-                initial = [{"type": "ADDED", "object": o} for o in self._objects_of(res, request.namespace)
-                           if self._visible(o, None, reqs, name)]
+                initial = [{"type": "ADDED", "object": o} for o in self._objects_of(res, request.namespace, reqs, name)]
                 cursor = self._rv
             else:
                 initial, cursor = [], int(since)
@@ -340,7 +363,8 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         deadline = loop.time() + timeout if timeout else None
         while True:
             async with self._changed:
-                pending = [(rv, e) for rv, r, e in self._log if rv > cursor and r == res]
+                log = self._logs.get(res, [])
+                pending = log[bisect.bisect_right(log, cursor, key=lambda entry: entry[0]):]
                 if not pending:
                     remaining = None if deadline is None else deadline - loop.time()
                     if remaining is not None and remaining <= 0:
