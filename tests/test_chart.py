@@ -196,7 +196,7 @@ def operator_config(docs: list[dict]) -> dict:
 def test_operator_config_defaults(helm):
     docs = render(helm)
     config = operator_config(docs)
-    assert set(config) == {"namespaces", "images", "pools", "prepare", "resyncSeconds"}
+    assert set(config) == {"namespaces", "images", "pools", "prepare", "resyncSeconds", "maxConcurrentReconciles"}
     assert config["namespaces"] == []
     version = app_version()
     assert config["images"] == {"nvidia": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
@@ -240,6 +240,7 @@ def test_operator_loads_the_rendered_config(helm, values, tmp_path):
         assert config.pool(accelerator).hugepages2_mi == pool.get("hugepages2Mi")
     assert (config.prepare.cpu, config.prepare.memory) == (rendered["prepare"]["cpu"], rendered["prepare"]["memory"])
     assert config.resync_seconds == rendered["resyncSeconds"]
+    assert config.max_concurrent_reconciles == rendered["maxConcurrentReconciles"] == 8
 
 
 # ---------------------------------------------------------------- RBAC

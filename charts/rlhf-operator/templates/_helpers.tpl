@@ -65,7 +65,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- range $accelerator, $image := .Values.trainerImages }}
 {{- $_ := set $images $accelerator (include "rlhf-operator.imageRef" (list $image $)) }}
 {{- end }}
-{{- $config := dict "namespaces" (.Values.watchNamespaces | default list) "images" $images "pools" .Values.pools "prepare" .Values.prepare "resyncSeconds" .Values.resyncSeconds }}
+{{- $config := dict "namespaces" (.Values.watchNamespaces | default list) "images" $images "pools" .Values.pools "prepare" .Values.prepare "resyncSeconds" .Values.resyncSeconds "maxConcurrentReconciles" .Values.maxConcurrentReconciles }}
 {{- toYaml $config }}
 {{- end }}
 
