@@ -40,7 +40,7 @@ def overrides(stage: str, assets: dict[str, Path], out: Path, steps: int, model:
     common = [
         f"data.paths=[{assets['pairs']}]", "data.split=1,1,1", "data.max_seq_len=128", "data.eval_fraction=0.01",
         f"data.cache_dir={out / 'data_cache'}",
-        "deepspeed.dtype=bf16", "deepspeed.zero_stage=2", "optim.per_device_train_batch_size=8",
+        "deepspeed.dtype=bf16", "deepspeed.zero_stage=2", "optim.per_device_train_batch_size=8", "data.group_by_length=true",
         "optim.per_device_eval_batch_size=8", "optim.lr_scheduler=constant", "optim.learning_rate=1e-4",
         f"checkpoint.output_dir={out}", "checkpoint.resume=false", "logging.progress_bar=false",
         "logging.log_interval=1",
@@ -99,9 +99,30 @@ def run_loop_stage(stage: str, cfg) -> dict[str, Any]:
 
 
 def run_ppo(cfg) -> dict[str, Any]:
-    from rlhf.stages.ppo import PPOTrainer
+    from rlhf.stages import ppo, rollout
 
-    class ProbePPO(PPOTrainer):
+    # Which experience forward passes ran (the FLOP count must not assume any): the actor's
+    # log-probs normally come from generation and the critic's values from its training forward.
+    # Only rlhf.stages.rollout's calls are counted: training calls its own imported names.
+    forwards = {"actor": 0, "reference": 0, "critic": 0}
+    built: dict[str, Any] = {}
+    actor_logprobs, critic_values, build_models = rollout.actor_logprobs, rollout.critic_values, ppo.build_models
+
+    def keep_models(*args):
+        built["models"] = build_models(*args)
+        return built["models"]
+
+    def counted_logprobs(engine, *args):
+        forwards["reference" if engine is built["models"].reference else "actor"] += 1
+        return actor_logprobs(engine, *args)
+
+    def counted_values(engine, *args):
+        forwards["critic"] += 1
+        return critic_values(engine, *args)
+
+    rollout.actor_logprobs, rollout.critic_values, ppo.build_models = counted_logprobs, counted_values, keep_models
+
+    class ProbePPO(ppo.PPOTrainer):
         def __init__(self, cfg):
             super().__init__(cfg)
             self.rows: list[dict[str, Any]] = []
@@ -116,7 +137,9 @@ def run_ppo(cfg) -> dict[str, Any]:
                               "prompt_width": int(prompt_lens.max()), "gen_steps": int(answer_lens.max()),
                               "answer_tokens_mean": float(answer_lens.float().mean()),
                               "ended_share": float((exp.sequences == self.tokenizer.eos_token_id).any(dim=1)
-                                                   .float().mean())})
+                                                   .float().mean()),
+                              "experience_forwards": dict(forwards)})
+            forwards.update(dict.fromkeys(forwards, 0))
             return row
 
     trainer = ProbePPO(cfg)
@@ -156,12 +179,12 @@ def summarize_loop(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 
 def ppo_iteration_flops(it: dict[str, Any], params: dict[str, int]) -> dict[str, float]:
     """FLOPs of one rank's iteration: generation (prefill + decode, KV cache), scoring and the
-    experience forwards, training (actor and critic, one PPO epoch)."""
+    experience forwards that ran (counted by the probe), training (actor and critic, one PPO epoch)."""
     b, width = it["rows"], it["packed_width"]
     gen_tokens = b * (it["prompt_width"] + it["gen_steps"] - 1)
     gen = 2 * params["actor"] * gen_tokens
     score = 2 * params["reward"] * b * width
-    experience = 2 * (params["actor"] + params["reference"] + params["critic"]) * b * width
+    experience = 2 * sum(params[model] * n for model, n in it["experience_forwards"].items()) * b * width
     train = 6 * (params["actor"] + params["critic"]) * b * width
     return {"generate": gen, "score": score, "experience": experience, "train": train,
             "total": gen + score + experience + train}
@@ -198,6 +221,9 @@ def summarize_ppo(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "experience_flops_per_second": (flops["score"] + flops["experience"]) / exp_s,
         "train_flops_per_second": flops["train"] / train_s,
         "flops_per_sample": flops["total"] / samples,
+        # experience forward passes per iteration (rank 0's last one): the actor's log-probs come
+        # from generation and, with one epoch and one mini-batch, the critic's values from training
+        "experience_forwards": lead[-1]["experience_forwards"],
         "params": params, "world_size": ranks[0]["world_size"], "threads": ranks[0]["threads"],
         "accelerator": ranks[0]["accelerator"],
     }

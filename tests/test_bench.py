@@ -74,10 +74,10 @@ def test_ppo_flops_and_summary():
     params = {"actor": 10, "reference": 10, "critic": 3, "reward": 3}
     it = {"rows": 8, "packed_width": 128, "prompt_width": 64, "gen_steps": 64, "answer_tokens_mean": 64.0,
           "ended_share": 0.0, "iteration_seconds": 2.0, "generate_seconds": 1.0, "experience_seconds": 0.5,
-          "train_seconds": 0.5}
+          "train_seconds": 0.5, "experience_forwards": {"actor": 0, "reference": 1, "critic": 1}}
     f = ppo_iteration_flops(it, params)
     assert f["generate"] == 2 * 10 * 8 * 127
-    assert f["experience"] == 2 * (10 + 10 + 3) * 8 * 128 and f["score"] == 2 * 3 * 8 * 128
+    assert f["experience"] == 2 * (10 + 3) * 8 * 128 and f["score"] == 2 * 3 * 8 * 128  # only the forwards that ran
     assert f["train"] == 6 * 13 * 8 * 128
     rank = {"iterations": [dict(it, iteration_seconds=9.0), it, it], "params": params, "world_size": 1,
             "threads": 2, "accelerator": "cpu"}
@@ -149,5 +149,7 @@ def test_trainer_smoke_one_rank(tmp_path):
     assert sft["real_tokens_per_second"] > 0 and 0 < sft["real_share"] <= 1
     assert ppo["samples_per_second"] > 0 and ppo["iterations"] == 1
     assert ppo["params"]["actor"] == ppo["params"]["reference"]
+    # no model runs a forward twice on the same tokens: only the reference needs an experience pass
+    assert ppo["experience_forwards"] == {"actor": 0, "reference": 1, "critic": 0}
     data = latest["data"]
     assert data["prompt_min"] >= 9 and data["prompt_max"] <= 58
