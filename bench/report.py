@@ -75,7 +75,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                         note=f"{entry['generate_seconds_per_iteration']:.2f} s/iter, "
                         f"{entry['answer_tokens_mean']:.0f} answer tokens, EOS in {entry['ended_share']:.0%}"))
         out.append(_row("PPO scoring+experience s/iter", ranks, entry["experience_seconds_per_iteration"], "s",
-                        note="reward score, actor/reference log-probs, critic values, GAE"))
+                        note="reward score, the experience forwards that ran, GAE"))
         out.append(_row("PPO training s/iter", ranks, entry["train_seconds_per_iteration"], "s",
                         note="actor + critic, 1 PPO epoch"))
         if peak:
