@@ -12,7 +12,9 @@ events. This thin layer adds what a real API server does and the operator relies
 * list/watch with ``labelSelector``; watch from a ``resourceVersion`` replays what happened
   since (no replay of the world), ``timeoutSeconds`` ends the stream;
 * delete with ``preconditions.uid``; finalizers delay deletion; deleting an owner deletes its
-  dependents (ownerReference garbage collection, background propagation).
+  dependents (ownerReference garbage collection, background propagation), and an object created
+  with owners that no longer exist is collected right after its creation succeeds (a reconcile that
+  raced the owner's deletion leaves no orphans, as with the real garbage collector).
 
 Objects stay visible to assertions as ``emulator.objects[resource, namespace, name]``.
 """
@@ -138,6 +140,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
     _keys: dict[Any, dict[Any, None]] = attrs.field(factory=dict, init=False)
     _logs: dict[Any, list[tuple[int, Json]]] = attrs.field(factory=dict, init=False)
     _by_gvp: dict[tuple[Any, Any, Any], Any] = attrs.field(factory=dict, init=False)
+    #: uid -> key of every live object (owner lookups for the garbage collector).
+    _uids: dict[str, Any] = attrs.field(factory=dict, init=False)
+    _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -190,12 +195,16 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+        uid = obj["metadata"].get("uid")
         if type_ == "DELETED":
             self._objects[key].delete()
+            self._uids.pop(uid, None)
         elif key in self._objects:
             self._objects[key].create(obj)  # appends a version to the object's history
         else:
             self._objects[key] = obj
+        if type_ != "DELETED" and uid:
+            self._uids[uid] = key
         self._keys.setdefault(res, {})[key] = None
         event = {"type": type_, "object": obj}
         async with self._changed:
@@ -268,7 +277,19 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                 body.pop("status", None)
             await self._record(res, key, "ADDED", body)
             created = self._live(key)
+            owners = [ref.get("uid") for ref in meta.get("ownerReferences") or []]
+            if owners and not any(uid in self._uids for uid in owners):
+                task = asyncio.get_running_loop().create_task(self._collect_orphan(res, key, created["metadata"]["uid"]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         return rendering.Response(status=201, payload=created)
+
+    async def _collect_orphan(self, res: Any, key: Any, uid: str) -> None:
+        """The garbage collector's view of a dependent whose owners are all gone: delete it."""
+        async with self._lock:
+            obj = self._live(key)
+            if obj is not None and obj["metadata"]["uid"] == uid:
+                await self._remove(res, key, obj)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         res, kind, has_status = self._info(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import kmock
@@ -66,6 +67,16 @@ async def test_deleting_an_owner_deletes_its_dependents_and_preconditions_hold()
         names = [o["metadata"]["name"] for o in (await (await http.get(CMS)).json())["items"]]
         assert names == ["other"]
         assert (await http.delete(f"{RUNS}/r")).status == 404
+        # A dependent created after its owner is gone (a reconcile racing the deletion) is accepted,
+        # then collected, as the real garbage collector does.
+        late = await http.post(CMS, json={"metadata": {"name": "late", "ownerReferences": [ref]}})
+        assert late.status == 201
+        for _ in range(100):
+            names = [o["metadata"]["name"] for o in (await (await http.get(CMS)).json())["items"]]
+            if names == ["other"]:
+                break
+            await asyncio.sleep(0.01)
+        assert names == ["other"]
 
 
 def test_label_selector_parsing():
