@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from harness import NS, cluster, manifest
@@ -14,27 +15,34 @@ from rlhf_operator.kube import Connection, Kube
 from rlhf.spec import MAX_NAME_LENGTH
 
 
+@contextlib.asynccontextmanager
+async def bare_controller(config: OperatorConfig | None = None):
+    """The emulated cluster without Kopf, and a controller talking to it: (cluster, controller)."""
+    async with cluster(start=False) as (c, _):
+        controller = Controller(Kube(Connection(server=c.url)), config or OperatorConfig())
+        try:
+            yield c, controller
+        finally:
+            await controller.kube.close()
+
+
 def status_writes(c) -> int:
     return sum(1 for r in c.emulator if r.method == "PATCH" and str(r.url.path).endswith("/status"))
 
 
 @pytest.mark.asyncio
 async def test_resync_reconciles_every_run_and_writes_status_only_on_change():
-    async with cluster(start=False) as (c, _):
-        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
-        try:
-            await c.create_run(manifest("one"))
-            await c.create_run(manifest("two"))
-            await controller.resync([])  # cluster-wide
-            assert await c.job("one-prepare") and await c.job("two-prepare")
-            assert status_writes(c) == 2
-            await controller.resync([NS])
-            assert status_writes(c) == 2  # nothing changed: nothing written
-            assert controller.metrics.known_runs == 2
-            assert 'rlhf_operator_actions_total{kind="MPIJob",verb="create"}' not in controller.metrics.text()
-            assert await controller.reconcile(NS, "absent") is None
-        finally:
-            await controller.kube.close()
+    async with bare_controller() as (c, controller):
+        await c.create_run(manifest("one"))
+        await c.create_run(manifest("two"))
+        await controller.resync([])  # cluster-wide
+        assert await c.job("one-prepare") and await c.job("two-prepare")
+        assert status_writes(c) == 2
+        await controller.resync([NS])
+        assert status_writes(c) == 2  # nothing changed: nothing written
+        assert controller.metrics.known_runs == 2
+        assert 'rlhf_operator_actions_total{kind="MPIJob",verb="create"}' not in controller.metrics.text()
+        assert await controller.reconcile(NS, "absent") is None
 
 
 def pod_lists(c) -> int:
@@ -43,40 +51,36 @@ def pod_lists(c) -> int:
 
 @pytest.mark.asyncio
 async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory():
-    async with cluster(start=False) as (c, _):
-        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
-        try:
-            await c.create_run(manifest("one"))
-            await c.create_run(manifest("two"))
+    async with bare_controller() as (c, controller):
+        await c.create_run(manifest("one"))
+        await c.create_run(manifest("two"))
+        await controller.resync([NS])
+        await c.finish_prepare("one")
+        await c.set_job_conditions(kube.JOBS, "two-prepare", "Failed", message="pod failed")
+        await c.add_pod("two-prepare-x", {"job-name": "two-prepare"}, "prepare",
+                        {"status": "failed", "reason": "no space left on device"}, 1)
+        await controller.resync([NS])
+        assert await c.mpijob("one-sft") and await c.mpijob("one-reward")
+        assert pod_lists(c) == 1  # the failed prepare Job's pod; a succeeded one says nothing new
+        failed = await c.condition("two", "Prepared")
+        assert "no space left on device" in failed["message"]
+        for stage in ("sft", "reward"):
+            await c.finish_stage("one", stage, metrics={"eval/x": 1.0})
+        await controller.resync([NS])
+        assert pod_lists(c) == 3  # the two launchers
+        await controller.resync([NS])
+        assert await c.mpijob("one-ppo")
+        await c.finish_stage("one", "ppo", metrics={"eval/reward": 2.0})
+        await controller.resync([NS])
+        assert pod_lists(c) == 4
+        writes = status_writes(c)
+        for _ in range(3):
             await controller.resync([NS])
-            await c.finish_prepare("one")
-            await c.set_job_conditions(kube.JOBS, "two-prepare", "Failed", message="pod failed")
-            await c.add_pod("two-prepare-x", {"job-name": "two-prepare"}, "prepare",
-                            {"status": "failed", "reason": "no space left on device"}, 1)
-            await controller.resync([NS])
-            assert await c.mpijob("one-sft") and await c.mpijob("one-reward")
-            assert pod_lists(c) == 1  # the failed prepare Job's pod; a succeeded one says nothing new
-            failed = await c.condition("two", "Prepared")
-            assert "no space left on device" in failed["message"]
-            for stage in ("sft", "reward"):
-                await c.finish_stage("one", stage, metrics={"eval/x": 1.0})
-            await controller.resync([NS])
-            assert pod_lists(c) == 3  # the two launchers
-            await controller.resync([NS])
-            assert await c.mpijob("one-ppo")
-            await c.finish_stage("one", "ppo", metrics={"eval/reward": 2.0})
-            await controller.resync([NS])
-            assert pod_lists(c) == 4
-            writes = status_writes(c)
-            for _ in range(3):
-                await controller.resync([NS])
-            assert pod_lists(c) == 4 and status_writes(c) == writes  # recorded: no reads, no writes
-            body = await c.run("one")
-            assert body["status"]["phase"] == "Succeeded"
-            assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [{"eval/reward": 2.0}]
-            assert await c.condition("two", "Prepared") == failed
-        finally:
-            await controller.kube.close()
+        assert pod_lists(c) == 4 and status_writes(c) == writes  # recorded: no reads, no writes
+        body = await c.run("one")
+        assert body["status"]["phase"] == "Succeeded"
+        assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [{"eval/reward": 2.0}]
+        assert await c.condition("two", "Prepared") == failed
 
 
 def run_gets(c, name: str = "one") -> list:
@@ -86,30 +90,25 @@ def run_gets(c, name: str = "one") -> list:
 
 @pytest.mark.asyncio
 async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_and_our_own_write_skipped():
-    async with cluster(start=False) as (c, _):
-        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig())
-        try:
-            await c.create_run(manifest("one"))
-            await asyncio.gather(*(controller.request(NS, "one") for _ in range(5)))
-            assert len(run_gets(c)) == 2  # the one running, and one queued behind it for the rest
-            assert await c.job("one-prepare")
-            await controller.request(NS, "one")  # nothing queued any more: it runs
-            assert len(run_gets(c)) == 3
-            # the event of our own last status write needs no reconcile; any other version does
-            version = (await c.run("one"))["metadata"]["resourceVersion"]
-            gets = len(run_gets(c))
-            await controller.request(NS, "one", run_version=version)
-            assert len(run_gets(c)) == gets
-            await controller.request(NS, "one", run_version=str(int(version) - 1))
-            assert len(run_gets(c)) == gets + 1
-        finally:
-            await controller.kube.close()
+    async with bare_controller() as (c, controller):
+        await c.create_run(manifest("one"))
+        await asyncio.gather(*(controller.request(NS, "one") for _ in range(5)))
+        assert len(run_gets(c)) == 2  # the one running, and one queued behind it for the rest
+        assert await c.job("one-prepare")
+        await controller.request(NS, "one")  # nothing queued any more: it runs
+        assert len(run_gets(c)) == 3
+        # the event of our own last status write needs no reconcile; any other version does
+        version = (await c.run("one"))["metadata"]["resourceVersion"]
+        gets = len(run_gets(c))
+        await controller.request(NS, "one", run_version=version)
+        assert len(run_gets(c)) == gets
+        await controller.request(NS, "one", run_version=str(int(version) - 1))
+        assert len(run_gets(c)) == gets + 1
 
 
 @pytest.mark.asyncio
 async def test_event_driven_reconciles_in_flight_are_bounded():
-    async with cluster(start=False) as (c, _):
-        controller = Controller(Kube(Connection(server=c.url)), OperatorConfig(max_concurrent_reconciles=2))
+    async with bare_controller(OperatorConfig(max_concurrent_reconciles=2)) as (c, controller):
         inner, now, most = controller._reconcile, 0, 0
 
         async def counted(namespace: str, name: str):
@@ -122,15 +121,12 @@ async def test_event_driven_reconciles_in_flight_are_bounded():
                 now -= 1
 
         controller._reconcile = counted
-        try:
-            runs = [f"r{i}" for i in range(6)]
-            for run in runs:
-                await c.create_run(manifest(run))
-            await asyncio.gather(*(controller.request(NS, run) for run in runs))
-            assert most == 2
-            assert all([await c.job(f"{run}-prepare") for run in runs])
-        finally:
-            await controller.kube.close()
+        runs = [f"r{i}" for i in range(6)]
+        for run in runs:
+            await c.create_run(manifest(run))
+        await asyncio.gather(*(controller.request(NS, run) for run in runs))
+        assert most == 2
+        assert all([await c.job(f"{run}-prepare") for run in runs])
 
 
 def test_child_names_fit_kubernetes_limits():
