@@ -10,7 +10,6 @@ from torch import nn
 
 from rlhf.config.stages import StageConfig
 from rlhf.engine.setup import Runtime
-from rlhf.stages.sampling import column_lengths
 
 Batch = dict[str, torch.Tensor]
 
@@ -70,10 +69,6 @@ class Stage(ABC):
     @abstractmethod
     def real_tokens(self, batch: Batch) -> int:
         """Non-padding tokens in a batch (for throughput)."""
-
-    def lengths(self, dataset) -> list[int]:
-        """Each sample's length in tokens (the longest of :attr:`length_columns`)."""
-        return column_lengths(dataset, self.length_columns)
 
     def samples(self, batch: Batch) -> int:
         """Training examples in a batch."""

@@ -37,7 +37,7 @@ from rlhf.stages import checkpoint
 from rlhf.stages.base import Batch, Stage
 from rlhf.stages.data import prepare_stage_data
 from rlhf.stages.finished import finished_summary  # re-exported: torch-free, used by `rlhf run` too
-from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler
+from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
 from rlhf.stages.tracking import Tracker
 
 
@@ -99,9 +99,8 @@ class Trainer:
         if not self.cfg.data.group_by_length:
             return sampler
         if self._lengths is None:
-            self._lengths = self.stage.lengths(self.data.train)
-        return LengthGroupedSampler(sampler, self._lengths, self.cfg.optim.per_device_train_batch_size,
-                                    seed=self.cfg.seed * 1_000_003 + epoch)
+            self._lengths = column_lengths(self.data.train, self.stage.length_columns)
+        return LengthGroupedSampler(sampler, self._lengths, self.cfg.optim.per_device_train_batch_size, self.cfg.seed)
 
     def _loader(self, dataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
         # Its own generator: creating an iterator must not draw from the global RNG (which drives

@@ -78,19 +78,19 @@ class PPOTrainer:
         return DistributedSampler(dataset, num_replicas=self.rt.dist.world_size, rank=self.rt.dist.rank,
                                   shuffle=True, seed=self.cfg.seed, drop_last=True)
 
-    def _grouped(self, sampler: DistributedSampler, dataset, column: str, batch_size: int, epoch: int):
+    def _grouped(self, sampler: DistributedSampler, dataset, column: str, batch_size: int):
         """``sampler`` grouped by the length of ``column`` when data.group_by_length."""
         if not self.cfg.data.group_by_length:
             return sampler
         if column not in self._lengths:
             self._lengths[column] = column_lengths(dataset, (column,))
-        return LengthGroupedSampler(sampler, self._lengths[column], batch_size, self.cfg.seed * 1_000_003 + epoch)
+        return LengthGroupedSampler(sampler, self._lengths[column], batch_size, self.cfg.seed)
 
     def _prompt_loader(self, epoch: int, skip_batches: int) -> DataLoader:
         bs = self.cfg.generation.per_device_generation_batch_size
         sampler = self._sampler(self.prompts.train)
         sampler.set_epoch(epoch)
-        sampler = self._grouped(sampler, self.prompts.train, "prompt_ids", bs, epoch)
+        sampler = self._grouped(sampler, self.prompts.train, "prompt_ids", bs)
         return DataLoader(self.prompts.train, batch_size=bs, sampler=SkipSampler(sampler, skip_batches * bs),
                           collate_fn=lambda rows: [list(r["prompt_ids"]) for r in rows], drop_last=True,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
@@ -105,7 +105,7 @@ class PPOTrainer:
         pad = self.tokenizer.pad_token_id
         for epoch in itertools.count(consumed // per_epoch):
             sampler.set_epoch(epoch)
-            grouped = self._grouped(sampler, self.ptx.train, "input_ids", bs, epoch)
+            grouped = self._grouped(sampler, self.ptx.train, "input_ids", bs)
             skip = consumed % per_epoch if epoch == consumed // per_epoch else 0
             loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(grouped, skip * bs), drop_last=True,
                                 collate_fn=lambda rows: sft_batch(rows, pad, max(len(r["input_ids"]) for r in rows)))

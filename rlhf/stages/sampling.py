@@ -53,13 +53,15 @@ def column_lengths(dataset, columns: Sequence[str]) -> list[int]:
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """``sampler``'s indices (e.g. one rank's shard of an epoch) regrouped by :func:`group_by_length`."""
+    """``sampler``'s indices (one rank's shard of an epoch, a ``DistributedSampler``) regrouped by
+    :func:`group_by_length`, seeded by ``seed`` and the sampler's epoch."""
 
     def __init__(self, sampler: Sampler[int], lengths: Sequence[int], batch_size: int, seed: int):
         self.sampler, self.lengths, self.batch_size, self.seed = sampler, lengths, batch_size, seed
 
     def __iter__(self) -> Iterator[int]:
-        return iter(group_by_length(list(self.sampler), self.lengths, self.batch_size, self.seed))
+        seed = self.seed * 1_000_003 + getattr(self.sampler, "epoch", 0)
+        return iter(group_by_length(list(self.sampler), self.lengths, self.batch_size, seed))
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
