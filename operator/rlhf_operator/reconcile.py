@@ -123,6 +123,25 @@ def _recorded_run_failure(status: dict[str, Any], prefix: str) -> str | None:
     return message if cond.get("status") == "True" and message.startswith(prefix) else None
 
 
+PREPARE_FAILED = "prepare failed: "  # how the run's Failed condition names a failed prepare Job
+
+
+def _recorded_prepare_failure(status: dict[str, Any]) -> tuple[str, str] | None:
+    """(the Prepared condition's message, the run's Failed message) when the status already
+    records the prepare Job's failure; then its pod need not be read again."""
+    step = _recorded_failure(status, names.PREPARE)
+    run = _recorded_run_failure(status, PREPARE_FAILED)
+    return (step, run) if step and run else None
+
+
+def _recorded_stage_failure(status: dict[str, Any], stage: str, entry: dict[str, Any], attempt: int) -> str | None:
+    """The message of ``stage``'s final failure at ``attempt`` if the status (its stage ``entry``
+    and condition) already records it; then its launcher pod need not be read again."""
+    if entry["state"] == "Failed" and entry["retries"] >= attempt:
+        return _recorded_failure(status, stage)
+    return None
+
+
 def _attempt(job: dict[str, Any]) -> int:
     try:
         return max(1, int(_annotation(job, names.ATTEMPT_ANNOTATION) or 1))
@@ -145,8 +164,7 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
     prepared = get_condition(status.get("conditions") or [], STEP_CONDITIONS[names.PREPARE]) or {}
     if (job is not None and prepared.get("status") != "True" and owned_by(job, uid)
             and batch_job_state(job)[0] == "Failed"
-            and not (_recorded_failure(status, names.PREPARE)
-                     and _recorded_run_failure(status, "prepare failed: "))):
+            and not _recorded_prepare_failure(status)):
         out.append(names.PREPARE)
     for stage in STAGE_NAMES:
         job = objects.get(("MPIJob", names.job_name(run, stage)))
@@ -157,8 +175,7 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
         if state == "Succeeded":
             recorded = entry["state"] == "Succeeded"
         elif state == "Failed":
-            recorded = bool(entry["state"] == "Failed" and entry["retries"] >= _attempt(job)
-                            and _recorded_failure(status, stage))
+            recorded = _recorded_stage_failure(status, stage, entry, _attempt(job)) is not None
         else:
             continue
         if not recorded:
@@ -319,15 +336,14 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         ctx.steps[step] = _Step("True", "Succeeded", "models and datasets are in the run's storage")
         return True
     if state == "Failed":
-        recorded = _recorded_failure(ctx.old, step)
-        run_failure = _recorded_run_failure(ctx.old, "prepare failed: ")
-        if recorded and run_failure:  # this failure is recorded: no pod read (pods_needed)
-            ctx.steps[step] = _Step("False", "Failed", recorded)
-            ctx.failure = ctx.failure or run_failure
+        recorded = _recorded_prepare_failure(ctx.old)
+        if recorded:  # this failure is recorded: no pod read (pods_needed)
+            ctx.steps[step] = _Step("False", "Failed", recorded[0])
+            ctx.failure = ctx.failure or recorded[1]
             return False
         reason = _failure_reason(termination_message(ctx.pods.get(step)), detail)
         ctx.steps[step] = _Step("False", "Failed", f"Job {name} failed: {reason}")
-        ctx.failure = ctx.failure or f"prepare failed: {reason}"
+        ctx.failure = ctx.failure or f"{PREPARE_FAILED}{reason}"
         return False
     patch = _suspend_patch("Job", job, ctx.suspend)
     if patch:
@@ -397,8 +413,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
         return
     if state == "Failed":
-        recorded = _recorded_failure(ctx.old, stage) if entry["state"] == "Failed" \
-            and entry["retries"] >= attempt else None
+        recorded = _recorded_stage_failure(ctx.old, stage, entry, attempt)
         failures = max(entry["retries"], attempt)
         reason = _failure_reason(message, detail)
         entry["retries"] = failures
