@@ -132,7 +132,6 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
     """See the module docstring."""
 
     _rv: int = attrs.field(default=0, init=False)
-    _log: list[tuple[int, Any, Json]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _kinds: dict[Any, tuple[str, bool, bool]] = attrs.field(factory=dict, init=False)
     #: Per resource: the keys of its objects (first appearance order), and its part of the log
@@ -208,7 +207,6 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         self._keys.setdefault(res, {})[key] = None
         event = {"type": type_, "object": obj}
         async with self._changed:
-            self._log.append((self._rv, res, event))
             self._logs.setdefault(res, []).append((self._rv, event))
             self._changed.notify_all()
 
