@@ -17,7 +17,7 @@ def test_config_prints_resolved_yaml(capsys, tmp_path):
     assert main(["config", "reward", "--config", str(f), "lora.dim=4"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["lora"]["dim"] == 4
-    assert printed["model"]["num_padding_at_beginning"] == 0
+    assert printed["model"]["num_padding_at_beginning"] is None  # deprecated, ignored
     assert printed["optim"]["lr_scheduler"] == "cosine"
     # overrides may also come before the options
     assert main(["config", "reward", "lora.dim=2", "-c", str(f)]) == 0

@@ -53,6 +53,33 @@ def test_errors_name_the_key(override, key, words):
     assert words in str(e.value)
 
 
+@pytest.mark.parametrize("override, key", [
+    ("lora.dim=true", "lora.dim"),  # was rank-1 LoRA
+    ("deepspeed.zero_stage=true", "deepspeed.zero_stage"),  # was ZeRO-1
+    ("optim.learning_rate=true", "optim.learning_rate"),
+    ("optim.max_steps=false", "optim.max_steps"),
+    ("model.dropout=false", "model.dropout"),
+    ("data.split=[true, 1, 1]", "data.split"),
+])
+def test_booleans_are_never_read_as_numbers(override, key):
+    with pytest.raises(ConfigError) as e:
+        load(SFTConfig, None, [*BASE, override])
+    assert f"  {key}: expected a number, not a boolean" in str(e.value)
+    # real numbers and real booleans still load
+    cfg = load(SFTConfig, None, [*BASE, "lora.dim=2", "deepspeed.zero_stage=1", "model.gradient_checkpointing=true"])
+    assert (cfg.lora.dim, cfg.deepspeed.zero_stage, cfg.model.gradient_checkpointing) == (2, 1, True)
+
+
+def test_num_padding_at_beginning_still_loads_but_is_reported_as_deprecated():
+    from rlhf.config.stages import deprecated_settings
+
+    cfg = load(RewardConfig, None, [*BASE, "model.num_padding_at_beginning=1"])
+    assert cfg.model.num_padding_at_beginning == 1
+    (line,) = deprecated_settings(cfg)
+    assert line.startswith("model.num_padding_at_beginning is deprecated and ignored")
+    assert deprecated_settings(load(RewardConfig, None, BASE)) == []
+
+
 def test_missing_required_fields_are_named():
     with pytest.raises(ConfigError) as e:
         load(RewardConfig, None, ["data.paths=[a]"])

@@ -92,10 +92,12 @@ def test_critic_with_another_tokenizer_is_a_config_error(tiny, tmp_path):
     ("critic_optim.epochs=2", "critic_optim.epochs: unknown key"),
     ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
     ("data.split=1,1,0", "PPO needs data.paths with a positive PPO share"),
+    # DeepSpeed's hybrid engine would generate from the base weights, without peft's adapters
+    ("engines.hybrid_engine=true lora.dim=4", "hybrid_engine .* not peft's"),
 ])
 def test_ppo_config_checks(tiny, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        load(PPOConfig, None, tiny.ppo_overrides(tmp_path, override))
+        load(PPOConfig, None, tiny.ppo_overrides(tmp_path, *override.split()))
 
 
 def test_a_dumped_ppo_config_loads_back(tiny, tmp_path):

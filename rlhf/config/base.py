@@ -7,11 +7,13 @@ error naming the key instead of a silently ignored option.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 T = TypeVar("T", bound="Section")
 
@@ -20,10 +22,46 @@ class ConfigError(ValueError):
     """A config could not be loaded; the message names the file and key at fault."""
 
 
+def _types_in(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType}); Literals by value type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return set().union(*(_types_in(a) for a in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin is typing.Annotated:
+        return _types_in(typing.get_args(annotation)[0])
+    return {annotation}
+
+
+def _is_number_field(annotation: Any) -> bool:
+    """True when the field takes numbers but not booleans (pydantic would read ``true`` as 1)."""
+    admitted = _types_in(annotation)
+    return bool(admitted & {int, float}) and bool not in admitted and Any not in admitted
+
+
+def _bool_for_number(value: Any, annotation: Any) -> bool:
+    if isinstance(value, bool):
+        return _is_number_field(annotation)
+    if isinstance(value, (list, tuple)):  # e.g. data.split: tuple[float, float, float]
+        inner = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return any(isinstance(v, bool) for v in value) and any(_is_number_field(a) for a in inner)
+    return False
+
+
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and a
+    boolean is never read as a number (``lora.dim: true`` is an error, not rank 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _bool_for_number(value, field.annotation):
+            raise ValueError(f"expected a number, not a boolean (got {str(value).lower()})")
+        return value
 
 
 def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -52,7 +90,7 @@ def format_validation_error(exc: ValidationError, cls: type[BaseModel], source: 
             if close:
                 msg += f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)"
         else:
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] not in ("missing", "value_error", "assertion_error") and "input" in err:
                 msg += f" (got {err['input']!r})"
         lines.append(f"  {key}: {msg}")

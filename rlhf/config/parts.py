@@ -29,10 +29,10 @@ class ModelConfig(Section):
 
 
 class RewardModelConfig(ModelConfig):
-    num_padding_at_beginning: int = Field(
-        0, ge=0,
-        description="Leading tokens equal to the pad id that are not padding (OPT's BOS when pad=eos: 1) "
-        "(--num_padding_at_beginning)",
+    num_padding_at_beginning: int | None = Field(
+        None, ge=0,
+        description="Deprecated and ignored (--num_padding_at_beginning): a sequence's end comes from its "
+        "attention mask, so padding is never confused with real tokens equal to the pad id",
     )
 
 
@@ -187,6 +187,11 @@ class CheckpointConfig(Section):
     save_interval: int = Field(0, ge=0, description="Checkpoint every N optimizer steps; 0: only at the end of each epoch")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk")
     resume: bool = Field(True, description="Resume automatically from the latest checkpoint in output_dir")
+    allow_changed_config: bool = Field(
+        False,
+        description="Resume even if the data or settings differ from the checkpoint's (by default such a "
+        "resume is refused, naming what changed; more epochs, max_steps and logging may always change)",
+    )
 
 
 class LoggingConfig(Section):

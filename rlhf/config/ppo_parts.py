@@ -46,7 +46,8 @@ class PPOAlgoConfig(Section):
     gamma: float = Field(1.0, ge=0, le=1, description="Discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     whiten_advantages: bool = Field(
-        True, description="Normalise advantages over each mini-batch's answer tokens (DeepSpeed-Chat does not)"
+        True, description="Normalise advantages to zero mean and unit variance over the answer tokens of the "
+        "whole rollout of an iteration, all data-parallel ranks together (DeepSpeed-Chat does not whiten)"
     )
 
 

@@ -110,6 +110,12 @@ class PPOConfig(StageConfig):
             raise ValueError("data: PPO needs data.paths with a positive PPO share in data.split")
         if self.ptx.coef > 0 and not self.data.sft_only_paths and self.data.split[0] <= 0:
             raise ValueError("data: ptx.coef > 0 needs SFT data: data.sft_only_paths or a positive SFT share")
+        if self.engines.hybrid_engine and self.lora.enabled:
+            raise ValueError(
+                "engines: hybrid_engine generates with DeepSpeed's inference kernels, which fuse only DeepSpeed's "
+                "own LoRA layers, not peft's: rollouts would come from the base weights without the adapters; "
+                "set engines.hybrid_engine: false or lora.dim: 0"
+            )
         if self.engines.ema and self.lora.enabled:
             raise ValueError("engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0")
         gen = self.generation
@@ -130,6 +136,20 @@ class PPOConfig(StageConfig):
     def reward(self) -> RewardModelConfig:
         """The frozen reward model's section (the critic's unless reward_model is set)."""
         return self.reward_model or self.critic
+
+
+def deprecated_settings(cfg: StageConfig) -> list[str]:
+    """One line per deprecated setting ``cfg`` still sets (they are accepted and have no effect)."""
+    lines = []
+    for section in ("model", "critic", "reward_model"):
+        model = getattr(cfg, section, None)
+        if isinstance(model, RewardModelConfig) and model.num_padding_at_beginning is not None:
+            lines.append(
+                f"{section}.num_padding_at_beginning is deprecated and ignored: the end of every sequence comes "
+                "from its attention mask (its length), in reward training, PPO scoring and rw-eval alike; "
+                "remove the setting"
+            )
+    return lines
 
 
 STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
