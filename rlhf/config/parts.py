@@ -13,6 +13,7 @@ from rlhf.config.base import Section
 
 DType = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "hh", "gptj-pairwise", "yitingxie", "generic"]
+ChatFormat = Literal["auto", "template", "raw"]
 
 
 class ModelConfig(Section):
@@ -78,6 +79,12 @@ class DataConfig(Section):
     add_eot_token: bool = Field(True, description="Append the end-of-text token to every answer (--add_eot_token)")
     eot_token: str | None = Field(
         None, description="End-of-text token (--eot_token); default the tokenizer's eos token, added if missing"
+    )
+    chat_format: ChatFormat = Field(
+        "auto",
+        description="How prompts and answers become text: template renders them with the tokenizer's chat "
+        "template (apply_chat_template), raw as DeepSpeed-Chat's 'Human: ... Assistant: ...' text; auto: "
+        "template when the tokenizer has one. rlhf chat, prompt-eval and PPO evaluation render alike",
     )
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="A malformed record stops the job naming file and record, or is skipped and counted"
@@ -164,9 +171,11 @@ class LoraConfig(Section):
     dim: int = Field(0, ge=0, description="LoRA rank; 0 disables LoRA (--lora_dim)")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default = dim (scaling 1, as DeepSpeed-Chat)")
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear",
-        description="peft target_modules: module name suffixes or 'all-linear' (replaces --lora_module_name)",
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="peft target_modules: module name suffixes or 'all-linear' (replaces --lora_module_name); "
+        "default: the model family's attention and MLP projections (rlhf.models.families), 'all-linear' "
+        "for a family not listed there",
     )
     learning_rate: float | None = Field(None, gt=0, description="LR of the LoRA weights (--lora_learning_rate)")
     only_optimize_lora: bool = Field(False, description="Freeze the base weights (--only_optimize_lora)")

@@ -1,4 +1,8 @@
-"""LoRA through peft, with DeepSpeed-Chat's options (only-optimize-LoRA, a separate LoRA lr)."""
+"""LoRA through peft, with DeepSpeed-Chat's options (only-optimize-LoRA, a separate LoRA lr).
+
+``lora.target_modules`` left unset adapts the model family's own projections
+(:func:`rlhf.models.families.lora_targets`); a list or ``"all-linear"`` overrides that.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,22 @@ from peft import get_peft_model
 from torch import nn
 
 from rlhf.config.parts import LoraConfig
+from rlhf.models.families import lora_targets, model_type
 
 TaskType = Literal["CAUSAL_LM", "SEQ_CLS"]
 
 
-def peft_config(lora: LoraConfig, task: TaskType) -> PeftLoraConfig:
+def target_modules(lora: LoraConfig, family: str | None) -> list[str] | str:
+    """What LoRA adapts: ``lora.target_modules``, else the default of the model's ``model_type``."""
+    return lora.target_modules if lora.target_modules is not None else lora_targets(family)
+
+
+def peft_config(lora: LoraConfig, task: TaskType, family: str | None = None) -> PeftLoraConfig:
     return PeftLoraConfig(
         r=lora.dim,
         lora_alpha=lora.alpha or lora.dim,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=target_modules(lora, family),
         task_type=task,
         # The value head of a reward model is new: train and save it in full.
         modules_to_save=["score"] if task == "SEQ_CLS" else None,
@@ -27,7 +37,7 @@ def peft_config(lora: LoraConfig, task: TaskType) -> PeftLoraConfig:
 
 def apply_lora(model: nn.Module, lora: LoraConfig, task: TaskType) -> nn.Module:
     """Wrap ``model`` with LoRA adapters. Unless only_optimize_lora, the base weights keep training."""
-    wrapped = get_peft_model(model, peft_config(lora, task))
+    wrapped = get_peft_model(model, peft_config(lora, task, model_type(model)))
     if not lora.only_optimize_lora:
         for name, param in wrapped.named_parameters():
             if "original_module" not in name:  # peft's frozen copy of a modules_to_save module
