@@ -214,13 +214,18 @@ def _set(path: str, value: Any):
 # (id, mutation of examples/quickstart.yaml, field named in the error, words, where the API server
 # rejects it: "schema", a CEL rule at a path, or None when only admission (validate) can).
 INVALID = [
-    ("bad-name", _set("metadata.name", "Bad_Name"), "metadata.name", "DNS-1123 label", "schema"),
+    ("bad-name", _set("metadata.name", "Bad_Name"), "metadata.name", "DNS-1035 label", "schema"),
+    ("digit-name", _set("metadata.name", "1run"), "metadata.name", "DNS-1035 label", "schema"),
     ("long-name", _set("metadata.name", "r" * 41), "metadata.name", "at most 40", "schema"),
     ("unknown-field", _set("spec.stages.sft.devicePerNode", 2), "spec.stages.sft.devicePerNode",
      "did you mean 'devicesPerNode'", "schema"),
     ("wrong-enum", _set("spec.accelerator", "gpu"), "spec.accelerator", "'nvidia', 'habana' or 'cpu'",
      "schema"),
     ("zero-nodes", _set("spec.stages.sft.nodes", 0), "spec.stages.sft.nodes", "greater than or equal to 1",
+     "schema"),
+    ("huge-nodes", _set("spec.stages.sft.nodes", 10**12), "spec.stages.sft.nodes", "less than or equal to 2048",
+     "schema"),
+    ("huge-retries", _set("spec.stages.ppo.retries", 2**31), "spec.stages.ppo.retries", "less than or equal to 100",
      "schema"),
     ("string-nodes", _set("spec.stages.reward.nodes", "2"), "spec.stages.reward.nodes", "valid integer",
      "schema"),

@@ -210,7 +210,7 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_metadata_rules():
-    assert any("DNS-1123" in p for p in errors_of(manifest() | {"metadata": {"name": "-a"}}))
+    assert any("DNS-1035" in p for p in errors_of(manifest() | {"metadata": {"name": "-a"}}))
     assert errors_of(manifest() | {"metadata": {}}) == ["metadata.name: Field required"]
     live = manifest()
     live["metadata"] |= {"namespace": "team-a", "uid": "u-1", "generation": 3, "resourceVersion": "12",

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from rlhf.spec.base import DNS_LABEL
+from rlhf.spec.base import DNS_1035_LABEL
 from rlhf.spec.meta import (
     CATEGORIES,
     CRD_NAME,
@@ -57,7 +57,7 @@ def openapi_schema() -> dict[str, Any]:
             "metadata": {  # the API server allows restricting name and generateName only
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": DNS_LABEL},
+                    "name": {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": DNS_1035_LABEL},
                 },
             },
             "spec": {**spec, "description": fields["spec"].description},

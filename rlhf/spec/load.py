@@ -17,8 +17,48 @@ from rlhf.spec.run import RLHFRun
 from rlhf.spec.trainer import stage_config
 
 
+#: Most nodes a manifest may expand to once its YAML aliases are followed. A real RLHFRun has a few
+#: hundred; an "alias bomb" (a billion laughs: aliases of aliases of lists) a few hundred bytes long
+#: expands to billions, which any later walk over the parsed data (validation, rendering, dumping)
+#: would try to visit.
+MAX_EXPANDED_NODES = 100_000
+
+
 class ManifestLoader(yaml.SafeLoader):
-    """YAML as kubectl reads it: ``5e-5`` is a float (PyYAML's YAML 1.1 rules would make it a string)."""
+    """YAML as kubectl reads it: ``5e-5`` is a float (PyYAML's YAML 1.1 rules would make it a
+    string). Aliases are allowed, but a document expanding to more than :data:`MAX_EXPANDED_NODES`
+    nodes is refused before anything is built from it."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(
+                f"the document expands to more than {MAX_EXPANDED_NODES} nodes through its aliases "
+                "(&anchor/*alias); refused"
+            )
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Nodes in ``node`` with every alias followed, counted in time linear in the distinct nodes
+    (an alias is the same node object, so its size is counted once and reused)."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    seen[key] = MAX_EXPANDED_NODES + 1  # a recursive alias counts as too big
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            total += _expanded_size(child, seen)
+            if total > MAX_EXPANDED_NODES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, seen) + _expanded_size(v, seen)
+            if total > MAX_EXPANDED_NODES:
+                break
+    seen[key] = total
+    return total
 
 
 ManifestLoader.add_implicit_resolver(

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rlhf.spec.base import DNS_LABEL
+from rlhf.spec.base import DNS_1035_LABEL, DNS_LABEL
 
 GROUP = "rlhf.dev"
 VERSION = "v1alpha1"
@@ -32,11 +32,16 @@ assert MAX_NAME_LENGTH + len(LONGEST_CHILD_SUFFIX) <= 63
 
 
 def check_name(name: str) -> str:
-    """Validate a run name: a DNS-1123 label of at most :data:`MAX_NAME_LENGTH` characters."""
-    if not re.match(DNS_LABEL, name):
+    """Validate a run name: a DNS-1035 label of at most :data:`MAX_NAME_LENGTH` characters.
+
+    DNS-1035, not the DNS-1123 label Kubernetes allows for object names: the MPI operator names the
+    Service and hostnames of a stage's pods after the MPIJob (``<run>-<stage>``), and those must
+    start with a letter; the API server would accept ``1run`` and the MPI operator never start it."""
+    if not re.match(DNS_1035_LABEL, name):
         raise ValueError(
-            f"{name!r} is not a valid name: use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit (a DNS-1123 label)"
+            f"{name!r} is not a valid name: use lowercase letters, digits and '-', starting with a "
+            "letter and ending with a letter or digit (a DNS-1035 label: the MPI operator names "
+            "Services and hostnames after it)"
         )
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(

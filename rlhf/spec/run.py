@@ -34,6 +34,7 @@ PVC_MOUNT_PATH = "/mnt/rlhf"
 
 SPLIT_PATTERN = r"^\s*[0-9]+(\.[0-9]*)?\s*,\s*[0-9]+(\.[0-9]*)?\s*,\s*[0-9]+(\.[0-9]*)?\s*$"
 _DEFAULT_SPLIT = ",".join(f"{share:g}" for share in DataConfig.model_fields["split"].default)
+INT32_MAX = 2**31 - 1
 PathStr = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
@@ -156,7 +157,9 @@ class Toleration(SpecModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all"
     )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated")
+    toleration_seconds: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="How long a NoExecute taint is tolerated"
+    )
 
 
 class SchedulingSpec(SpecModel):
@@ -181,9 +184,11 @@ class RunPolicySpec(SpecModel):
     suspend: bool = Field(
         False, description="Hold the run: no new stage starts and a running one is suspended"
     )
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Time limit of each stage's job")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Time limit of each stage's job"
+    )
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete a finished stage's job (not its outputs) after this many seconds"
+        None, ge=0, le=INT32_MAX, description="Delete a finished stage's job (not its outputs) after this many seconds"
     )
 
 
@@ -217,7 +222,9 @@ class RLHFRunSpec(SpecModel):
         description="Secret in the run's namespace whose HF_TOKEN key is given to the trainers "
         "(gated Hub models)",
     )
-    seed: int = trainer_field("seed", "Seeds the data split, shuffling and initialisation of every stage")
+    seed: int = trainer_field(
+        "seed", "Seeds the data split, shuffling and initialisation of every stage", ge=0, le=2**32 - 1
+    )
     models: ModelsSpec = Field(description="Base models of the actor and the reward model")
     data: DataSpec = Field(description="Datasets and how they are split across the stages")
     storage: StorageSpec = Field(description="Where outputs and the data cache go")

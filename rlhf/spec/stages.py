@@ -14,6 +14,14 @@ from rlhf.config.parts import DType
 from rlhf.spec.base import Quantity, Rule, SpecModel, section, trainer_field
 from rlhf.spec.meta import STAGE_NAMES
 
+# Upper bounds of the counts a stage declares: every one ends up in an int32 field of an MPIJob or
+# a pod name (``<run>-<stage>-worker-<i>``, see rlhf.spec.meta.LONGEST_CHILD_SUFFIX), so the API
+# server must refuse what the MPI operator could never run, not admit it and let it hang.
+MAX_NODES = 2048
+MAX_DEVICES_PER_NODE = 256
+MAX_RETRIES = 100
+MAX_COUNT = 1_000_000
+
 
 class ResourcesSpec(SpecModel):
     """CPU and memory requested by each worker pod of the stage (devices come from devicesPerNode)."""
@@ -33,7 +41,7 @@ class LoraSpec(SpecModel):
              lambda m: "all-linear" not in (m.target_modules or ()), "targetModules"),
     )
 
-    dim: int = trainer_field("lora.dim")
+    dim: int = trainer_field("lora.dim", le=MAX_COUNT)
     alpha: float | None = trainer_field("lora.alpha")
     dropout: float = trainer_field("lora.dropout", "Dropout of the LoRA layers")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = trainer_field(
@@ -53,9 +61,11 @@ class StageSpec(SpecModel):
              lambda m: not m.offload or m.zero_stage >= 1, "offload"),
     )
 
-    nodes: int = Field(1, ge=1, description="Nodes the stage runs on: MPIJob worker pods, one per node")
+    nodes: int = Field(
+        1, ge=1, le=MAX_NODES, description="Nodes the stage runs on: MPIJob worker pods, one per node"
+    )
     devices_per_node: int = Field(
-        1, ge=1,
+        1, ge=1, le=MAX_DEVICES_PER_NODE,
         description="Accelerator devices per node, one training process each (accelerator cpu: processes)",
     )
     resources: ResourcesSpec = section(ResourcesSpec, "CPU and memory requested by each worker pod")
@@ -65,13 +75,13 @@ class StageSpec(SpecModel):
     gradient_checkpointing: bool = trainer_field("model.gradient_checkpointing")
     per_device_train_batch_size: int = trainer_field(
         "optim.per_device_train_batch_size",
-        "Micro-batch size of each process (--per_device_train_batch_size)",
+        "Micro-batch size of each process (--per_device_train_batch_size)", le=MAX_COUNT,
     )
     learning_rate: float = trainer_field("optim.learning_rate")
-    epochs: int = trainer_field("optim.epochs")
+    epochs: int = trainer_field("optim.epochs", le=MAX_COUNT)
     lora: LoraSpec = section(LoraSpec, "LoRA adapters (peft); dim 0 trains the full model")
     retries: int = Field(
-        2, ge=0, description="Retries of a failed stage: the operator recreates its MPIJob (whose own "
+        2, ge=0, le=MAX_RETRIES, description="Retries of a failed stage: the operator recreates its MPIJob (whose own "
         "backoffLimit is 0), and the retry resumes from the stage's latest checkpoint",
     )
     trainer_options: dict[str, Any] = Field(
