@@ -3,6 +3,11 @@
 Everything is built from local texts (e.g. :func:`rlhf.data.synthetic.corpus_texts`) without a
 model hub, and saved with ``save_pretrained`` so ``AutoTokenizer.from_pretrained(dir)`` and
 ``AutoModelForCausalLM.from_pretrained(dir)`` load from the directory alone.
+
+:data:`FAMILIES` are built from their real transformers configs (same architecture, module names
+and ``model_type``, nano sizes); :func:`build_family` pairs one with a tokenizer that follows the
+family's conventions (:mod:`rlhf.models.tiny_tokenizers`: pad = eos, BOS, chat template), while
+:func:`train_tokenizer` is the quick start's own (``<pad>``, ``<|endoftext|>``, no BOS).
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     BloomConfig,
+    GemmaConfig,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     OPTConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
 )
+
+from rlhf.models.tiny_tokenizers import family_tokenizer
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<|endoftext|>"  # also the bos token
 
-FAMILIES = ("opt", "gpt2", "llama", "bloom")
+FAMILIES = ("opt", "bloom", "gpt-neox", "gpt2", "llama", "mistral", "qwen2", "gemma")
 
 PRESETS: dict[str, dict] = {
     "actor": {"family": "opt", "n_layers": 6, "hidden": 384, "heads": 6, "ffn": 1536},
@@ -100,6 +111,19 @@ def _config(
             hidden_size=hidden, n_layer=n_layers, n_head=heads, hidden_dropout=dropout,
             attention_dropout=dropout, **ids,
         )  # fmt: skip
+    if family == "gpt-neox":
+        return GPTNeoXConfig(
+            hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=ffn,
+            max_position_embeddings=max_positions, attention_dropout=dropout, hidden_dropout=dropout, **ids,
+        )  # fmt: skip
+    llama_like = {"mistral": MistralConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig}
+    if family in llama_like:  # grouped-query attention: half as many key/value heads
+        extra = {"head_dim": hidden // heads} if family != "qwen2" else {}
+        return llama_like[family](
+            hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2), intermediate_size=ffn, max_position_embeddings=max_positions,
+            attention_dropout=dropout, tie_word_embeddings=True, **extra, **ids,
+        )  # fmt: skip
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
@@ -115,7 +139,7 @@ def build_model(
     seed: int = 0,
     dropout: float = 0.0,
 ) -> PreTrainedModel:
-    """A randomly initialised float32 causal LM of ``family`` ("opt", "gpt2", "llama" or "bloom").
+    """A randomly initialised float32 causal LM of ``family`` (one of :data:`FAMILIES`).
 
     The vocabulary and the pad/bos/eos ids come from ``tokenizer``; the initial weights depend on
     ``seed`` only (the global torch RNG is left untouched).
@@ -173,3 +197,13 @@ def build_tiny_assets(
         name: build_tiny(out / name, tokenizer=tokenizer, seed=seed, **PRESETS[name])
         for name in ("actor", "reward")
     }
+
+
+def build_family(
+    out_dir: str | Path, family: str, texts: Iterable[str], *, vocab_size: int = 512, seed: int = 0, **shape,
+) -> Path:
+    """A ``family`` model with a tokenizer of the family's conventions trained on ``texts``, saved to
+    ``out_dir`` (``shape``: n_layers, hidden, heads, ffn, max_positions; default the "nano" preset)."""
+    nano = {k: v for k, v in PRESETS["nano"].items() if k != "family"}
+    tokenizer = family_tokenizer(family, texts, vocab_size=vocab_size)
+    return build_tiny(out_dir, family, tokenizer=tokenizer, seed=seed, **{**nano, **shape})
