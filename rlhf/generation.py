@@ -38,8 +38,12 @@ class Sampling:
 class Generated:
     """Prompts and answers, right-packed: ``sequences[i] = prompt_i + answer_i + padding``.
 
-    ``action_mask[i, t]`` (shape [B, T-1]) is 1 where token ``t+1`` is an answer token;
-    ``answer_lens`` counts answer tokens (end-of-text included), ``content_lens`` those before it.
+    An answer is its content tokens plus the token that ended it, if any: the end-of-text token, or
+    a sampled pad token (the policy chose it, so it is an action that rewards and penalties can land
+    on). ``action_mask[i, t]`` (shape [B, T-1]) is 1 where token ``t+1`` is an answer token;
+    ``answer_lens`` counts answer tokens (the ending token included), ``content_lens`` those before
+    it, ``ended`` marks answers that ended with the end-of-text token (not cut by
+    ``max_new_tokens`` or a sampled pad).
     """
 
     sequences: torch.Tensor
@@ -48,13 +52,15 @@ class Generated:
     prompt_lens: torch.Tensor
     answer_lens: torch.Tensor
     content_lens: torch.Tensor
-    answers: list[list[int]]  # answer token ids, end-of-text excluded
+    ended: torch.Tensor
+    answers: list[list[int]]  # answer token ids, the ending token excluded
     logprobs: torch.Tensor | None = None  # [B, T-1]: log-prob of each answer token when it was generated
 
     @property
-    def ended(self) -> torch.Tensor:
-        """Rows whose answer ended with the end-of-text token (not cut by max_new_tokens)."""
-        return self.answer_lens > self.content_lens
+    def score_lens(self) -> torch.Tensor:
+        """Tokens a reward model reads per row: prompt + content (+ end-of-text if it ended) — the
+        layout the reward stage trained on; a sampled pad token is not part of it."""
+        return self.prompt_lens + self.content_lens + self.ended.long()
 
 
 def left_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,25 +77,27 @@ def left_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> t
     return ids, mask
 
 
-def cut_answer(tokens: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
-    """The answer up to its end: (content tokens, whether it ended with ``eos_id``).
+def cut_answer(tokens: list[int], eos_id: int, pad_id: int) -> tuple[list[int], int | None]:
+    """The answer up to its end: (content tokens, the token that ended it — ``eos_id``, ``pad_id``,
+    or None when nothing did, e.g. cut by ``max_new_tokens``).
 
-    A sampled pad token also ends it (what follows would be read as padding by the reward model).
+    A sampled pad token also ends it: what follows would be read as padding.
     """
     for i, tok in enumerate(tokens):
-        if tok == eos_id:
-            return tokens[:i], True
-        if tok == pad_id:
-            return tokens[:i], False
-    return list(tokens), False
+        if tok in (eos_id, pad_id):
+            return tokens[:i], tok
+    return list(tokens), None
 
 
 def pack(
-    prompts: list[list[int]], answers: list[list[int]], ended: list[bool], eos_id: int, pad_id: int,
+    prompts: list[list[int]], answers: list[list[int]], ends: list[int | None], eos_id: int, pad_id: int,
     length: int | None = None,
 ) -> Generated:
-    """Right-packed sequences of ``prompt + answer (+ eos if it ended)``, padded to ``length`` or the longest."""
-    rows = [p + a + ([eos_id] if e else []) for p, a, e in zip(prompts, answers, ended, strict=True)]
+    """Right-packed sequences of ``prompt + answer + ending token (if any)``, padded to ``length`` or the longest.
+
+    The attention mask comes from the lengths, so an ending pad token (or eos = pad) is a real token.
+    """
+    rows = [p + a + ([e] if e is not None else []) for p, a, e in zip(prompts, answers, ends, strict=True)]
     longest = max(map(len, rows))
     length = longest if length is None else length
     if longest > length:
@@ -105,7 +113,8 @@ def pack(
         sequences=ids, attention_mask=mask, action_mask=action,
         prompt_lens=torch.tensor([len(p) for p in prompts]),
         answer_lens=torch.tensor([len(r) - len(p) for r, p in zip(rows, prompts, strict=True)]),
-        content_lens=torch.tensor([len(a) for a in answers]), answers=[list(a) for a in answers],
+        content_lens=torch.tensor([len(a) for a in answers]),
+        ended=torch.tensor([e is not None and e == eos_id for e in ends]), answers=[list(a) for a in answers],
     )
 
 
@@ -136,9 +145,9 @@ def generate(
         synced_gpus=synced_gpus, output_logits=True, return_dict_in_generate=True, **sampling.kwargs(),
     )
     new_ids = out.sequences[:, ids.size(1):]
-    answers, ended = zip(*(cut_answer(row, eos_id, pad_id) for row in new_ids.tolist()), strict=True)
+    answers, ends = zip(*(cut_answer(row, eos_id, pad_id) for row in new_ids.tolist()), strict=True)
     length = static_prompt_len + sampling.max_new_tokens if static_prompt_len else None
-    packed = pack(prompts, list(answers), list(ended), eos_id, pad_id, length)
+    packed = pack(prompts, list(answers), list(ends), eos_id, pad_id, length)
     if getattr(out, "logits", None):
         packed.logprobs = _answer_logprobs(out.logits, new_ids, packed)
     return packed

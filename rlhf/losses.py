@@ -42,17 +42,16 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, fp32: bool = Fals
     return loss / n_tokens.clamp(min=1), n_tokens
 
 
-def end_index(input_ids: torch.Tensor, pad_id: int, num_padding_at_beginning: int = 0) -> torch.Tensor:
-    """Per row, the index of the first padding token (the sequence length if none).
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the last 1 in ``mask`` (0 for an all-zero row).
 
-    DeepSpeed-Chat semantics: the first ``num_padding_at_beginning`` tokens equal to ``pad_id``
-    are not padding (OPT's BOS when pad = eos). The score of a sequence is its value at
-    ``end_index - 1``, the last real token.
+    The one rule for where a sequence ends: from its attention (or action) mask, never from token
+    ids, so a pad id that is also the eos id (Llama, Mistral, Qwen, GPT-2), or that appears inside a
+    prompt, is never mistaken for padding. A reward model's score is its value at
+    ``last_index(attention_mask)``, the last real token, in training, PPO scoring and rw-eval alike.
     """
-    is_pad = input_ids == pad_id
-    nth_pad = is_pad & (is_pad.cumsum(dim=1) == num_padding_at_beginning + 1)
-    seq_len = torch.full_like(input_ids[:, 0], input_ids.size(1))
-    return torch.where(nth_pad.any(dim=1), nth_pad.int().argmax(dim=1), seq_len)
+    positions = torch.arange(mask.size(1), device=mask.device)[None, :]
+    return (positions * (mask > 0)).amax(dim=1)
 
 
 def gather_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -65,13 +64,14 @@ def pairwise_reward_loss(
     rejected_values: torch.Tensor,
     chosen_ids: torch.Tensor,
     rejected_ids: torch.Tensor,
-    pad_id: int,
-    num_padding_at_beginning: int = 0,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
     kind: str = "last_token",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairwise reward-model loss; returns (loss, chosen scores, rejected scores).
 
-    Scores are the values at each sequence's last real token. ``kind``:
+    Scores are the values at each sequence's last real token (:func:`last_index` of its mask).
+    ``kind``:
 
     - ``last_token`` (Bradley-Terry): ``-logsigmoid(score_chosen - score_rejected)`` averaged over
       pairs. It trains exactly the score that evaluation and PPO read.
@@ -80,20 +80,19 @@ def pairwise_reward_loss(
       pairs; identical pairs use only the last position. Positions past the shorter sequence's end
       compare against values of padding, which a model can learn to exploit.
 
-    Both id tensors must have the same (padded) length.
+    Both id tensors (and masks) must have the same (padded) length.
     """
     seq_len = chosen_ids.size(1)
-    c_end = end_index(chosen_ids, pad_id, num_padding_at_beginning)
-    r_end = end_index(rejected_ids, pad_id, num_padding_at_beginning)
-    differs = chosen_ids != rejected_ids
+    c_last, r_last = last_index(chosen_mask), last_index(rejected_mask)
+    c_end, r_end = c_last + 1, r_last + 1
+    differs = (chosen_ids != rejected_ids) | (chosen_mask != rejected_mask)
     diverged = differs.any(dim=1)
     divergence = torch.where(diverged, differs.int().argmax(dim=1), torch.full_like(c_end, seq_len - 1))
-    r_end = torch.where(diverged, r_end, c_end)
     span_end = torch.where(diverged, torch.maximum(c_end, r_end), torch.full_like(c_end, seq_len))
     positions = torch.arange(seq_len, device=chosen_ids.device)[None, :]
     span = (positions >= divergence[:, None]) & (positions < span_end[:, None])
-    chosen_scores = gather_at(chosen_values, (c_end - 1).clamp(min=0))
-    rejected_scores = gather_at(rejected_values, (r_end - 1).clamp(min=0))
+    chosen_scores = gather_at(chosen_values, c_last)
+    rejected_scores = gather_at(rejected_values, r_last)
     if kind == "last_token":
         return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean(), chosen_scores, rejected_scores
     if kind != "divergence":
@@ -114,10 +113,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise ``x`` to unit variance (and zero mean) over the masked positions; others become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+    mean: torch.Tensor | float | None = None, var: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the masked positions; others become 0.
+
+    ``mean`` and ``var`` (population variance) default to those of ``x`` over ``mask``; give them to
+    whiten a part of a larger set (a mini-batch of a rollout, one rank's share) by the whole set's.
+    """
+    if mean is None:
+        mean = masked_mean(x, mask)
+    if var is None:
+        var = masked_mean((x - mean) ** 2, mask)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+    var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
@@ -131,12 +141,6 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """
     logp = F.log_softmax(logits[:, :-1, :].float(), dim=-1)
     return logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Per row, the index of the last 1 in ``mask`` (0 for an all-zero row)."""
-    positions = torch.arange(mask.size(1), device=mask.device)[None, :]
-    return (positions * (mask > 0)).amax(dim=1)
 
 
 def shaped_rewards(

@@ -92,7 +92,7 @@ def score_texts(model, tokenizer, prompts: list[str], answers: list[str], add_eo
     rows = answer_rows(tokenizer, prompts, [format_answer(a) for a in answers], eot)
     ids, mask = pad_rows(rows, tokenizer.pad_token_id, max(map(len, rows)))
     values = model(ids, attention_mask=mask)
-    return [float(s) for s in model.scores(values, ids)]
+    return [float(s) for s in model.scores(values, mask)]
 
 
 def rw_eval(model, tokenizer, pairs: Iterable[dict[str, Any]], batch: int = 16) -> dict[str, float]:

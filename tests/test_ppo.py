@@ -114,16 +114,19 @@ def test_ema_with_lora_is_rejected(tiny, tmp_path):
 
 
 def test_answers_are_cut_at_their_end_and_packed_right_padded():
-    assert cut_answer([5, 6, 1, 7], eos_id=1, pad_id=0) == ([5, 6], True)
-    assert cut_answer([5, 0, 6], eos_id=1, pad_id=0) == ([5], False)
-    assert cut_answer([5, 6], eos_id=1, pad_id=0) == ([5, 6], False)
-    gen = pack([[9, 8, 7], [4]], [[5, 6], []], [True, False], eos_id=1, pad_id=0)
-    assert gen.sequences.tolist() == [[9, 8, 7, 5, 6, 1], [4, 0, 0, 0, 0, 0]]
-    assert gen.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]
-    # action t emits token t+1: answer tokens 5, 6 and the eos of row 0; nothing for the empty answer
-    assert gen.action_mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
-    assert gen.answer_lens.tolist() == [3, 0] and gen.content_lens.tolist() == [2, 0]
-    assert gen.ended.tolist() == [True, False]
+    assert cut_answer([5, 6, 1, 7], eos_id=1, pad_id=0) == ([5, 6], 1)
+    assert cut_answer([5, 0, 6], eos_id=1, pad_id=0) == ([5], 0)
+    assert cut_answer([5, 6], eos_id=1, pad_id=0) == ([5, 6], None)
+    gen = pack([[9, 8, 7], [4], [3, 2]], [[5, 6], [], [5]], [1, 0, None], eos_id=1, pad_id=0)
+    assert gen.sequences.tolist() == [[9, 8, 7, 5, 6, 1], [4, 0, 0, 0, 0, 0], [3, 2, 5, 0, 0, 0]]
+    assert gen.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    # action t emits token t+1: answer tokens 5, 6 and the eos of row 0; the sampled pad that ended the
+    # empty answer of row 1 (an action like any other); the answer of row 2, cut by the length limit
+    assert gen.action_mask.tolist() == [[0, 0, 1, 1, 1], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0]]
+    assert gen.answer_lens.tolist() == [3, 1, 1] and gen.content_lens.tolist() == [2, 0, 1]
+    assert gen.ended.tolist() == [True, False, False]
+    # what a reward model reads: prompt + content (+ eos when it ended), never the sampled pad
+    assert gen.score_lens.tolist() == [6, 1, 3]
 
 
 def test_generation_logprobs_equal_a_forward_pass(tiny):

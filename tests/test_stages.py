@@ -69,9 +69,10 @@ def test_reward_model_learns_preferences(tiny, tmp_path):
     assert m["eval/accuracy"] >= 0.8, m
     assert m["eval/chosen_score"] > m["eval/rejected_score"]
 
-    # Saved as a standard sequence-classification checkpoint with our padding semantics.
+    # Saved as a standard sequence-classification checkpoint; the score position comes from the mask,
+    # so no padding setting travels with it.
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
-    assert hf.config.num_labels == 1 and hf.config.num_padding_at_beginning == 0
+    assert hf.config.num_labels == 1 and not hasattr(hf.config, "num_padding_at_beginning")
     tok = AutoTokenizer.from_pretrained(tmp_path / "model")
     good = "Human: Say cat twice.\n\nAssistant: cat cat. Cheers!"
     bad = "Human: Say cat twice.\n\nAssistant: Cheers!"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from rlhf.config.base import ConfigError
 from rlhf.config.parts import DataConfig, ModelConfig
 
 _DROPOUT_ATTRS = (
@@ -16,14 +17,24 @@ _DROPOUT_ATTRS = (
 )
 
 
-def load_tokenizer(model: ModelConfig, data: DataConfig | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(model: ModelConfig, data: DataConfig | None = None, key: str = "model") -> PreTrainedTokenizerBase:
     """Tokenizer from ``model.tokenizer`` (default: the model path), right-padded for training.
 
     A tokenizer without a pad token pads with its eos token (as DeepSpeed-Chat does); a configured
-    end-of-text token missing from the vocabulary is added as a special token.
+    end-of-text token missing from the vocabulary is added as a special token. A source without a
+    tokenizer, or one that encodes nothing, is a ConfigError naming ``key`` (the model's section).
     """
+    from rlhf.models.checks import check_model, check_tokenizer
+
+    check_model(model, key)
     source = model.tokenizer or model.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        where = f"{key}.tokenizer" if model.tokenizer else f"{key}.name_or_path"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{where}: no tokenizer could be loaded from {source}: {first}") from None
+    check_tokenizer(tokenizer, model, key)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -47,11 +58,26 @@ def model_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, **extra
     return config
 
 
-def finish_model(module: torch.nn.Module, model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Grow embeddings to fit the tokenizer (to a multiple of 8) and switch on checkpointing."""
-    vocab = module.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocab:
+def embedding_rows(module: torch.nn.Module) -> int:
+    """Rows of the input embedding — its full size even when ZeRO-3 partitioned it (``ds_shape``;
+    a partitioned parameter's own shape is empty)."""
+    weight = module.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
+def fit_embeddings(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings to fit the tokenizer (to a multiple of 8) when it has more tokens; never shrink.
+
+    The trained model, its export skeleton and a reload all take the same decision, so a
+    vocabulary that is not a multiple of 8 keeps its size everywhere.
+    """
+    if len(tokenizer) > embedding_rows(module):
         module.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+
+
+def finish_model(module: torch.nn.Module, model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow embeddings to fit the tokenizer and switch on checkpointing."""
+    fit_embeddings(module, tokenizer)
     if model.gradient_checkpointing:
         module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module.config.use_cache = False
@@ -72,6 +98,5 @@ def load_causal_lm(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype
 def causal_lm_skeleton(model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
     """The structure of :func:`load_causal_lm`'s model without its weights (for export under meta)."""
     module = AutoModelForCausalLM.from_config(model_config(model, tokenizer))
-    if len(tokenizer) > module.get_input_embeddings().weight.shape[0]:
-        module.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+    fit_embeddings(module, tokenizer)
     return module

@@ -1,9 +1,10 @@
 """Reward model: a base transformer plus a scalar value head, with DeepSpeed-Chat semantics.
 
 It is stored as a standard transformers ``*ForSequenceClassification`` checkpoint (``num_labels=1``,
-the head is ``score``), so other tools load it too; ``num_padding_at_beginning`` travels in its
-config. Unlike the HF class, :meth:`RewardModel.forward` returns a value per token — the critic of
-PPO needs them — and the sequence score is the value at the last non-pad token.
+the head is ``score``), so other tools load it too. Unlike the HF class, :meth:`RewardModel.forward`
+returns a value per token — the critic of PPO needs them — and the sequence score is the value at
+the last real token by the attention mask (:func:`rlhf.losses.last_index`), never by looking for
+pad ids, which may equal the eos id or appear inside a prompt.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ from rlhf.models.loading import finish_model, model_config
 
 
 class RewardModel(nn.Module):
-    def __init__(self, hf_model: nn.Module, pad_id: int, num_padding_at_beginning: int = 0):
+    def __init__(self, hf_model: nn.Module):
         super().__init__()
         self.model = hf_model  # the HF sequence-classification model, possibly wrapped by peft
-        self.pad_id = pad_id
-        self.num_padding_at_beginning = num_padding_at_beginning
 
     @property
     def hf(self) -> nn.Module:
@@ -42,10 +41,10 @@ class RewardModel(nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return hf.score(hidden).squeeze(-1)
 
-    def scores(self, values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """The score of each sequence: its value at the last real token."""
-        end = losses.end_index(input_ids, self.pad_id, self.num_padding_at_beginning)
-        return losses.gather_at(values, (end - 1).clamp(min=0))
+    @staticmethod
+    def scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The score of each (right-padded) sequence: its value at the last real token of ``attention_mask``."""
+        return losses.gather_at(values, losses.last_index(attention_mask))
 
 
 def load_reward_model(
@@ -53,10 +52,9 @@ def load_reward_model(
 ) -> RewardModel:
     """A reward model from a causal-LM checkpoint (new head) or a saved reward model (its head)."""
     config = model_config(model, tokenizer, num_labels=1)
-    config.num_padding_at_beginning = model.num_padding_at_beginning
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation
     hf = AutoModelForSequenceClassification.from_pretrained(model.name_or_path, config=config, **kwargs)
     finish_model(hf, model, tokenizer)
-    return RewardModel(hf, tokenizer.pad_token_id, model.num_padding_at_beginning)
+    return RewardModel(hf)

@@ -21,6 +21,11 @@ def tokenizer_model(cfg: StageConfig) -> ModelConfig:
     return model
 
 
+def tokenizer_key(cfg: StageConfig) -> str:
+    """The config section of :func:`tokenizer_model` ("model" or "actor"), for messages."""
+    return "model" if getattr(cfg, "model", None) is not None else "actor"
+
+
 def data_requests(cfg: StageConfig) -> dict[str, dict[str, Any]]:
     """Named phase-data requests of the stage: name -> keyword arguments of prepare_phase_data."""
     if cfg.phase == 2:
@@ -44,7 +49,7 @@ def prepare_stage_data(
     if tokenizer is None:
         from rlhf.models.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_model(cfg), cfg.data)
+        tokenizer = load_tokenizer(tokenizer_model(cfg), cfg.data, tokenizer_key(cfg))
     return {
         name: prepare_phase_data(cfg, tokenizer, rank=rank, barrier=barrier, **kwargs)
         for name, kwargs in data_requests(cfg).items()

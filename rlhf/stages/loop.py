@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from rlhf.config import dump
-from rlhf.config.stages import StageConfig
+from rlhf.config.stages import StageConfig, deprecated_settings
 from rlhf.engine.ds_config import build_ds_config
 from rlhf.engine.setup import (
     Runtime,
@@ -31,11 +31,13 @@ from rlhf.engine.setup import (
     torch_dtype,
     zero3_model_init,
 )
+from rlhf.models.checks import check_positions
 from rlhf.models.export import gather_state_dict, materialize, save_hf
 from rlhf.models.loading import load_tokenizer
-from rlhf.stages import checkpoint
+from rlhf.stages import checkpoint, run_settings
 from rlhf.stages.base import Batch, Stage
 from rlhf.stages.data import prepare_stage_data
+from rlhf.stages.data_report import data_warnings, summary_data
 from rlhf.stages.finished import finished_summary  # re-exported: torch-free, used by `rlhf run` too
 from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
 from rlhf.stages.tracking import Tracker
@@ -76,15 +78,22 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.rt: Runtime = init_runtime(cfg.deepspeed)
         seed_everything(cfg.seed)
-        self.tokenizer = load_tokenizer(cfg.model, cfg.data)  # type: ignore[attr-defined]
+        model_cfg = cfg.model  # type: ignore[attr-defined]
+        self.tokenizer = load_tokenizer(model_cfg, cfg.data, "model")  # checks the model path first
+        check_positions(model_cfg, "model", cfg.data.max_seq_len, "data.max_seq_len")
         self.stage = stage_cls(cfg, self.rt, self.tokenizer)
-        if self.rt.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump(cfg))
         self.data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)["train"]
         self._lengths: list[int] | None = None  # per training sample, when data.group_by_length
         if self.data.train is None or len(self.data.train) == 0:
             raise ValueError(f"stage {stage_cls.name}: no training samples after splitting data (stats: {self.data.stats})")
+        # Resume only from a checkpoint of the same data and settings (before config.yaml is rewritten).
+        self.settings = run_settings.settings_of(cfg, {"train": self.data.stats})
+        self.resume_tag, changed = resume_point(cfg, [self.ckpt_dir], self.settings)
+        self.warnings = [*deprecated_settings(cfg), *data_warnings("train", self.data.stats),
+                         *(f"resuming despite a change (checkpoint.allow_changed_config): {c}" for c in changed)]
+        if self.rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump(cfg))
 
     # ---- data ---------------------------------------------------------------------------------
     def _sampler(self, dataset, shuffle: bool) -> DistributedSampler:
@@ -150,8 +159,8 @@ class Trainer:
 
         state = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0, "train_seconds": 0.0, "real_tokens": 0,
                  "samples": 0}
-        if cfg.checkpoint.resume:
-            loaded = checkpoint.load(engine, self.ckpt_dir, rt.dist.rank)
+        if self.resume_tag is not None:
+            loaded = checkpoint.load(engine, self.ckpt_dir, rt.dist.rank, self.resume_tag)
             if loaded:
                 state.update({k: loaded[k] for k in state if k in loaded})
         resumed_from = state["global_step"]
@@ -163,9 +172,8 @@ class Trainer:
         )
         if resumed_from:
             tracker.write(f"[{self.stage.name}] resumed from step {resumed_from} ({self.ckpt_dir})")
-        for key, value in self.data.stats.items():
-            if key.startswith("skipped") and value:
-                tracker.write(f"[{self.stage.name}] {key}: {value}")
+        for line in self.warnings:
+            tracker.write(f"[{self.stage.name}] warning: {line}")
 
         step = state["global_step"]
         last_eval: dict[str, float] = {}
@@ -179,7 +187,8 @@ class Trainer:
 
         def save(epoch: int, micro: int) -> None:
             client = dict(state, global_step=step, epoch=epoch, micro_in_epoch=micro)
-            checkpoint.save(engine, self.ckpt_dir, step, client, rt.dist.rank, cfg.checkpoint.keep_last)
+            checkpoint.save(engine, self.ckpt_dir, step, client, rt.dist.rank, cfg.checkpoint.keep_last,
+                            files={run_settings.FILE: self.settings})
 
         resume_epoch, resume_micro = state["epoch"], state["micro_in_epoch"]
         for epoch in range(resume_epoch, optim.epochs):
@@ -255,6 +264,7 @@ class Trainer:
             self.stage.name, rt, step=step, total_steps=total_steps, resumed_from=resumed_from,
             metrics={f"eval/{k}": v for k, v in last_eval.items()}, samples=state["samples"], seconds=seconds,
             rates={"real_tokens_per_second": rate}, model_dir=model_dir, data_stats=self.data.stats,
+            warnings=self.warnings,
         )
         publish_summary(self.out, summary, rt)
         return summary
@@ -263,16 +273,31 @@ class Trainer:
 def completed_summary(
     stage: str, rt: Runtime, *, step: int, total_steps: int, resumed_from: int, metrics: dict[str, float],
     samples: int, seconds: float, rates: dict[str, float | None], model_dir: Path, data_stats: dict[str, Any],
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """A finished stage's ``summary.json`` (the operator and ``rlhf run`` read it): the same keys for
-    every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures."""
+    every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures, ``warnings``
+    what the stage warned about at its start (skipped records, an empty eval split, ...)."""
     return {
         "stage": stage, "status": "completed", "global_step": step, "total_steps": total_steps,
         "resumed_from_step": resumed_from, "world_size": rt.dist.world_size, "accelerator": rt.accel.name,
         "metrics": metrics, "train_samples": samples * rt.dist.world_size, "train_seconds": round(seconds, 3),
-        **rates, "model_dir": str(model_dir),
-        "data": {k: v for k, v in data_stats.items() if isinstance(v, (int, float, str, bool))},
+        **rates, "model_dir": str(model_dir), "data": summary_data(data_stats), "warnings": list(warnings or []),
     }
+
+
+def resume_point(cfg: StageConfig, ckpt_dirs: list[Path], settings: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(the checkpoint tag to resume from — the newest step complete in every one of ``ckpt_dirs`` —,
+    the differences of its settings allowed by checkpoint.allow_changed_config); (None, []) for a
+    fresh start. Raises ConfigError when the data or settings changed and that is not allowed."""
+    if not cfg.checkpoint.resume:
+        return None, []
+    step = checkpoint.newest_common_step(ckpt_dirs)
+    if step is None:
+        return None, []
+    tag = f"step-{step}"
+    changed = run_settings.check_resume(ckpt_dirs[0] / tag, settings, cfg.checkpoint.allow_changed_config)
+    return tag, changed
 
 
 def publish_summary(out: Path, summary: dict[str, Any], rt: Runtime) -> None:

@@ -28,19 +28,30 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from rlhf import losses
 from rlhf.config import PPOConfig, dump
+from rlhf.config.stages import deprecated_settings
 from rlhf.engine.setup import barrier, init_runtime, torch_dtype
 from rlhf.models.export import gather_state_dict, materialize, merge_lora, save_hf
-from rlhf.stages import checkpoint
+from rlhf.stages import checkpoint, run_settings
 from rlhf.stages.data import prepare_stage_data
-from rlhf.stages.loop import completed_summary, publish_summary, seed_everything
+from rlhf.stages.data_report import data_warnings
+from rlhf.stages.loop import completed_summary, publish_summary, resume_point, seed_everything
 from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
-from rlhf.stages.ppo_models import PPOModels, actor_skeleton, build_models, load_tokenizers, update_ema
+from rlhf.stages.ppo_models import (
+    PPOModels,
+    actor_skeleton,
+    build_models,
+    check_positions,
+    load_tokenizers,
+    update_ema,
+)
 from rlhf.stages.rollout import (
     Experience,
     actor_logprobs,
     critic_values,
     critic_values_in_training,
     make_experience,
+    static_length,
+    whiten_advantages,
     with_values,
 )
 from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
@@ -58,11 +69,9 @@ class PPOTrainer:
         self.out = Path(cfg.checkpoint.output_dir)
         self.rt = init_runtime(cfg.deepspeed)
         seed_everything(cfg.seed)
-        self.tokenizers = load_tokenizers(cfg)  # (actor's, reward model's, whether they are the same)
+        self.tokenizers = load_tokenizers(cfg)  # (actor's, reward model's, whether they are the same); checks paths
         self.tokenizer = self.tokenizers[0]
-        if self.rt.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump(cfg))
+        check_positions(cfg)
         data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)
         self.prompts, self.ptx = data["prompts"], data.get("ptx")
         if self.prompts.train is None or len(self.prompts.train) == 0:
@@ -70,6 +79,19 @@ class PPOTrainer:
         self.eval_prompts = eval_prompts(cfg, self.tokenizer, self.prompts.eval)
         self.ckpt_actor = self.out / "checkpoints" / "actor"
         self.ckpt_critic = self.out / "checkpoints" / "critic"
+        # Resume from the newest iteration both engines completed, with the same data and settings.
+        self.settings = run_settings.settings_of(cfg, {name: d.stats for name, d in data.items()})
+        self.resume_tag, changed = resume_point(cfg, [self.ckpt_actor, self.ckpt_critic], self.settings)
+        self.warnings = [*deprecated_settings(cfg),
+                         *data_warnings("prompts", self.prompts.stats, eval_expected=not cfg.evaluation.prompts),
+                         *(data_warnings("ptx", self.ptx.stats, eval_expected=False) if self.ptx else []),
+                         *(f"resuming despite a change (checkpoint.allow_changed_config): {c}" for c in changed)]
+        if not self.eval_prompts:
+            self.warnings.append("evaluation: no held-out prompts (evaluation.prompts is unset and the PPO eval split "
+                                 "is empty), so there are no baseline/* and eval/* metrics")
+        if self.rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump(cfg))
         self.values_in_training = critic_values_in_training(cfg)
         self._lengths: dict[str, list[int]] = {}  # per column, when data.group_by_length
 
@@ -103,12 +125,17 @@ class PPOTrainer:
         if per_epoch == 0:
             raise ValueError("ptx: fewer SFT samples per rank than optim.per_device_train_batch_size")
         pad = self.tokenizer.pad_token_id
+        static = static_length(self.cfg, self.rt)  # Gaudi: one shape for every batch
+
+        def collate(rows):
+            return sft_batch(rows, pad, static or max(len(r["input_ids"]) for r in rows))
+
         for epoch in itertools.count(consumed // per_epoch):
             sampler.set_epoch(epoch)
             grouped = self._grouped(sampler, self.ptx.train, "input_ids", bs)
             skip = consumed % per_epoch if epoch == consumed // per_epoch else 0
             loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(grouped, skip * bs), drop_last=True,
-                                collate_fn=lambda rows: sft_batch(rows, pad, max(len(r["input_ids"]) for r in rows)))
+                                collate_fn=collate)
             yield from loader
 
     def _plan(self) -> tuple[int, int, int]:
@@ -130,18 +157,26 @@ class PPOTrainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _save(self, models: PPOModels, state: dict[str, Any]) -> None:
-        rank, keep = self.rt.dist.rank, self.cfg.checkpoint.keep_last
-        checkpoint.save(models.actor, self.ckpt_actor, state["iteration"], state, rank, keep)
-        checkpoint.save(models.critic, self.ckpt_critic, state["iteration"], state, rank, keep)
+        """Actor, its EMA, then critic; an iteration counts as saved once both engines completed it, and
+        older checkpoints are pruned only then (a kill between the two saves leaves the previous
+        iteration complete in both)."""
+        rank, step = self.rt.dist.rank, state["iteration"]
+        files = {run_settings.FILE: self.settings}
+        checkpoint.save(models.actor, self.ckpt_actor, step, state, rank, None, files)
         if models.ema is not None and self.rt.is_main:
-            torch.save(models.ema.state_dict(), self.ckpt_actor / f"step-{state['iteration']}" / "ema.pt")
+            ema_file = self.ckpt_actor / f"step-{step}" / "ema.pt"
+            torch.save(models.ema.state_dict(), ema_file.with_suffix(".tmp"))
+            ema_file.with_suffix(".tmp").replace(ema_file)
+        checkpoint.save(models.critic, self.ckpt_critic, step, state, rank, None, files)
+        if self.rt.is_main:
+            checkpoint.prune([self.ckpt_actor, self.ckpt_critic], self.cfg.checkpoint.keep_last)
+        barrier()
 
     def _resume(self, models: PPOModels) -> dict[str, Any] | None:
-        """Load the newest iteration both the actor and the critic completed."""
-        tags = [checkpoint.latest_tag(d) for d in (self.ckpt_actor, self.ckpt_critic)]
-        if not self.cfg.checkpoint.resume or None in tags:
+        """Load the newest iteration both the actor and the critic completed (chosen at start)."""
+        tag = self.resume_tag
+        if tag is None:
             return None
-        tag = min(tags, key=checkpoint.tag_step)  # a crash between the two saves leaves the critic behind
         state = checkpoint.load(models.actor, self.ckpt_actor, self.rt.dist.rank, tag)
         checkpoint.load(models.critic, self.ckpt_critic, self.rt.dist.rank, tag)
         ema_file = self.ckpt_actor / tag / "ema.pt"
@@ -167,6 +202,8 @@ class PPOTrainer:
         )
         if resumed_from:
             tracker.write(f"[ppo] resumed from iteration {resumed_from} ({self.ckpt_actor.parent})")
+        for line in self.warnings:
+            tracker.write(f"[ppo] warning: {line}")
         if cfg.evaluation.baseline and not state["baseline"] and self.eval_prompts:
             state["baseline"], rows = evaluate(models, cfg, rt, self.eval_prompts)
             self._write_rows("baseline_answers.jsonl", rows)
@@ -219,6 +256,7 @@ class PPOTrainer:
         bs = cfg.optim.per_device_train_batch_size
         stats: dict[str, list[float]] = {}
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["iteration"])
+        exp = whiten_advantages(exp, cfg, device)  # 4c. once over the whole rollout, all ranks together
         for _ in range(cfg.ppo.ppo_epochs):
             order = torch.randperm(len(exp), generator=g)
             for start in range(0, len(exp), bs):
@@ -227,12 +265,11 @@ class PPOTrainer:
                 action = mb.action_mask.to(device)
                 values = None
                 if mb.values is None:  # 4b. the critic's one forward on these tokens: values for GAE and its loss
+                    # (only when this mini-batch is the whole rollout: critic_values_in_training)
                     values = critic_values(models.critic, seqs, mask)
-                    mb = with_values(mb, values.detach().cpu(), cfg)
+                    mb = whiten_advantages(with_values(mb, values.detach().cpu(), cfg), cfg, device)
                 # actor: clipped policy loss (+ ptx)
                 advantages = mb.advantages.to(device)
-                if cfg.ppo.whiten_advantages:
-                    advantages = losses.whiten(advantages, action)
                 logprobs = actor_logprobs(models.actor, seqs, mask)
                 actor_loss, pstats = losses.policy_loss(logprobs, mb.logprobs.to(device), advantages, action,
                                                         cfg.ppo.cliprange)
@@ -302,7 +339,7 @@ class PPOTrainer:
         summary = completed_summary(
             "ppo", rt, step=state["iteration"], total_steps=total_iters, resumed_from=resumed_from, metrics=metrics,
             samples=state["samples"], seconds=seconds, rates={"samples_per_second": rate}, model_dir=model_dir,
-            data_stats=self.prompts.stats,
+            data_stats=self.prompts.stats, warnings=self.warnings,
         )
         publish_summary(self.out, summary, rt)
         return summary

@@ -67,9 +67,9 @@ class PPOModels:
 def load_tokenizers(cfg: PPOConfig) -> tuple[Any, Any, bool]:
     """(actor tokenizer, reward-model tokenizer, whether they are the same). The critic must share
     the actor's tokenizer: it reads the actor's tokens."""
-    tokenizer = load_tokenizer(cfg.actor, cfg.data)
+    tokenizer = load_tokenizer(cfg.actor, cfg.data, "actor")
     actor_fp = tokenizer_fingerprint(tokenizer)
-    critic_tok = load_tokenizer(cfg.critic, cfg.data)
+    critic_tok = load_tokenizer(cfg.critic, cfg.data, "critic")
     if tokenizer_fingerprint(critic_tok) != actor_fp:
         where = "critic.tokenizer" if cfg.critic.tokenizer else "critic.name_or_path"
         raise ConfigError(
@@ -80,9 +80,25 @@ def load_tokenizers(cfg: PPOConfig) -> tuple[Any, Any, bool]:
     reward = cfg.reward
     if reward is cfg.critic:
         return tokenizer, tokenizer, True
-    reward_tok = load_tokenizer(reward, cfg.data)
+    reward_tok = load_tokenizer(reward, cfg.data, "reward_model")
     same = tokenizer_fingerprint(reward_tok) == actor_fp
     return tokenizer, (tokenizer if same else reward_tok), same
+
+
+def check_positions(cfg: PPOConfig) -> None:
+    """Refuse at start what would fail hours in: rollouts (prompt + answer) longer than the actor's,
+    critic's or reward model's positions, or ptx batches (data.max_seq_len) longer than the actor's."""
+    from rlhf.models.checks import check_positions as check
+
+    rollout = cfg.generation.max_prompt_len + cfg.generation.max_answer_len
+    setting = "generation.max_prompt_len + max_answer_len"
+    sections = [("actor", cfg.actor), ("critic", cfg.critic)]
+    if cfg.reward_model is not None:
+        sections.append(("reward_model", cfg.reward_model))
+    for key, model in sections:
+        check(model, key, rollout, setting)
+    if cfg.ptx.coef > 0:
+        check(cfg.actor, "actor", cfg.data.max_seq_len, "data.max_seq_len (ptx)")
 
 
 def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]) -> PPOModels:
@@ -120,8 +136,7 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
     with zero3_model_init(critic_ds):
         critic = load_reward_model(critic_cfg, tokenizer)
         if cfg.critic_lora.enabled:
-            critic = RewardModel(apply_lora(critic.model, cfg.critic_lora, "SEQ_CLS"), critic.pad_id,
-                                 critic.num_padding_at_beginning)
+            critic = RewardModel(apply_lora(critic.model, cfg.critic_lora, "SEQ_CLS"))
     critic_engine = initialize_training(critic, rt, critic_ds, critic_ds_model, c_optim, cfg.critic_lora, total_steps)
 
     reward_stage = cfg.engines.reward_zero_stage

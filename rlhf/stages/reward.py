@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf import losses
 from rlhf.config.stages import RewardConfig
-from rlhf.models.loading import model_config
+from rlhf.models.loading import fit_embeddings, model_config
 from rlhf.models.lora import apply_lora
 from rlhf.models.reward import RewardModel, load_reward_model
 from rlhf.stages.base import Batch, Stage, pad_rows
@@ -25,7 +24,7 @@ class RewardStage(Stage):
     def _wrap(self, hf) -> RewardModel:
         if self.cfg.lora.enabled:
             hf = apply_lora(hf, self.cfg.lora, "SEQ_CLS")
-        return RewardModel(hf, self.tokenizer.pad_token_id, self.cfg.model.num_padding_at_beginning)
+        return RewardModel(hf)
 
     def build_model(self, dtype: torch.dtype) -> RewardModel:
         model = load_reward_model(self.cfg.model, self.tokenizer, dtype)
@@ -33,10 +32,8 @@ class RewardStage(Stage):
 
     def build_skeleton(self) -> RewardModel:
         config = model_config(self.cfg.model, self.tokenizer, num_labels=1)
-        config.num_padding_at_beginning = self.cfg.model.num_padding_at_beginning
         hf = AutoModelForSequenceClassification.from_config(config)
-        if len(self.tokenizer) > hf.get_input_embeddings().weight.shape[0]:
-            hf.resize_token_embeddings(int(8 * math.ceil(len(self.tokenizer) / 8.0)))
+        fit_embeddings(hf, self.tokenizer)
         return self._wrap(hf)
 
     def export_model(self, model: RewardModel):
@@ -50,12 +47,11 @@ class RewardStage(Stage):
         return {"input_ids": ids, "attention_mask": mask}
 
     def _forward(self, engine, batch: Batch):
-        values = engine(batch["input_ids"], batch["attention_mask"])
-        half = batch["input_ids"].size(0) // 2
-        ids = batch["input_ids"]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        values = engine(ids, mask)
+        half = ids.size(0) // 2
         return losses.pairwise_reward_loss(
-            values[:half], values[half:], ids[:half], ids[half:],
-            self.tokenizer.pad_token_id, self.cfg.model.num_padding_at_beginning, self.cfg.pairwise_loss,
+            values[:half], values[half:], ids[:half], ids[half:], mask[:half], mask[half:], self.cfg.pairwise_loss,
         )
 
     def train_loss(self, engine, batch: Batch):

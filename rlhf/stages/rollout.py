@@ -88,29 +88,39 @@ def answer(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[in
         engine.train(was_training)
 
 
-def _reward_inputs(models: PPOModels, gen: Generated, rt: Runtime) -> torch.Tensor:
-    """The sequences in the reward model's tokens: the actor's own, or the decoded text re-tokenized."""
+def static_length(cfg: PPOConfig, rt: Runtime) -> int | None:
+    """The fixed length of PPO's reward-model inputs and ptx batches under static shapes (Gaudi, or
+    data.pad_to_max_length): data.max_seq_len; None pads to the longest row."""
+    return cfg.data.max_seq_len if rt.accel.static_shapes or cfg.data.pad_to_max_length else None
+
+
+def reward_inputs(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the reward model for ``gen``: what the reward stage trained on,
+    ``prompt + answer (+ eot if it ended)`` right-padded with a length mask — the actor's own tokens,
+    or the decoded text re-tokenized (then, under static shapes, padded to :func:`static_length`,
+    keeping the last tokens of a longer row: the score is read at its end)."""
     if models.same_reward_tokenizer:
-        return gen.sequences
+        positions = torch.arange(gen.sequences.size(1))[None, :]
+        return gen.sequences, (positions < gen.score_lens[:, None]).long()
     actor_tok, rm_tok = models.tokenizer, models.reward_tokenizer
     prompts = [actor_tok.decode(gen.sequences[i, : int(n)].tolist(), skip_special_tokens=True)
                for i, n in enumerate(gen.prompt_lens)]
     answers = [actor_tok.decode(a, skip_special_tokens=True) for a in gen.answers]
     eot = [rm_tok.eos_token_id if ended else None for ended in gen.ended.tolist()]
     rows = answer_rows(rm_tok, prompts, answers, eot)
-    ids, _ = pad_rows(rows, rm_tok.pad_token_id, max(map(len, rows)))
-    return ids
+    length = static_length(cfg, rt)
+    if length is not None:
+        rows = [row[-length:] for row in rows]
+    return pad_rows(rows, rm_tok.pad_token_id, length or max(map(len, rows)))
 
 
 @torch.no_grad()
 def score(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime) -> torch.Tensor:
     """Step 3: the frozen reward model's score of each answer (too-short answers get the lowest reward)."""
-    ids = _reward_inputs(models, gen, rt).to(rt.device)
-    pad = models.reward_tokenizer.pad_token_id
-    mask = (ids != pad).long()
+    ids, mask = (t.to(rt.device) for t in reward_inputs(models, cfg, gen, rt))
     module: torch.nn.Module = models.reward.module
     values = models.reward(ids, attention_mask=mask)
-    scores = module.scores(values, ids).float().cpu()  # type: ignore[operator]
+    scores = module.scores(values, mask).float().cpu()  # type: ignore[operator]
     too_short = gen.content_lens < cfg.generation.min_answer_len
     return torch.where(too_short, torch.full_like(scores, -cfg.ppo.clip_reward_value), scores)
 
@@ -140,6 +150,33 @@ def with_values(exp: Experience, values: torch.Tensor, cfg: PPOConfig) -> Experi
     """Step 4b: advantages and returns by GAE over the critic's (detached) values ``[B, T-1]``."""
     advantages, returns = losses.gae(values, exp.rewards, exp.action_mask, cfg.ppo.gamma, cfg.ppo.lam)
     return replace(exp, values=values * exp.action_mask, advantages=advantages, returns=returns)
+
+
+def whiten_across_ranks(x: torch.Tensor, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` whitened by the mean and variance over ``mask`` of every data-parallel rank's ``x``
+    together (each rank passes its share; collective). On one rank: :func:`losses.whiten`."""
+    import torch.distributed as dist
+
+    def all_sum(*values: torch.Tensor) -> torch.Tensor:
+        packed = torch.stack([v.double() for v in values]).to(device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(packed)
+        return packed.cpu()
+
+    weight = mask.double()
+    total, count = all_sum((x.double() * weight).sum(), weight.sum())
+    mean = total / count.clamp(min=1)
+    (squares,) = all_sum((((x.double() - mean) ** 2) * weight).sum())
+    return losses.whiten(x, mask, mean=mean.item(), var=(squares / count.clamp(min=1)).item())
+
+
+def whiten_advantages(exp: Experience, cfg: PPOConfig, device: torch.device) -> Experience:
+    """Step 4c: the advantages of a whole rollout (every rank's together) whitened once, unless
+    ``ppo.whiten_advantages`` is off: each mini-batch then trains on its rows of that, however the
+    rollout is cut into mini-batches and ranks."""
+    if not cfg.ppo.whiten_advantages or exp.advantages is None:
+        return exp
+    return replace(exp, advantages=whiten_across_ranks(exp.advantages, exp.action_mask, device))
 
 
 @torch.no_grad()
