@@ -4,7 +4,8 @@
 ``<cfg.data_cache_dir>/<cache_key>/`` (``train/``, ``eval/`` as ``save_to_disk`` datasets, plus
 ``meta.json`` with the stats and the key's inputs). The key hashes everything that changes the
 output: phase, sources (path, format, file size/mtime or Hub fingerprint), shares, eval fraction,
-seed, lengths, eot token, bad-record policy, the tokenizer and :data:`FORMAT_VERSION`.
+seed, lengths, eot token, bad-record policy, chat format, the tokenizer (its chat template
+included) and :data:`FORMAT_VERSION`.
 
 Global rank 0 builds the cache if it is missing (in a temp dir renamed into place, so a crash
 never leaves a half-written cache), then every rank calls ``barrier()`` and loads it.
@@ -28,12 +29,13 @@ import datasets
 from rlhf.config.parts import DataConfig
 from rlhf.config.stages import StageConfig
 from rlhf.data import split as splitting
+from rlhf.data.render import resolve_chat_format
 from rlhf.data.sources import DataError, Record, ResolvedSource, fingerprint, load_source, resolve_source
 from rlhf.data.tokenize import eot_token_id, to_dataset, tokenize_records
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the cached samples change meaning
+FORMAT_VERSION = 2  # bump when the cached samples change meaning (2: the tokenizer's BOS, chat formats)
 META = "meta.json"
 SPLITS = ("train", "eval")
 
@@ -54,7 +56,7 @@ class PhaseData:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of the tokenizer's vocabulary, merges, normalizer and added tokens."""
+    """A hash of the tokenizer's vocabulary, merges, normalizer, added tokens and chat template."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -64,7 +66,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps([getattr(tokenizer, "eos_token", None), getattr(tokenizer, "bos_token", None)]).encode())
+    h.update(json.dumps([getattr(tokenizer, "eos_token", None), getattr(tokenizer, "bos_token", None),
+                         getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "chat_template", None)],
+                        default=str).encode())
     return h.hexdigest()
 
 
@@ -84,6 +88,7 @@ def _key_inputs(
         "split": list(data.split),
         "eval_fraction": data.eval_fraction,
         "on_bad_record": data.on_bad_record,
+        "chat_format": resolve_chat_format(tokenizer, data.chat_format),
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     if phase == 2:
@@ -141,6 +146,7 @@ def _build(
             cols, dropped = tokenize_records(
                 records[name], tokenizer, phase,
                 max_seq_len=data.max_seq_len, max_prompt_len=max_prompt_len, eot_id=eot_id,
+                chat_format=data.chat_format,
             )
             stats["dropped"][name] = dropped
             if sum(dropped.values()):

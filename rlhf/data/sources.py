@@ -15,7 +15,18 @@ A :class:`~rlhf.config.parts.DataSource` path is resolved, in this order, as:
    cache); anything else is a missing path.
 
 The format (``auto``: by known Hub name, also matched against a local path's last components)
-maps a raw row to a :class:`Record` with the chat format of :mod:`rlhf.data.formats`.
+maps a raw row to a :class:`Record`: a prompt in DeepSpeed-Chat's text form (:mod:`rlhf.data.formats`)
+or, from message lists, the conversation so far (:mod:`rlhf.data.chat`). ``generic`` (and ``hh``)
+rows take any of these shapes:
+
+* ``prompt``/``chosen``/``rejected`` strings, used verbatim (DeepSpeed-Chat's datasets);
+* ``chosen``/``rejected`` message lists (``[{role, content}, ...]``) ending with the assistant's
+  answer, the turns before it being the prompt (UltraFeedback), or with the prompt in ``prompt``
+  as a message list or a string (TRL's conversational form);
+* ``chosen``/``rejected`` whole ``Human: ... Assistant: ...`` transcripts without a ``prompt`` (hh-rlhf
+  raw): the prompt is everything before the last ``Assistant:``, and must be the same in both;
+* a ``messages`` list (SFT data): its last message is the answer.
+
 A malformed record raises :class:`DataError` naming where it is, or is skipped and counted.
 """
 
@@ -24,13 +35,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
 
 from rlhf.config.parts import DataSource
+from rlhf.data.chat import ChatError, Conversation, conversation, parse_transcript, split_last_answer
 from rlhf.data.formats import ASSISTANT, format_answer, format_prompt
 from rlhf.data.known import KNOWN_FORMATS, is_local_jsonfile, known_format
 from rlhf.spec.hub import is_hub_id
@@ -42,16 +54,24 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One example in the shared chat format: ``prompt + chosen`` (and ``prompt + rejected``) read naturally."""
+    """One example: a prompt and its chosen (and rejected) answer.
 
-    prompt: str
+    A text prompt is DeepSpeed-Chat's form, ``prompt + chosen`` reading naturally (the answer with
+    its leading space); a :data:`Conversation` prompt is the turns so far, the answers their bare
+    content. :class:`rlhf.data.render.Renderer` turns either into the model's text. ``where`` names
+    the record in error messages (file or dataset, record index).
+    """
+
+    prompt: str | Conversation
     chosen: str
     rejected: str | None = None
+    where: str = field(default="", compare=False)
 
 
-TRAIN_NAMES = ("train",)
-EVAL_NAMES = ("eval", "test", "validation")
-FIELDS = ("prompt", "chosen", "rejected")
+#: Split names, first match wins; ``*_prefs`` are the preference splits of UltraFeedback-style datasets.
+TRAIN_NAMES = ("train", "train_prefs")
+EVAL_NAMES = ("eval", "test", "validation", "test_prefs")
+FIELDS = ("prompt", "chosen", "rejected", "messages")
 
 
 @dataclass(frozen=True)
@@ -261,6 +281,8 @@ def _after_last_assistant(text: str, name: str, where: str) -> str:
 
 
 def _map_row(fmt: str, row: dict[str, Any], where: str, require_rejected: bool) -> Record:
+    if fmt in ("hh", "generic"):
+        return _generic_row(row, where, require_rejected)
     prompt = _text(row, "prompt", where)
     chosen = _text(row, "chosen", where)
     rejected = _text(row, "rejected", where, required=require_rejected)
@@ -273,7 +295,76 @@ def _map_row(fmt: str, row: dict[str, Any], where: str, require_rejected: bool) 
             _after_last_assistant(chosen, "chosen", where),
             rejected and _after_last_assistant(rejected, "rejected", where),
         )
-    return Record(prompt, chosen, rejected)  # hh, generic: verbatim
+    raise ValueError(f"unknown data format {fmt!r}")
+
+
+def _turns(row: dict[str, Any], name: str, where: str) -> Conversation:
+    if not isinstance(row[name], list):
+        raise _Bad(where, name, f"wrong type: expected a string or a list of {{role, content}} messages, "
+                                f"got {type(row[name]).__name__}")
+    try:
+        return conversation(row[name], name)
+    except ChatError as e:
+        field_name, _, reason = str(e).partition(": ")
+        raise _Bad(where, field_name, reason) from None
+
+
+def _answer_of(row: dict[str, Any], name: str, where: str) -> tuple[Conversation | None, str]:
+    """(the turns before the answer, or None when the field holds only the answer; the answer)."""
+    value = row.get(name)
+    if isinstance(value, str):
+        if "prompt" in row:
+            return None, _text(row, name, where) or ""
+        turns = parse_transcript(value)  # a whole transcript (hh-rlhf raw)
+        if turns is None:
+            raise _Bad(where, "prompt", f"missing (and {name!r} is not a 'Human: ... Assistant: ...' transcript)")
+    else:
+        turns = _turns(row, name, where)
+    if turns[-1][0] != "assistant":
+        raise _Bad(where, name, f"the last message must be the assistant's answer, got role {turns[-1][0]!r}")
+    if not turns[-1][1].strip():
+        raise _Bad(where, name, "empty answer")
+    return turns[:-1] or None, turns[-1][1]
+
+
+def _generic_row(row: dict[str, Any], where: str, require_rejected: bool) -> Record:
+    """A row of any generic shape (see the module docstring) as a Record."""
+    if "chosen" not in row and row.get("messages") is not None:  # SFT conversations
+        try:
+            prompt, answer = split_last_answer(_turns(row, "messages", where), "messages")
+        except ChatError as e:
+            raise _Bad(where, "messages", str(e).partition(": ")[2]) from None
+        if require_rejected:
+            raise _Bad(where, "rejected", "missing")
+        if not answer.strip():
+            raise _Bad(where, "messages", "empty answer")
+        return Record(prompt, answer)
+    if row.get("chosen") is None:
+        raise _Bad(where, "chosen", "missing")
+    texts = isinstance(row.get("chosen"), str) and isinstance(row.get("prompt"), str)
+    if texts:  # DeepSpeed-Chat's text form, verbatim
+        prompt = _text(row, "prompt", where)
+        chosen = _text(row, "chosen", where)
+        rejected = _text(row, "rejected", where, required=require_rejected)
+        assert prompt is not None and chosen is not None
+        return Record(prompt, chosen, rejected)
+    before, chosen = _answer_of(row, "chosen", where)
+    rejected = None
+    if row.get("rejected") is not None:
+        other, rejected = _answer_of(row, "rejected", where)
+        if before is not None and other is not None and other != before:
+            raise _Bad(where, "rejected", "its conversation before the answer differs from chosen's")
+        before = before if before is not None else other
+    elif require_rejected:
+        raise _Bad(where, "rejected", "missing")
+    if before is None:  # the prompt is a field of its own
+        value = row.get("prompt")
+        if value is None:
+            raise _Bad(where, "prompt", "missing")
+        before = (("user", _text(row, "prompt", where) or ""),) if isinstance(value, str) else _turns(row, "prompt", where)
+    if before[-1][0] != "user":
+        raise _Bad(where, "prompt", f"the conversation before the answer must end with the user's turn, not {before[-1][0]!r}")
+    return Record(before, chosen, rejected)
 
 
 def _records(
@@ -285,7 +376,8 @@ def _records(
         try:
             if isinstance(row, _Bad):
                 raise row
-            out.append(_map_row(fmt, row, where, require_rejected))
+            record = _map_row(fmt, row, where, require_rejected)
+            out.append(replace(record, where=f"{origin}: {where}"))
         except _Bad as bad:
             if on_bad_record == "error":
                 raise DataError(bad.message(origin) + " (set data.on_bad_record=skip to drop such records)") from None
@@ -317,10 +409,11 @@ def load_source(
         loaded = _load_hub(src.location) if src.kind == "hub" else _load_disk(src.location)
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict({"train": loaded})
-        if "train" not in loaded:
-            raise DataError(f"{src.spec}: no 'train' split (splits: {sorted(loaded)})")
+        train_split = next((s for s in TRAIN_NAMES if s in loaded), None)
+        if train_split is None:
+            raise DataError(f"{src.spec}: no training split (none of {', '.join(TRAIN_NAMES)}; splits: {sorted(loaded)})")
         eval_split = next((s for s in EVAL_NAMES if s in loaded), None)
-        train = read(lambda: _dataset_rows(loaded["train"]), f"{src.spec}[train]")
+        train = read(lambda: _dataset_rows(loaded[train_split]), f"{src.spec}[{train_split}]")
         evals = read(lambda: _dataset_rows(loaded[eval_split]), f"{src.spec}[{eval_split}]") if eval_split else None
     if not train:
         raise DataError(f"{src.spec}: no usable training records ({sum(skipped.values())} bad records skipped)")

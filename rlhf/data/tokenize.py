@@ -1,8 +1,15 @@
 """Tokenization of records into the unpadded samples each phase trains on.
 
-Prompt and answer are tokenized separately (``add_special_tokens=False``) and their ids
-concatenated, so the prompt/answer boundary is exact. Samples are stored unpadded; padding is
-done per batch by the collators.
+Prompts and answers are rendered to text by :class:`rlhf.data.render.Renderer` (the chat template
+or DeepSpeed-Chat's raw text, ``data.chat_format``), then tokenized separately
+(``add_special_tokens=False``) and their ids concatenated, so the prompt/answer boundary is exact.
+A sequence starts with the tokenizer's own default prefix (:func:`bos_prefix`: its BOS for Llama,
+Mistral, Gemma and OPT, nothing for GPT-2, BLOOM, GPT-NeoX or Qwen2), unless its text already
+begins with it (a chat template that writes ``{{ bos_token }}``) — so the ids are what
+``tokenizer(text)`` would give, in every phase, in ``rw-eval`` and in ``rlhf chat``. An answer ends
+with the end-of-text token (``data.add_eot_token``); under a chat template it ends at the
+template's end-of-turn marker, which is that token when it is the eos (ChatML's ``<|im_end|>``),
+else followed by it. Samples are stored unpadded; padding is done per batch by the collators.
 
 ========  ============================  ==============================================================
 phase     columns                       content
@@ -11,7 +18,8 @@ phase     columns                       content
                                         ``prompt_len`` prompt tokens kept
 1 (RM)    ``chosen_ids``,               prompt + chosen [+ eot] and prompt + rejected [+ eot], each cut
           ``rejected_ids``              to ``max_seq_len`` at the end
-2 (PPO)   ``prompt_ids``                the LAST ``max_prompt_len`` prompt tokens
+2 (PPO)   ``prompt_ids``                the prefix (BOS) and the LAST ``max_prompt_len`` - its length
+                                        prompt tokens
 ========  ============================  ==============================================================
 
 Dropped (and counted): samples with no answer token left after truncation (``truncated``) and
@@ -20,7 +28,7 @@ reward pairs whose chosen and rejected ids are identical (``identical``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -55,18 +63,108 @@ def eot_token_id(tokenizer: Any, add_eot_token: bool, eot_token: str | None) -> 
     return int(tokenizer.convert_tokens_to_ids(token))
 
 
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before every text by default (``add_special_tokens=True``): its BOS
+    for Llama, Mistral, Gemma or OPT, none for GPT-2, BLOOM, GPT-NeoX or Qwen2. Special tokens it
+    appends (an eos) are not included: answers end with their own end-of-text token."""
+    probe = "a b"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    prefix = next((full[:i] for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), [])
+    return list(prefix)
+
+
 def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
     return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
+def with_prefix(ids: list[int], prefix: Sequence[int]) -> list[int]:
+    """``ids`` starting with ``prefix`` (added unless already there, e.g. written by a chat template)."""
+    n = len(prefix)
+    return ids if not n or ids[:n] == list(prefix) else [*prefix, *ids]
+
+
+def keep_last(ids: list[int], n: int, prefix: Sequence[int]) -> list[int]:
+    """The prefix and the last tokens of ``ids``, ``n`` tokens at most (a prompt cut from the left)."""
+    if len(ids) <= n:
+        return ids
+    head = list(prefix) if ids[: len(prefix)] == list(prefix) and len(prefix) < n else []
+    return head + ids[len(ids) - (n - len(head)):]
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids.update(i for i, tok in decoder.items() if getattr(tok, "special", False))
+    return ids
+
+
+class Encoder:
+    """Token ids of prompts and answers, rendered by a :class:`Renderer` (``data.chat_format``)."""
+
+    def __init__(self, tokenizer: Any, chat_format: str = "auto"):
+        from rlhf.data.render import Renderer
+
+        self.tokenizer = tokenizer
+        self.renderer = Renderer(tokenizer, chat_format)
+        self.prefix = bos_prefix(tokenizer)
+        self._special = _special_ids(tokenizer)
+
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of rendered prompts, the tokenizer's prefix (BOS) first."""
+        return [with_prefix(ids, self.prefix) for ids in _ids(self.tokenizer, texts)]
+
+    def encode_answers(self, texts: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+        """Ids of rendered answers, each ended by ``eot[i]`` (None: not ended, e.g. cut by a length
+        limit). Under a chat template the answer is the assistant turn up to its end-of-turn marker,
+        which stands for ``eot[i]`` when it is that token."""
+        return [self._end(ids, e) for ids, e in zip(_ids(self.tokenizer, texts), eot, strict=True)]
+
+    def _end(self, ids: list[int], eot: int | None) -> list[int]:
+        if self.renderer.template:
+            if eot is not None and eot in ids:
+                return ids[: ids.index(eot) + 1]
+            marker = next((i for i, t in enumerate(ids) if t in self._special), None)
+            if marker is not None:
+                ids = ids[: marker + 1]
+        return ids + ([eot] if eot is not None else [])
+
+    def prompts(self, prompts: Sequence[Any]) -> list[list[int]]:
+        """Each prompt's ids (text or conversation, see :class:`Renderer`)."""
+        return self.encode_prompts([self.renderer.prompt(p) for p in prompts])
+
+    def answers(self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+        """Each answer's ids as it follows its prompt."""
+        texts = [self.renderer.answer(p, a) for p, a in zip(prompts, answers, strict=True)]
+        return self.encode_answers(texts, eot)
+
+    def rows(self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+        """``prompt + answer (+ eot)`` ids of each pair."""
+        return [p + a for p, a in zip(self.prompts(prompts), self.answers(prompts, answers, eot), strict=True)]
+
+
 def answer_rows(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
-    """``prompt + answer (+ eot)`` token ids, prompt and answer tokenized on their own — the way the
-    reward stage tokenized its pairs, so a reward model scores new answers on the same boundaries.
-    ``eot[i]`` is the id appended to answer ``i`` (None: nothing, e.g. an answer cut by a length limit)."""
-    return [p + a + ([e] if e is not None else [])
+    """``prompt + answer (+ eot)`` token ids of texts already rendered (e.g. decoded from another
+    tokenizer's ids), prompt and answer tokenized on their own and the tokenizer's prefix (BOS) first —
+    the way the reward stage tokenized its pairs, so a reward model scores new answers on the same
+    boundaries. ``eot[i]`` is the id appended to answer ``i`` (None: nothing, e.g. an answer cut by a
+    length limit)."""
+    prefix = bos_prefix(tokenizer)
+    return [with_prefix(p, prefix) + a + ([e] if e is not None else [])
             for p, a, e in zip(_ids(tokenizer, prompts), _ids(tokenizer, answers), eot, strict=True)]
+
+
+def _render_each(records: Sequence[Record], render: Callable[[Record], str]) -> list[str]:
+    """``render(record)`` of every record; a record that cannot be rendered is named in the error."""
+    out = []
+    for i, record in enumerate(records):
+        try:
+            out.append(render(record))
+        except DataError as e:
+            raise DataError(f"{record.where or f'record {i}'}: {e}") from None
+    return out
 
 
 def tokenize_records(
@@ -77,23 +175,31 @@ def tokenize_records(
     max_seq_len: int,
     max_prompt_len: int | None = None,
     eot_id: int | None = None,
+    chat_format: str = "auto",
 ) -> tuple[dict[str, list[Any]], dict[str, int]]:
     """Columns (see the module docstring) for ``records``, and counts of dropped samples."""
+    if phase not in (0, 1, 2):
+        raise ValueError(f"phase must be 0, 1 or 2, got {phase}")
     dropped = {"truncated": 0, "identical": 0}
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS[phase]}
-    prompts = _ids(tokenizer, [r.prompt for r in records])
+    enc = Encoder(tokenizer, chat_format)
+    prompts = enc.encode_prompts(_render_each(records, lambda r: enc.renderer.prompt(r.prompt)))
     if phase == 2:
         if max_prompt_len is None or max_prompt_len < 1:
             raise ValueError("phase 2 (PPO prompts) needs max_prompt_len >= 1")
-        cols["prompt_ids"] = [p[-max_prompt_len:] for p in prompts]
+        cols["prompt_ids"] = [keep_last(p, max_prompt_len, enc.prefix) for p in prompts]
         return cols, dropped
-    eot = [] if eot_id is None else [eot_id]
+    eot = [eot_id] * len(records)
+
+    def answers(field: str) -> list[list[int]]:
+        texts = _render_each(records, lambda r: enc.renderer.answer(r.prompt, getattr(r, field)))
+        return enc.encode_answers(texts, eot)
 
     def join(prompt: list[int], answer: list[int]) -> list[int] | None:
-        ids = (prompt + answer + eot)[:max_seq_len]
+        ids = (prompt + answer)[:max_seq_len]
         return ids if len(ids) > len(prompt) else None  # None: no answer token left
 
-    chosen = _ids(tokenizer, [r.chosen for r in records])
+    chosen = answers("chosen")
     if phase == 0:
         for p, a in zip(prompts, chosen, strict=True):
             ids = join(p, a)
@@ -103,11 +209,10 @@ def tokenize_records(
             cols["input_ids"].append(ids)
             cols["prompt_len"].append(len(p))
         return cols, dropped
-    if phase != 1:
-        raise ValueError(f"phase must be 0, 1 or 2, got {phase}")
-    if any(r.rejected is None for r in records):
-        raise DataError("reward-model data needs a 'rejected' answer in every record")
-    rejected = _ids(tokenizer, [r.rejected or "" for r in records])
+    missing = next((r for r in records if r.rejected is None), None)
+    if missing is not None:
+        raise DataError(f"{missing.where or 'a record'}: reward-model data needs a 'rejected' answer in every record")
+    rejected = answers("rejected")
     for p, c, r in zip(prompts, chosen, rejected, strict=True):
         c_ids, r_ids = join(p, c), join(p, r)
         if c_ids is None or r_ids is None:
