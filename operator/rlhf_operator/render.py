@@ -108,18 +108,20 @@ def _meta(admitted: Admitted, step: str, name: str, uid: str | None,
 
 
 def image(admitted: Admitted, config: OperatorConfig) -> str:
-    """The trainer image: the run's spec.image, else the operator's default for its accelerator."""
+    """The trainer image: the run's spec.image (admission checked it against the pool's
+    allowedImages), else the operator's default for its accelerator."""
     return admitted.run.spec.image or config.image(admitted.run.spec.accelerator)
 
 
 def scheduling(admitted: Admitted, config: OperatorConfig) -> dict[str, Any]:
-    """Node selection of every pod: the accelerator pool's (operator config) merged with the run's.
+    """Node selection of every pod: the run's pool (admin-defined, operator config) merged with
+    what the pool let the run add.
 
     The pool's nodeSelector keys win (admission rejects a run that contradicts them); tolerations
-    are the pool's then the run's, without duplicates.
+    are the pool's then the run's (each one the pool allows), without duplicates.
     """
     spec = admitted.run.spec
-    pool = config.pool(spec.accelerator)
+    pool = admitted.pool
     node_selector = {**spec.scheduling.node_selector, **pool.node_selector}
     tolerations: list[dict[str, Any]] = []
     for tol in [*pool.tolerations, *spec.scheduling.tolerations]:
@@ -234,6 +236,18 @@ def mpirun_command(admitted: Admitted, stage: str) -> list[str]:
     ]
 
 
+def host_ipc(admitted: Admitted) -> bool:
+    """Whether worker pods share the host's IPC namespace: the profile's need (Gaudi), granted
+    only by a pool whose admin allowed privileged pods (admission refuses Gaudi runs elsewhere)."""
+    return profile(admitted.run.spec.accelerator).host_ipc and admitted.pool.privileged
+
+
+def added_capabilities(admitted: Admitted) -> list[str]:
+    """Capabilities worker containers add to none (Gaudi: SYS_NICE), under the same grant as :func:`host_ipc`."""
+    caps = profile(admitted.run.spec.accelerator).add_capabilities
+    return list(caps) if admitted.pool.privileged else []
+
+
 def worker_resources(admitted: Admitted, config: OperatorConfig, stage: str) -> dict[str, Any]:
     """A worker pod's resources: its node's devices (limits), the stage's cpu/memory (requests =
     limits), and on Gaudi the pool's hugepages."""
@@ -248,7 +262,7 @@ def worker_resources(admitted: Admitted, config: OperatorConfig, stage: str) -> 
         value = getattr(stage_spec.resources, key)
         if value is not None:
             limits[key] = requests[key] = value
-    hugepages = config.pool(spec.accelerator).hugepages2_mi or prof.hugepages
+    hugepages = admitted.pool.hugepages2_mi or prof.hugepages
     if prof.hugepages and hugepages and hugepages != "0":
         limits["hugepages-2Mi"] = requests["hugepages-2Mi"] = hugepages
     out: dict[str, Any] = {"limits": limits}
@@ -293,8 +307,8 @@ def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | No
         },
         "worker": {
             "labels": pod_labels, "container": "worker", "command": [ENTRYPOINT, "sshd"],
-            "resources": worker_resources(admitted, config, stage), "host_ipc": prof.host_ipc,
-            "add_capabilities": list(prof.add_capabilities), "shm": prof.shm_volume,
+            "resources": worker_resources(admitted, config, stage), "host_ipc": host_ipc(admitted),
+            "add_capabilities": added_capabilities(admitted), "shm": prof.shm_volume,
         },
     })
 

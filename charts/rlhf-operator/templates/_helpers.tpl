@@ -70,46 +70,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-What the operator does in a namespace it watches (least privilege; no Secrets: the prepare Job
-reads the Hub token from the Secret through its env valueFrom, the operator never does).
+What the operator does in a namespace it watches: exactly the calls its code makes (the cluster
+tier's audit log checks that every verb granted here is used, and nothing it needs is missing).
+No Secrets: the prepare Job reads the Hub token through its env valueFrom, the operator never does.
 */}}
 {{- define "rlhf-operator.rules" -}}
-# RLHFRuns: watched, annotated and given finalizers by Kopf (patch), never created or deleted.
+# RLHFRuns: read and watched (Kopf), never created, changed or deleted.
 - apiGroups: [rlhf.dev]
   resources: [rlhfruns]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [rlhf.dev]
   resources: [rlhfruns/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion, which clusters enforcing
 # OwnerReferencesPermissionEnforcement (e.g. OpenShift) only allow with update on the finalizers.
 - apiGroups: [rlhf.dev]
   resources: [rlhfruns/finalizers]
   verbs: [update]
-# One MPIJob per training stage.
+# One MPIJob per training stage (patched to suspend/resume, deleted to retry, stop or expire it).
 - apiGroups: [kubeflow.org]
   resources: [mpijobs]
   verbs: [get, list, watch, create, patch, delete]
-# The prepare step (downloads and data caches) is a batch Job (patched to suspend/resume it).
+# The prepare step (downloads and data caches) is a batch Job, handled like the MPIJobs.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# The run's manifest and per-stage trainer configs.
+# The run's manifest and per-stage trainer configs (collected with the run, never deleted by us).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
-# Launcher pods: their termination messages (stage summaries) and, on failure, their logs.
+  verbs: [get, create, patch]
+# One NetworkPolicy per stage: only the stage's own pods reach its workers.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch]
+# Launcher pods' termination messages (stage summaries) and why a step's pods do not start.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-# Kopf posts its own events through the core API; the operator through either API.
+  verbs: [list]
+# Events on RLHFRuns (transitions), and the Warning events of our jobs (why pods are not created).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create, list]
 {{- end }}
