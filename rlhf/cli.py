@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check an RLHFRun manifest as the cluster would; print each stage's trainer config")
     p.add_argument("manifest", type=Path)
     p.add_argument("--stage", choices=["sft", "reward", "ppo"], help="print only this stage's config")
+    p.add_argument("--operator-config", type=Path, metavar="FILE",
+                   help="also apply the cluster's pool policy from this operator configuration, as admission does")
+    p.add_argument("--namespace", "-n", help="with --operator-config: the run's namespace (default: its metadata.namespace, else default)")
 
     p = sub.add_parser("synth-data", help="write our synthetic preference dataset (JSONL)")
     p.add_argument("--out", type=Path, required=True)
@@ -77,10 +80,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rlhf.spec import STAGE_NAMES, load_manifest, stage_config
 
     run = load_manifest(args.manifest)
+    where = ""
+    if args.namespace and not args.operator_config:
+        raise UserError("--namespace goes with --operator-config (pools are open to namespaces)")
+    if args.operator_config:
+        from rlhf.spec.pools import DEFAULT_NAMESPACE, load_policy
+
+        namespace = args.namespace or run.metadata.namespace or DEFAULT_NAMESPACE
+        if run.metadata.namespace and namespace != run.metadata.namespace:
+            raise UserError(f"--namespace {namespace} does not match the manifest's metadata.namespace "
+                            f"{run.metadata.namespace}")
+        pool = load_policy(args.operator_config).admit(run, namespace, str(args.manifest))
+        where = f" on pool {pool.name!r} in namespace {namespace!r}"
     stages = [args.stage] if args.stage else list(STAGE_NAMES)
     docs = [{"stage": stage, "config": stage_config(run, stage)} for stage in stages]
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
-    print(f"{args.manifest}: valid RLHFRun {run.metadata.name!r}", file=sys.stderr)
+    print(f"{args.manifest}: valid RLHFRun {run.metadata.name!r}{where}", file=sys.stderr)
     return 0
 
 

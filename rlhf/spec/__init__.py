@@ -3,6 +3,8 @@
 * :func:`load_manifest` parses a manifest (file or dict) into :class:`RLHFRun`; errors name the
   field (``spec.stages.sft.nodes: ...``). :func:`validate` runs the admission checks.
 * :func:`stage_config` is the contract with the trainer: the config of one stage.
+* :class:`PoolPolicy` (``rlhf.spec.pools``): the admin-owned node pools of a cluster and what a run
+  may choose on each; the operator's admission and ``rlhf validate --operator-config`` apply it.
 * ``python -m rlhf.spec.crd`` prints the CRD (``crds/rlhfrun.yaml``) generated from these types.
 """
 
@@ -19,6 +21,7 @@ from rlhf.spec.meta import (
     VERSION,
     ObjectMeta,
 )
+from rlhf.spec.pools import Pool, PoolPolicy, TrainerImages, load_policy
 from rlhf.spec.run import (
     DEVICE_RESOURCES,
     PVC_MOUNT_PATH,
@@ -40,8 +43,8 @@ from rlhf.spec.trainer import stage_config, storage_root
 __all__ = [
     "API_VERSION", "CRD_NAME", "DEVICE_RESOURCES", "GROUP", "KIND", "MAX_NAME_LENGTH", "PLURAL",
     "PVC_MOUNT_PATH", "STAGE_NAMES", "TRAINER_ACCELERATORS", "VERSION", "Condition", "DataSpec",
-    "LoraSpec", "ModelsSpec", "ObjectMeta", "PVCStorage", "RLHFRun", "RLHFRunSpec", "RLHFRunStatus",
+    "LoraSpec", "ModelsSpec", "ObjectMeta", "PVCStorage", "Pool", "PoolPolicy", "RLHFRun", "RLHFRunSpec", "RLHFRunStatus",
     "ResourcesSpec", "RunPolicySpec", "SchedulingSpec", "SpecError", "StageSpec", "StageStatus",
-    "StagesSpec", "StorageSpec", "Toleration", "load_manifest", "read_manifest", "stage_config",
+    "StagesSpec", "StorageSpec", "Toleration", "TrainerImages", "load_manifest", "load_policy", "read_manifest", "stage_config",
     "storage_root", "validate",
 ]

@@ -213,6 +213,13 @@ class RLHFRunSpec(SpecModel):
     )
 
     accelerator: Accelerator = Field(description="Device family: nvidia (CUDA GPUs), habana (Gaudi) or cpu")
+    pool: str | None = Field(
+        None, pattern=DNS_LABEL, max_length=63,
+        description="Node pool of the cluster to run on, by name, as the platform team defined it in the "
+        "operator's configuration (its nodes, tolerations, devices, and what a run on it may choose: images, "
+        "PriorityClasses, Hub-token Secrets, extra node labels and tolerations). Default: the first pool for "
+        "the accelerator that the run's namespace may use. Ignored by `rlhf run`",
+    )
     image: str | None = Field(
         None, min_length=1, max_length=1024,
         description="Trainer image; default the operator's for the accelerator",
