@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+
+#: C0/C1 control characters (but newline and tab) and Unicode's bidirectional overrides: a model's
+#: answer (or a prompt) must not move the cursor, recolour or hide text in the user's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\x1b`` -> ``\\x1b``), newlines and tabs kept."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _chat_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-format", choices=["auto", "template", "raw"],
+                   help="how prompts are rendered: the tokenizer's chat template or 'Human: ... Assistant:' text; "
+                   "default: as the model was trained (data.chat_format of the stage's config.yaml), else auto")
+
+
+def _chat_format(args: argparse.Namespace, model_dir: Path) -> str:
+    from rlhf.tools import trained_chat_format
+
+    return args.chat_format or trained_chat_format(model_dir)
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
@@ -28,18 +50,21 @@ def _sampling(args: argparse.Namespace):
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("chat", help="talk to a trained actor (multi-turn 'Human: ... Assistant:')")
+    p = sub.add_parser("chat", help="talk to a trained actor (multi-turn, in the chat format it was trained with)")
     p.add_argument("--model", type=Path, required=True, help="a stage's model/ directory, e.g. runs/quickstart/ppo/model")
     p.add_argument("--prompt", action="append", metavar="TEXT",
                    help="answer this question and exit (repeat for a multi-turn conversation)")
+    _chat_format_arg(p)
     _sampling_args(p)
 
     p = sub.add_parser("rw-eval", help="score answers with a reward model, or its accuracy on preference pairs")
     p.add_argument("--model", type=Path, required=True, help="the reward stage's model/ directory")
-    p.add_argument("--pairs", type=Path, help="JSONL of {prompt, chosen, rejected}: accuracy and mean scores")
-    p.add_argument("--prompt", help="a question (formatted as 'Human: ... Assistant:')")
+    p.add_argument("--pairs", type=Path, help="preference records (JSON/JSONL: prompt/chosen/rejected text or "
+                   "message lists, as data.paths reads them): accuracy and mean scores")
+    p.add_argument("--prompt", help="a question")
     p.add_argument("--answer", action="append", default=[], help="an answer to --prompt to score (repeatable)")
-    p.add_argument("--num-padding-at-beginning", type=int, help="default: as saved with the model")
+    p.add_argument("--num-padding-at-beginning", type=int, help=argparse.SUPPRESS)  # deprecated, ignored
+    _chat_format_arg(p)
 
     p = sub.add_parser("prompt-eval", help="answers of a baseline and a finetuned actor side by side")
     p.add_argument("--baseline", type=Path, required=True, help="e.g. runs/quickstart/sft/model")
@@ -50,6 +75,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--checker", choices=["none", "synthetic"], default="none",
                    help="synthetic: also check answers with the synthetic task's program")
     p.add_argument("--json", action="store_true", help="print rows and stats as JSON")
+    _chat_format_arg(p)
     _sampling_args(p, max_new_tokens=64)
 
 
@@ -57,51 +83,59 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from rlhf import tools
 
     model, tok = tools.load_actor(args.model)
-    sampling = _sampling(args)
+    sampling, chat_format = _sampling(args), _chat_format(args, args.model)
     if args.prompt:
         turns: tools.Turns = []
         for question in args.prompt:
-            answer = tools.reply(model, tok, [*turns, (question, None)], sampling)
+            answer = tools.reply(model, tok, [*turns, (question, None)], sampling, chat_format)
             turns.append((question, answer))
-            print(f"Human: {question}\nAssistant: {answer}")
+            print(f"Human: {printable(question)}\nAssistant: {printable(answer)}")
         return 0
-    tools.chat(model, tok, sampling)
+    tools.chat(model, tok, sampling, chat_format=chat_format)
     return 0
 
 
 def cmd_rw_eval(args: argparse.Namespace) -> int:
     from rlhf import tools
-    from rlhf.data.formats import format_prompt
-    from rlhf.data.synthetic import read_jsonl
+    from rlhf.config import DataSource
+    from rlhf.data.sources import load_source
 
     if not args.pairs and not (args.prompt and args.answer):
         raise ValueError("give --pairs FILE, or --prompt TEXT with one or more --answer TEXT")
-    model, tok = tools.load_scorer(args.model, args.num_padding_at_beginning)
+    if args.num_padding_at_beginning is not None:
+        print("note: --num-padding-at-beginning is ignored: scores are read at each sequence's last token",
+              file=sys.stderr)
+    model, tok = tools.load_scorer(args.model)
+    chat_format = _chat_format(args, args.model)
     if args.pairs:
-        print(json.dumps(tools.rw_eval(model, tok, read_jsonl(args.pairs)), indent=2))
+        if not args.pairs.is_file():
+            raise FileNotFoundError(f"--pairs: {args.pairs}: no such file")
+        records = load_source(DataSource(path=str(args.pairs), format="generic"), require_rejected=True).train
+        print(json.dumps(tools.rw_eval(model, tok, records, chat_format=chat_format), indent=2))
     if args.prompt:
-        prompt = format_prompt(args.prompt)
-        for answer, score in zip(args.answer, tools.score_texts(model, tok, [prompt] * len(args.answer), args.answer),
-                                 strict=True):
-            print(f"{score:+8.3f}  {answer}")
+        prompt = tools.as_turns([(args.prompt, None)])
+        scores = tools.score_texts(model, tok, [prompt] * len(args.answer), args.answer, chat_format=chat_format)
+        for answer, score in zip(args.answer, scores, strict=True):
+            print(f"{score:+8.3f}  {printable(answer)}")
     return 0
 
 
 def cmd_prompt_eval(args: argparse.Namespace) -> int:
     from rlhf import tools
-    from rlhf.data.formats import format_prompt
 
-    prompts = [format_prompt(q) for q in args.prompt] + (tools.read_prompts(args.prompts) if args.prompts else [])
+    prompts = [tools.as_turns([(q, None)]) for q in args.prompt] + (tools.read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give --prompts FILE or --prompt TEXT")
     prompts = prompts[: args.limit]
     models = {"baseline": tools.load_actor(args.baseline), "finetuned": tools.load_actor(args.model)}
-    rows, stats = tools.prompt_eval(models, prompts, _sampling(args), args.checker)
+    formats = {"baseline": _chat_format(args, args.baseline), "finetuned": _chat_format(args, args.model)}
+    rows, stats = tools.prompt_eval(models, prompts, _sampling(args), args.checker, formats)
     if args.json:
         print(json.dumps({"rows": rows, "stats": stats}, indent=2))
         return 0
     for row in rows:
-        print(f"{row['prompt']}\n  baseline:  {row['baseline']}\n  finetuned: {row['finetuned']}\n")
+        print(f"{printable(row['prompt'])}\n  baseline:  {printable(row['baseline'])}\n"
+              f"  finetuned: {printable(row['finetuned'])}\n")
     for name, values in stats.items():
         print(f"{name:10s} " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()), file=sys.stdout)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf import tools
@@ -129,6 +130,39 @@ def test_answers_are_cut_at_their_end_and_packed_right_padded():
     assert gen.score_lens.tolist() == [6, 1, 3]
 
 
+class _Scripted(torch.nn.Module):
+    """A 'model' whose generate() emits fixed new tokens (with uniform logits)."""
+
+    def __init__(self, new_tokens: list[list[int]], vocab: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.new, self.vocab = torch.tensor(new_tokens), vocab
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        from types import SimpleNamespace
+
+        new = self.new[:, :max_new_tokens]
+        logits = tuple(torch.zeros(new.size(0), self.vocab) for _ in range(new.size(1)))
+        return SimpleNamespace(sequences=torch.cat([input_ids, new], dim=1), logits=logits)
+
+
+def test_an_empty_answer_that_did_not_end_gets_its_penalty_on_the_token_that_stopped_it():
+    """The actor sampled the pad token first: an empty answer that did not end. Its too-short penalty
+    must land on that token (the action the policy took), not on no token at all."""
+    from rlhf import losses
+    from rlhf.generation import generate
+
+    pad, eos = 0, 1
+    model = _Scripted([[pad, 7, 7], [5, 6, eos]], vocab=10)
+    gen = generate(model, [[4, 3], [4, 3]], eos_id=eos, pad_id=pad, sampling=Sampling(max_new_tokens=3))
+    assert gen.content_lens.tolist() == [0, 2] and gen.ended.tolist() == [False, True]
+    assert gen.action_mask.sum(dim=1).tolist() == [1, 3]  # the sampled pad is row 0's one action
+    penalty = torch.tensor([-5.0, 1.0])  # what score() gives an answer under generation.min_answer_len
+    rewards, _ = losses.shaped_rewards(gen.logprobs, gen.logprobs, penalty, gen.action_mask.float(), 0.1, 5.0)
+    assert rewards.sum(dim=1).tolist() == [-5.0, 1.0]
+    assert rewards[0, 1].item() == -5.0  # on the action that emitted the pad (position 2 of the sequence)
+
+
 def test_generation_logprobs_equal_a_forward_pass(tiny):
     import torch
 
@@ -160,7 +194,7 @@ def test_evaluation_prompts_errors_name_the_field(tiny, tmp_path):
             eval_prompts(cfg, tok, None)
 
 
-def test_reward_scoring_tokenizes_like_the_reward_stage(tiny):
+def test_reward_scoring_tokenizes_like_the_reward_stage(tiny, tmp_path):
     """rw-eval and PPO with a reward model of its own tokenizer feed it the ids it was trained on."""
     from rlhf.data.sources import Record
     from rlhf.data.tokenize import answer_rows, tokenize_records
@@ -170,7 +204,11 @@ def test_reward_scoring_tokenizes_like_the_reward_stage(tiny):
     cols, _ = tokenize_records([rec], tok, 1, max_seq_len=128, eot_id=tok.eos_token_id)
     rows = answer_rows(tok, [rec.prompt] * 2, [rec.chosen, rec.rejected], [tok.eos_token_id] * 2)
     assert rows == [cols["chosen_ids"][0], cols["rejected_ids"][0]]
-    scorer, stok = tools.load_scorer(tiny.reward)
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(tiny.reward, num_labels=1).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")  # tools.load_scorer takes reward models only
+    scorer, stok = tools.load_scorer(tmp_path / "rm")
     a, b = tools.score_texts(scorer, stok, [rec.prompt] * 2, ["It is red. Cheers!", rec.chosen])
     assert a == pytest.approx(b, abs=1e-5)  # the answer format adds the leading space either way
 

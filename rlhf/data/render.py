@@ -38,7 +38,7 @@ def resolve_chat_format(tokenizer: Any, chat_format: str) -> str:
     return chat_format
 
 
-def _transcript(turns: Conversation) -> str:
+def transcript(turns: Conversation) -> str:
     """A conversation in DeepSpeed-Chat's text form, ending with ``Assistant:`` (its answer to follow)."""
     parts = []
     for role, content in turns:
@@ -72,7 +72,7 @@ class Renderer:
     def prompt(self, prompt: Prompt) -> str:
         """The text the model reads before answering."""
         if not self.template:
-            return prompt if isinstance(prompt, str) else _transcript(prompt)
+            return prompt if isinstance(prompt, str) else transcript(prompt)
         return self._apply(as_conversation(prompt), generation_prompt=True)
 
     def answer(self, prompt: Prompt, answer: str) -> str:

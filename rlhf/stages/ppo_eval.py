@@ -26,7 +26,10 @@ def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
             texts = read_prompts(ev.prompts)
         except (FileNotFoundError, ValueError) as e:
             raise DataError(f"evaluation.prompts: {e}") from None
-        out = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"][-keep:] for t in texts) if ids]
+        from rlhf.data.tokenize import Encoder, keep_last
+
+        enc = Encoder(tokenizer, cfg.data.chat_format)  # rendered and tokenized as the PPO prompts were
+        out = [keep_last(ids, keep, enc.prefix) for ids in enc.prompts(texts) if ids]
         if not out:
             raise DataError(f"evaluation.prompts: {ev.prompts} has no prompts")
         return out[: ev.max_prompts]
