@@ -1,17 +1,22 @@
-"""The operator's own configuration: watched namespaces, default trainer images and node pools.
+"""The operator's own configuration: watched namespaces, default trainer images, node pools and
+the operator's runtime settings.
 
 One YAML file (camelCase keys, all optional), from ``--config`` or env ``RLHF_OPERATOR_CONFIG``; the
 Helm chart mounts it at ``/etc/rlhf-operator/config.yaml``::
 
     namespaces: []                      # empty: cluster-wide; else exactly these
-    images: {nvidia: IMG, habana: IMG, cpu: IMG}
-    pools:
-      nvidia: {nodeSelector: {}, tolerations: [], devicesPerNode: 8}
-      habana: {nodeSelector: {}, tolerations: [], devicesPerNode: 8, hugepages2Mi: 95000Mi}
-      cpu:    {nodeSelector: {}, tolerations: [], devicesPerNode: 64}
+    images: {nvidia: IMG, habana: IMG, cpu: IMG}   # default trainer image per accelerator
+    pools:                              # admin-owned node pools (rlhf.spec.pools): a run picks one by name
+      - {name: nvidia, accelerator: nvidia, devicesPerNode: 8, tolerations: [...], namespaces: [], ...}
+      - {name: habana, accelerator: habana, devicesPerNode: 8, hugepages2Mi: 95000Mi, privileged: false}
+      - {name: cpu, accelerator: cpu, devicesPerNode: 64}
     prepare: {cpu: "2", memory: 8Gi}
     resyncSeconds: 60                   # the slow timer that re-checks every run
     maxConcurrentReconciles: 8          # event-driven reconciles in flight at once (bounds memory)
+
+``images`` and ``pools`` are the cluster's tenancy policy, typed and checked by the RLHFRun API
+(:class:`rlhf.spec.pools.PoolPolicy`, which this configuration extends), so that ``rlhf validate
+--operator-config`` applies exactly what the operator's admission does.
 """
 
 from __future__ import annotations
@@ -22,16 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from rlhf.spec import Toleration
-from rlhf.spec.base import DNS_LABEL
+from rlhf.spec.base import DNS_LABEL, RuleViolation
+from rlhf.spec.pools import DEFAULT_TAG, Pool, PoolPolicy, TrainerImages, policy_errors
 
 ENV_VAR = "RLHF_OPERATOR_CONFIG"
 DEFAULT_PATH = "/etc/rlhf-operator/config.yaml"
-#: The image tag the operator defaults to when the configuration names none.
-DEFAULT_TAG = "0.1.0"
+__all__ = ["DEFAULT_TAG", "ConfigError", "OperatorConfig", "Pool", "PrepareResources", "TrainerImages",
+           "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -42,31 +47,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
-class Pool(_Model):
-    """Where one accelerator's worker pods go, and how many devices each node has."""
-
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    devices_per_node: int = Field(8, ge=1)
-    hugepages2_mi: str | None = Field(
-        None, alias="hugepages2Mi", description="Gaudi: hugepages-2Mi per worker pod (default 95000Mi; '0': none)"
-    )
-
-
-class Images(_Model):
-    """Default trainer image per accelerator (a run's spec.image overrides it)."""
-
-    nvidia: str = f"rlhf-trainer-cuda:{DEFAULT_TAG}"
-    habana: str = f"rlhf-trainer-gaudi:{DEFAULT_TAG}"
-    cpu: str = f"rlhf-trainer-cuda:{DEFAULT_TAG}"
-
-
-class Pools(_Model):
-    nvidia: Pool = Field(default_factory=lambda: Pool(devices_per_node=8))
-    habana: Pool = Field(default_factory=lambda: Pool(devices_per_node=8))
-    cpu: Pool = Field(default_factory=lambda: Pool(devices_per_node=64))
-
-
 class PrepareResources(_Model):
     """Resources of the prepare Job (downloads and tokenisation; no accelerator)."""
 
@@ -74,12 +54,12 @@ class PrepareResources(_Model):
     memory: str = "8Gi"
 
 
-class OperatorConfig(_Model):
-    """The whole configuration file."""
+class OperatorConfig(PoolPolicy):
+    """The whole configuration file: the pool policy (``images``, ``pools``) and the operator's own settings."""
+
+    model_config = ConfigDict(strict=False)
 
     namespaces: list[str] = Field(default_factory=list)
-    images: Images = Field(default_factory=Images)
-    pools: Pools = Field(default_factory=Pools)
     prepare: PrepareResources = Field(default_factory=PrepareResources)
     resync_seconds: float = Field(60.0, gt=0)
     #: Event-driven reconciles in flight at once. Each holds the bodies it read; without a bound,
@@ -87,11 +67,20 @@ class OperatorConfig(_Model):
     #: unbounded, 107-113 MiB with 1-16; ``bench/results/experiments/operator-300-*``).
     max_concurrent_reconciles: int = Field(8, ge=1)
 
-    def pool(self, accelerator: str) -> Pool:
-        return getattr(self.pools, accelerator)
-
-    def image(self, accelerator: str) -> str:
-        return getattr(self.images, accelerator)
+    @model_validator(mode="after")
+    def _pools_within_watched_namespaces(self) -> OperatorConfig:
+        """A pool naming a namespace the operator does not watch is a typo or a stale entry."""
+        if not self.namespaces:
+            return self
+        failures: list[tuple[str | None, str]] = []
+        for i, pool in enumerate(self.pools):
+            for j, ns in enumerate(pool.namespaces):
+                if ns not in self.namespaces:
+                    failures.append((f"pools[{i}].namespaces[{j}]", f"{ns!r} is not one of the namespaces the "
+                                     f"operator watches ({', '.join(self.namespaces)})"))
+        if failures:
+            raise RuleViolation(failures)
+        return self
 
 
 def _check_namespaces(config: OperatorConfig, where: str) -> None:
@@ -109,8 +98,7 @@ def parse_config(data: Any, where: str = "operator config") -> OperatorConfig:
     try:
         config = OperatorConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{where}:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"{where}:\n  " + "\n  ".join(policy_errors(e, OperatorConfig))) from None
     _check_namespaces(config, where)
     return config
 

@@ -23,10 +23,17 @@ class Profile:
     #: A memory-backed /dev/shm (NCCL and DataLoader workers need more than the default 64Mi).
     shm_volume: bool = False
     #: Gaudi: the host's IPC namespace, SYS_NICE and 2Mi hugepages for the HCCL/driver buffers.
+    #: hostIPC and SYS_NICE go beyond PodSecurity's restricted and baseline levels: they are rendered
+    #: only on a pool with ``privileged: true`` (:data:`rlhf.spec.pools.PRIVILEGED_NEEDS`).
     host_ipc: bool = False
     add_capabilities: tuple[str, ...] = ()
     #: Default ``hugepages-2Mi`` per worker pod (Habana's MPIJob examples); the pool may override.
     hugepages: str | None = None
+
+    @property
+    def privileged(self) -> bool:
+        """Whether the workers need a pool that allows privileged pods (PodSecurity level privileged)."""
+        return self.host_ipc or bool(self.add_capabilities)
 
     @property
     def trainer_accelerator(self) -> str:

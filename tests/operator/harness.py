@@ -20,7 +20,7 @@ import kmock
 import yaml
 from kube_emulator import RealisticKubernetes
 from rlhf_operator import kube
-from rlhf_operator.config import OperatorConfig
+from rlhf_operator.config import OperatorConfig, parse_config
 from rlhf_operator.kube import Connection, Kube
 from rlhf_operator.main import operator
 from rlhf_operator.metrics import Metrics
@@ -28,6 +28,26 @@ from rlhf_operator.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[2]
 NS = "team-a"
 T = TypeVar("T")
+#: The platform team's pool that examples/multi-tenant-kueue.yaml (the runs of these tests) names.
+TEAM_POOL = {
+    "name": "team-a-gpus", "accelerator": "nvidia", "devicesPerNode": 8, "namespaces": [NS],
+    "nodeSelector": {"node.kubernetes.io/pool": "team-a-gpu"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"}],
+    "allowedPriorityClasses": ["ml-batch-low"],
+}
+
+
+def config_data(**settings: Any) -> dict[str, Any]:
+    """The operator configuration of these tests (as its YAML file holds it): the team's pool
+    first, then the default pools; ``settings`` are camelCase top-level keys (resyncSeconds=30)."""
+    defaults = OperatorConfig().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {"pools": [TEAM_POOL, *defaults["pools"]], **settings}
+
+
+def operator_config(**settings: Any) -> OperatorConfig:
+    """:func:`config_data` loaded by the operator's own loader."""
+    return parse_config(config_data(**settings))
 
 
 def manifest(name: str = "demo", **spec_changes: Any) -> dict[str, Any]:
@@ -197,7 +217,7 @@ def free_port() -> int:
 async def cluster(config: OperatorConfig | None = None, start: bool = True, liveness: str | None = None
                   ) -> AsyncIterator[tuple[Cluster, OperatorThread | None]]:
     """An emulated cluster and (unless ``start`` is False) a running operator."""
-    config = config or OperatorConfig(resync_seconds=30)
+    config = config or operator_config(resyncSeconds=30)
     async with RealisticKubernetes() as emulator, kmock.Server(emulator) as server:
         url = str(server.url).rstrip("/")
         c = Cluster(emulator, url)

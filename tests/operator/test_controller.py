@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
-from harness import NS, cluster, manifest
+from harness import NS, cluster, manifest, operator_config
 from rlhf_operator import kube, names
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
@@ -19,7 +19,7 @@ from rlhf.spec import MAX_NAME_LENGTH
 async def bare_controller(config: OperatorConfig | None = None):
     """The emulated cluster without Kopf, and a controller talking to it: (cluster, controller)."""
     async with cluster(start=False) as (c, _):
-        controller = Controller(Kube(Connection(server=c.url)), config or OperatorConfig())
+        controller = Controller(Kube(Connection(server=c.url)), config or operator_config())
         try:
             yield c, controller
         finally:
@@ -108,7 +108,7 @@ async def test_events_arriving_while_a_reconcile_is_queued_are_coalesced_and_our
 
 @pytest.mark.asyncio
 async def test_event_driven_reconciles_in_flight_are_bounded():
-    async with bare_controller(OperatorConfig(max_concurrent_reconciles=2)) as (c, controller):
+    async with bare_controller(operator_config(maxConcurrentReconciles=2)) as (c, controller):
         inner, now, most = controller._reconcile, 0, 0
 
         async def counted(namespace: str, name: str):

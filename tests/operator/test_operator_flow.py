@@ -11,8 +11,7 @@ import aiohttp
 import kmock
 import pytest
 import yaml
-from harness import NS, OperatorThread, cluster, eventually, free_port, manifest
-from rlhf_operator.config import OperatorConfig
+from harness import NS, OperatorThread, cluster, config_data, eventually, free_port, manifest, operator_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -189,7 +188,7 @@ async def test_operator_restart_mid_run_creates_no_duplicates():
         await op.stop()
         # While the operator is down, SFT finishes.
         await c.finish_stage("demo", "sft", metrics={"eval/perplexity": 4.0})
-        second = await OperatorThread(c.url, OperatorConfig(resync_seconds=30)).start()
+        second = await OperatorThread(c.url, operator_config(resyncSeconds=30)).start()
         try:
             async def sft_done():
                 return (await _stage_entry(c, "sft")).get("state") == "Succeeded"
@@ -266,7 +265,7 @@ async def test_operator_process_with_kubeconfig_metrics_and_liveness(tmp_path, c
             "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
         }))
         config = tmp_path / "operator.yaml"
-        config.write_text("namespaces: [team-a]\nresyncSeconds: 30\n")
+        config.write_text(yaml.safe_dump(config_data(namespaces=[NS], resyncSeconds=30)))
         live, prom = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "RLHF_OPERATOR_CONFIG": str(config)}
         if command == "kopf run":

@@ -7,14 +7,13 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from harness import manifest
+from harness import manifest, operator_config
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, admit
-from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import merge_patch
 from rlhf_operator.reconcile import decide, metrics_of, mpijob_state, pods_needed, termination_message
 
-CONFIG = OperatorConfig()
+CONFIG = operator_config()
 UID = "run-uid"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

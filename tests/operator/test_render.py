@@ -28,16 +28,32 @@ UPDATE = os.environ.get("RLHF_UPDATE_GOLDEN") == "1"
 #: Every example meant for a cluster (quickstart is the local one, with storage.localDir).
 CLUSTER_EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")
 
+#: What a run of the examples may choose (the variants below add a priority, a zone, a toleration,
+#: a custom image and a Hub-token Secret).
+_RUNS_MAY = {
+    "allowedImages": ["registry.example/"], "allowedPriorityClasses": ["high"], "allowedHubTokenSecrets": ["hf-token"],
+    "allowedNodeLabelKeys": ["topology.kubernetes.io/zone"],
+    "allowedTolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute",
+                            "tolerationSeconds": 60}],
+}
 CONFIG = parse_config({
     "images": {"nvidia": "registry.example/rlhf/trainer-cuda:1.0", "habana": "registry.example/rlhf/trainer-gaudi:1.0",
                "cpu": "registry.example/rlhf/trainer-cuda:1.0"},
-    "pools": {
-        "nvidia": {"nodeSelector": {"nvidia.com/gpu.present": "true"}, "devicesPerNode": 8,
-                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-        "habana": {"nodeSelector": {"habana.ai/gaudi.present": "true"}, "devicesPerNode": 8,
-                   "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"}]},
-        "cpu": {"devicesPerNode": 16},
-    },
+    "pools": [
+        # examples/multi-tenant-kueue.yaml names this pool; only its namespace may use it.
+        {"name": "team-a-gpus", "accelerator": "nvidia", "devicesPerNode": 4, "namespaces": ["team-a"],
+         "nodeSelector": {"node.kubernetes.io/pool": "team-a-gpu"},
+         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                         {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"}],
+         "allowedPriorityClasses": ["ml-batch-low"]},
+        {"name": "nvidia", "accelerator": "nvidia", "nodeSelector": {"nvidia.com/gpu.present": "true"},
+         "devicesPerNode": 8, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+         **_RUNS_MAY},
+        {"name": "habana", "accelerator": "habana", "nodeSelector": {"habana.ai/gaudi.present": "true"},
+         "devicesPerNode": 8, "privileged": True,
+         "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"}], **_RUNS_MAY},
+        {"name": "cpu", "accelerator": "cpu", "devicesPerNode": 16, **_RUNS_MAY},
+    ],
 })
 
 
