@@ -202,30 +202,45 @@ def test_operator_config_defaults(helm):
     assert config["images"] == {"nvidia": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
                                 "habana": f"ghcr.io/rlhf-operator/trainer-gaudi:{version}",
                                 "cpu": f"ghcr.io/rlhf-operator/trainer-cuda:{version}"}
-    assert set(config["pools"]) == {"nvidia", "habana", "cpu"}
-    for pool in config["pools"].values():
-        assert {"nodeSelector", "tolerations", "devicesPerNode"} <= set(pool)
-    assert config["pools"]["habana"]["hugepages2Mi"] == "95000Mi"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in config["pools"]["nvidia"]["tolerations"]
+    pools = {pool["name"]: pool for pool in config["pools"]}
+    assert [(p["name"], p["accelerator"], p["devicesPerNode"]) for p in config["pools"]] == [
+        ("nvidia", "nvidia", 8), ("habana", "habana", 8), ("cpu", "cpu", 64)]
+    assert pools["habana"]["hugepages2Mi"] == "95000Mi"
+    assert pools["habana"]["privileged"] is False  # the secure default: the platform team turns it on
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pools["nvidia"]["tolerations"]
     assert config["prepare"] == {"cpu": "2", "memory": "8Gi"}
+
+
+def test_chart_default_pools_are_the_operators_own_defaults(helm, tmp_path):
+    """An operator run without the chart (no config file) enforces what the chart installs."""
+    from rlhf_operator.config import OperatorConfig, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(one(render(helm), "ConfigMap")["data"]["config.yaml"])
+    assert load_config(path).pools == OperatorConfig().pools
 
 
 def test_operator_config_gaudi_pools(helm):
     config = operator_config(render(helm, "gaudi.yaml"))
-    habana = config["pools"]["habana"]
-    assert habana["nodeSelector"] == {"habana.ai/gaudi.product": "HL-225",
-                                      "node.kubernetes.io/instance-type": "dl1.24xlarge"}
-    assert {"key": "dedicated", "operator": "Equal", "value": "gaudi", "effect": "NoSchedule"} in habana["tolerations"]
+    pools = {pool["name"]: pool for pool in config["pools"]}
+    gaudi = pools["gaudi2"]
+    assert gaudi["accelerator"] == "habana" and gaudi["privileged"] is True
+    assert gaudi["nodeSelector"] == {"habana.ai/gaudi.product": "HL-225",
+                                     "node.kubernetes.io/instance-type": "dl1.24xlarge"}
+    assert {"key": "dedicated", "operator": "Equal", "value": "gaudi", "effect": "NoSchedule"} in gaudi["tolerations"]
     assert config["images"]["habana"] == "registry.example.com/ml/trainer-gaudi:0.1.0-synapse1.21.0"
-    assert habana["hugepages2Mi"] == "120000Mi"
-    assert config["pools"]["cpu"]["devicesPerNode"] == 32
+    assert gaudi["hugepages2Mi"] == "120000Mi"
+    assert pools["cpu"]["devicesPerNode"] == 32
     assert config["prepare"] == {"cpu": "8", "memory": "32Gi"}
 
 
 @pytest.mark.parametrize("values", sorted(p.name for p in VALUES.glob("*.yaml")))
 def test_operator_loads_the_rendered_config(helm, values, tmp_path):
-    """The contract with the operator: its own loader accepts what the chart mounts."""
+    """The contract with the operator: its own loader accepts what the chart mounts, and so does
+    `rlhf validate --operator-config` (the same pool policy)."""
     from rlhf_operator.config import load_config
+
+    from rlhf.spec.pools import load_policy
 
     path = tmp_path / "config.yaml"
     path.write_text(one(render(helm, values), "ConfigMap")["data"]["config.yaml"])
@@ -234,13 +249,50 @@ def test_operator_loads_the_rendered_config(helm, values, tmp_path):
     assert config.namespaces == rendered["namespaces"]
     for accelerator in ("nvidia", "habana", "cpu"):
         assert config.image(accelerator) == rendered["images"][accelerator]
-        pool = rendered["pools"][accelerator]
-        assert config.pool(accelerator).devices_per_node == pool["devicesPerNode"]
-        assert config.pool(accelerator).node_selector == pool["nodeSelector"]
-        assert config.pool(accelerator).hugepages2_mi == pool.get("hugepages2Mi")
+    assert [p.name for p in config.pools] == [p["name"] for p in rendered["pools"]]
+    for pool, data in zip(config.pools, rendered["pools"], strict=True):
+        assert pool.accelerator == data["accelerator"] and pool.devices_per_node == data["devicesPerNode"]
+        assert pool.node_selector == data.get("nodeSelector", {})
+        assert len(pool.tolerations) == len(data.get("tolerations", []))
+        assert pool.hugepages2_mi == data.get("hugepages2Mi")
+        assert pool.privileged == data.get("privileged", False)
+        assert pool.namespaces == data.get("namespaces", [])
+        assert pool.allowed_priority_classes == data.get("allowedPriorityClasses", [])
     assert (config.prepare.cpu, config.prepare.memory) == (rendered["prepare"]["cpu"], rendered["prepare"]["memory"])
     assert config.resync_seconds == rendered["resyncSeconds"]
     assert config.max_concurrent_reconciles == rendered["maxConcurrentReconciles"] == 8
+    policy = load_policy(path)
+    assert policy.pools == config.pools and policy.images == config.images
+
+
+@pytest.mark.parametrize("values, example, namespace, outcome", [
+    ("multi-tenant.yaml", "multi-tenant-kueue.yaml", "team-a", "team-a-gpus"),
+    ("multi-tenant.yaml", "multi-tenant-kueue.yaml", "team-b",
+     'spec.pool: pool "team-a-gpus" is not open to namespace "team-b"'),
+    ("multi-tenant.yaml", "opt-1.3b-single-node.yaml", "team-b", "team-b-gpus"),
+    ("multi-tenant.yaml", "llama2-7b-lora-2x8.yaml", "team-b", "spec.hubTokenSecret: hf-token is not allowed"),
+    ("multi-tenant.yaml", "gaudi-bloom.yaml", "team-a", "spec.accelerator: no habana pool"),
+    ("gaudi.yaml", "gaudi-bloom.yaml", "ml", "gaudi2"),
+    ("default.yaml", "gaudi-bloom.yaml", "ml", 'spec.accelerator: pool "habana" does not allow privileged Gaudi pods'),
+    ("default.yaml", "llama2-7b-lora-2x8.yaml", "ml", "nvidia"),
+])
+def test_the_charts_pools_admit_and_refuse_runs(helm, tmp_path, values, example, namespace, outcome):
+    """The chart's configuration, as the operator's admission applies it."""
+    from rlhf_operator.admission import AdmissionError, admit
+    from rlhf_operator.config import load_config
+
+    from rlhf.spec import read_manifest
+
+    path = tmp_path / "config.yaml"
+    path.write_text(one(render(helm, values), "ConfigMap")["data"]["config.yaml"])
+    manifest = read_manifest(ROOT / "examples" / example)
+    manifest["metadata"]["namespace"] = namespace
+    try:
+        admitted = admit(manifest, load_config(path))
+    except AdmissionError as e:
+        assert any(p.startswith(outcome) for p in e.problems), e.problems
+    else:
+        assert admitted.pool.name == outcome
 
 
 # ---------------------------------------------------------------- RBAC
@@ -317,8 +369,8 @@ def test_service_monitor(helm):
     ("replicaCount=2", "replicaCount"),
     ("watchNamespaces[0]=Team_A", "watchNamespaces"),
     ("image.digest=sha256:xyz", "digest"),
-    ("pools.tpu.devicesPerNode=4", "tpu"),
-    ("pools.nvidia.devicesPerNode=0", "devicesPerNode"),
+    ("pools.nvidia.devicesPerNode=8", "want array"),  # the per-accelerator mapping of earlier versions
+    ("pools[0].name=x", "devicesPerNode"),
     ("imagePullPolicy=Always", "imagePullPolicy"),
     ("securityContext.runAsNonRoot=false", "runAsNonRoot"),
 ])
@@ -326,6 +378,28 @@ def test_schema_rejects_bad_values(helm, setting, message):
     proc = _helm(helm, "template", RELEASE, str(CHART), "--set", setting)
     assert proc.returncode != 0, f"{setting} was accepted"
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("values, message", [
+    ("pools: [{name: a, accelerator: nvidia, devicesPerNode: 8, privileged: true}]",
+     "/pools/0/privileged': value must be false"),
+    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8, hugepages2Mi: 1Gi}]",
+     "pools[0].hugepages2Mi: only habana pools use it, not cpu"),
+    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8}, {name: a, accelerator: nvidia, devicesPerNode: 8}]",
+     'pools[1].name: "a" is already the name of pools[0]'),
+    ("{watchNamespaces: [team-a], pools: [{name: a, accelerator: cpu, devicesPerNode: 8, namespaces: [team-b]}]}",
+     'pools[0].namespaces[0]: "team-b" is not in watchNamespaces (team-a)'),
+    ("pools: [{name: A, accelerator: tpu, devicesPerNode: 8}]", "/pools/0/accelerator"),
+    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8, allowedNodeLabelKeys: ['bad key']}]",
+     "/pools/0/allowedNodeLabelKeys/0"),
+    ("pools: []", "minItems"),
+])
+def test_bad_pools_fail_at_install(helm, tmp_path, values, message):
+    path = tmp_path / "values.yaml"
+    path.write_text(values)
+    proc = _helm(helm, "template", RELEASE, str(CHART), "--values", str(path))
+    assert proc.returncode != 0, f"{values} was accepted"
+    assert message in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------- NOTES.txt

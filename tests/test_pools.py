@@ -312,7 +312,7 @@ def test_the_policy_is_read_from_the_operator_configuration_file(tmp_path):
     path.write_text("namespaces: [team-a]\nresyncSeconds: 30\npools:\n- {name: x, accelerator: cpu, devicesPerNode: 2}\n")
     assert [p.name for p in load_policy(path).pools] == ["x"]
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
     path.write_text(bomb)
     with pytest.raises(PolicyError, match="expands to more than"):
         load_policy(path)
