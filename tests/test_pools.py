@@ -354,3 +354,57 @@ def test_local_runs_ignore_pools():
     data["spec"]["pool"] = "Not_A_Name"
     with pytest.raises(Exception, match="spec.pool"):
         load_manifest(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# `rlhf validate --operator-config`: the same policy, offline
+
+
+CLI_CONFIG = """
+namespaces: [team-a]            # the operator's own settings are the operator's to check
+resyncSeconds: 30
+images: {nvidia: registry.example.com/ml/trainer-cuda:1.0, habana: g:1, cpu: c:1}
+pools:
+- {name: a100, accelerator: nvidia, devicesPerNode: 8, namespaces: [team-a], allowedImages: [registry.example.com/ml/]}
+"""
+
+
+def test_validate_with_the_operator_config(tmp_path, capsys):
+    from rlhf.cli import main
+
+    config = tmp_path / "operator.yaml"
+    config.write_text(CLI_CONFIG)
+    example = ROOT / "examples" / "opt-1.3b-single-node.yaml"
+    assert main(["validate", str(example), "--operator-config", str(config), "-n", "team-a", "--stage", "sft"]) == 0
+    assert "valid RLHFRun 'opt-1-3b' on pool 'a100' in namespace 'team-a'" in capsys.readouterr().err
+
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(example.read_text().replace("  accelerator: nvidia\n",
+                                                    "  accelerator: nvidia\n  image: registry.evil/x\n"))
+    assert main(["validate", str(manifest), "--operator-config", str(config), "-n", "team-a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid RLHFRun {manifest}:\n")
+    assert 'spec.image: registry.evil/x is not allowed by pool "a100" (allowed: the default ' in err
+
+    assert main(["validate", str(example), "--operator-config", str(config), "-n", "team-b"]) == 2
+    assert 'spec.accelerator: no nvidia pool of this cluster is open to namespace "team-b"' in capsys.readouterr().err
+    assert main(["validate", str(example), "--operator-config", str(config)]) == 2  # namespace "default"
+    assert 'namespace "default"' in capsys.readouterr().err
+
+
+def test_validate_operator_config_errors(tmp_path, capsys):
+    from rlhf.cli import main
+
+    example = ROOT / "examples" / "multi-tenant-kueue.yaml"  # metadata.namespace: team-a
+    config = tmp_path / "operator.yaml"
+    config.write_text(CLI_CONFIG)
+    assert main(["validate", str(example), "--operator-config", str(config), "-n", "team-b"]) == 2
+    assert "does not match the manifest's metadata.namespace team-a" in capsys.readouterr().err
+    assert main(["validate", str(example), "-n", "team-a"]) == 2
+    assert "--namespace goes with --operator-config" in capsys.readouterr().err
+    config.write_text("pools: [{name: a100, accelerator: nvidia}]\n")
+    assert main(["validate", str(example), "--operator-config", str(config)]) == 2
+    assert f"invalid operator configuration {config}:\n  pools[0].devicesPerNode: Field required" in \
+        capsys.readouterr().err
+    assert main(["validate", str(example), "--operator-config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read it" in capsys.readouterr().err
