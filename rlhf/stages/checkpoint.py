@@ -76,11 +76,13 @@ def _legacy_latest(ckpt_dir: Path) -> int | None:
 def complete_steps(ckpt_dir: Path) -> list[int]:
     """The steps with a complete checkpoint in ``ckpt_dir``, oldest first."""
     steps = _steps(ckpt_dir)
-    done = {s for s in steps if (ckpt_dir / f"step-{s}" / COMPLETE).is_file()}
-    legacy = _legacy_latest(ckpt_dir)
-    if legacy is not None:  # unmarked steps up to DeepSpeed's latest were complete when it was written
-        done |= {s for s in steps if s <= legacy and not (ckpt_dir / f"step-{s}" / f"{COMPLETE}.pending").exists()}
-    return sorted(done)
+    done = [s for s in steps if (ckpt_dir / f"step-{s}" / COMPLETE).is_file()]
+    if done:
+        return done
+    legacy = _legacy_latest(ckpt_dir)  # only checkpoints from before the markers: trust a readable latest
+    if legacy is None:
+        return []
+    return [s for s in steps if s <= legacy and not (ckpt_dir / f"step-{s}" / f"{COMPLETE}.pending").exists()]
 
 
 def newest_common_step(ckpt_dirs: Sequence[Path]) -> int | None:
