@@ -413,8 +413,12 @@ def test_notes(helm):
     text = notes()
     assert "every namespace" in text and "does not serve MPIJob" in text
     assert f"ghcr.io/rlhf-operator/trainer-gaudi:{app_version()}" in text
+    assert "habana runs are refused until privileged: true" in text
     text = notes("--values", str(VALUES / "multi-tenant.yaml"))
     assert "It watches RLHFRuns in: team-a, team-b" in text
+    assert "team-a-gpus: nvidia, 8 devices per node, namespaces: team-a" in text
+    assert "shared-cpu: cpu, 32 devices per node, namespaces: all watched" in text
+    assert "namespaces need PodSecurity level privileged" in notes("--values", str(VALUES / "gaudi.yaml"))
 
 
 
