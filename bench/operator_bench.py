@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 import kmock  # noqa: E402
 import yaml  # noqa: E402
-from harness import NS, Cluster, free_port, manifest  # noqa: E402
+from harness import NS, Cluster, config_data, free_port, manifest  # noqa: E402
 from kube_emulator import RealisticKubernetes  # noqa: E402
 from rlhf_operator import kube  # noqa: E402
 
@@ -282,7 +282,7 @@ async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | 
         "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
     }))
     config = workdir / "operator.yaml"
-    config.write_text(f"namespaces: [{NS}]\n")
+    config.write_text(yaml.safe_dump(config_data(namespaces=[NS])))  # the pool the runs name
     live = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(extra_env or {})}
     env.pop("PYTHONPATH", None)
