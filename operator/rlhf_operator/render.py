@@ -243,7 +243,8 @@ def host_ipc(admitted: Admitted) -> bool:
 
 
 def added_capabilities(admitted: Admitted) -> list[str]:
-    """Capabilities worker containers add to none (Gaudi: SYS_NICE), under the same grant as :func:`host_ipc`."""
+    """Capabilities a worker container adds back after dropping ALL (Gaudi: SYS_NICE), under the
+    same grant as :func:`host_ipc`."""
     caps = profile(admitted.run.spec.accelerator).add_capabilities
     return list(caps) if admitted.pool.privileged else []
 
