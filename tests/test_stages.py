@@ -106,3 +106,18 @@ def test_gradient_checkpointing_tensorboard_and_static_padding(tiny, tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert saved.dtype == torch.bfloat16
+
+
+def test_skipped_records_and_an_empty_eval_split_reach_the_summary_and_a_warning(tiny, tmp_path, capsys):
+    data = tmp_path / "sft.jsonl"
+    data.write_text((tiny.data / "sft.jsonl").read_text() + "not json\n" + '{"prompt": "Human: Hi\\n\\nAssistant:"}\n')
+    cfg = load(SFTConfig, None, [*tiny.sft_overrides(tmp_path / "out", "optim.max_steps=1", "data.eval_fraction=0",
+                                                     "data.on_bad_record=skip"), f"data.sft_only_paths=[{data}]"])
+    summary = run_stage(cfg)
+    assert summary["data"]["skipped_bad_records"] == 2
+    assert summary["data"]["eval_samples"] == 0 and summary["metrics"] == {}
+    warnings = summary["warnings"]
+    assert any("skipped 2 bad records" in w for w in warnings), warnings
+    assert any("the eval split is empty" in w for w in warnings), warnings
+    err = capsys.readouterr().err
+    assert "warning: data (train): skipped 2 bad records" in err and "the eval split is empty" in err
