@@ -128,11 +128,24 @@ def test_exit_reasons_and_log_tails(tmp_path):
 # ------------------------------------------------------------------------- the runner, fake stages
 
 
+def local_inputs(tmp_path: Path) -> dict[str, str]:
+    """Stand-ins for a manifest's local models and data: what `rlhf run` checks before it starts."""
+    for name in ("actor", "reward"):
+        (tmp_path / "inputs" / name).mkdir(parents=True, exist_ok=True)
+        for file in ("config.json", "tokenizer.json"):
+            (tmp_path / "inputs" / name / file).write_text("{}")
+    (tmp_path / "inputs" / "pairs.jsonl").write_text("")
+    return {"actor": str(tmp_path / "inputs" / "actor"), "reward": str(tmp_path / "inputs" / "reward"),
+            "data": str(tmp_path / "inputs" / "pairs.jsonl")}
+
+
 def write_manifest(tmp_path: Path, **stages: Any) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    inputs = local_inputs(tmp_path)
     spec = {
         "accelerator": "cpu",
-        "models": {"actor": "./actor", "reward": "./reward"},
-        "data": {"datasets": [{"path": "data/pairs.jsonl"}], "split": "2,4,4"},
+        "models": {"actor": inputs["actor"], "reward": inputs["reward"]},
+        "data": {"datasets": [{"path": inputs["data"]}], "split": "2,4,4"},
         "storage": {"localDir": str(tmp_path / "run")},
         "stages": {s: {"resources": {"cpu": 1}, **stages.get(s, {})} for s in ("sft", "reward", "ppo")},
     }
@@ -255,6 +268,45 @@ def test_a_failing_stage_stops_the_others_and_shows_its_log_tail(fakes, tmp_path
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert status["phase"] == "Failed" and conditions["Failed"] == ("True", "StageFailed")
     assert conditions["RewardSucceeded"] == ("False", "StageFailed")
+
+
+@pytest.mark.parametrize("linger", [0.0, 30.0])  # 30: still tearing down when the other stage fails
+def test_a_stage_that_completed_shows_completed_when_another_fails(fakes, tmp_path, linger):
+    manifest = write_manifest(tmp_path)
+    code, out = fakes.run(manifest, {"sft": {"seconds": 0.2, "linger": linger},
+                                     "reward": {"seconds": 1.5, "exit": 3}})
+    assert code == 1, out
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    states = {s: v["state"] for s, v in summary["stages"].items()}
+    assert states == {"sft": "done", "reward": "failed", "ppo": "not run"}, out
+    assert summary["stages"]["sft"]["metrics"] == {"eval/loss": 0.5, "eval/accuracy": 0.75}
+    assert summary["stages"]["sft"]["model_dir"] == str(tmp_path / "run" / "sft" / "model")
+    status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["SFTSucceeded"] == ("True", "Completed")
+    assert "sft     done" in out
+    # a rerun runs only what did not complete
+    fakes.events_file.unlink()
+    code, out = fakes.run(manifest, {"reward": {"seconds": 0.1}, "ppo": {"seconds": 0.1}})
+    assert code == 0, out
+    assert sorted(e["stage"] for e in fakes.events() if e["event"] == "start") == ["ppo", "reward"]
+
+
+def test_every_stages_local_inputs_are_checked_before_any_stage_starts(fakes, tmp_path):
+    manifest = write_manifest(tmp_path, ppo={"trainerOptions": {
+        "reward_model.name_or_path": str(tmp_path / "no-such-rm"), "evaluation.prompts": str(tmp_path / "p.jsonl")}})
+    (tmp_path / "inputs" / "reward" / "tokenizer.json").unlink()  # a model folder without its tokenizer
+    with pytest.raises(RunError) as e:
+        fakes.run(manifest)
+    message = str(e.value)
+    assert "no stage was started" in message
+    assert f"ppo: reward_model.name_or_path: {tmp_path / 'no-such-rm'} does not exist" in message
+    assert f"ppo: evaluation.prompts: {tmp_path / 'p.jsonl'} does not exist" in message
+    assert "reward: model.name_or_path: " in message and "has no tokenizer files" in message
+    assert "sft:" not in message, "SFT's inputs are fine"
+    assert "critic" not in message and "actor.name_or_path" not in message, "the run makes those itself"
+    assert fakes.events() == [] and fakes.prepared == []
+    assert main(["run", str(manifest)]) == 2
 
 
 def test_ctrl_c_stops_every_stage_group_and_exits_130(fakes, tmp_path):

@@ -17,7 +17,7 @@ VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "
 POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
 
 
-def _local_dir(value: str, key: str) -> Path | None:
+def local_dir(value: str, key: str) -> Path | None:
     """The directory ``value`` names, None for a Hub id; ConfigError when it is a path that cannot be a model."""
     from rlhf.spec.hub import is_hub_id
 
@@ -38,23 +38,42 @@ def _local_dir(value: str, key: str) -> Path | None:
     return path
 
 
-def check_model(model: ModelConfig, key: str) -> None:
-    """``model.name_or_path`` holds a model and the tokenizer source a tokenizer (``key``: e.g. "actor")."""
-    where = f"{key}.name_or_path"
-    local = _local_dir(model.name_or_path, where)
-    if local is not None and not (local / "config.json").is_file():
-        raise ConfigError(f"{where}: {model.name_or_path} has no config.json: not a saved model "
+def check_local_model(path: Path, value: str, where: str) -> None:
+    """A local model directory must hold a saved model's config."""
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{where}: {value} has no config.json: not a saved model "
                           "(point it at a stage's model/ directory or a Hub model)")
-    if local is None:  # a Hub id: from the local Hub cache when offline
-        model_config(model, where)
+
+
+def check_local_tokenizer(path: Path, value: str, where: str, section: str) -> None:
+    """A local tokenizer source (a model directory, or ``<section>.tokenizer``) must hold vocabulary files."""
+    if not any((path / name).is_file() for name in VOCAB_FILES):
+        raise ConfigError(
+            f"{where}: {value} has no tokenizer files (none of {', '.join(VOCAB_FILES)}); save the "
+            f"tokenizer with the model, or point {section}.tokenizer at one"
+        )
+
+
+def check_local_sources(model: ModelConfig, key: str) -> bool:
+    """The checks that need no network and no transformers: local paths exist and hold a model and a
+    tokenizer. True when ``name_or_path`` is local (False: a Hub id, checked by loading)."""
+    where = f"{key}.name_or_path"
+    local = local_dir(model.name_or_path, where)
+    if local is not None:
+        check_local_model(local, model.name_or_path, where)
     source_key = f"{key}.tokenizer" if model.tokenizer else where
     source = model.tokenizer or model.name_or_path
-    tok_dir = _local_dir(source, source_key)
-    if tok_dir is not None and not any((tok_dir / name).is_file() for name in VOCAB_FILES):
-        raise ConfigError(
-            f"{source_key}: {source} has no tokenizer files (none of {', '.join(VOCAB_FILES)}); save the "
-            f"tokenizer with the model, or point {key}.tokenizer at one"
-        )
+    tok_dir = local_dir(source, source_key)
+    if tok_dir is not None:
+        check_local_tokenizer(tok_dir, source, source_key, key)
+    return local is not None
+
+
+def check_model(model: ModelConfig, key: str) -> None:
+    """``model.name_or_path`` holds a model and the tokenizer source a tokenizer (``key``: e.g. "actor");
+    a Hub id must load (from the local Hub cache when offline)."""
+    if not check_local_sources(model, key):
+        model_config(model, f"{key}.name_or_path")
 
 
 def check_tokenizer(tokenizer: Any, model: ModelConfig, key: str) -> None:

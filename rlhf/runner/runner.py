@@ -28,6 +28,7 @@ import yaml
 
 from rlhf.config import STAGES, build
 from rlhf.runner import launch, manifest, plan, procs, progress, report
+from rlhf.runner.inputs import RunInputs
 from rlhf.runner.report import DONE, FAILED, NOT_RUN, PENDING, RUNNING, SKIPPED, STOPPED, StageResult
 from rlhf.spec import STAGE_NAMES
 
@@ -119,6 +120,12 @@ class Runner:
                         f"--stages: {stage} needs {dep} completed first, and {self.root / dep} holds no "
                         f"completed {dep} with this manifest's config; add {dep} to --stages")
         self.todo = [s for s in selected if self.results[s].state == PENDING]
+        inputs = RunInputs(self.root, list(STAGE_NAMES))
+        problems = [line for stage in self.todo
+                    for line in inputs.problems(stage, build(STAGES[stage], self.configs[stage], f"stage {stage}"))]
+        if problems:
+            raise RunError("inputs missing or unusable, so no stage was started:\n"
+                           + "\n".join(f"  {line}" for line in problems))
         machine = opts.machine or launch.detect_machine(self.accelerator)
         self.plan = plan.make_plan(plan.shapes_of(self.run), self.accelerator, machine, self.todo,
                                    sequential=opts.sequential)
@@ -208,6 +215,7 @@ class Runner:
         argv = self.opts.stage_command(stage_plan, config_file)
         p = procs.StageProcess(stage, argv, env=launch.stage_env(stage_plan, self.accelerator), cwd=None,
                                log_path=Path(r.log or ""))
+        self._started_wall[stage] = time.time()
         p.start()
         r.state, r.started_at = RUNNING, report.now()
         devices = f", devices {','.join(stage_plan.devices)}" if stage_plan.devices else ""
@@ -215,24 +223,48 @@ class Runner:
                              f"thread(s){devices} (log: {r.log})")
         return p
 
-    def _finish_stage(self, stage: str, p: procs.StageProcess) -> None:
+    def _summary_of_this_run(self, stage: str) -> dict[str, Any]:
+        """The stage's ``summary.json`` if this run's process wrote it (not a stale one), else {}."""
+        path = self.root / stage / "summary.json"
+        try:
+            if path.stat().st_mtime < self._started_wall.get(stage, float("inf")):
+                return {}
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
+    def _finish_stage(self, stage: str, p: procs.StageProcess, stopped: bool = False) -> None:
+        """Record how ``stage`` ended. ``stopped``: the runner stopped it (another stage failed, or a
+        signal): if it had already completed its work (written a completed summary), it counts as done."""
         if p.alive():  # the leader exited but left processes behind in its group
             procs.stop_all([p], min(self.opts.grace, 2.0))
         r = self.results[stage]
         r.exit_code, r.seconds, r.finished_at = p.returncode, p.elapsed, report.now()
         r.summary = {}
         if p.returncode == 0:
-            try:
-                r.summary = json.loads((self.root / stage / "summary.json").read_text())
-            except (OSError, ValueError):
-                r.summary = {}
+            r.summary = self._read_summary(stage)
+        elif stopped:
+            r.summary = self._summary_of_this_run(stage)
+        completed = p.returncode == 0 or r.summary.get("status") == "completed"
+        if not completed:
+            r.summary = {}
         if not r.summary:  # stopped or failed: how far it got
             prog = progress.read_progress(self.root / stage, Path(r.log or ""))
             r.reached = (prog.step, prog.total)
-        if p.returncode == 0:
+        if completed:
             r.state = DONE
             if r.summary.get("skipped"):
                 r.note = "already completed"
+            elif p.returncode != 0:
+                r.note = f"completed; stopped while exiting ({procs.exit_reason(p.returncode or 0)})"
+
+    def _read_summary(self, stage: str) -> dict[str, Any]:
+        try:
+            summary = json.loads((self.root / stage / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
 
     def _waves(self) -> tuple[int, str | None]:
         """Run the plan's waves; (exit code, reason)."""
@@ -245,7 +277,7 @@ class Runner:
                 name, reason = failure
                 self._stop(group)
                 for stage, p in group.items():
-                    self._finish_stage(stage, p)
+                    self._finish_stage(stage, p, stopped=stage != name)
                     if stage != name and self.results[stage].state != DONE:
                         self.results[stage].state, self.results[stage].note = STOPPED, f"{name} failed"
                 r = self.results[name]
@@ -264,6 +296,7 @@ class Runner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.status = report.StatusWriter(self.root / "status.yaml", self.started)
         self._active: dict[str, procs.StageProcess] = {}
+        self._started_wall: dict[str, float] = {}
         for stage in self.todo:
             (self.root / f"{stage}.config.yaml").write_text(config_text(self.configs[stage]))
         self.display.message(f"rlhf run {self.run.metadata.name}: storage {self.root}; "
@@ -291,7 +324,7 @@ class Runner:
             self._stop(self._active)
             for stage, p in self._active.items():
                 if stage in self.results:
-                    self._finish_stage(stage, p)
+                    self._finish_stage(stage, p, stopped=True)
                     if self.results[stage].state != DONE:
                         self.results[stage].state, self.results[stage].note = STOPPED, f"stopped by {sig}"
             code, reason = INTERRUPTED, f"interrupted by {sig}"

@@ -1,7 +1,7 @@
 """A fast stand-in for `rlhf train STAGE --config FILE`, for the runner tests.
 
 Behaviour per stage from the JSON in env FAKE_STAGES ({"sft": {"seconds": 1, "exit": 0,
-"ignore_sigint": false, "child": false}}); events (start/end/interrupted, with pid, pgid and
+"ignore_sigint": false, "child": false, "linger": 0}}; linger: seconds between writing the summary and exiting); events (start/end/interrupted, with pid, pgid and
 OMP_NUM_THREADS) are appended as JSON lines to the file named by env FAKE_EVENTS. On success it
 leaves what the trainer leaves: model/, config.yaml (the resolved config), metrics.jsonl, summary.json.
 """
@@ -62,6 +62,7 @@ def main() -> int:
     summary = {"stage": stage, "status": "completed", "global_step": steps, "total_steps": steps,
                "metrics": {"eval/loss": 0.5, "eval/accuracy": 0.75}, "model_dir": str(out / "model")}
     (out / "summary.json").write_text(json.dumps(summary))
+    time.sleep(float(how.get("linger", 0)))  # tearing down after the summary, as a trainer's ranks do
     event("end", stage, code=0)
     return 0
 
