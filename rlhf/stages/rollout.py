@@ -158,10 +158,11 @@ def whiten_across_ranks(x: torch.Tensor, mask: torch.Tensor, device: torch.devic
     import torch.distributed as dist
 
     def all_sum(*values: torch.Tensor) -> torch.Tensor:
-        packed = torch.stack([v.double() for v in values]).to(device)
+        # summed locally in float64, reduced in float32 (Gaudi has no float64)
+        packed = torch.stack([v.float() for v in values]).to(device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(packed)
-        return packed.cpu()
+        return packed.cpu().double()
 
     weight = mask.double()
     total, count = all_sum((x.double() * weight).sum(), weight.sum())
