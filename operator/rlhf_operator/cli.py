@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_operator(config, liveness=args.liveness, metrics_port=args.metrics_port)
+    run_operator(config, liveness=args.liveness, metrics_port=args.metrics_port, metrics_address=args.metrics_address)
     return 0
 
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="operator configuration (default: env RLHF_OPERATOR_CONFIG)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics listens on")
     p.set_defaults(func=_run)
     return parser
 

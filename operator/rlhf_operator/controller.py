@@ -21,10 +21,22 @@ from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.metrics import Metrics
-from rlhf_operator.reconcile import Action, Decision, Key, decide, pods_needed
+from rlhf_operator.reconcile import (
+    Action,
+    Blocked,
+    Decision,
+    Key,
+    Refusal,
+    decide,
+    diagnose,
+    diagnostics_needed,
+    pods_needed,
+)
 from rlhf_operator.status import timestamp
 
 logger = logging.getLogger("rlhf_operator")
+#: How soon a change the API server refused for a reason that may pass is tried again.
+RETRY_REFUSED_SECONDS = 10.0
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -71,7 +83,10 @@ class Controller:
         #: Per run, the resourceVersion of our last status write (its own event needs no reconcile).
         self._written: dict[tuple[str, str], str] = {}
         #: The API's refusals of our last changes, per run and child name (see reconcile.decide).
-        self._failures: dict[tuple[str, str], dict[str, str]] = {}
+        self._failures: dict[tuple[str, str], dict[str, Refusal]] = {}
+        #: Per run, the timer of a requested later reconcile (Decision.requeue_after).
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Reconcile the run ``namespace/name``; None if it is gone or being deleted."""
@@ -104,12 +119,25 @@ class Controller:
             if self._queued.get(key) is token:
                 del self._queued[key]
 
+    async def close(self) -> None:
+        """Stop the timers and requeued reconciles, then close the API client."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.kube.close()
+
     def forget(self, namespace: str, name: str) -> None:
         """The run was deleted: drop what we keep about it."""
         self._locks.pop((namespace, name), None)
         self._queued.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
         self._failures.pop((namespace, name), None)
+        timer = self._timers.pop((namespace, name), None)
+        if timer is not None:
+            timer.cancel()
         self.metrics.set_phase(namespace, name, None)
 
     async def _reconcile(self, namespace: str, name: str) -> Decision | None:
@@ -123,31 +151,55 @@ class Controller:
             admission = e
         objects = await self._observe(namespace, name)
         pods = await self._finished_pods(body, objects)
+        blocked = await self._diagnose(namespace, name, body, objects)
         failures = self._failures.setdefault((namespace, name), {})
-        decision = decide(body, admission, self.config, objects, pods, self._clock(), dict(failures))
+        decision = decide(body, admission, self.config, objects, pods, self._clock(), dict(failures), blocked)
         if not await self._write_status(body, decision.status):
             return None
         changed = False
         for action in decision.actions:
-            error = await self._apply(namespace, action)
-            if failures.get(action.name) != error:
+            refusal = await self._apply(namespace, action)
+            if failures.get(action.name) != refusal:
                 changed = True
-                if error is None:
+                if refusal is None:
                     failures.pop(action.name, None)
                 else:
-                    failures[action.name] = error
+                    failures[action.name] = refusal
         await self._post_events(body, decision.events)
-        if changed:  # tell the user now, not at the next event
-            written = {**body, "status": decision.status}
-            again = decide(written, admission, self.config, objects, pods, self._clock(), dict(failures))
-            await self._write_status(written, again.status)
-            await self._post_events(body, again.events)
-            decision = Decision(again.status, decision.actions, decision.events + again.events)
         self.metrics.set_phase(namespace, name, decision.status.get("phase"))
+        if changed:
+            # The API refused a change (or stopped refusing): the next reconcile reports it, now
+            # rather than at the next event, from what it observes then.
+            self._later(namespace, name, 0)
+        elif any(not r.permanent for r in failures.values()):
+            # A refusal that may pass (quota, webhook, a CRD not installed yet): try again soon,
+            # whatever events come.
+            self._later(namespace, name, RETRY_REFUSED_SECONDS)
+        elif decision.requeue_after is not None:
+            self._later(namespace, name, decision.requeue_after)
         return decision
+
+    def _later(self, namespace: str, name: str, delay: float) -> None:
+        """Request a reconcile of the run in ``delay`` seconds (one timer per run; the sooner wins)."""
+        key = (namespace, name)
+        loop = asyncio.get_running_loop()
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= loop.time() + delay:
+            return
+        if timer is not None:
+            timer.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            task = loop.create_task(self.request(namespace, name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        self._timers[key] = loop.call_later(max(0.0, delay), fire)
 
     async def _observe(self, namespace: str, run: str) -> dict[Key, dict[str, Any]]:
         keys: list[Key] = [("ConfigMap", names.config_map_name(run, step)) for step in names.STEPS]
+        keys += [("NetworkPolicy", names.network_policy_name(run, stage)) for stage in STAGE_NAMES]
         keys.append(("Job", names.job_name(run, names.PREPARE)))
         keys += [("MPIJob", names.job_name(run, stage)) for stage in STAGE_NAMES]
         found = await asyncio.gather(*(self.kube.get(kube.BY_KIND[kind], namespace, n) for kind, n in keys))
@@ -169,6 +221,29 @@ class Controller:
                 out[step] = pod
         return out
 
+    async def _diagnose(self, namespace: str, run: str, body: dict[str, Any],
+                        objects: dict[Key, dict[str, Any]]) -> dict[str, Blocked]:
+        """Why the pods of each created-but-not-running step do not run
+        (:func:`rlhf_operator.reconcile.diagnostics_needed`): its pods and the Warning events of
+        its jobs. Best effort: an API error here only leaves the message less precise."""
+        out: dict[str, Blocked] = {}
+        for step, involved in diagnostics_needed(body, objects).items():
+            kind = "Job" if step == names.PREPARE else "MPIJob"
+            job = objects[(kind, names.job_name(run, step))]
+            try:
+                pods = await self.kube.list(kube.PODS, namespace, f"{names.RUN_LABEL}={run},{names.STAGE_LABEL}={step}")
+                events: list[dict[str, Any]] = []
+                for obj in involved:
+                    events += await self.kube.list(kube.EVENTS, namespace,
+                                                   field_selector=f"involvedObject.name={obj},type=Warning")
+            except kube.ApiError as e:
+                logger.info("cannot diagnose %s of %s/%s: %s", step, namespace, run, e)
+                continue
+            blocked = diagnose(job, events, pods)
+            if blocked is not None:
+                out[step] = blocked
+        return out
+
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
         """Patch the status subresource if ``status`` differs; False if the run is gone."""
         old = body.get("status") or {}
@@ -184,8 +259,9 @@ class Controller:
             self._written[(meta["namespace"], meta["name"])] = str(version)
         return True
 
-    async def _apply(self, namespace: str, action: Action) -> str | None:
-        """Apply one action; the API's refusal as text (quota, RBAC, webhook), None if it went through."""
+    async def _apply(self, namespace: str, action: Action) -> Refusal | None:
+        """Apply one action; the API's refusal (quota, RBAC, webhook, an invalid object), None if
+        it went through."""
         resource = kube.BY_KIND[action.kind]
         try:
             if action.verb == "create":
@@ -197,11 +273,11 @@ class Controller:
                 assert action.body is not None
                 await self.kube.patch(resource, namespace, action.name, action.body)
             else:
-                await self.kube.delete(resource, namespace, action.name, uid=action.uid)
+                await self.kube.delete(resource, namespace, action.name, uid=action.uid, foreground=action.foreground)
         except kube.ApiError as e:
             self.metrics.errors.inc()
             logger.warning("cannot %s %s %s/%s: %s", action.verb, action.kind, namespace, action.name, e)
-            return f"cannot {action.verb} {action.kind} {action.name}: {e}"
+            return Refusal(f"cannot {action.verb} {action.kind} {action.name}: {e}", permanent=e.permanent)
         self.metrics.actions.labels(action.verb, action.kind).inc()
         logger.info("%s %s %s/%s", action.verb, action.kind, namespace, action.name)
         return None

@@ -55,7 +55,7 @@ def build_registry(controller: Controller, connection: Connection,
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await controller.kube.close()
+        await controller.close()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> Any:

@@ -54,7 +54,16 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
-BY_KIND = {r.kind: r for r in (RUNS, MPIJOBS, JOBS, CONFIGMAPS, PODS, EVENTS)}
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+BY_KIND = {r.kind: r for r in (RUNS, MPIJOBS, JOBS, CONFIGMAPS, PODS, EVENTS, NETWORKPOLICIES)}
+
+
+def not_served(resource: Resource) -> str:
+    """What a 404 on a whole resource means: its API (a CRD, usually) is not installed."""
+    text = f"the API server does not serve {resource.plural}.{resource.group or 'core'}/{resource.version}"
+    if resource.group == "kubeflow.org":
+        text += ": install the Kubeflow MPI Operator (v0.5 or newer, MPIJob kubeflow.org/v2beta1)"
+    return text
 
 
 class ApiError(Exception):
@@ -63,6 +72,12 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, message: str):
         self.status, self.reason, self.message = status, reason, message
         super().__init__(f"{status} {reason}: {message}")
+
+    @property
+    def permanent(self) -> bool:
+        """The request itself is wrong (422 Invalid, 400 BadRequest): sending it again cannot help,
+        unlike a quota, a webhook being down or a missing namespace or CRD, which may change."""
+        return self.status in (400, 422)
 
 
 @dataclass(frozen=True)
@@ -181,13 +196,17 @@ class Kube:
         status, payload = await self._request("GET", resource.path(namespace, name))
         return None if status == 404 else payload
 
-    async def list(self, resource: Resource, namespace: str | None, label_selector: str | None = None
-                   ) -> list[dict[str, Any]]:
-        """Objects in ``namespace`` (None: all namespaces) matching ``label_selector``."""
-        params = {"labelSelector": label_selector} if label_selector else None
-        status, payload = await self._request("GET", resource.path(namespace), params=params)
+    async def list(self, resource: Resource, namespace: str | None, label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[dict[str, Any]]:
+        """Objects in ``namespace`` (None: all namespaces) matching the selectors."""
+        params = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        status, payload = await self._request("GET", resource.path(namespace), params=params or None)
         if status == 404:
-            raise ApiError(404, "NotFound", f"resource {resource.plural}.{resource.group} is not served")
+            raise ApiError(404, "NotFound", not_served(resource))
         return list((payload or {}).get("items") or [])
 
     async def create(self, resource: Resource, namespace: str, body: dict[str, Any]
@@ -197,7 +216,10 @@ class Kube:
         if status == 409:
             return None, False
         if status == 404:
-            raise ApiError(404, "NotFound", f"cannot create {resource.kind} in {namespace}: not found")
+            details = (payload or {}).get("details") or {} if isinstance(payload, dict) else {}
+            if details.get("kind") == "namespaces":
+                raise ApiError(404, "NotFound", f"namespace {namespace} does not exist")
+            raise ApiError(404, "NotFound", not_served(resource))
         return payload, True
 
     async def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any],
@@ -212,10 +234,12 @@ class Kube:
         return None if status == 404 else payload
 
     async def delete(self, resource: Resource, namespace: str, name: str,
-                     uid: str | None = None) -> bool:
-        """Delete the object (children in the background); False when it was already gone. With
-        ``uid``, only that incarnation of the name is deleted (precondition)."""
-        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+                     uid: str | None = None, foreground: bool = False) -> bool:
+        """Delete the object, its dependents in the background (or, ``foreground``, before the
+        object itself goes); False when it was already gone. With ``uid``, only that incarnation
+        of the name is deleted (precondition)."""
+        policy = "Foreground" if foreground else "Background"
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": policy}
         if uid:
             body["preconditions"] = {"uid": uid}
         status, _ = await self._request("DELETE", resource.path(namespace, name), body=body)

@@ -31,12 +31,12 @@ async def operator(config: OperatorConfig, connection: Connection, *, metrics: M
 
 
 def run_operator(config: OperatorConfig, *, liveness: str | None = "http://0.0.0.0:8080/healthz",
-                 metrics_port: int = 9090, connection: Connection | None = None,
+                 metrics_port: int = 9090, metrics_address: str = "0.0.0.0", connection: Connection | None = None,
                  stop_flag: threading.Event | None = None) -> None:
     """``rlhf-operator run``: the process's main loop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_address)
     connection = connection or Connection.from_environment()
     asyncio.run(operator(config, connection, metrics=metrics, liveness=liveness, stop_flag=stop_flag))

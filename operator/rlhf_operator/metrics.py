@@ -61,9 +61,9 @@ class Metrics:
         """How many runs the operator reconciled and still exist."""
         return len(self._phases)
 
-    def serve(self, port: int) -> None:
-        """Serve ``/metrics`` on ``port`` (a background thread)."""
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``address:port`` (a background thread)."""
+        start_http_server(port, addr=address, registry=self.registry)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

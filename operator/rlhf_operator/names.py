@@ -40,7 +40,20 @@ SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 HOSTFILE = "/etc/mpi/hostfile"
 USER_ID = 1000
 
-_LONGEST_SUFFIX = "-reward-config"
+#: What a stage's ConfigMap name ends with. Not ``-config``: the MPI operator names its own hostfile
+#: ConfigMap ``<mpijob>-config``, which for our MPIJob ``<run>-<stage>`` is ``<run>-<stage>-config``;
+#: when that name is taken it refuses to run the job (``ErrResourceExists``) and the stage hangs.
+STAGE_CONFIG_SUFFIX = "-trainer"
+#: Names other controllers derive from ours, by kind, as suffixes of the parent's name: the MPI
+#: operator's children of an MPIJob (mpi_job_controller.go: configSuffix, sshAuthSecretSuffix,
+#: launcherSuffix, workerSuffix, and a Service named after the MPIJob itself) and the Job
+#: controller's pods of a Job (``<job>-<5 random characters>``). tests/cluster/test_names.py checks
+#: this table against the MPI operator's source and that no two runs' objects can share a name.
+MPI_OPERATOR_CHILDREN = {
+    "ConfigMap": ("-config",), "Secret": ("-ssh",), "Job": ("-launcher",),
+    "Service": ("", "-worker"), "Pod": ("-worker-",),
+}
+_LONGEST_SUFFIX = "-reward" + STAGE_CONFIG_SUFFIX
 assert MAX_NAME_LENGTH + len(_LONGEST_SUFFIX) <= 63
 
 
@@ -50,9 +63,14 @@ def job_name(run: str, step: str) -> str:
 
 
 def config_map_name(run: str, step: str) -> str:
-    """The ConfigMap mounted at /etc/rlhf in the step's pods: a stage's trainer config, or the
-    run's manifest for the prepare Job."""
-    return f"{run}-run" if step == PREPARE else f"{run}-{step}-config"
+    """The ConfigMap mounted at /etc/rlhf in the step's pods: a stage's trainer config
+    (``<run>-<stage>-trainer``), or the run's manifest for the prepare Job (``<run>-run``)."""
+    return f"{run}-run" if step == PREPARE else f"{run}-{step}{STAGE_CONFIG_SUFFIX}"
+
+
+def network_policy_name(run: str, stage: str) -> str:
+    """The NetworkPolicy of a stage's pods: named like its MPIJob (a different kind)."""
+    return job_name(run, stage)
 
 
 def labels(run: str, step: str) -> dict[str, str]:

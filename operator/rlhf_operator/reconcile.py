@@ -55,15 +55,32 @@ class Action:
     uid: str | None = None
     #: The step whose condition reports a failure of this action.
     step: str | None = None
+    #: Delete in the foreground: the object stays (being deleted) until the objects it owns are
+    #: gone. A retry needs that: the MPI operator refuses to run a new MPIJob of the same name
+    #: while the old one's worker pods still exist (ErrResourceExists).
+    foreground: bool = False
 
 
 @dataclass
 class Decision:
-    """What to write (``status``: the whole new status), do, and tell."""
+    """What to write (``status``: the whole new status), do, and tell; ``requeue_after``: seconds
+    after which the run needs another look although nothing may change meanwhile (a finished
+    job's ``ttlSecondsAfterFinished`` running out)."""
 
     status: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server's refusal of a planned change. ``permanent``: the request itself is invalid
+    (422/400), so repeating it cannot help and the run fails; otherwise (quota, webhook, missing
+    namespace or CRD) the change is retried at every reconcile and the step says why it waits."""
+
+    message: str
+    permanent: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +120,8 @@ def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
         return "Failed", str(conds["Failed"].get("message") or conds["Failed"].get("reason") or "failed")
     if (job.get("spec") or {}).get("suspend"):
         return "Suspended", "suspended"
-    if (job.get("status") or {}).get("active"):
+    # ``active`` counts pods that exist, scheduled or not; ``ready`` those whose container runs.
+    if (job.get("status") or {}).get("ready"):
         return "Running", "running"
     return "Pending", JOB_PENDING
 
@@ -181,6 +199,64 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
         if not recorded:
             out.append(stage)
     return out
+
+
+def diagnostics_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> dict[str, list[str]]:
+    """Steps whose job exists but whose pods do not run yet, with the names of the objects whose
+    Warning events may say why (the Job or MPIJob, and an MPIJob's launcher Job). Their pods
+    (``PodScheduled=False``, a container waiting on its image) are read too; a running or finished
+    step costs no such reads."""
+    meta = body.get("metadata") or {}
+    run, uid = meta.get("name") or "", meta.get("uid") or ""
+    out: dict[str, list[str]] = {}
+    prepare = objects.get(("Job", names.job_name(run, names.PREPARE)))
+    if prepare is not None and owned_by(prepare, uid) and batch_job_state(prepare)[0] == "Pending":
+        out[names.PREPARE] = [names.job_name(run, names.PREPARE)]
+    for stage in STAGE_NAMES:
+        name = names.job_name(run, stage)
+        job = objects.get(("MPIJob", name))
+        if job is not None and owned_by(job, uid) and mpijob_state(job)[0] == "Pending":
+            out[stage] = [name, name + names.MPI_OPERATOR_CHILDREN["Job"][0]]
+    return out
+
+
+#: Warning events that mean a job's pods cannot be created: the job controller's FailedCreate
+#: (PodSecurity, quota, a missing PriorityClass...), and the MPI operator's (mpi_job_controller.go)
+#: failed pod creation, a name taken by an object it does not manage, and an MPIJob it refuses.
+BLOCKING_EVENTS = frozenset({"FailedCreate", "MPIJobFailed", "ErrResourceExists", "ValidationError"})
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a step's pods do not run: a condition reason and a message."""
+
+    reason: str
+    message: str
+
+
+def diagnose(job: dict[str, Any], events: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Blocked | None:
+    """Why the pods of a created ``job`` do not run, from what Kubernetes reported: pods the
+    scheduler cannot place, containers that cannot start (image pulls), pods that could not be
+    created (PodSecurity, quota, a missing PriorityClass: Warning events of the job controller or
+    the MPI operator). Events older than ``job`` (an earlier attempt of the same name) are ignored."""
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                pod_name = (pod.get("metadata") or {}).get("name")
+                return Blocked("Unschedulable", f"pod {pod_name} cannot be scheduled: {cond.get('message') or cond.get('reason')}")
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+                pod_name = (pod.get("metadata") or {}).get("name")
+                return Blocked("ContainerWaiting", f"pod {pod_name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+    since = (job.get("metadata") or {}).get("creationTimestamp") or ""
+    warnings = [e for e in events if e.get("type") == "Warning" and e.get("reason") in BLOCKING_EVENTS
+                and (e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "") >= since]
+    if warnings:
+        latest = max(warnings, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        involved = (latest.get("involvedObject") or {}).get("name")
+        return Blocked("Blocked", f"{involved}: {latest.get('reason')}: {latest.get('message')}")
+    return None
 
 
 def termination_message(pod: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -268,10 +344,17 @@ class _Ctx:
     pods: dict[str, dict[str, Any]]
     now: datetime
     old: dict[str, Any]
+    blocked: dict[str, Blocked] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     steps: dict[str, _Step] = field(default_factory=dict)
     failure: str | None = None
     started: bool = False
+    #: Steps whose pods run now, in run order (``status.stage``).
+    running: list[str] = field(default_factory=list)
+    #: Seconds until a finished job's TTL runs out, per job (the soonest becomes requeue_after).
+    expiring: list[float] = field(default_factory=list)
+    #: Steps whose job the API server refused for good (the cause of the run's failure).
+    refused: set[str] = field(default_factory=set)
 
     @property
     def suspend(self) -> bool:
@@ -290,34 +373,58 @@ def _conflict(kind: str, name: str) -> str:
     return f"a {kind} named {name} exists and is not owned by this run; delete or rename it"
 
 
-def _ensure_config_maps(ctx: _Ctx) -> set[str]:
-    """Create or update each step's ConfigMap; the steps whose name is taken by someone else."""
+def _ensure_static_children(ctx: _Ctx) -> set[str]:
+    """Create or update each step's ConfigMap and each stage's NetworkPolicy; the steps whose
+    object names are taken by someone else."""
     blocked = set()
-    for step in names.STEPS:
-        desired = render.config_map(ctx.admitted, step, ctx.uid)
-        name = desired["metadata"]["name"]
-        obj = ctx.objects.get(("ConfigMap", name))
+    wanted: list[tuple[str, dict[str, Any], str]] = [
+        (step, render.config_map(ctx.admitted, step, ctx.uid), "data") for step in names.STEPS]
+    wanted += [(stage, render.network_policy(ctx.admitted, stage, ctx.uid), "spec") for stage in STAGE_NAMES]
+    for step, desired, content in wanted:
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        obj = ctx.objects.get((kind, name))
         if obj is None:
-            ctx.actions.append(Action("create", "ConfigMap", name, desired, step=step))
+            ctx.actions.append(Action("create", kind, name, desired, step=step))
         elif not owned_by(obj, ctx.uid):
             blocked.add(step)
-            ctx.steps[step] = _Step("False", "NameConflict", _conflict("ConfigMap", name))
-        elif obj.get("data") != desired["data"]:
-            ctx.actions.append(Action("patch", "ConfigMap", name, {"data": desired["data"]}, step=step))
+            ctx.steps[step] = _Step("False", "NameConflict", _conflict(kind, name))
+        elif obj.get(content) != desired[content]:
+            ctx.actions.append(Action("patch", kind, name, {content: desired[content]}, step=step))
     return blocked
+
+
+def _expire(ctx: _Ctx, kind: str, job: dict[str, Any], finished_at: str | None, step: str) -> None:
+    """Delete a finished job whose result the status records once ``ttlSecondsAfterFinished`` has
+    passed since ``finished_at`` (the operator's own TTL: a job removed by a TTL controller while
+    the operator was down would look like one that never ran)."""
+    ttl = ctx.admitted.run.spec.run_policy.ttl_seconds_after_finished
+    meta = job.get("metadata") or {}
+    if ttl is None or meta.get("deletionTimestamp"):
+        return
+    try:
+        since = datetime.fromisoformat(str(finished_at).replace("Z", "+00:00")) if finished_at else ctx.now
+    except ValueError:
+        since = ctx.now
+    left = ttl - (ctx.now - since).total_seconds()
+    if left <= 0:
+        ctx.actions.append(Action("delete", kind, meta.get("name") or "", uid=meta.get("uid"), step=step))
+    else:
+        ctx.expiring.append(left)
 
 
 def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     """Drive the prepare Job; True once the run's storage is prepared."""
     step = names.PREPARE
     name = names.job_name(ctx.admitted.name, step)
+    job = ctx.job("Job", step)
     done = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[step])
     if done and done.get("status") == "True":
         ctx.steps[step] = _Step("True", "Succeeded", done.get("message") or "storage prepared")
+        if job is not None and owned_by(job, ctx.uid):
+            _expire(ctx, "Job", job, done.get("lastTransitionTime"), step)
         return True
     if step in blocked:
         return False
-    job = ctx.job("Job", step)
     if job is None:
         if ctx.suspend:
             ctx.steps[step] = _Step("False", "Suspended", "the run is suspended")
@@ -326,6 +433,7 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
             ctx.actions.append(Action("create", "Job", name, body, step=step))
             ctx.steps[step] = _Step("False", "Created", f"Job {name}: {JOB_PENDING}")
             ctx.started = True
+            ctx.running.append(step)
         return False
     if not owned_by(job, ctx.uid):
         ctx.steps[step] = _Step("False", "NameConflict", _conflict("Job", name))
@@ -334,22 +442,29 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     state, detail = batch_job_state(job)
     if state == "Succeeded":
         ctx.steps[step] = _Step("True", "Succeeded", "models and datasets are in the run's storage")
+        _expire(ctx, "Job", job, (job.get("status") or {}).get("completionTime"), step)
         return True
     if state == "Failed":
         recorded = _recorded_prepare_failure(ctx.old)
         if recorded:  # this failure is recorded: no pod read (pods_needed)
             ctx.steps[step] = _Step("False", "Failed", recorded[0])
             ctx.failure = ctx.failure or recorded[1]
+            _expire(ctx, "Job", job, (job.get("status") or {}).get("completionTime"), step)
             return False
         reason = _failure_reason(termination_message(ctx.pods.get(step)), detail)
         ctx.steps[step] = _Step("False", "Failed", f"Job {name} failed: {reason}")
         ctx.failure = ctx.failure or f"{PREPARE_FAILED}{reason}"
         return False
+    ctx.running.append(step)
     patch = _suspend_patch("Job", job, ctx.suspend)
     if patch:
         ctx.actions.append(Action("patch", "Job", name, patch, step=step))
         state, detail = ("Suspended", "suspended") if ctx.suspend else ("Pending", JOB_PENDING)
-    ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
+    why = ctx.blocked.get(step) if state == "Pending" else None
+    if why is not None:
+        ctx.steps[step] = _Step("False", why.reason, f"Job {name}: {why.message}")
+    else:
+        ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
     return False
 
 
@@ -361,16 +476,23 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     limit = ctx.admitted.run.spec.stages.get(stage).retries
     job = ctx.job("MPIJob", stage)
     message = termination_message(ctx.pods.get(stage))
+    owned = job is not None and owned_by(job, ctx.uid)
 
     if entry["state"] == "Succeeded":
         if not entry.get("metrics") and message and message.get("status") != "failed":
             entry["metrics"] = metrics_of(message)
         metrics = _format_metrics(entry.get("metrics") or {})
         ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        if owned:
+            _expire(ctx, "MPIJob", job, entry.get("completionTime"), stage)
+        return
+    if entry["state"] == "Stopped":
+        before = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[stage]) or {}
+        ctx.steps[stage] = _Step("False", "Stopped", before.get("message") or f"{title} was stopped")
         return
     if stage in blocked:
         return
-    if job is not None and not owned_by(job, ctx.uid):
+    if job is not None and not owned:
         ctx.steps[stage] = _Step("False", "NameConflict", _conflict("MPIJob", name))
         return
     if job is None:
@@ -392,8 +514,10 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         entry.update(jobName=name, state="Pending")
         ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
         ctx.started = True
+        ctx.running.append(stage)
         return
 
+    assert job is not None
     ctx.started = True
     entry["jobName"] = name
     attempt = _attempt(job)
@@ -411,6 +535,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
                      metrics=metrics_of(message))
         metrics = _format_metrics(entry["metrics"])
         ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
         return
     if state == "Failed":
         recorded = _recorded_stage_failure(ctx.old, stage, entry, attempt)
@@ -418,7 +543,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         reason = _failure_reason(message, detail)
         entry["retries"] = failures
         if failures <= limit:
-            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage))
+            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage, foreground=True))
             entry["state"] = "Pending"
             ctx.steps[stage] = _Step("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
                                      f"{failures} of {limit} resumes from the latest checkpoint")
@@ -430,42 +555,79 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
             entry.update(state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now))
             ctx.steps[stage] = _Step("False", "Failed", text)
             ctx.failure = ctx.failure or text
+            _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
         return
     entry["retries"] = max(entry["retries"], attempt - 1)
+    ctx.running.append(stage)
     patch = _suspend_patch("MPIJob", job, ctx.suspend)
     if patch:
         ctx.actions.append(Action("patch", "MPIJob", name, patch, step=stage))
         state, detail = ("Suspended", "suspended") if ctx.suspend else ("Pending", MPIJOB_PENDING)
     entry["state"] = "Running" if state == "Running" else "Pending"
-    ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
+    why = ctx.blocked.get(stage) if state == "Pending" else None
+    if why is not None:
+        ctx.steps[stage] = _Step("False", why.reason, f"MPIJob {name} (attempt {attempt}): {why.message}")
+    else:
+        ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
 
 
-def _current_stage(entries: dict[str, dict[str, Any]]) -> str | None:
-    running = [s for s in STAGE_NAMES if entries[s]["state"] == "Running"]
-    if running:
-        return running[0]
+def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
+    """The run failed for good: nothing new starts, and every stage still running is stopped (its
+    MPIJob deleted, so it stops holding devices). A stage that never started stays Pending."""
+    planned = {(a.kind, a.name) for a in ctx.actions if a.verb == "delete"}
+    starting = {names.job_name(ctx.admitted.name, s) for s in (names.PREPARE, *STAGE_NAMES)}
+    ctx.actions = [a for a in ctx.actions if not (a.verb == "create" and a.name in starting)]
+    for stage in STAGE_NAMES:
+        entry = entries[stage]
+        if stage in ctx.refused:
+            entry["state"] = "Failed"
+            continue
+        if entry["state"] not in ("Pending", "Running") or not entry.get("jobName"):
+            continue
+        job = ctx.job("MPIJob", stage)
+        if job is not None and owned_by(job, ctx.uid) and ("MPIJob", job["metadata"]["name"]) not in planned:
+            ctx.actions.append(Action("delete", "MPIJob", job["metadata"]["name"],
+                                      uid=job["metadata"].get("uid"), step=stage))
+        entry.update(state="Stopped", completionTime=entry.get("completionTime") or timestamp(ctx.now))
+        ctx.steps[stage] = _Step("False", "Stopped", f"{STEP_TITLES[stage]} was stopped: the run failed ({ctx.failure})")
+    ctx.running = []
+
+
+def _current_steps(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> str | None:
+    """``status.stage``: the steps running now, or else the last one that ran."""
+    if ctx.running:
+        return ",".join(ctx.running)
     started = [s for s in STAGE_NAMES if entries[s].get("jobName") or entries[s]["state"] != "Pending"]
-    return started[-1] if started else None
+    if started:
+        return started[-1]
+    return names.PREPARE if ctx.job("Job", names.PREPARE) is not None else ctx.old.get("stage")
 
 
-def _report_failures(ctx: _Ctx, failures: dict[str, str]) -> None:
-    """A step whose planned change failed last time (quota, RBAC, webhook...) says so."""
+def _report_refusals(ctx: _Ctx, refusals: dict[str, Refusal]) -> None:
+    """A step whose planned change the API server refused last time says so; a refusal that
+    cannot change (the object is invalid) fails the run."""
     for action in ctx.actions:
-        text = failures.get(action.name)
-        if text and action.step is not None:
-            current = ctx.steps.get(action.step)
-            if current is None or current.status != "True":
-                ctx.steps[action.step] = _Step("False", f"{action.verb.capitalize()}Failed", text)
+        refusal = refusals.get(action.name)
+        if refusal is None or action.step is None:
+            continue
+        current = ctx.steps.get(action.step)
+        if current is not None and current.status == "True":
+            continue
+        ctx.steps[action.step] = _Step("False", f"{action.verb.capitalize()}Failed", refusal.message)
+        if refusal.permanent:
+            ctx.failure = ctx.failure or refusal.message
+            ctx.refused.add(action.step)
 
 
 def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: OperatorConfig,
            objects: dict[Key, dict[str, Any]], pods: dict[str, dict[str, Any]], now: datetime,
-           failures: dict[str, str] | None = None) -> Decision:
+           failures: dict[str, Refusal] | None = None, blocked: dict[str, Blocked] | None = None) -> Decision:
     """Decide one reconcile of the run ``body`` (as read from the API server).
 
     ``objects`` are its existing children by (kind, name); ``pods`` the latest pod of each
     finished step (launcher of a stage's MPIJob, pod of the prepare Job), by step; ``failures``
-    the API errors of the last attempt to change a child, by child name.
+    the API's refusals of the last attempt to change a child, by child name; ``blocked`` why the
+    pods of a created step do not run (:func:`diagnose`), by step.
     """
     meta = body.get("metadata") or {}
     uid, generation = meta.get("uid") or "", meta.get("generation")
@@ -485,17 +647,19 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
         status.setdefault("completionTime", timestamp(now))
         return Decision(status, [], condition_events(old.get("conditions") or [], conditions))
 
-    ctx = _Ctx(admission, config, uid, objects, pods, now, old)
+    ctx = _Ctx(admission, config, uid, objects, pods, now, old, blocked=dict(blocked or {}))
     cond(VALID, "True", "Admitted", "the run was admitted")
-    blocked = _ensure_config_maps(ctx)
-    prepared = _prepare(ctx, blocked)
+    conflicts = _ensure_static_children(ctx)
+    prepared = _prepare(ctx, conflicts)
     entries = {stage: stage_entry(old, stage) for stage in STAGE_NAMES}
     for stage in ("sft", "reward"):
-        _stage(ctx, stage, entries[stage], prepared, "the prepare Job", blocked)
+        _stage(ctx, stage, entries[stage], prepared, "the prepare Job", conflicts)
     both = all(entries[s]["state"] == "Succeeded" for s in ("sft", "reward"))
-    _stage(ctx, "ppo", entries["ppo"], both, "the SFT and reward stages", blocked)
+    _stage(ctx, "ppo", entries["ppo"], both, "the SFT and reward stages", conflicts)
 
-    _report_failures(ctx, failures or {})
+    _report_refusals(ctx, failures or {})
+    if ctx.failure:
+        _stop_others(ctx, entries)
     for step, decided in ctx.steps.items():
         cond(STEP_CONDITIONS[step], decided.status, decided.reason, decided.message)
     succeeded = entries["ppo"]["state"] == "Succeeded"
@@ -510,7 +674,7 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
     else:
         phase = "Pending"
     cond(SUSPENDED, "True" if ctx.suspend else "False", "Suspended" if ctx.suspend else "NotSuspended",
-         "spec.runPolicy.suspend is true" if ctx.suspend else "")
+         "spec.runPolicy.suspend is true" if ctx.suspend else "spec.runPolicy.suspend is false")
     cond(SUCCEEDED, "True" if succeeded else "False", "Succeeded" if succeeded else phase,
          "all stages succeeded" if succeeded else "")
     cond(FAILED, "True" if ctx.failure else "False", "StageFailed" if ctx.failure else "NoFailure",
@@ -519,7 +683,7 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
-        "stage": _current_stage(entries),
+        "stage": _current_steps(ctx, entries),
         "startTime": old.get("startTime") or (timestamp(now) if ctx.started else None),
         "completionTime": (old.get("completionTime") or timestamp(now)) if phase in ("Succeeded", "Failed")
         else None,
@@ -527,4 +691,5 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
         "stages": ordered_stages(entries),
     }
     status = {k: v for k, v in status.items() if v is not None}
-    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], conditions))
+    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], conditions),
+                    requeue_after=min(ctx.expiring) if ctx.expiring else None)

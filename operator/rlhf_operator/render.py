@@ -192,7 +192,11 @@ def _suspend_annotations(suspend: bool) -> dict[str, str]:
 
 def prepare_job(admitted: Admitted, config: OperatorConfig, uid: str | None,
                 suspend: bool = False) -> dict[str, Any]:
-    """The batch/v1 Job running ``rlhf prepare /etc/rlhf/run.yaml`` on the run's storage."""
+    """The batch/v1 Job running ``rlhf prepare /etc/rlhf/run.yaml`` on the run's storage.
+
+    No ``ttlSecondsAfterFinished``: the operator deletes finished jobs itself once their result is
+    in the run's status (:mod:`rlhf_operator.reconcile`), so a job the TTL controller removed while
+    the operator was down can never be taken for one that never ran."""
     spec = admitted.run.spec
     env: list[dict[str, Any]] = _env({"TOKENIZERS_PARALLELISM": "false"})
     if spec.hub_token_secret:
@@ -202,22 +206,31 @@ def prepare_job(admitted: Admitted, config: OperatorConfig, uid: str | None,
     meta = _meta(admitted, names.PREPARE, names.job_name(admitted.name, names.PREPARE), uid,
                  _suspend_annotations(suspend))
     return render_template("prepare-job.yaml.j2", {
+        **_pod_context(admitted, config, names.PREPARE),
         "meta": meta,
-        "pod_labels": names.labels(admitted.name, names.PREPARE),
         "backoff_limit": PREPARE_BACKOFF_LIMIT,
         "suspend": suspend,
         "active_deadline_seconds": spec.run_policy.active_deadline_seconds,
-        "ttl_seconds_after_finished": spec.run_policy.ttl_seconds_after_finished,
+        "pod": {
+            "labels": names.labels(admitted.name, names.PREPARE), "container": "prepare",
+            "command": ["rlhf", "prepare", f"{names.CONFIG_DIR}/{names.RUN_MANIFEST_FILE}"], "env": env,
+            "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": {"memory": res.memory}},
+            "host_ipc": False, "add_capabilities": [], "shm": None, "ports": [], "probes": None,
+            "restart_policy": "Never",
+        },
+    })
+
+
+def _pod_context(admitted: Admitted, config: OperatorConfig, step: str) -> dict[str, Any]:
+    """What every pod of the run shares (the pod template macro's globals)."""
+    return {
         "user": names.USER_ID,
         "scheduling": scheduling(admitted, config),
         "image": image(admitted, config),
-        "command": ["rlhf", "prepare", f"{names.CONFIG_DIR}/{names.RUN_MANIFEST_FILE}"],
-        "env": env,
-        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": {"memory": res.memory}},
         "storage": storage(admitted),
         "config_dir": names.CONFIG_DIR,
-        "config_map": names.config_map_name(admitted.name, names.PREPARE),
-    })
+        "config_map": names.config_map_name(admitted.name, step),
+    }
 
 
 def mpirun_command(admitted: Admitted, stage: str) -> list[str]:
@@ -272,9 +285,47 @@ def worker_resources(admitted: Admitted, config: OperatorConfig, stage: str) -> 
     return out
 
 
+#: The workers' sshd (``rlhf-entrypoint sshd``): the launcher's mpirun connects here. Readiness
+#: matters: the MPI operator starts the launcher once every worker is Ready
+#: (``launcherCreationPolicy: WaitForWorkersReady``), i.e. once sshd accepts connections.
+SSHD_PORT = 2222
+SSHD_PROBES = {
+    "startup": {"tcpSocket": {"port": SSHD_PORT}, "periodSeconds": 2, "failureThreshold": 150},
+    "readiness": {"tcpSocket": {"port": SSHD_PORT}, "periodSeconds": 10, "failureThreshold": 3},
+}
+#: /dev/shm of a worker (NCCL and DataLoader workers need more than the runtime's 64Mi): half the
+#: worker's memory when the stage declares it, else this. A memory-backed volume counts against
+#: the pod's memory either way; the limit keeps a runaway writer from taking the node's.
+DEFAULT_SHM = "16Gi"
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def quantity_bytes(value: str) -> float:
+    """A Kubernetes memory quantity (``512Gi``, ``64G``, ``1e9``, ``1000``) in bytes."""
+    text = str(value).strip()
+    for suffix, scale in _BINARY.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    if text[-1:] == "m":
+        return float(text[:-1]) / 1000
+    if text[-1:] in _DECIMAL and text[-1:].isalpha():
+        return float(text[:-1]) * _DECIMAL[text[-1]]
+    return float(text)
+
+
+def shm_size(memory: str | None) -> str:
+    """The /dev/shm size limit of a worker with ``memory`` (half of it, in Mi), or the default."""
+    if memory is None:
+        return DEFAULT_SHM
+    return f"{max(64, int(quantity_bytes(memory) / 2 / 2**20))}Mi"
+
+
 def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | None,
            attempt: int = 1, suspend: bool = False) -> dict[str, Any]:
-    """The MPIJob of ``stage`` (its ``attempt``-th try), owned by the run."""
+    """The MPIJob of ``stage`` (its ``attempt``-th try), owned by the run.
+
+    No ``ttlSecondsAfterFinished`` in its runPolicy: see :func:`prepare_job`."""
     if stage not in STAGE_NAMES:
         raise KeyError(f"unknown stage {stage!r}")
     spec = admitted.run.spec
@@ -285,40 +336,50 @@ def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | No
     }
     if spec.run_policy.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
-    if spec.run_policy.ttl_seconds_after_finished is not None:
-        run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
     annotations = {names.ATTEMPT_ANNOTATION: str(attempt), **_suspend_annotations(suspend)}
     pod_labels = names.labels(admitted.name, stage)
+    env = _env(trainer_env(admitted))
     return render_template("mpijob.yaml.j2", {
+        **_pod_context(admitted, config, stage),
         "meta": _meta(admitted, stage, names.job_name(admitted.name, stage), uid, annotations),
         "slots_per_worker": stage_spec.devices_per_node,
         "ssh_auth_mount_path": names.SSH_AUTH_MOUNT_PATH,
         "run_policy": run_policy,
         "workers": stage_spec.nodes,
-        "image": image(admitted, config),
-        "env": _env(trainer_env(admitted)),
-        "user": names.USER_ID,
-        "scheduling": scheduling(admitted, config),
-        "storage": storage(admitted),
-        "config_dir": names.CONFIG_DIR,
-        "config_map": names.config_map_name(admitted.name, stage),
         "launcher": {
             "labels": pod_labels, "container": "launcher", "command": mpirun_command(admitted, stage),
-            "resources": LAUNCHER_RESOURCES, "host_ipc": False, "add_capabilities": [], "shm": False,
+            "env": env, "resources": LAUNCHER_RESOURCES, "host_ipc": False, "add_capabilities": [],
+            "shm": None, "ports": [], "probes": None,
+            "restart_policy": None,  # the MPI operator sets it from the replica spec (and warns otherwise)
         },
         "worker": {
-            "labels": pod_labels, "container": "worker", "command": [ENTRYPOINT, "sshd"],
+            "labels": pod_labels, "container": "worker", "command": [ENTRYPOINT, "sshd"], "env": env,
             "resources": worker_resources(admitted, config, stage), "host_ipc": host_ipc(admitted),
-            "add_capabilities": added_capabilities(admitted), "shm": prof.shm_volume,
+            "add_capabilities": added_capabilities(admitted),
+            "shm": shm_size(stage_spec.resources.memory) if prof.shm_volume else None,
+            "ports": [{"name": "sshd", "containerPort": SSHD_PORT, "protocol": "TCP"}],
+            "probes": SSHD_PROBES,
+            "restart_policy": None,
         },
+    })
+
+
+def network_policy(admitted: Admitted, stage: str, uid: str | None) -> dict[str, Any]:
+    """The NetworkPolicy of ``stage``'s pods: reachable only from the same stage's pods. Named
+    like the stage's MPIJob (a different kind; nothing else creates NetworkPolicies for it)."""
+    pod_labels = names.labels(admitted.name, stage)
+    return render_template("networkpolicy.yaml.j2", {
+        "meta": _meta(admitted, stage, names.network_policy_name(admitted.name, stage), uid, queued=False),
+        "pod_labels": pod_labels,
     })
 
 
 def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None) -> list[dict[str, Any]]:
     """Every child the operator creates for the run, in creation order: the ConfigMaps, the
-    prepare Job, then one MPIJob per stage (first attempt). A suspended run gets its jobs as
+    stages' NetworkPolicies, the prepare Job, then one MPIJob per stage (first attempt). A suspended run gets its jobs as
     they are here once resumed (the operator starts no job while the run is suspended)."""
     out = [config_map(admitted, step, uid) for step in names.STEPS]
+    out += [network_policy(admitted, stage, uid) for stage in STAGE_NAMES]
     out.append(prepare_job(admitted, config, uid))
     out += [mpijob(admitted, config, stage, uid) for stage in STAGE_NAMES]
     return out

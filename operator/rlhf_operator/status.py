@@ -84,7 +84,10 @@ def condition_events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
         if type_ in titles:
             if before is None and reason in ("Pending", "Waiting"):
                 continue
-            warn = reason.endswith("Failed") or reason in ("Retrying", "NameConflict")
+            if reason == "Suspended":  # the run's own Suspended event says it once for every step
+                continue
+            warn = reason.endswith("Failed") or reason in ("Retrying", "NameConflict", "Stopped", "Unschedulable",
+                                                            "ContainerWaiting", "Blocked")
             events.append(("Warning" if warn else "Normal", f"{titles[type_]}{reason}", cond["message"]))
         elif type_ == SUCCEEDED and status == "True":
             events.append(("Normal", "RunSucceeded", cond["message"]))

@@ -157,9 +157,7 @@ class Toleration(SpecModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all"
     )
-    toleration_seconds: int | None = Field(
-        None, ge=-(2**63), le=2**63 - 1, description="How long a NoExecute taint is tolerated"
-    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated")
 
 
 class SchedulingSpec(SpecModel):

@@ -10,7 +10,13 @@ from pydantic import Field
 from rlhf.spec.base import SpecModel
 
 StageName = Literal["sft", "reward", "ppo"]
-StageState = Literal["Pending", "Running", "Succeeded", "Failed"]
+#: A stage is Stopped when the run failed for good while it was still running: its job is deleted
+#: (freeing its devices) and it never resumes.
+StageState = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
+#: ``status.stage``: the steps running now, comma-separated in run order (``prepare``,
+#: ``sft,reward``, ``ppo``), or the last one that ran.
+_STEP = "(prepare|sft|reward|ppo)"
+CURRENT_STEPS = rf"^{_STEP}(,{_STEP})*$"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 # metav1.Condition's validation, as Kubernetes declares it.
@@ -47,7 +53,9 @@ class StageStatus(SpecModel):
 
     name: StageName = Field(description="sft, reward or ppo")
     job_name: str | None = Field(None, max_length=253, description="The stage's MPIJob")
-    state: StageState = Field("Pending", description="Pending, Running, Succeeded or Failed")
+    state: StageState = Field(
+        "Pending", description="Pending, Running, Succeeded, Failed, or Stopped (the run failed while it ran)"
+    )
     start_time: datetime | None = _time("When the stage's job started")
     completion_time: datetime | None = _time("When the stage's job finished")
     retries: int = Field(0, ge=0, description="Failed attempts so far")
@@ -61,7 +69,10 @@ class RLHFRunStatus(SpecModel):
 
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation last acted on")
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended")
-    stage: StageName | None = Field(None, description="The stage running now, or the last one that ran")
+    stage: str | None = Field(
+        None, pattern=CURRENT_STEPS, max_length=64,
+        description="The steps running now, comma-separated (prepare; sft,reward; ppo), or the last one that ran",
+    )
     start_time: datetime | None = _time("When the first stage started")
     completion_time: datetime | None = _time("When the run succeeded or failed for good")
     conditions: list[Condition] = Field(

@@ -47,6 +47,7 @@ RESOURCES = [
     ("batch/v1/jobs", "Job", True, True),
     ("v1/pods", "Pod", True, True),
     ("v1/configmaps", "ConfigMap", True, False),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, False),
     ("v1/events", "Event", True, False),
     ("v1/namespaces", "Namespace", False, True),  # discoverable, but not listable (see __call__)
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, True),

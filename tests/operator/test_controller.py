@@ -23,7 +23,7 @@ async def bare_controller(config: OperatorConfig | None = None):
         try:
             yield c, controller
         finally:
-            await controller.kube.close()
+            await controller.close()
 
 
 def status_writes(c) -> int:
@@ -46,7 +46,10 @@ async def test_resync_reconciles_every_run_and_writes_status_only_on_change():
 
 
 def pod_lists(c) -> int:
-    return sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path) == f"/api/v1/namespaces/{NS}/pods")
+    """LISTs of finished steps' pods (by job-name or launcher selector), not the diagnosis of
+    pending steps (by run and stage labels)."""
+    return sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path) == f"/api/v1/namespaces/{NS}/pods"
+               and "rlhf.dev/run" not in (r.params.get("labelSelector") or ""))
 
 
 @pytest.mark.asyncio

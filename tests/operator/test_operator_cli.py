@@ -31,7 +31,7 @@ def test_render_prints_exactly_the_children(capsys, tmp_path):
     cfg = load_config(config)
     expected = render.children(admit(read_manifest(ROOT / "examples" / "multi-tenant-kueue.yaml"), cfg), cfg)
     assert docs == expected
-    assert [d["kind"] for d in docs] == ["ConfigMap"] * 4 + ["Job"] + ["MPIJob"] * 3
+    assert [d["kind"] for d in docs] == ["ConfigMap"] * 4 + ["NetworkPolicy"] * 3 + ["Job"] + ["MPIJob"] * 3
     assert all("ownerReferences" not in d["metadata"] for d in docs)  # no uid without a cluster
 
 

@@ -11,7 +11,19 @@ from harness import manifest, operator_config
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.controller import merge_patch
-from rlhf_operator.reconcile import decide, metrics_of, mpijob_state, pods_needed, termination_message
+from rlhf_operator.reconcile import (
+    Blocked,
+    Refusal,
+    decide,
+    diagnose,
+    diagnostics_needed,
+    metrics_of,
+    mpijob_state,
+    pods_needed,
+    termination_message,
+)
+
+from rlhf.spec import STAGE_NAMES
 
 CONFIG = operator_config()
 UID = "run-uid"
@@ -33,6 +45,9 @@ def observed(data: dict[str, Any], steps: dict[str, list[str]], **extra: Any) ->
     for step in names.STEPS:
         cm = render.config_map(admitted, step, UID)
         objects[("ConfigMap", cm["metadata"]["name"])] = cm
+    for stage in STAGE_NAMES:
+        policy = render.network_policy(admitted, stage, UID)
+        objects[("NetworkPolicy", policy["metadata"]["name"])] = policy
     for step, conds in steps.items():
         if step == names.PREPARE:
             obj = render.prepare_job(admitted, CONFIG, UID)
@@ -46,10 +61,10 @@ def observed(data: dict[str, Any], steps: dict[str, list[str]], **extra: Any) ->
     return objects
 
 
-def step(data, objects, pods=None, now=T0):
+def step(data, objects, pods=None, now=T0, failures=None, blocked=None):
     """Decide, and apply the status as the API server would; returns (decision, new body)."""
     admission = _admission(data)
-    decision = decide(data, admission, CONFIG, objects, pods or {}, now)
+    decision = decide(data, admission, CONFIG, objects, pods or {}, now, failures, blocked)
     new = copy.deepcopy(data)
     new["status"] = decision.status
     return decision, new
@@ -70,9 +85,10 @@ def launcher(message: dict[str, Any]) -> dict[str, Any]:
 def test_a_new_run_creates_config_maps_and_the_prepare_job_only():
     decision, _ = step(body(), {})
     created = [(a.kind, a.name) for a in decision.actions]
-    assert created == [("ConfigMap", "demo-run"), ("ConfigMap", "demo-sft-config"),
-                       ("ConfigMap", "demo-reward-config"), ("ConfigMap", "demo-ppo-config"),
-                       ("Job", "demo-prepare")]
+    assert created == [("ConfigMap", "demo-run"), ("ConfigMap", "demo-sft-trainer"),
+                       ("ConfigMap", "demo-reward-trainer"), ("ConfigMap", "demo-ppo-trainer"),
+                       ("NetworkPolicy", "demo-sft"), ("NetworkPolicy", "demo-reward"),
+                       ("NetworkPolicy", "demo-ppo"), ("Job", "demo-prepare")]
     assert decision.status["phase"] == "Running"
 
 
@@ -80,7 +96,7 @@ def test_deciding_again_on_the_same_world_changes_nothing():
     data = body()
     objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created"]})
     first, data = step(data, objects, now=T0)
-    second, _ = step(data, objects, now=T0 + timedelta(hours=1))
+    second, _ = step(data, objects, now=T0 + timedelta(minutes=10))  # within the run's TTL of finished jobs
     assert second.actions == [] and second.events == []
     assert second.status == first.status  # transition times kept: nothing to write
     assert merge_patch(first.status, second.status) == {}
@@ -191,10 +207,10 @@ def test_resume_leaves_jobs_suspended_by_someone_else_alone():
 def test_config_map_drift_is_patched_and_foreign_objects_block_their_step():
     data = body()
     objects = observed(data, {})
-    objects[("ConfigMap", "demo-sft-config")]["data"] = {"config.yaml": "edited: by hand\n"}
+    objects[("ConfigMap", "demo-sft-trainer")]["data"] = {"config.yaml": "edited: by hand\n"}
     objects[("ConfigMap", "demo-run")]["metadata"]["ownerReferences"] = []
     decision, new = step(data, objects)
-    assert [(a.verb, a.name) for a in decision.actions] == [("patch", "demo-sft-config")]
+    assert [(a.verb, a.name) for a in decision.actions] == [("patch", "demo-sft-trainer")]
     conds = {c["type"]: c for c in new["status"]["conditions"]}
     assert conds["Prepared"]["reason"] == "NameConflict"
 
@@ -261,3 +277,125 @@ def test_the_operator_creates_exactly_what_render_prints():
     expected = render.children(admit(body(), CONFIG), CONFIG, uid=UID)
     expected = [c for c in expected if c["kind"] != "ConfigMap"] + [c for c in expected if c["kind"] == "ConfigMap"]
     assert created == expected
+
+
+# ---- finished jobs, failures that stop the run, and why pods do not start --------------------
+
+
+def test_a_finished_job_is_deleted_by_the_operator_only_after_its_result_is_recorded_and_its_ttl():
+    """The run's ttlSecondsAfterFinished is the operator's, not the jobs': a job removed while the
+    operator was down must never look like one that did not run."""
+    data = body(runPolicy={"ttlSecondsAfterFinished": 600})
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Running"]})
+    objects[("MPIJob", "demo-sft")]["status"]["completionTime"] = "2026-01-01T00:00:00Z"
+    assert "ttlSecondsAfterFinished" not in objects[("MPIJob", "demo-sft")]["spec"]["runPolicy"]
+    pods = {"sft": launcher({"status": "completed", "metrics": {"eval/loss": 0.5}})}
+    first, data = step(data, objects, pods, now=T0 + timedelta(seconds=60))
+    assert not [a for a in first.actions if a.verb == "delete"]
+    assert first.requeue_after == 540  # the soonest TTL to run out: SFT's
+    later, data = step(data, objects, now=T0 + timedelta(seconds=601))
+    assert [(a.verb, a.kind, a.name, a.uid) for a in later.actions] == [("delete", "MPIJob", "demo-sft", "sft-uid")]
+    del objects[("MPIJob", "demo-sft")]
+    gone, data = step(data, objects, now=T0 + timedelta(seconds=602))
+    assert not [a for a in gone.actions if a.kind == "MPIJob"]  # never run again
+    assert next(s for s in data["status"]["stages"] if s["name"] == "sft")["state"] == "Succeeded"
+
+
+def test_a_retry_deletes_the_failed_attempt_in_the_foreground():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]})
+    decision, _ = step(data, objects)
+    (delete,) = [a for a in decision.actions if a.verb == "delete"]
+    assert delete.name == "demo-sft" and delete.foreground  # its pods must be gone before attempt 2
+
+
+def test_a_final_failure_stops_the_running_sibling_and_starts_nothing():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
+                       attempt={"sft": 2})
+    decision, data = step(data, objects, {"sft": launcher({"status": "failed", "reason": "bad data"})})
+    assert [(a.verb, a.name) for a in decision.actions] == [("delete", "demo-reward")]
+    states = {s["name"]: s["state"] for s in data["status"]["stages"]}
+    assert states == {"sft": "Failed", "reward": "Stopped"}
+    conds = {c["type"]: c for c in data["status"]["conditions"]}
+    assert conds["RewardSucceeded"]["reason"] == "Stopped" and "bad data" in conds["RewardSucceeded"]["message"]
+    assert ("Warning", "RewardStopped") in [(t, r) for t, r, _ in decision.events]
+    del objects[("MPIJob", "demo-reward")]
+    again, _ = step(data, objects)
+    assert not [a for a in again.actions if a.kind == "MPIJob"]  # the stopped stage is not recreated
+
+
+def test_a_job_the_api_server_refuses_as_invalid_fails_the_run():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"]})
+    refusal = Refusal("cannot create MPIJob demo-sft: 422 Invalid: spec.mpiReplicaSpecs[Worker].replicas: "
+                      "Invalid value", permanent=True)
+    decision, data = step(data, objects, failures={"demo-sft": refusal})
+    assert data["status"]["phase"] == "Failed"
+    conds = {c["type"]: c for c in data["status"]["conditions"]}
+    assert conds["SFTSucceeded"]["reason"] == "CreateFailed" and "422" in conds["Failed"]["message"]
+    assert not [a for a in decision.actions if a.verb == "create" and a.kind == "MPIJob"]
+    # a refusal that may pass later (quota, webhook) keeps the run going and says why
+    data = body()
+    decision, data = step(data, objects, failures={"demo-sft": Refusal("cannot create MPIJob demo-sft: 403 Forbidden: "
+                                                                      "exceeded quota")})
+    assert data["status"]["phase"] == "Running"
+    assert [a.name for a in decision.actions if a.kind == "MPIJob"] == ["demo-sft", "demo-reward"]
+
+
+def test_why_pods_do_not_start():
+    job = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}}
+    unschedulable = {"metadata": {"name": "demo-sft-worker-0"}, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
+    assert diagnose(job, [], [unschedulable]) == Blocked(
+        "Unschedulable", "pod demo-sft-worker-0 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    pull = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}}
+    assert diagnose(job, [], [pull]).reason == "ContainerWaiting"
+    creating = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    assert diagnose(job, [], [creating]) is None
+
+    def event(reason: str, when: str, message: str = "x") -> dict[str, Any]:
+        return {"type": "Warning", "reason": reason, "message": message, "lastTimestamp": when,
+                "involvedObject": {"name": "demo-sft-launcher"}}
+    forbidden = event("FailedCreate", "2026-01-01T00:00:05Z", 'pods "x" is forbidden: violates PodSecurity')
+    assert diagnose(job, [forbidden], []) == Blocked(
+        "Blocked", 'demo-sft-launcher: FailedCreate: pods "x" is forbidden: violates PodSecurity')
+    # a warning that blocks nothing, and one of an earlier attempt of the same name, say nothing
+    benign = event("SetPodTemplateRestartPolicy", "2026-01-01T00:00:05Z")
+    earlier = event("FailedCreate", "2025-12-31T23:59:00Z")
+    assert diagnose(job, [benign, earlier], []) is None
+
+
+def test_a_diagnosed_step_says_why_and_is_not_running():
+    data = body()
+    objects = observed(data, {"prepare": []})
+    assert diagnostics_needed(data, objects) == {"prepare": ["demo-prepare"]}
+    blocked = {"prepare": Blocked("Unschedulable", "pod demo-prepare-x cannot be scheduled: no nodes")}
+    decision, data = step(data, objects, blocked=blocked)
+    conds = {c["type"]: c for c in data["status"]["conditions"]}
+    assert conds["Prepared"]["reason"] == "Unschedulable" and "no nodes" in conds["Prepared"]["message"]
+    assert ("Warning", "PrepareUnschedulable") in [(t, r) for t, r, _ in decision.events]
+    assert data["status"]["stage"] == "prepare"
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created"]})
+    assert diagnostics_needed(data, objects) == {"reward": ["demo-reward", "demo-reward-launcher"]}
+    _, data = step(data, objects)
+    assert data["status"]["stage"] == "sft,reward"
+
+
+def test_suspending_and_resuming_tell_it_once():
+    data = body()
+    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created", "Running"]})
+    _, data = step(data, objects)
+    data["spec"]["runPolicy"]["suspend"] = True
+    suspended, data = step(data, objects)
+    assert [r for _, r, _ in suspended.events] == ["Suspended"]
+    data["spec"]["runPolicy"]["suspend"] = False
+    for key in (("MPIJob", "demo-sft"), ("MPIJob", "demo-reward")):
+        objects[key]["spec"]["runPolicy"]["suspend"] = True
+        objects[key]["metadata"]["annotations"][names.SUSPENDED_BY_RUN] = "true"
+    resumed, _ = step(data, objects)
+    told = [(r, m) for _, r, m in resumed.events]
+    assert [r for r, _ in told].count("Resumed") == 1 and all(m for _, m in told), told

@@ -25,8 +25,9 @@ MPIJOB_CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_mpijobs.yaml"
 UID = "6f0c1d2e-0000-4000-8000-000000000001"
 K8S_VERSION = "1.30.0"
 UPDATE = os.environ.get("RLHF_UPDATE_GOLDEN") == "1"
-#: Every example meant for a cluster (quickstart is the local one, with storage.localDir).
-CLUSTER_EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")
+#: Every example meant for a cluster (the local ones, run with `rlhf run`, use storage.localDir).
+CLUSTER_EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml")
+                          if "localDir" not in (yaml.safe_load(p.read_text())["spec"]["storage"]))
 
 #: What a run of the examples may choose (the variants below add a priority, a zone, a toleration,
 #: a custom image and a Hub-token Secret).
@@ -224,12 +225,12 @@ def test_nvidia_mpijob():
     assert env["RLHF_ACCELERATOR"] == "cuda" and env["NCCL_DEBUG"] == "WARN" and env["HF_HUB_OFFLINE"] == "1"
     for name in env:
         assert cmd[cmd.index(name) - 1] == "-x", f"{name} is not forwarded to the ranks"
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in wpod["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "512000Mi"}} in wpod["volumes"]
     assert {"name": "storage", "persistentVolumeClaim": {"claimName": "rlhf-shared"}} in wpod["volumes"]
     mounts = {m["name"]: m for m in wc["volumeMounts"]}
     assert mounts["storage"] == {"name": "storage", "mountPath": "/mnt/rlhf", "subPath": "llama2-7b-lora"}
     assert mounts["config"]["mountPath"] == "/etc/rlhf"
-    assert {"name": "config", "configMap": {"name": "llama2-7b-lora-sft-config"}} in lpod["volumes"]
+    assert {"name": "config", "configMap": {"name": "llama2-7b-lora-sft-trainer"}} in lpod["volumes"]
     for pod in (wpod, lpod):
         assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"] is True
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -262,8 +263,9 @@ def test_scheduling_is_merged_with_the_pool_and_jobs_are_queued():
     docs = children(dict(variants())["scheduled+suspended"])
     job = of_kind(docs, "MPIJob")[0]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
+    # No ttlSecondsAfterFinished: the operator deletes finished jobs itself, once it recorded them.
     assert job["spec"]["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": False,
-                                        "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 60}
+                                        "activeDeadlineSeconds": 7200}
     pod = _replicas(job)[1]["template"]["spec"]
     assert pod["priorityClassName"] == "high"
     assert pod["nodeSelector"] == {"topology.kubernetes.io/zone": "z1", "nvidia.com/gpu.present": "true"}
@@ -291,7 +293,7 @@ def test_prepare_job_and_config_maps():
     assert run_yaml["metadata"] == {"name": "opt-1-3b", "namespace": "ml"}
     assert run_yaml["spec"]["accelerator"] == "cpu"
     assert load_manifest(run_yaml).spec == admit(dict(variants())["cpu"], CONFIG).run.spec  # what prepare reads
-    sft = yaml.safe_load(maps["opt-1-3b-sft-config"]["data"]["config.yaml"])
+    sft = yaml.safe_load(maps["opt-1-3b-sft-trainer"]["data"]["config.yaml"])
     assert sft["checkpoint"]["output_dir"] == "/mnt/rlhf/sft"
     worker = of_kind(docs, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert "limits" in worker["resources"] and not any("/" in k for k in worker["resources"]["limits"])
