@@ -38,6 +38,7 @@ def peft_config(lora: LoraConfig, task: TaskType, family: str | None = None) -> 
 def apply_lora(model: nn.Module, lora: LoraConfig, task: TaskType) -> nn.Module:
     """Wrap ``model`` with LoRA adapters. Unless only_optimize_lora, the base weights keep training."""
     wrapped = get_peft_model(model, peft_config(lora, task, model_type(model)))
+    _like_zero3_params(wrapped)
     if not lora.only_optimize_lora:
         for name, param in wrapped.named_parameters():
             if "original_module" not in name:  # peft's frozen copy of a modules_to_save module
@@ -47,3 +48,19 @@ def apply_lora(model: nn.Module, lora: LoraConfig, task: TaskType) -> nn.Module:
 
 def is_lora_param(name: str) -> bool:
     return "lora_" in name
+
+
+def _like_zero3_params(model: nn.Module) -> None:
+    """Give the adapters the dtype of a ZeRO-3 partitioned base model.
+
+    Loaded under ``zero.Init`` (ZeRO-3), the base weights are partitioned in the training dtype
+    (bf16/fp16) while peft creates its adapters afterwards, in float32; DeepSpeed's ZeRO-3 optimizer
+    takes one dtype per parameter group (it keeps its own float32 master copy of every one).
+    """
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return
+    dtype = partitioned[0].dtype
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
