@@ -150,8 +150,9 @@ def test_deployment_defaults(helm):
     assert [*container["command"], *container["args"]] == ["rlhf-operator", "run", "--config", "/etc/rlhf-operator/config.yaml"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
-    probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[kind]["httpGet"]
+        assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080, kind
     # hardened
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
