@@ -243,3 +243,20 @@ def test_bad_messages_rows_name_record_and_field(tmp_path, row, expected):
     assert f"{path}: {expected.replace('record 0', 'record 0 (line 1)')}" in str(err.value)
     with pytest.raises(DataError, match="no usable training records"):
         load(path, on_bad_record="skip")
+
+
+def test_the_chat_format_and_template_are_part_of_the_cache_key(tmp_path):
+    from test_data import make_cfg
+    from test_data import write_jsonl as write_rows
+
+    from rlhf.data.cache import prepare_phase_data
+
+    path = write_rows(tmp_path / "pairs.jsonl", [{"prompt": f"Human: q{i}?\n\nAssistant:", "chosen": f" a{i}",
+                                                   "rejected": f" b{i}"} for i in range(20)])
+    tok = family_tokenizer("qwen2", TEXTS, vocab_size=300)
+    keys = {fmt: prepare_phase_data(make_cfg(tmp_path, paths=[str(path)], chat_format=fmt), tok, phase=1).stats["cache_key"]
+            for fmt in ("raw", "template", "auto")}
+    assert keys["raw"] != keys["template"] == keys["auto"]
+    tok.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    changed = prepare_phase_data(make_cfg(tmp_path, paths=[str(path)]), tok, phase=1).stats["cache_key"]
+    assert changed != keys["template"]
