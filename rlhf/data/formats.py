@@ -1,4 +1,5 @@
-"""The chat format shared by data, generation and `rlhf chat` (DeepSpeed-Chat's Human/Assistant style).
+"""DeepSpeed-Chat's raw text chat format (``data.chat_format: raw``; a chat template renders the
+other way, see :mod:`rlhf.data.render`).
 
 A prompt ends with ``Assistant:``; an answer starts with a space, so ``prompt + answer`` reads
 naturally and the tokenizer sees the same boundary at training and at generation time.
