@@ -6,6 +6,7 @@ On our synthetic task, with the example's own settings:
 * PPO learns the preferred property without reward hacking, judged by the task's program on
   held-out prompts (not by the reward model): property share >= 30 points above the SFT model's,
   content share >= 90 % of the SFT model's, distinct-2 >= 80 % of SFT's, mean length within +-30 %;
+* the same holds with PPO mini-batches of one answer;
 * `rlhf chat --prompt` answers from the PPO actor.
 """
 
@@ -22,6 +23,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+#: PPO iterations of the mini-batch-of-one check (the example runs 30 with mini-batches of 16).
+MB1_ITERATIONS = 12
 
 
 def rlhf(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -59,8 +62,7 @@ def test_reward_model_heldout_accuracy(quickstart):
     assert m["eval/chosen_score"] > m["eval/rejected_score"]
 
 
-def test_ppo_learns_the_property_without_reward_hacking(quickstart):
-    m = _summary(quickstart, "ppo")["metrics"]
+def _assert_learns_without_hacking(m: dict) -> None:
     report = {k: round(v, 3) for k, v in m.items()}
     assert m["baseline/content_rate"] >= 0.5, report  # the SFT model does the task, so the check means something
     assert m["check/property_gain_points"] >= 30, report
@@ -68,6 +70,24 @@ def test_ppo_learns_the_property_without_reward_hacking(quickstart):
     assert m["check/distinct_2_ratio"] >= 0.8, report
     assert 0.7 <= m["check/length_ratio"] <= 1.3, report
     assert m["eval/reward_mean"] > m["baseline/reward_mean"], report
+
+
+def test_ppo_learns_the_property_without_reward_hacking(quickstart):
+    _assert_learns_without_hacking(_summary(quickstart, "ppo")["metrics"])
+
+
+def test_ppo_learns_with_a_minibatch_of_one(quickstart):
+    """PPO mini-batches of one answer (``per_device_train_batch_size: 1``, as our Llama-2 example's PPO
+    stage) learn too: advantages are whitened over the whole rollout, not per answer, so each
+    answer keeps its sequence-level signal. The example's PPO stage with a smaller budget (each
+    iteration takes 32 optimizer steps instead of 2)."""
+    out = quickstart / "ppo_minibatch_1"
+    rlhf(quickstart.parent.parent, "train", "ppo", "--config", str(quickstart / "ppo.config.yaml"),
+         "optim.per_device_train_batch_size=1", f"checkpoint.output_dir={out}", f"ppo.max_iterations={MB1_ITERATIONS}",
+         "checkpoint.save_interval=0")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == MB1_ITERATIONS
+    _assert_learns_without_hacking(summary["metrics"])
 
 
 def test_the_ppo_actor_chats(quickstart):
