@@ -90,6 +90,12 @@ class DataSpec(SpecModel):
         description="Relative shares of each dataset for SFT, reward and PPO, e.g. '2,4,4' (--data_split)",
     )
     eval_fraction: float = trainer_field("data.eval_fraction")
+    chat_format: Literal["auto", "template", "raw"] = trainer_field(
+        "data.chat_format",
+        "How prompts and answers become text in every stage (and the shared data cache): template "
+        "renders them with the tokenizer's chat template, raw as DeepSpeed-Chat's 'Human: ... "
+        "Assistant: ...' text, auto the template when the tokenizer has one",
+    )
 
     @field_validator("split")
     @classmethod

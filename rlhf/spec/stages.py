@@ -37,7 +37,8 @@ class LoraSpec(SpecModel):
         Rule("!self.onlyOptimizeLora || self.dim > 0", "onlyOptimizeLora needs dim > 0",
              lambda m: not m.only_optimize_lora or m.dim > 0, "onlyOptimizeLora"),
         Rule("!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear')",
-             "leave targetModules out to adapt every linear layer ('all-linear')",
+             "'all-linear' is not a module name: leave targetModules out for the model family's projections, or list "
+             "the module names to adapt",
              lambda m: "all-linear" not in (m.target_modules or ()), "targetModules"),
     )
 
@@ -46,7 +47,8 @@ class LoraSpec(SpecModel):
     dropout: float = trainer_field("lora.dropout", "Dropout of the LoRA layers")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = trainer_field(
         "lora.target_modules",
-        "Module name suffixes to adapt (peft target_modules); default every linear layer",
+        "Module name suffixes to adapt (peft target_modules); default the model family's attention and MLP "
+        "projections (every linear layer for a family the trainer does not know)",
         default=None, max_length=64,
     )
     learning_rate: float | None = trainer_field("lora.learning_rate")

@@ -88,6 +88,7 @@ def _compose(run: RLHFRun, stage: str) -> tuple[dict[str, Any], dict[str, str], 
         "data.paths": (_sources(root, data.datasets), "spec.data.datasets"),
         "data.split": (data.split, "spec.data.split"),
         "data.eval_fraction": (data.eval_fraction, "spec.data.evalFraction"),
+        "data.chat_format": (data.chat_format, "spec.data.chatFormat"),
         "data.cache_dir": (f"{root}/{DATA_CACHE}", "spec.storage"),
         "checkpoint.output_dir": (f"{root}/{stage}", "spec.storage"),
     }
