@@ -20,12 +20,24 @@ def bare() -> Iterator[Cluster]:
         yield cluster
 
 
-def test_helm_install_after_the_readme_crd_step(bare: Cluster):
-    """The README installs the CRD with kubectl first, then the chart: Helm 4 applies crds/
-    server-side and must not conflict with the CRD kubectl created."""
-    bare.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "rlhfrun.yaml"))
-    install_chart(bare)
+def test_installing_over_an_existing_crd_as_the_readme_says(bare: Cluster):
+    """A cluster that already has an RLHFRun CRD (an earlier version, applied with kubectl): Helm 4
+    server-side-applies crds/ on install and conflicts with kubectl's fields, so the README says to
+    update the CRD with kubectl and install with --skip-crds. Both halves are checked here."""
+    import yaml
+
+    older = yaml.safe_load((ROOT / "crds" / "rlhfrun.yaml").read_text())
+    older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["description"] = "older"
+    bare.apply(older)
+    plain = helm(bare, "install", RELEASE, str(ROOT / "charts" / "rlhf-operator"), "-n", SYSTEM_NS,
+                 "--create-namespace", check=False)
+    assert plain.returncode != 0 and "conflict" in plain.stderr, plain.stderr  # what the README warns of
+    helm(bare, "uninstall", RELEASE, "-n", SYSTEM_NS, check=False)
+    bare.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "rlhfrun.yaml"))
+    install_chart(bare, "--skip-crds")
     assert helm(bare, "status", RELEASE, "-n", SYSTEM_NS).returncode == 0
+    stored = bare.get("crd", "rlhfruns.rlhf.dev")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert stored["properties"]["spec"]["description"] != "older"
 
 
 def test_a_namespaced_install_needs_its_namespaces(bare: Cluster):
