@@ -276,3 +276,42 @@ def test_manifest_files_are_read_as_kubectl_reads_them(tmp_path):
     path.write_text("spec: {stages: {sft: {nodes: 0}}}\n")
     with pytest.raises(SpecError, match=f"invalid RLHFRun {path}"):
         load_manifest(path)
+
+
+BOMB = """apiVersion: rlhf.dev/v1alpha1
+kind: RLHFRun
+metadata: {name: bomb}
+a: &a [x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+spec: [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+@pytest.mark.parametrize("command", [["-m", "rlhf", "validate"], ["-m", "rlhf_operator.cli", "render"]])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, command):
+    """A few hundred bytes expanding to 9^9 list items: refused at once with one line, where the
+    typed spec (or any walk over the parsed data) would have to visit each of them."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    proc = subprocess.run([sys.executable, *command, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "expands to more than" in proc.stderr and "aliases" in proc.stderr, proc.stderr
+
+
+def test_ordinary_anchors_and_aliases_still_load(tmp_path):
+    from rlhf.spec import read_manifest
+
+    path = tmp_path / "run.yaml"
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    data["spec"]["stages"]["ppo"] = data["spec"]["stages"]["reward"]  # one object: dumped as &id001 / *id001
+    text = yaml.safe_dump(data)
+    path.write_text(text)
+    assert "*id001" in text
+    loaded = read_manifest(path)
+    assert loaded["spec"]["stages"]["ppo"] == loaded["spec"]["stages"]["reward"]

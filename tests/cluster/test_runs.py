@@ -105,6 +105,8 @@ def test_a_run_succeeds_through_the_real_mpi_operator(k8s: Cluster, operator: Op
                 continue  # the MPI operator's launcher Job, owned by the MPIJob
             refs = obj["metadata"].get("ownerReferences") or []
             assert any(r["kind"] == "RLHFRun" and r["name"] == "happy" for r in refs), obj["metadata"]
+    launcher_pod = launchers(k8s, "happy", "ppo")[0]["spec"]
+    assert not [v for v in launcher_pod["volumes"] if v["name"].startswith("kube-api-access")]  # no API token
     mpijob = k8s.get("mpijob", "happy-ppo", NS)
     for role in ("Launcher", "Worker"):
         pod = mpijob["spec"]["mpiReplicaSpecs"][role]["template"]["spec"]
@@ -142,6 +144,9 @@ def test_retries_exhausted_fail_the_run_and_stop_the_sibling(k8s: Cluster, opera
 def test_suspend_and_resume(k8s: Cluster, operator: OperatorProcess, script: PodScript):
     start(k8s, script, "pause", {"prepare": [Exit(0)]})
     eventually(lambda: launchers(k8s, "pause", "sft"), timeout=90, what="the SFT launcher")
+    # both stages run: the STAGE column says so
+    eventually(lambda: run_status(k8s, "pause").get("stage") == "sft,reward", timeout=90,
+               what=lambda: f"status.stage sft,reward: {run_status(k8s, 'pause').get('stage')}")
     k8s.kubectl("patch", "rlhfrun", "pause", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
     wait_phase(k8s, operator, "pause", "Suspended")
     eventually(lambda: all(k8s.get("mpijob", f"pause-{s}", NS)["spec"]["runPolicy"]["suspend"] for s in ("sft", "reward")),
@@ -289,6 +294,20 @@ def test_the_operator_process_serves_liveness_and_metrics(operator: OperatorProc
         text = rsp.read().decode()
     assert 'rlhf_operator_runs{phase="Succeeded"}' in text
     assert "rlhf_operator_reconcile_duration_seconds_count" in text
+
+
+def test_a_run_may_not_choose_what_its_pool_does_not_allow(k8s: Cluster, operator: OperatorProcess,
+                                                          script: PodScript):
+    """The platform team's pools decide images, tolerations, PriorityClasses and Secrets: a run
+    asking for more is refused naming the field, and nothing is created for it."""
+    start(k8s, script, "greedy", {}, image="registry.evil.example/miner:latest",
+          scheduling={"tolerations": [{"operator": "Exists"}]}, hubTokenSecret="someone-elses-secret")
+    status = wait_phase(k8s, operator, "greedy", "Failed")
+    message = condition(status, "Valid")["message"]
+    for field in ("spec.image", "spec.scheduling.tolerations[0]", "spec.hubTokenSecret"):
+        assert field in message, message
+    assert k8s.get("job", "greedy-prepare", NS) is None and k8s.get("configmap", "greedy-run", NS) is None
+    k8s.kubectl("delete", "rlhfrun", "greedy", "-n", NS)
 
 
 def test_the_chart_rbac_is_exactly_what_the_operator_uses(k8s: Cluster, operator: OperatorProcess):
