@@ -309,6 +309,16 @@ def test_every_stages_local_inputs_are_checked_before_any_stage_starts(fakes, tm
     assert main(["run", str(manifest)]) == 2
 
 
+def test_a_gguf_only_model_folder_passes_the_input_check_as_prepare_converts_it(fakes, tmp_path):
+    manifest = write_manifest(tmp_path)
+    actor = tmp_path / "inputs" / "actor"
+    for name in ("config.json", "tokenizer.json"):
+        (actor / name).unlink()
+    (actor / "model-Q8_0.gguf").write_bytes(b"GGUF")  # the fake prepare converts nothing; the fake stages do not care
+    code, out = fakes.run(manifest, {})
+    assert code == 0, out
+
+
 def test_ctrl_c_stops_every_stage_group_and_exits_130(fakes, tmp_path):
     manifest = write_manifest(tmp_path)
 

@@ -1,8 +1,9 @@
 """Before ``rlhf run`` starts anything: every stage's local inputs exist — its models (PPO's reward
 model too) and tokenizers, its data files, PPO's evaluation prompts — so a typo in the last stage's
 path fails in a second, not after hours of SFT. Inputs that the run itself makes are not checked:
-the outputs of its stages (``<root>/<stage>/model``) and ``rlhf prepare``'s Hub copies
-(``<root>/hub/...``). Hub ids are left to ``rlhf prepare`` and the stage. No torch here.
+the outputs of its stages (``<root>/<stage>/model``), ``rlhf prepare``'s Hub copies
+(``<root>/hub/...``) and the GGUF-only model folders it converts. Hub ids are left to
+``rlhf prepare`` and the stage. No torch here.
 """
 
 from __future__ import annotations
@@ -30,11 +31,30 @@ def _norm(path: str | Path) -> str:
     return os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
 
 
-class RunInputs:
-    """What the run at storage root ``root`` will make itself, and the checks of the rest."""
+def gguf_only_folders(folders: list[str | None]) -> list[str]:
+    """The local model folders (of ``spec.models``) that hold only a GGUF file: ``rlhf prepare``
+    converts them in place before any stage starts (:mod:`rlhf.prepare.gguf_models`)."""
+    from rlhf.models.gguf import GGUFError, gguf_in
 
-    def __init__(self, root: Path, stages: list[str]):
+    out = []
+    for folder in folders:
+        if not folder or is_hub_id(folder):
+            continue
+        try:
+            if gguf_in(folder) is not None:
+                out.append(folder)
+        except GGUFError:
+            continue  # rlhf prepare names it
+    return out
+
+
+class RunInputs:
+    """What the run at storage root ``root`` will make itself (its stages' models, ``rlhf prepare``'s
+    Hub copies and GGUF conversions in ``converted``), and the checks of the rest."""
+
+    def __init__(self, root: Path, stages: list[str], converted: list[str] | None = None):
         self.made = [_norm(root / HUB_DIR)] + [_norm(root / stage / "model") for stage in stages]
+        self.made += [_norm(folder) for folder in converted or []]
 
     def _made_by_run(self, value: str) -> bool:
         path = _norm(value)

@@ -28,7 +28,7 @@ import yaml
 
 from rlhf.config import STAGES, build
 from rlhf.runner import launch, manifest, plan, procs, progress, report
-from rlhf.runner.inputs import RunInputs
+from rlhf.runner.inputs import RunInputs, gguf_only_folders
 from rlhf.runner.report import DONE, FAILED, NOT_RUN, PENDING, RUNNING, SKIPPED, STOPPED, StageResult
 from rlhf.spec import STAGE_NAMES
 
@@ -120,7 +120,8 @@ class Runner:
                         f"--stages: {stage} needs {dep} completed first, and {self.root / dep} holds no "
                         f"completed {dep} with this manifest's config; add {dep} to --stages")
         self.todo = [s for s in selected if self.results[s].state == PENDING]
-        inputs = RunInputs(self.root, list(STAGE_NAMES))
+        models = self.run.spec.models
+        inputs = RunInputs(self.root, list(STAGE_NAMES), gguf_only_folders([models.actor, models.reward, models.tokenizer]))
         problems = [line for stage in self.todo
                     for line in inputs.problems(stage, build(STAGES[stage], self.configs[stage], f"stage {stage}"))]
         if problems:
