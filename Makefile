@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # examples/quickstart.yaml reads its data and models from here.
 DEMO_DIR := runs/quickstart
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client etcd-server
+DEBIAN_PACKAGES := openmpi-bin libopenmpi-dev numactl libaio-dev openssh-server openssh-client
 
 # One thread per rank, DeepSpeed on its CPU accelerator, JIT-built ops cached between runs.
 export OMP_NUM_THREADS ?= 1
@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: system-deps $(STAMP)
 
 # Debian packages the multi-rank tests need (OpenMPI for mpirun, numactl for deepspeed --bind_cores_to_rank,
-# OpenSSH for the trainer image's worker sshd test), and etcd for the cluster tier.
+# OpenSSH for the trainer image's worker sshd test).
 system-deps:
 	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -84,9 +84,9 @@ tools: | $(STAMP)
 	$(PY) tests/k8s_tools.py
 
 # The real Kubernetes components of the cluster tier (tests/cluster): kube-apiserver,
-# kube-controller-manager and kube-scheduler of each tested release, the Kubeflow MPI operator and
-# kwok, built with this machine's Go from the Go module proxy into .tools/k8s/ (once per version),
-# plus helm and kubectl.
+# kube-controller-manager and kube-scheduler of each tested release, etcd, the Kubeflow MPI operator
+# and kwok, built with this machine's Go from the Go module proxy into .tools/k8s/ (once per
+# version), plus helm and kubectl.
 cluster-tools: tools
 	$(PY) tests/cluster/k8s_components.py
 

@@ -30,6 +30,7 @@ from rlhf_operator.reconcile import (
     decide,
     diagnose,
     diagnostics_needed,
+    merge_patch,
     pods_needed,
 )
 from rlhf_operator.status import timestamp
@@ -37,22 +38,6 @@ from rlhf_operator.status import timestamp
 logger = logging.getLogger("rlhf_operator")
 #: How soon a change the API server refused for a reason that may pass is tried again.
 RETRY_REFUSED_SECONDS = 10.0
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """The JSON merge patch (RFC 7386) turning ``old`` into ``new``; None-valued keys delete."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch: dict[str, Any] = {}
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            patch[key] = merge_patch(old[key], value)
-    return patch
 
 
 def _latest(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

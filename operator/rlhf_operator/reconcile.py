@@ -87,6 +87,22 @@ class Refusal:
 # Reading children.
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) turning ``old`` into ``new``; None-valued keys delete."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
     """Whether the run with ``uid`` is ``obj``'s controller."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
@@ -389,7 +405,9 @@ def _ensure_static_children(ctx: _Ctx) -> set[str]:
             blocked.add(step)
             ctx.steps[step] = _Step("False", "NameConflict", _conflict(kind, name))
         elif obj.get(content) != desired[content]:
-            ctx.actions.append(Action("patch", kind, name, {content: desired[content]}, step=step))
+            # A merge patch that also removes what someone added (a plain merge would keep it).
+            ctx.actions.append(Action("patch", kind, name, {content: merge_patch(obj.get(content), desired[content])},
+                                      step=step))
     return blocked
 
 

@@ -31,9 +31,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def k8s() -> Iterator[Cluster]:
-    """The newest Kubernetes we test, with the MPI operator and kwok's fake GPU nodes."""
+    """The newest Kubernetes we test, with the MPI operator and kwok's fake GPU nodes: one per test
+    module (a control plane starts in seconds). Never two at once: the MPI operator always serves
+    its health check on :8080."""
     with running_cluster() as cluster:
         prepare_cluster(cluster)
         yield cluster
@@ -126,7 +128,7 @@ def chart_operator(cluster: Cluster) -> OperatorProcess:
     return OperatorProcess(cluster, kubeconfig, config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(k8s: Cluster) -> Iterator[OperatorProcess]:
     install_chart(k8s)
     op = chart_operator(k8s)

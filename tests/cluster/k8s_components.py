@@ -11,7 +11,7 @@ Everything comes from the Go module proxy and is built once per version into ``.
   CRD, read from the same module;
 * kwok (``sigs.k8s.io/kwok/cmd/kwok``), which plays the kubelet of fake nodes.
 
-etcd comes from Debian's ``etcd-server`` (the Makefile installs it).
+* etcd (``go.etcd.io/etcd/server/v3``, through a wrapper ``main`` calling its ``etcdmain``).
 
 Go: always the machine's own toolchain (``GOTOOLCHAIN=local``), never one a module's
 ``toolchain`` line asks to download: Go 1.27 turns on a JSON experiment that breaks
@@ -43,6 +43,7 @@ TOOLS = ROOT / ".tools" / "k8s"
 KUBERNETES_VERSIONS = ("1.37.2", "1.34.4")
 MPI_OPERATOR_VERSION = "v0.8.2"
 KWOK_VERSION = "v0.8.0"
+ETCD_VERSION = "v3.6.16"
 #: Where the MPIJob CRD lives inside the mpi-operator module.
 MPIJOB_CRD_PATH = "manifests/base/kubeflow.org_mpijobs.yaml"
 
@@ -119,8 +120,9 @@ def _stamped(folder: Path, key: str, binaries: tuple[str, ...]) -> bool:
 
 
 def _build_module(folder: Path, key: str, go_mod: str, main_imports: list[str], packages: list[str],
-                  binaries: tuple[str, ...], ldflags: str = "") -> Built:
-    """Build ``packages`` of a wrapper module (``go_mod``) into ``folder``, atomically."""
+                  binaries: tuple[str, ...], ldflags: str = "", main_go: str | None = None) -> Built:
+    """Build ``packages`` of a wrapper module (``go_mod``) into ``folder``, atomically. The wrapper's
+    own ``main.go`` imports ``main_imports`` (so that ``go mod tidy`` keeps them), or is ``main_go``."""
     if _stamped(folder, key, binaries):
         return Built(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ def _build_module(folder: Path, key: str, go_mod: str, main_imports: list[str], 
         work = Path(tmp)
         (work / "go.mod").write_text(go_mod)
         lines = "\n".join(f'import _ "{imp}"' for imp in main_imports)
-        (work / "main.go").write_text(f"package main\n\n{lines}\n\nfunc main() {{}}\n")
+        (work / "main.go").write_text(main_go or f"package main\n\n{lines}\n\nfunc main() {{}}\n")
         _run(["go", "mod", "tidy"], work)
         out = work / "bin"
         out.mkdir()
@@ -236,22 +238,31 @@ def kwok_stages() -> str:
 
 
 def etcd() -> Path:
-    """Debian's etcd (package etcd-server)."""
-    found = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").is_file() else None)
-    if not found:
-        raise BuildError("etcd not found: install Debian's etcd-server (make system-deps does)")
-    return Path(found)
+    """etcd, built from ``go.etcd.io/etcd/server/v3`` (its ``etcdmain``, as etcd's own main does).
+
+    Not Debian's etcd-server: that is 3.4, which Kubernetes 1.34+ no longer supports, and which
+    cannot serve the watch progress requests of client-go's streaming lists (on by default since
+    1.35): every informer's watch fails and falls back to relisting, so kwok and the controllers see
+    changes tens of seconds late."""
+    folder = TOOLS / f"etcd-{ETCD_VERSION}"
+    if _stamped(folder, ETCD_VERSION, ("etcd",)):
+        return folder / "etcd"
+    module = "go.etcd.io/etcd/server/v3"
+    go_line = _check_go_line(_fetch_go_mod(module, ETCD_VERSION), f"{module} {ETCD_VERSION}")
+    go_mod = f"module etcd\n\ngo {go_line}\n\nrequire {module} {ETCD_VERSION}\n"
+    main_go = ('package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+               "func main() { etcdmain.Main(os.Args) }\n")
+    return _build_module(folder, ETCD_VERSION, go_mod, [], ["."], ("etcd",), main_go=main_go) / "etcd"
 
 
 def main(argv: list[str]) -> int:
     versions = argv or list(KUBERNETES_VERSIONS)
     for step, build in [*((f"kubernetes {v}", lambda v=v: kubernetes(v)) for v in versions),
-                        ("mpi-operator", mpi_operator), ("kwok", kwok)]:
+                        ("mpi-operator", mpi_operator), ("kwok", kwok), ("etcd", etcd)]:
         started = time.monotonic()
         built = build()
-        print(f"{step}: {built.folder} ({time.monotonic() - started:.0f}s)", flush=True)
+        print(f"{step}: {getattr(built, 'folder', built)} ({time.monotonic() - started:.0f}s)", flush=True)
     print(f"MPIJob CRD: {mpijob_crd()}")
-    print(f"etcd: {etcd()}")
     return 0
 
 

@@ -310,6 +310,29 @@ def test_a_run_may_not_choose_what_its_pool_does_not_allow(k8s: Cluster, operato
     k8s.kubectl("delete", "rlhfrun", "greedy", "-n", NS)
 
 
+def test_suspending_during_prepare_and_hand_edits_are_undone(k8s: Cluster, operator: OperatorProcess,
+                                                            script: PodScript):
+    """The prepare Job follows the run's suspend like the MPIJobs do, and what the operator owns
+    (a stage's NetworkPolicy, its trainer config) goes back to what the run says when edited."""
+    start(k8s, script, "edited", {}, runPolicy={"suspend": False})
+    eventually(lambda: k8s.get("job", "edited-prepare", NS), timeout=60, what="the prepare Job")
+    k8s.kubectl("patch", "rlhfrun", "edited", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    eventually(lambda: k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is True, timeout=60,
+               what="the prepare Job suspended")
+    wait_phase(k8s, operator, "edited", "Suspended")
+    policy = k8s.get("networkpolicy", "edited-sft", NS)
+    k8s.kubectl("patch", "networkpolicy", "edited-sft", "-n", NS, "--type=merge",
+                "-p", '{"spec":{"podSelector":{"matchLabels":{"opened":"by-hand"}}}}')
+    k8s.kubectl("patch", "configmap", "edited-ppo-trainer", "-n", NS, "--type=merge", "-p", '{"data":{"config.yaml":"x: 1"}}')
+    k8s.kubectl("patch", "rlhfrun", "edited", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    eventually(lambda: k8s.get("networkpolicy", "edited-sft", NS)["spec"] == policy["spec"], timeout=60,
+               what="the NetworkPolicy restored")
+    eventually(lambda: k8s.get("configmap", "edited-ppo-trainer", NS)["data"]["config.yaml"] != "x: 1", timeout=60,
+               what="the trainer config restored")
+    assert k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is False
+    k8s.kubectl("delete", "rlhfrun", "edited", "-n", NS)
+
+
 def test_the_chart_rbac_is_exactly_what_the_operator_uses(k8s: Cluster, operator: OperatorProcess):
     """Runs last in this module: over all the runs above, the API server's audit log of the
     operator's ServiceAccount shows no refused request, and every verb the chart grants in a

@@ -10,13 +10,13 @@ from typing import Any
 from harness import manifest, operator_config
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, admit
-from rlhf_operator.controller import merge_patch
 from rlhf_operator.reconcile import (
     Blocked,
     Refusal,
     decide,
     diagnose,
     diagnostics_needed,
+    merge_patch,
     metrics_of,
     mpijob_state,
     pods_needed,
@@ -207,10 +207,11 @@ def test_resume_leaves_jobs_suspended_by_someone_else_alone():
 def test_config_map_drift_is_patched_and_foreign_objects_block_their_step():
     data = body()
     objects = observed(data, {})
-    objects[("ConfigMap", "demo-sft-trainer")]["data"] = {"config.yaml": "edited: by hand\n"}
+    objects[("ConfigMap", "demo-sft-trainer")]["data"] = {"config.yaml": "edited: by hand\n", "extra": "added"}
     objects[("ConfigMap", "demo-run")]["metadata"]["ownerReferences"] = []
     decision, new = step(data, objects)
     assert [(a.verb, a.name) for a in decision.actions] == [("patch", "demo-sft-trainer")]
+    assert decision.actions[0].body["data"]["extra"] is None  # what was added by hand goes too
     conds = {c["type"]: c for c in new["status"]["conditions"]}
     assert conds["Prepared"]["reason"] == "NameConflict"
 
