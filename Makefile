@@ -74,7 +74,7 @@ lint: setup
 	$(PY) -m ruff check rlhf operator trainer_image tests bench
 
 # The Helm chart ships the generated CRD (tests/test_chart.py checks they match): run after
-# `python -m rlhf.spec.crd > crds/rlhfrun.yaml`.
+# `python -m rlhf.api.crd > crds/rlhfrun.yaml`.
 chart-crds:
 	rm -f charts/rlhf-operator/crds/*.yaml
 	cp crds/*.yaml charts/rlhf-operator/crds/

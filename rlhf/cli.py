@@ -77,14 +77,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from rlhf.spec import STAGE_NAMES, load_manifest, stage_config
+    from rlhf.api import STAGE_NAMES, load_manifest, stage_config
 
     run = load_manifest(args.manifest)
     where = ""
     if args.namespace and not args.operator_config:
         raise UserError("--namespace goes with --operator-config (pools are open to namespaces)")
     if args.operator_config:
-        from rlhf.spec.pools import DEFAULT_NAMESPACE, load_policy
+        from rlhf.api.pools import DEFAULT_NAMESPACE, load_policy
 
         namespace = args.namespace or run.metadata.namespace or DEFAULT_NAMESPACE
         if run.metadata.namespace and namespace != run.metadata.namespace:

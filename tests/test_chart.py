@@ -241,7 +241,7 @@ def test_operator_loads_the_rendered_config(helm, values, tmp_path):
     `rlhf validate --operator-config` (the same pool policy)."""
     from rlhf_operator.config import load_config
 
-    from rlhf.spec.pools import load_policy
+    from rlhf.api.pools import load_policy
 
     path = tmp_path / "config.yaml"
     path.write_text(one(render(helm, values), "ConfigMap")["data"]["config.yaml"])
@@ -282,7 +282,7 @@ def test_the_charts_pools_admit_and_refuse_runs(helm, tmp_path, values, example,
     from rlhf_operator.admission import AdmissionError, admit
     from rlhf_operator.config import load_config
 
-    from rlhf.spec import read_manifest
+    from rlhf.api import read_manifest
 
     path = tmp_path / "config.yaml"
     path.write_text(one(render(helm, values), "ConfigMap")["data"]["config.yaml"])

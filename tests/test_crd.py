@@ -15,13 +15,13 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from rlhf.spec import SpecError, load_manifest, read_manifest
-from rlhf.spec.crd import crd, render
+from rlhf.api import SpecError, load_manifest, read_manifest
+from rlhf.api.crd import crd, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / "rlhfrun.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-REGENERATE = "python -m rlhf.spec.crd > crds/rlhfrun.yaml"
+REGENERATE = "python -m rlhf.api.crd > crds/rlhfrun.yaml"
 
 # Keys of apiextensions/v1 JSONSchemaProps that a structural schema may use (we also leave out
 # title, allOf, oneOf and not, which the generator never needs).

@@ -18,7 +18,7 @@ import celpy
 import pytest
 import yaml
 
-from rlhf.spec import read_manifest
+from rlhf.api import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -162,7 +162,7 @@ def test_hub_dataset_and_unloadable_name(monkeypatch):
     with pytest.raises(DataError, match=r"someone/missing: neither a local file/directory nor a loadable dataset"
                                         r".*not in the offline cache"):
         load_source(DataSource(path="someone/missing"), require_rejected=True)
-    for path in ("./nowhere/data.jsonl", "pairs.parquet", "data/train.csv"):  # paths by rlhf.spec.hub's rule
+    for path in ("./nowhere/data.jsonl", "pairs.parquet", "data/train.csv"):  # paths by rlhf.api.hub's rule
         with pytest.raises(DataError, match="no such file"):
             load_source(DataSource(path=path), require_rejected=True)
         assert path not in calls  # local-looking paths never go to the Hub

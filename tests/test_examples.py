@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rlhf.api.hub import is_hub_id
 from rlhf.data.synthetic import corpus_texts, generate, read_jsonl
 from rlhf.models import tiny as tiny_models
-from rlhf.spec.hub import is_hub_id
 
 pytestmark = pytest.mark.slow
 

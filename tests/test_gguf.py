@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from rlhf.api import load_manifest
 from rlhf.cli import main
 from rlhf.models.gguf import GGUFError, convert, gguf_in, packaged_gguf
 from rlhf.prepare.gguf_models import gguf_folders
-from rlhf.spec import load_manifest
 
 
 def test_the_packaged_smollm2_file_is_found_without_importing_the_package():

@@ -1,4 +1,4 @@
-"""The admin-owned pool policy (rlhf.spec.pools): which pool a run gets, and what it may choose there.
+"""The admin-owned pool policy (rlhf.api.pools): which pool a run gets, and what it may choose there.
 
 Every refusal is one ``field.path: message`` line naming the field at fault; the operator's
 admission, ``rlhf-operator render`` and ``rlhf validate --operator-config`` all use this check.
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from rlhf.spec import load_manifest, read_manifest
-from rlhf.spec.pools import (
+from rlhf.api import load_manifest, read_manifest
+from rlhf.api.pools import (
     PolicyError,
     PoolPolicy,
     default_pools,

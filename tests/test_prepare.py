@@ -13,6 +13,14 @@ import huggingface_hub
 import pytest
 import yaml
 
+from rlhf.api import PVC_MOUNT_PATH, load_manifest, stage_config
+from rlhf.api.hub import (
+    dataset_location,
+    is_hub_id,
+    model_location,
+    prepared_dataset_dir,
+    prepared_model_dir,
+)
 from rlhf.cli import main
 from rlhf.config import STAGES, DataSource, build
 from rlhf.data.sources import load_source
@@ -28,14 +36,6 @@ from rlhf.prepare.downloads import (
     read_marker,
 )
 from rlhf.runner.manifest import load_run
-from rlhf.spec import PVC_MOUNT_PATH, load_manifest, stage_config
-from rlhf.spec.hub import (
-    dataset_location,
-    is_hub_id,
-    model_location,
-    prepared_dataset_dir,
-    prepared_model_dir,
-)
 from rlhf.stages.data import prepare_stage_data
 
 # ------------------------------------------------------------------------------------------- the rule
@@ -199,7 +199,7 @@ def test_dataset_copies_keep_their_format_and_load_in_the_trainer(tiny, tmp_path
     assert read_marker(copy.path)["format"] == "hh" and read_marker(copy.path)["splits"]["test"] == 20
     assert not (root / "hub" / ".partial" / "cache").exists() or not any((root / "hub" / ".partial" / "cache").iterdir())
     assert not ensure_dataset(root, "Dahoas/rm-static", "hh").fetched and len(calls) == 1
-    # what the stage config says (rlhf.spec.hub) is what the trainer reads
+    # what the stage config says (rlhf.api.hub) is what the trainer reads
     source = DataSource(**dataset_location(str(root), {"path": "Dahoas/rm-static", "format": "auto"}))
     loaded = load_source(source, require_rejected=True)
     assert loaded.source.kind == "disk" and loaded.source.format == "hh"

@@ -19,12 +19,12 @@ import torch
 import yaml
 
 from rlhf import tools
+from rlhf.api import load_manifest, stage_config
 from rlhf.config import STAGES, build
 from rlhf.data.synthetic import generate, has_property, read_jsonl
 from rlhf.generation import Sampling
 from rlhf.models.gguf import MARKER, packaged_gguf
 from rlhf.prepare import prepare
-from rlhf.spec import load_manifest, stage_config
 from rlhf.stages.loop import run_stage
 
 pytestmark = pytest.mark.slow

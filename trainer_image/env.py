@@ -17,7 +17,7 @@ from rlhf.engine.distributed import DEFAULT_MASTER_PORT, available_cpus, torch_e
 
 #: Where the MPI operator mounts the hostfile in the launcher pod (it is not mounted in workers).
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
-#: The accelerators the trainer knows (values of RLHF_ACCELERATOR, see rlhf.spec.TRAINER_ACCELERATORS).
+#: The accelerators the trainer knows (values of RLHF_ACCELERATOR, see rlhf.api.TRAINER_ACCELERATORS).
 ACCELERATORS = ("cuda", "hpu", "cpu")
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+$")

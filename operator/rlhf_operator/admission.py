@@ -1,9 +1,9 @@
 """Admission: is this RLHFRun something the operator can run on this cluster, and on which pool?
 
-The RLHFRun's own checks (:func:`rlhf.spec.load_manifest`: schema, rules, every stage's trainer
+The RLHFRun's own checks (:func:`rlhf.api.load_manifest`: schema, rules, every stage's trainer
 config) plus what only a cluster adds, all from the RLHFRun API: a PVC, well-formed scheduling
 fields, and the admin-owned pool policy of the operator's configuration
-(:meth:`rlhf.spec.pools.PoolPolicy.check`: the pool the run may use, and what it may choose there).
+(:meth:`rlhf.api.pools.PoolPolicy.check`: the pool the run may use, and what it may choose there).
 Problems are ``field.path: message`` lines, the same for ``rlhf-operator render``, ``rlhf validate
 --operator-config`` and the run's ``Valid`` condition.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf.spec import STAGE_NAMES, RLHFRun, SpecError, load_manifest, stage_config
-from rlhf.spec.pools import AFFINITY_KEYS, DEFAULT_NAMESPACE, Pool
+from rlhf.api import STAGE_NAMES, RLHFRun, SpecError, load_manifest, stage_config
+from rlhf.api.pools import AFFINITY_KEYS, DEFAULT_NAMESPACE, Pool
 from rlhf_operator.config import OperatorConfig
 
 __all__ = ["AFFINITY_KEYS", "DEFAULT_NAMESPACE", "AdmissionError", "Admitted", "admit"]

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from rlhf.spec import SpecError, read_manifest
+from rlhf.api import SpecError, read_manifest
 
 
 class _Dumper(yaml.SafeDumper):

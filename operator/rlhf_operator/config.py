@@ -6,7 +6,7 @@ Helm chart mounts it at ``/etc/rlhf-operator/config.yaml``::
 
     namespaces: []                      # empty: cluster-wide; else exactly these
     images: {nvidia: IMG, habana: IMG, cpu: IMG}   # default trainer image per accelerator
-    pools:                              # admin-owned node pools (rlhf.spec.pools): a run picks one by name
+    pools:                              # admin-owned node pools (rlhf.api.pools): a run picks one by name
       - {name: nvidia, accelerator: nvidia, devicesPerNode: 8, tolerations: [...], namespaces: [], ...}
       - {name: habana, accelerator: habana, devicesPerNode: 8, hugepages2Mi: 95000Mi, privileged: false}
       - {name: cpu, accelerator: cpu, devicesPerNode: 64}
@@ -15,7 +15,7 @@ Helm chart mounts it at ``/etc/rlhf-operator/config.yaml``::
     maxConcurrentReconciles: 8          # event-driven reconciles in flight at once (bounds memory)
 
 ``images`` and ``pools`` are the cluster's tenancy policy, typed and checked by the RLHFRun API
-(:class:`rlhf.spec.pools.PoolPolicy`, which this configuration extends), so that ``rlhf validate
+(:class:`rlhf.api.pools.PoolPolicy`, which this configuration extends), so that ``rlhf validate
 --operator-config`` applies exactly what the operator's admission does.
 """
 
@@ -30,8 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from rlhf.spec.base import DNS_LABEL, RuleViolation
-from rlhf.spec.pools import DEFAULT_TAG, Pool, PoolPolicy, TrainerImages, policy_errors
+from rlhf.api.base import DNS_LABEL, RuleViolation
+from rlhf.api.pools import DEFAULT_TAG, Pool, PoolPolicy, TrainerImages, policy_errors
 
 ENV_VAR = "RLHF_OPERATOR_CONFIG"
 DEFAULT_PATH = "/etc/rlhf-operator/config.yaml"

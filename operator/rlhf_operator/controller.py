@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from rlhf.spec import STAGE_NAMES
+from rlhf.api import STAGE_NAMES
 from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig

@@ -2,12 +2,12 @@
 
 Every child of run ``R`` is named from ``R`` alone, so an operator restart or a duplicated event
 finds the same objects instead of creating new ones. Run names are at most
-:data:`rlhf.spec.MAX_NAME_LENGTH` (40) characters, which keeps every name below within 63.
+:data:`rlhf.api.MAX_NAME_LENGTH` (40) characters, which keeps every name below within 63.
 """
 
 from __future__ import annotations
 
-from rlhf.spec import API_VERSION, KIND, MAX_NAME_LENGTH, STAGE_NAMES
+from rlhf.api import API_VERSION, KIND, MAX_NAME_LENGTH, STAGE_NAMES
 
 #: The batch/v1 Job that fills the run's storage before the stages (not an MPIJob).
 PREPARE = "prepare"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlhf.spec import DEVICE_RESOURCES, TRAINER_ACCELERATORS
+from rlhf.api import DEVICE_RESOURCES, TRAINER_ACCELERATORS
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Profile:
     shm_volume: bool = False
     #: Gaudi: the host's IPC namespace, SYS_NICE and 2Mi hugepages for the HCCL/driver buffers.
     #: hostIPC and SYS_NICE go beyond PodSecurity's restricted and baseline levels: they are rendered
-    #: only on a pool with ``privileged: true`` (:data:`rlhf.spec.pools.PRIVILEGED_NEEDS`).
+    #: only on a pool with ``privileged: true`` (:data:`rlhf.api.pools.PRIVILEGED_NEEDS`).
     host_ipc: bool = False
     add_capabilities: tuple[str, ...] = ()
     #: Default ``hugepages-2Mi`` per worker pod (Habana's MPIJob examples); the pool may override.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from rlhf.spec import STAGE_NAMES
+from rlhf.api import STAGE_NAMES
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, Admitted
 from rlhf_operator.config import OperatorConfig

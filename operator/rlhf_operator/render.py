@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from rlhf.spec import PVC_MOUNT_PATH, STAGE_NAMES
+from rlhf.api import PVC_MOUNT_PATH, STAGE_NAMES
 from rlhf_operator import names
 from rlhf_operator.admission import Admitted
 from rlhf_operator.config import OperatorConfig

@@ -10,7 +10,7 @@ import copy
 from datetime import datetime, timezone
 from typing import Any
 
-from rlhf.spec import STAGE_NAMES
+from rlhf.api import STAGE_NAMES
 from rlhf_operator.names import PREPARE
 
 #: Per-step condition types: True once the step succeeded; False with the step's state as reason.

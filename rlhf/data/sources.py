@@ -10,7 +10,7 @@ A :class:`~rlhf.config.parts.DataSource` path is resolved, in this order, as:
    ``train`` split and optionally ``eval``/``test``/``validation``);
 4. a directory holding ``train.json[l]`` and optionally ``eval.json[l]``/``test.json[l]``
    (directly or under ``data/``);
-5. otherwise, if the string is a Hub id by :func:`rlhf.spec.hub.is_hub_id` (the rule the operator and
+5. otherwise, if the string is a Hub id by :func:`rlhf.api.hub.is_hub_id` (the rule the operator and
    ``rlhf prepare`` apply), a Hub dataset loaded with ``datasets.load_dataset`` (offline from the HF
    cache); anything else is a missing path.
 
@@ -41,11 +41,11 @@ from typing import Any, Literal
 
 import datasets
 
+from rlhf.api.hub import is_hub_id
 from rlhf.config.parts import DataSource
 from rlhf.data.chat import ChatError, Conversation, conversation, parse_transcript, split_last_answer
 from rlhf.data.formats import ASSISTANT, format_answer, format_prompt
 from rlhf.data.known import KNOWN_FORMATS, is_local_jsonfile, known_format
-from rlhf.spec.hub import is_hub_id
 
 
 class DataError(ValueError):
@@ -158,7 +158,7 @@ def resolve_source(source: DataSource) -> ResolvedSource:
                 "train.json/train.jsonl (directly or under data/)"
             )
         return ResolvedSource(spec, fmt, "files", str(path), found[0], found[1])
-    if not is_hub_id(spec):  # the rule the operator and `rlhf prepare` apply (rlhf.spec.hub)
+    if not is_hub_id(spec):  # the rule the operator and `rlhf prepare` apply (rlhf.api.hub)
         raise DataError(f"{spec}: no such file or directory")
     return ResolvedSource(spec, fmt, "hub", spec)
 

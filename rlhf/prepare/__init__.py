@@ -3,7 +3,7 @@
 1. Hub models (actor, reward, tokenizer) are downloaded into ``<root>/hub/models/<org>--<name>``
    and Hub datasets saved (``save_to_disk``) into ``<root>/hub/datasets/<org>--<name>`` with their
    resolved format recorded (:mod:`rlhf.prepare.downloads`); paths are left alone. Which strings are
-   Hub ids is decided by :mod:`rlhf.spec.hub`, whose mapping the stage configs use too.
+   Hub ids is decided by :mod:`rlhf.api.hub`, whose mapping the stage configs use too.
    A local model folder holding only a GGUF file is converted in place into an HF folder
    (:mod:`rlhf.prepare.gguf_models`).
 2. Each stage's tokenized data caches are built in ``<root>/data_cache`` by the same
@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf.api import STAGE_NAMES, RLHFRun, storage_root
 from rlhf.prepare.caches import StageData, build_caches
 from rlhf.prepare.downloads import Copied, PrepareError, ensure_dataset, ensure_model
 from rlhf.prepare.gguf_models import convert_gguf_folders
 from rlhf.prepare.needs import HubNeeds, hub_needs
-from rlhf.spec import STAGE_NAMES, RLHFRun, storage_root
 
 
 @dataclass

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf.api import RLHFRun, stage_config
 from rlhf.config import STAGES, StageConfig, build
-from rlhf.spec import RLHFRun, stage_config
 
 
 @dataclass(frozen=True)

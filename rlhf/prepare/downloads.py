@@ -22,8 +22,8 @@ from typing import Any
 
 import huggingface_hub
 
+from rlhf.api.hub import HUB_DIR, local_name, prepared_dataset_dir, prepared_model_dir
 from rlhf.prepare.needs import ModelKind
-from rlhf.spec.hub import HUB_DIR, local_name, prepared_dataset_dir, prepared_model_dir
 
 MARKER = ".rlhf-prepared.json"
 #: Never needed to train with PyTorch: other frameworks' weights and export formats.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf.api import RLHFRun
+from rlhf.api.hub import is_hub_id
 from rlhf.prepare.downloads import Copied
-from rlhf.spec import RLHFRun
-from rlhf.spec.hub import is_hub_id
 
 
 def gguf_folders(run: RLHFRun) -> list[tuple[str, Path, Path]]:

@@ -1,12 +1,12 @@
-"""What a run needs from the Hugging Face Hub (pure: decided from the manifest's strings, rlhf.spec.hub)."""
+"""What a run needs from the Hugging Face Hub (pure: decided from the manifest's strings, rlhf.api.hub)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.spec import RLHFRun
-from rlhf.spec.hub import dataset_format, is_hub_id
+from rlhf.api import RLHFRun
+from rlhf.api.hub import dataset_format, is_hub_id
 
 #: "model": the whole repository (weights included); "tokenizer": only the tokenizer's files.
 ModelKind = Literal["model", "tokenizer"]

@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from rlhf.api.hub import HUB_DIR, is_hub_id
 from rlhf.config import ConfigError, ModelConfig, StageConfig
 from rlhf.data.known import is_local_jsonfile
 from rlhf.models.checks import check_local_sources
-from rlhf.spec.hub import HUB_DIR, is_hub_id
 
 MODEL_SECTIONS = ("model", "actor", "critic", "reward_model")
 

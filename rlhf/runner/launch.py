@@ -9,9 +9,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from rlhf.api import TRAINER_ACCELERATORS
 from rlhf.engine.distributed import available_cpus, torch_env
 from rlhf.runner.plan import Machine, StagePlan
-from rlhf.spec import TRAINER_ACCELERATORS
 
 #: Variables of an enclosing launcher that must not leak into a stage's own process group.
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

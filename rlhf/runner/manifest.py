@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rlhf.spec import (
+from rlhf.api import (
     STAGE_NAMES,
     RLHFRun,
     SpecError,

@@ -1,6 +1,6 @@
 """What ``rlhf run`` leaves behind: the final table, ``<root>/run_summary.json`` and ``<root>/status.yaml``.
 
-``status.yaml`` is the run's status in the RLHFRun ``status`` shape (:mod:`rlhf.spec.status`), as
+``status.yaml`` is the run's status in the RLHFRun ``status`` shape (:mod:`rlhf.api.status`), as
 the operator writes it on a cluster: a condition per stage (:func:`condition_type`: SFTSucceeded,
 RewardSucceeded, PPOSucceeded) plus the summary ``Succeeded`` and ``Failed`` conditions, and the
 ``stages`` list with each stage's final metrics.
@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from rlhf.api import Condition, RLHFRunStatus, StageStatus
 from rlhf.runner.progress import duration
-from rlhf.spec import Condition, RLHFRunStatus, StageStatus
 
 #: States of a stage in ``rlhf run``.
 PENDING, RUNNING, DONE, SKIPPED, FAILED, STOPPED, NOT_RUN = (

@@ -26,11 +26,11 @@ from typing import Any, TextIO
 
 import yaml
 
+from rlhf.api import STAGE_NAMES
 from rlhf.config import STAGES, build
 from rlhf.runner import launch, manifest, plan, procs, progress, report
 from rlhf.runner.inputs import RunInputs, gguf_only_folders
 from rlhf.runner.report import DONE, FAILED, NOT_RUN, PENDING, RUNNING, SKIPPED, STOPPED, StageResult
-from rlhf.spec import STAGE_NAMES
 
 StageCommand = Callable[[plan.StagePlan, Path], list[str]]
 PrepareCommand = Callable[[list[str]], list[str]]

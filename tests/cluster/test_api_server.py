@@ -12,7 +12,7 @@ import yaml
 from conftest import NS, ROOT
 from k8s_cluster import Cluster
 
-from rlhf.spec import read_manifest
+from rlhf.api import read_manifest
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
@@ -40,7 +40,7 @@ def test_every_example_is_accepted_and_defaulted_as_the_typed_spec_says(crd_inst
     assert ok, out
     stored = json.loads(out)
     # The API server's defaults are the typed spec's: the stored spec equals rlhf's own dump.
-    from rlhf.spec import load_manifest
+    from rlhf.api import load_manifest
 
     typed = load_manifest(manifest, semantic=False).to_manifest()["spec"]
     assert flat(stored["spec"]) == flat(typed)

@@ -10,7 +10,7 @@ import k8s_components as components
 import pytest
 from rlhf_operator import names
 
-from rlhf.spec import MAX_NAME_LENGTH, STAGE_NAMES
+from rlhf.api import MAX_NAME_LENGTH, STAGE_NAMES
 
 #: The suffix constants in mpi_job_controller.go and what kind each names.
 SOURCE_SUFFIXES = {"configSuffix": "ConfigMap", "sshAuthSecretSuffix": "Secret", "launcherSuffix": "Job",

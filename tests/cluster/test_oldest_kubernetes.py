@@ -13,7 +13,7 @@ from k8s_cluster import Cluster, PodScript, running_cluster
 from test_api_server import EXAMPLES, server_dry_run
 from test_runs import SUCCESS, condition, start, wait_phase
 
-from rlhf.spec import read_manifest
+from rlhf.api import read_manifest
 
 OLDEST = components.KUBERNETES_VERSIONS[-1]
 

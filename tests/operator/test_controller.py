@@ -12,7 +12,7 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.kube import Connection, Kube
 
-from rlhf.spec import MAX_NAME_LENGTH
+from rlhf.api import MAX_NAME_LENGTH
 
 
 @contextlib.asynccontextmanager

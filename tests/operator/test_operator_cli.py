@@ -13,8 +13,8 @@ from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.cli import main
 from rlhf_operator.config import ConfigError, load_config
 
+from rlhf.api import read_manifest
 from rlhf.cli import main as rlhf_main
-from rlhf.spec import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The pool examples/multi-tenant-kueue.yaml names, as a platform team would define it.

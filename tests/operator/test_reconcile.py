@@ -23,7 +23,7 @@ from rlhf_operator.reconcile import (
     termination_message,
 )
 
-from rlhf.spec import STAGE_NAMES
+from rlhf.api import STAGE_NAMES
 
 CONFIG = operator_config()
 UID = "run-uid"

@@ -17,7 +17,7 @@ from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.cli import dump_yaml
 from rlhf_operator.config import parse_config
 
-from rlhf.spec import load_manifest, read_manifest
+from rlhf.api import load_manifest, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

@@ -14,8 +14,8 @@ from rlhf_operator.admission import admit
 from rlhf_operator.config import parse_config
 from rlhf_operator.profiles import PROFILES
 
-from rlhf.spec import read_manifest
-from rlhf.spec.pools import PRIVILEGED_NEEDS
+from rlhf.api import read_manifest
+from rlhf.api.pools import PRIVILEGED_NEEDS
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

@@ -11,12 +11,12 @@ import copy
 import re
 from typing import Any
 
+from rlhf.api.base import SpecModel, trainer_key
+from rlhf.api.errors import SpecError
+from rlhf.api.hub import dataset_location, model_location
+from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.run import PVC_MOUNT_PATH, RLHFRun
 from rlhf.config import STAGES, ConfigError, DataSource, StageConfig, build
-from rlhf.spec.base import SpecModel, trainer_key
-from rlhf.spec.errors import SpecError
-from rlhf.spec.hub import dataset_location, model_location
-from rlhf.spec.meta import STAGE_NAMES
-from rlhf.spec.run import PVC_MOUNT_PATH, RLHFRun
 
 #: Shared by all stages: tokenized data is built once and reused.
 DATA_CACHE = "data_cache"
@@ -42,7 +42,7 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
         return "actor", {"actor.name_or_path": (f"{root}/sft/{MODEL_DIR}", "spec.storage"),
                          "critic.name_or_path": (f"{root}/reward/{MODEL_DIR}", "spec.storage")}
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
-    # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.spec.hub); paths as given.
+    # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.api.hub); paths as given.
     keys = {"model.name_or_path": (model_location(root, base), f"spec.models.{field}")}
     if models.tokenizer:
         keys["model.tokenizer"] = (model_location(root, models.tokenizer), "spec.models.tokenizer")
@@ -50,7 +50,7 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
 
 
 def _sources(root: str, sources: list[DataSource]) -> list[dict[str, Any]]:
-    """Data sources as the trainer reads them: Hub datasets from their prepared copies (rlhf.spec.hub)."""
+    """Data sources as the trainer reads them: Hub datasets from their prepared copies (rlhf.api.hub)."""
     return [dataset_location(root, s.model_dump()) for s in sources]
 
 

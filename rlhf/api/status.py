@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlhf.spec.base import SpecModel
+from rlhf.api.base import SpecModel
 
 StageName = Literal["sft", "reward", "ppo"]
 #: A stage is Stopped when the run failed for good while it was still running: its job is deleted

@@ -3,14 +3,14 @@
 * :func:`load_manifest` parses a manifest (file or dict) into :class:`RLHFRun`; errors name the
   field (``spec.stages.sft.nodes: ...``). :func:`validate` runs the admission checks.
 * :func:`stage_config` is the contract with the trainer: the config of one stage.
-* :class:`PoolPolicy` (``rlhf.spec.pools``): the admin-owned node pools of a cluster and what a run
+* :class:`PoolPolicy` (``rlhf.api.pools``): the admin-owned node pools of a cluster and what a run
   may choose on each; the operator's admission and ``rlhf validate --operator-config`` apply it.
-* ``python -m rlhf.spec.crd`` prints the CRD (``crds/rlhfrun.yaml``) generated from these types.
+* ``python -m rlhf.api.crd`` prints the CRD (``crds/rlhfrun.yaml``) generated from these types.
 """
 
-from rlhf.spec.errors import SpecError
-from rlhf.spec.load import load_manifest, read_manifest, validate
-from rlhf.spec.meta import (
+from rlhf.api.errors import SpecError
+from rlhf.api.load import load_manifest, read_manifest, validate
+from rlhf.api.meta import (
     API_VERSION,
     CRD_NAME,
     GROUP,
@@ -21,8 +21,8 @@ from rlhf.spec.meta import (
     VERSION,
     ObjectMeta,
 )
-from rlhf.spec.pools import Pool, PoolPolicy, TrainerImages, load_policy
-from rlhf.spec.run import (
+from rlhf.api.pools import Pool, PoolPolicy, TrainerImages, load_policy
+from rlhf.api.run import (
     DEVICE_RESOURCES,
     PVC_MOUNT_PATH,
     TRAINER_ACCELERATORS,
@@ -36,9 +36,9 @@ from rlhf.spec.run import (
     StorageSpec,
     Toleration,
 )
-from rlhf.spec.stages import LoraSpec, ResourcesSpec, StageSpec, StagesSpec
-from rlhf.spec.status import Condition, RLHFRunStatus, StageStatus
-from rlhf.spec.trainer import stage_config, storage_root
+from rlhf.api.stages import LoraSpec, ResourcesSpec, StageSpec, StagesSpec
+from rlhf.api.status import Condition, RLHFRunStatus, StageStatus
+from rlhf.api.trainer import stage_config, storage_root
 
 __all__ = [
     "API_VERSION", "CRD_NAME", "DEVICE_RESOURCES", "GROUP", "KIND", "MAX_NAME_LENGTH", "PLURAL",

@@ -7,8 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from rlhf.config import DataConfig, DataSource
-from rlhf.spec.base import (
+from rlhf.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     FreeObject,
@@ -18,9 +17,10 @@ from rlhf.spec.base import (
     section,
     trainer_field,
 )
-from rlhf.spec.meta import API_VERSION, KIND, STAGE_NAMES, ObjectMeta
-from rlhf.spec.stages import StagesSpec
-from rlhf.spec.status import RLHFRunStatus
+from rlhf.api.meta import API_VERSION, KIND, STAGE_NAMES, ObjectMeta
+from rlhf.api.stages import StagesSpec
+from rlhf.api.status import RLHFRunStatus
+from rlhf.config import DataConfig, DataSource
 
 Accelerator = Literal["nvidia", "habana", "cpu"]
 #: Extended resource a worker pod requests per device, by accelerator (cpu requests none).

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from rlhf.api.base import RuleViolation
 from rlhf.config import ConfigError
-from rlhf.spec.base import RuleViolation
 
 
 class SpecError(ConfigError):

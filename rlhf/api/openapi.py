@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlhf.spec.base import TRAINER_KEY
+from rlhf.api.base import TRAINER_KEY
 
 _NULL = {"type": "null"}
 _DROPPED = {"title", "$defs", TRAINER_KEY}

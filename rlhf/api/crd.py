@@ -1,7 +1,7 @@
 """Generate the RLHFRun CustomResourceDefinition from the typed spec.
 
-    python -m rlhf.spec.crd > crds/rlhfrun.yaml      # regenerate
-    python -m rlhf.spec.crd --check crds/rlhfrun.yaml  # exit 1 if the file is stale
+    python -m rlhf.api.crd > crds/rlhfrun.yaml      # regenerate
+    python -m rlhf.api.crd --check crds/rlhfrun.yaml  # exit 1 if the file is stale
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from rlhf.spec.base import DNS_1035_LABEL
-from rlhf.spec.meta import (
+from rlhf.api.base import DNS_1035_LABEL
+from rlhf.api.meta import (
     CATEGORIES,
     CRD_NAME,
     GROUP,
@@ -27,11 +27,11 @@ from rlhf.spec.meta import (
     SINGULAR,
     VERSION,
 )
-from rlhf.spec.openapi import model_schema
-from rlhf.spec.run import RLHFRun, RLHFRunSpec
-from rlhf.spec.status import RLHFRunStatus
+from rlhf.api.openapi import model_schema
+from rlhf.api.run import RLHFRun, RLHFRunSpec
+from rlhf.api.status import RLHFRunStatus
 
-HEADER = "# Generated from rlhf/spec by `python -m rlhf.spec.crd > crds/rlhfrun.yaml`; do not edit.\n"
+HEADER = "# Generated from rlhf/api by `python -m rlhf.api.crd > crds/rlhfrun.yaml`; do not edit.\n"
 
 PRINTER_COLUMNS = [
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage",
@@ -104,7 +104,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.spec.crd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rlhf.api.crd", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--check", type=Path, metavar="FILE", help="exit 1 if FILE differs from the generated CRD"
     )
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if not args.check.is_file() or args.check.read_text(encoding="utf-8") != text:
-            regenerate = f"python -m rlhf.spec.crd > {args.check}"
+            regenerate = f"python -m rlhf.api.crd > {args.check}"
             print(f"{args.check} is stale; regenerate it with: {regenerate}", file=sys.stderr)
             return 1
         return 0

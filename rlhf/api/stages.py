@@ -10,12 +10,12 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from rlhf.api.base import Quantity, Rule, SpecModel, section, trainer_field
+from rlhf.api.meta import STAGE_NAMES
 from rlhf.config.parts import DType
-from rlhf.spec.base import Quantity, Rule, SpecModel, section, trainer_field
-from rlhf.spec.meta import STAGE_NAMES
 
 # Upper bounds of the counts a stage declares: every one ends up in an int32 field of an MPIJob or
-# a pod name (``<run>-<stage>-worker-<i>``, see rlhf.spec.meta.LONGEST_CHILD_SUFFIX), so the API
+# a pod name (``<run>-<stage>-worker-<i>``, see rlhf.api.meta.LONGEST_CHILD_SUFFIX), so the API
 # server must refuse what the MPI operator could never run, not admit it and let it hang.
 MAX_NODES = 2048
 MAX_DEVICES_PER_NODE = 256
@@ -103,7 +103,7 @@ class StagesSpec(SpecModel):
     ppo: StageSpec = section(StageSpec, "Stage 3: PPO of the SFT actor against the reward model")
 
     def get(self, stage: str) -> StageSpec:
-        """The spec of ``stage`` (one of :data:`~rlhf.spec.meta.STAGE_NAMES`)."""
+        """The spec of ``stage`` (one of :data:`~rlhf.api.meta.STAGE_NAMES`)."""
         if stage not in STAGE_NAMES:
             raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
         return getattr(self, stage)

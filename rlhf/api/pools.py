@@ -41,11 +41,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from rlhf.api.base import DNS_LABEL, DNS_SUBDOMAIN, Quantity, RuleViolation
+from rlhf.api.errors import SpecError, problems_from
+from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.run import Accelerator, RLHFRun, Toleration
 from rlhf.config import ConfigError
-from rlhf.spec.base import DNS_LABEL, DNS_SUBDOMAIN, Quantity, RuleViolation
-from rlhf.spec.errors import SpecError, problems_from
-from rlhf.spec.meta import STAGE_NAMES
-from rlhf.spec.run import Accelerator, RLHFRun, Toleration
 
 #: The image tag of the default trainer images when the configuration names none.
 DEFAULT_TAG = "0.1.0"
@@ -561,7 +561,7 @@ def parse_policy(data: Any, where: str = "operator config") -> PoolPolicy:
 
 def read_config(path: str | os.PathLike[str]) -> Any:
     """The YAML of an operator configuration file (aliases expanding past the manifest limit refused)."""
-    from rlhf.spec.load import ManifestLoader
+    from rlhf.api.load import ManifestLoader
 
     target = Path(path)
     try:

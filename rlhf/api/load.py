@@ -11,11 +11,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from rlhf.spec.errors import SpecError, problems_from
-from rlhf.spec.meta import STAGE_NAMES
-from rlhf.spec.run import RLHFRun
-from rlhf.spec.trainer import stage_config
-
+from rlhf.api.errors import SpecError, problems_from
+from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.run import RLHFRun
+from rlhf.api.trainer import stage_config
 
 #: Most nodes a manifest may expand to once its YAML aliases are followed. A real RLHFRun has a few
 #: hundred; an "alias bomb" (a billion laughs: aliases of aliases of lists) a few hundred bytes long

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rlhf.config import STAGES, load
-from rlhf.spec import (
+from rlhf.api import (
     PVC_MOUNT_PATH,
     STAGE_NAMES,
     LoraSpec,
@@ -24,7 +23,8 @@ from rlhf.spec import (
     stage_config,
     validate,
 )
-from rlhf.spec.base import _config_field, trainer_key
+from rlhf.api.base import _config_field, trainer_key
+from rlhf.config import STAGES, load
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -54,8 +54,8 @@ def errors_of(data: dict[str, Any]) -> list[str]:
 
 
 def test_import_needs_no_torch():
-    code = ("import sys, rlhf.spec, rlhf.spec.crd; rlhf.spec.load_manifest('examples/quickstart.yaml'); "
-            "rlhf.spec.crd.render(); assert 'torch' not in sys.modules, 'rlhf.spec imported torch'")
+    code = ("import sys, rlhf.api, rlhf.api.crd; rlhf.api.load_manifest('examples/quickstart.yaml'); "
+            "rlhf.api.crd.render(); assert 'torch' not in sys.modules, 'rlhf.api imported torch'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -77,7 +77,7 @@ def test_storage_layout_and_models():
     assert [c["checkpoint"]["output_dir"] for c in (sft, reward, ppo)] == [
         f"{PVC_MOUNT_PATH}/sft", f"{PVC_MOUNT_PATH}/reward", f"{PVC_MOUNT_PATH}/ppo"]
     assert {c["data"]["cache_dir"] for c in (sft, reward, ppo)} == {f"{PVC_MOUNT_PATH}/data_cache"}
-    # Hub ids load from the copies `rlhf prepare` made on the storage (rlhf.spec.hub).
+    # Hub ids load from the copies `rlhf prepare` made on the storage (rlhf.api.hub).
     hub = f"{PVC_MOUNT_PATH}/hub/models"
     assert sft["model"].items() >= {"name_or_path": f"{hub}/a--actor", "tokenizer": f"{hub}/a--tok"}.items()
     assert reward["model"].items() >= {"name_or_path": f"{hub}/a--rm", "tokenizer": f"{hub}/a--tok"}.items()
@@ -305,7 +305,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, command):
 
 
 def test_ordinary_anchors_and_aliases_still_load(tmp_path):
-    from rlhf.spec import read_manifest
+    from rlhf.api import read_manifest
 
     path = tmp_path / "run.yaml"
     data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())

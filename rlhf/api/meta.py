@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rlhf.spec.base import DNS_1035_LABEL, DNS_LABEL
+from rlhf.api.base import DNS_1035_LABEL, DNS_LABEL
 
 GROUP = "rlhf.dev"
 VERSION = "v1alpha1"
