@@ -216,7 +216,8 @@ def test_sft_and_reward_overlap_then_ppo_and_a_rerun_skips_everything(fakes, tmp
     status = yaml.safe_load((root / "status.yaml").read_text())
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert status["phase"] == "Succeeded"
-    assert conditions["SFTSucceeded"] == ("True", "Completed") and conditions["Succeeded"][0] == "True"
+    assert conditions["SFTSucceeded"] == ("True", "Succeeded") and conditions["Succeeded"][0] == "True"
+    assert conditions["Prepared"] == ("True", "Succeeded")  # the operator's vocabulary (rlhf.api.conditions)
     assert conditions["Failed"][0] == "False"
     assert [s["state"] for s in status["stages"]] == ["Succeeded"] * 3
     # the table: every stage, its steps and metrics, where its model is
@@ -267,7 +268,7 @@ def test_a_failing_stage_stops_the_others_and_shows_its_log_tail(fakes, tmp_path
     status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert status["phase"] == "Failed" and conditions["Failed"] == ("True", "StageFailed")
-    assert conditions["RewardSucceeded"] == ("False", "StageFailed")
+    assert conditions["RewardSucceeded"] == ("False", "Failed")
 
 
 @pytest.mark.parametrize("linger", [0.0, 30.0])  # 30: still tearing down when the other stage fails
@@ -283,7 +284,7 @@ def test_a_stage_that_completed_shows_completed_when_another_fails(fakes, tmp_pa
     assert summary["stages"]["sft"]["model_dir"] == str(tmp_path / "run" / "sft" / "model")
     status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
-    assert conditions["SFTSucceeded"] == ("True", "Completed")
+    assert conditions["SFTSucceeded"] == ("True", "Succeeded")
     assert "sft     done" in out
     # a rerun runs only what did not complete
     fakes.events_file.unlink()
@@ -346,7 +347,9 @@ def test_ctrl_c_stops_every_stage_group_and_exits_130(fakes, tmp_path):
     assert {s: v["state"] for s, v in summary["stages"].items()} == {
         "sft": "stopped", "reward": "stopped", "ppo": "not run"}
     status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
-    assert {c["type"]: c["reason"] for c in status["conditions"]}["Failed"] == "Interrupted"
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["status"] == "True" and "interrupted by SIGINT" in failed["message"]
+    assert {s["state"] for s in status["stages"]} == {"Stopped"}
 
 
 def test_stages_option_runs_a_subset_and_checks_dependencies(fakes, tmp_path):

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rlhf.api import STAGE_NAMES
+from rlhf.api.conditions import timestamp
 from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
@@ -33,7 +34,6 @@ from rlhf_operator.reconcile import (
     merge_patch,
     pods_needed,
 )
-from rlhf_operator.status import timestamp
 
 logger = logging.getLogger("rlhf_operator")
 #: How soon a change the API server refused for a reason that may pass is tried again.

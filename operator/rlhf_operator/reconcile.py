@@ -17,24 +17,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from rlhf.api import STAGE_NAMES
-from rlhf_operator import names, render
-from rlhf_operator.admission import AdmissionError, Admitted
-from rlhf_operator.config import OperatorConfig
-from rlhf_operator.status import (
+from rlhf.api import STAGE_NAMES, graph
+from rlhf.api.conditions import (
     FAILED,
-    STEP_CONDITIONS,
-    STEP_TITLES,
-    SUCCEEDED,
-    SUSPENDED,
-    VALID,
+    StepCondition,
     condition_events,
     get_condition,
-    ordered_stages,
-    set_condition,
+    invalid_status,
+    run_status,
     stage_entry,
     timestamp,
 )
+from rlhf_operator import names, render
+from rlhf_operator.admission import AdmissionError, Admitted
+from rlhf_operator.config import OperatorConfig
 
 Verb = Literal["create", "patch", "delete"]
 Key = tuple[str, str]  # (kind, name)
@@ -144,7 +140,7 @@ def batch_job_state(job: dict[str, Any]) -> tuple[str, str]:
 
 def _recorded_failure(status: dict[str, Any], step: str) -> str | None:
     """The message of ``step``'s condition if the status records that step as Failed."""
-    cond = get_condition(status.get("conditions") or [], STEP_CONDITIONS[step]) or {}
+    cond = get_condition(status.get("conditions") or [], graph.condition_type(step)) or {}
     if cond.get("status") == "False" and cond.get("reason") == "Failed" and cond.get("message"):
         return str(cond["message"])
     return None
@@ -195,7 +191,7 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
     out = []
     prepare = names.job_name(run, names.PREPARE)
     job = objects.get(("Job", prepare))
-    prepared = get_condition(status.get("conditions") or [], STEP_CONDITIONS[names.PREPARE]) or {}
+    prepared = get_condition(status.get("conditions") or [], graph.condition_type(names.PREPARE)) or {}
     if (job is not None and prepared.get("status") != "True" and owned_by(job, uid)
             and batch_job_state(job)[0] == "Failed"
             and not _recorded_prepare_failure(status)):
@@ -314,10 +310,6 @@ def _failure_reason(message: dict[str, Any] | None, fallback: str) -> str:
     return fallback
 
 
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:8])
-
-
 def _annotation(obj: dict[str, Any], key: str) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
 
@@ -343,15 +335,6 @@ def _suspend_patch(kind: str, obj: dict[str, Any], suspend: bool) -> dict[str, A
 
 
 @dataclass
-class _Step:
-    """A step's condition as decided: status, reason, message."""
-
-    status: str
-    reason: str
-    message: str
-
-
-@dataclass
 class _Ctx:
     admitted: Admitted
     config: OperatorConfig
@@ -362,7 +345,7 @@ class _Ctx:
     old: dict[str, Any]
     blocked: dict[str, Blocked] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
-    steps: dict[str, _Step] = field(default_factory=dict)
+    steps: dict[str, StepCondition] = field(default_factory=dict)
     failure: str | None = None
     started: bool = False
     #: Steps whose pods run now, in run order (``status.stage``).
@@ -403,7 +386,7 @@ def _ensure_static_children(ctx: _Ctx) -> set[str]:
             ctx.actions.append(Action("create", kind, name, desired, step=step))
         elif not owned_by(obj, ctx.uid):
             blocked.add(step)
-            ctx.steps[step] = _Step("False", "NameConflict", _conflict(kind, name))
+            ctx.steps[step] = StepCondition("False", "NameConflict", _conflict(kind, name))
         elif obj.get(content) != desired[content]:
             # A merge patch that also removes what someone added (a plain merge would keep it).
             ctx.actions.append(Action("patch", kind, name, {content: merge_patch(obj.get(content), desired[content])},
@@ -435,9 +418,9 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     step = names.PREPARE
     name = names.job_name(ctx.admitted.name, step)
     job = ctx.job("Job", step)
-    done = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[step])
+    done = get_condition(ctx.old.get("conditions") or [], graph.condition_type(step))
     if done and done.get("status") == "True":
-        ctx.steps[step] = _Step("True", "Succeeded", done.get("message") or "storage prepared")
+        ctx.steps[step] = StepCondition("True", "Succeeded", done.get("message") or "storage prepared")
         if job is not None and owned_by(job, ctx.uid):
             _expire(ctx, "Job", job, done.get("lastTransitionTime"), step)
         return True
@@ -445,32 +428,32 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         return False
     if job is None:
         if ctx.suspend:
-            ctx.steps[step] = _Step("False", "Suspended", "the run is suspended")
+            ctx.steps[step] = StepCondition("False", "Suspended", "the run is suspended")
         else:
             body = render.prepare_job(ctx.admitted, ctx.config, ctx.uid)
             ctx.actions.append(Action("create", "Job", name, body, step=step))
-            ctx.steps[step] = _Step("False", "Created", f"Job {name}: {JOB_PENDING}")
+            ctx.steps[step] = StepCondition("False", "Created", f"Job {name}: {JOB_PENDING}")
             ctx.started = True
             ctx.running.append(step)
         return False
     if not owned_by(job, ctx.uid):
-        ctx.steps[step] = _Step("False", "NameConflict", _conflict("Job", name))
+        ctx.steps[step] = StepCondition("False", "NameConflict", _conflict("Job", name))
         return False
     ctx.started = True
     state, detail = batch_job_state(job)
     if state == "Succeeded":
-        ctx.steps[step] = _Step("True", "Succeeded", "models and datasets are in the run's storage")
+        ctx.steps[step] = StepCondition.succeeded(step)
         _expire(ctx, "Job", job, (job.get("status") or {}).get("completionTime"), step)
         return True
     if state == "Failed":
         recorded = _recorded_prepare_failure(ctx.old)
         if recorded:  # this failure is recorded: no pod read (pods_needed)
-            ctx.steps[step] = _Step("False", "Failed", recorded[0])
+            ctx.steps[step] = StepCondition("False", "Failed", recorded[0])
             ctx.failure = ctx.failure or recorded[1]
             _expire(ctx, "Job", job, (job.get("status") or {}).get("completionTime"), step)
             return False
         reason = _failure_reason(termination_message(ctx.pods.get(step)), detail)
-        ctx.steps[step] = _Step("False", "Failed", f"Job {name} failed: {reason}")
+        ctx.steps[step] = StepCondition("False", "Failed", f"Job {name} failed: {reason}")
         ctx.failure = ctx.failure or f"{PREPARE_FAILED}{reason}"
         return False
     ctx.running.append(step)
@@ -480,16 +463,16 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
         state, detail = ("Suspended", "suspended") if ctx.suspend else ("Pending", JOB_PENDING)
     why = ctx.blocked.get(step) if state == "Pending" else None
     if why is not None:
-        ctx.steps[step] = _Step("False", why.reason, f"Job {name}: {why.message}")
+        ctx.steps[step] = StepCondition("False", why.reason, f"Job {name}: {why.message}")
     else:
-        ctx.steps[step] = _Step("False", _reason(state), f"Job {name}: {detail}")
+        ctx.steps[step] = StepCondition("False", _reason(state), f"Job {name}: {detail}")
     return False
 
 
 def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_for: str,
            blocked: set[str]) -> None:
     """Drive one stage's MPIJob; updates ``entry`` (its status.stages item) in place."""
-    title = STEP_TITLES[stage]
+    title = graph.title(stage)
     name = names.job_name(ctx.admitted.name, stage)
     limit = ctx.admitted.run.spec.stages.get(stage).retries
     job = ctx.job("MPIJob", stage)
@@ -499,38 +482,37 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     if entry["state"] == "Succeeded":
         if not entry.get("metrics") and message and message.get("status") != "failed":
             entry["metrics"] = metrics_of(message)
-        metrics = _format_metrics(entry.get("metrics") or {})
-        ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        ctx.steps[stage] = StepCondition.succeeded(stage, entry.get("metrics"))
         if owned:
             _expire(ctx, "MPIJob", job, entry.get("completionTime"), stage)
         return
     if entry["state"] == "Stopped":
-        before = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[stage]) or {}
-        ctx.steps[stage] = _Step("False", "Stopped", before.get("message") or f"{title} was stopped")
+        before = get_condition(ctx.old.get("conditions") or [], graph.condition_type(stage)) or {}
+        ctx.steps[stage] = StepCondition("False", "Stopped", before.get("message") or f"{title} was stopped")
         return
     if stage in blocked:
         return
     if job is not None and not owned:
-        ctx.steps[stage] = _Step("False", "NameConflict", _conflict("MPIJob", name))
+        ctx.steps[stage] = StepCondition("False", "NameConflict", _conflict("MPIJob", name))
         return
     if job is None:
         if entry["state"] == "Failed" and entry["retries"] > limit:
-            before = get_condition(ctx.old.get("conditions") or [], STEP_CONDITIONS[stage]) or {}
+            before = get_condition(ctx.old.get("conditions") or [], graph.condition_type(stage)) or {}
             text = before.get("message") or f"{title} failed after {entry['retries']} attempts"
-            ctx.steps[stage] = _Step("False", "Failed", text)
+            ctx.steps[stage] = StepCondition("False", "Failed", text)
             ctx.failure = ctx.failure or text
             return
         if not ready:
-            ctx.steps[stage] = _Step("False", "Waiting", f"waiting for {waiting_for}")
+            ctx.steps[stage] = StepCondition("False", "Waiting", f"waiting for {waiting_for}")
             return
         if ctx.suspend:
-            ctx.steps[stage] = _Step("False", "Suspended", "the run is suspended")
+            ctx.steps[stage] = StepCondition("False", "Suspended", "the run is suspended")
             return
         attempt = entry["retries"] + 1
         body = render.mpijob(ctx.admitted, ctx.config, stage, ctx.uid, attempt=attempt)
         ctx.actions.append(Action("create", "MPIJob", name, body, step=stage))
         entry.update(jobName=name, state="Pending")
-        ctx.steps[stage] = _Step("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
+        ctx.steps[stage] = StepCondition("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
         ctx.started = True
         ctx.running.append(stage)
         return
@@ -542,7 +524,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     meta, job_status = job.get("metadata") or {}, job.get("status") or {}
     if meta.get("deletionTimestamp"):
         entry["state"] = "Pending"
-        ctx.steps[stage] = _Step("False", "Retrying", f"MPIJob {name} (attempt {attempt}) is being deleted")
+        ctx.steps[stage] = StepCondition("False", "Retrying", f"MPIJob {name} (attempt {attempt}) is being deleted")
         return
     state, detail = mpijob_state(job)
     if state in ("Running", "Succeeded", "Failed") and not entry.get("startTime"):
@@ -551,8 +533,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         entry.update(state="Succeeded", retries=max(entry["retries"], attempt - 1),
                      completionTime=job_status.get("completionTime") or timestamp(ctx.now),
                      metrics=metrics_of(message))
-        metrics = _format_metrics(entry["metrics"])
-        ctx.steps[stage] = _Step("True", "Succeeded", f"{title} succeeded" + (f": {metrics}" if metrics else ""))
+        ctx.steps[stage] = StepCondition.succeeded(stage, entry["metrics"])
         _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
         return
     if state == "Failed":
@@ -563,7 +544,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         if failures <= limit:
             ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage, foreground=True))
             entry["state"] = "Pending"
-            ctx.steps[stage] = _Step("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
+            ctx.steps[stage] = StepCondition("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
                                      f"{failures} of {limit} resumes from the latest checkpoint")
         else:
             if recorded:  # this very failure is in the status already: no pod read (pods_needed)
@@ -571,7 +552,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
             else:
                 text = f"{title} failed after {failures} attempt{'s' if failures > 1 else ''}: {reason}"
             entry.update(state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now))
-            ctx.steps[stage] = _Step("False", "Failed", text)
+            ctx.steps[stage] = StepCondition("False", "Failed", text)
             ctx.failure = ctx.failure or text
             _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
         return
@@ -584,9 +565,9 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     entry["state"] = "Running" if state == "Running" else "Pending"
     why = ctx.blocked.get(stage) if state == "Pending" else None
     if why is not None:
-        ctx.steps[stage] = _Step("False", why.reason, f"MPIJob {name} (attempt {attempt}): {why.message}")
+        ctx.steps[stage] = StepCondition("False", why.reason, f"MPIJob {name} (attempt {attempt}): {why.message}")
     else:
-        ctx.steps[stage] = _Step("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
+        ctx.steps[stage] = StepCondition("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
 
 
 def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
@@ -607,7 +588,7 @@ def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
             ctx.actions.append(Action("delete", "MPIJob", job["metadata"]["name"],
                                       uid=job["metadata"].get("uid"), step=stage))
         entry.update(state="Stopped", completionTime=entry.get("completionTime") or timestamp(ctx.now))
-        ctx.steps[stage] = _Step("False", "Stopped", f"{STEP_TITLES[stage]} was stopped: the run failed ({ctx.failure})")
+        ctx.steps[stage] = StepCondition("False", "Stopped", f"{graph.title(stage)} was stopped: the run failed ({ctx.failure})")
     ctx.running = []
 
 
@@ -631,7 +612,7 @@ def _report_refusals(ctx: _Ctx, refusals: dict[str, Refusal]) -> None:
         current = ctx.steps.get(action.step)
         if current is not None and current.status == "True":
             continue
-        ctx.steps[action.step] = _Step("False", f"{action.verb.capitalize()}Failed", refusal.message)
+        ctx.steps[action.step] = StepCondition("False", f"{action.verb.capitalize()}Failed", refusal.message)
         if refusal.permanent:
             ctx.failure = ctx.failure or refusal.message
             ctx.refused.add(action.step)
@@ -650,64 +631,26 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
     meta = body.get("metadata") or {}
     uid, generation = meta.get("uid") or "", meta.get("generation")
     old = body.get("status") or {}
-    conditions = list(old.get("conditions") or [])
-
-    def cond(type_: str, status: str, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
-
     if isinstance(admission, AdmissionError):
-        text = "; ".join(admission.problems)
-        cond(VALID, "False", "InvalidSpec", text)
-        cond(FAILED, "True", "InvalidSpec", text)
-        cond(SUCCEEDED, "False", "InvalidSpec", "the run is invalid")
-        status = {**old, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
-        status.setdefault("completionTime", timestamp(now))
-        return Decision(status, [], condition_events(old.get("conditions") or [], conditions))
+        status = invalid_status(old, admission.problems, generation, now)
+        return Decision(status, [], condition_events(old.get("conditions") or [], status["conditions"]))
 
     ctx = _Ctx(admission, config, uid, objects, pods, now, old, blocked=dict(blocked or {}))
-    cond(VALID, "True", "Admitted", "the run was admitted")
     conflicts = _ensure_static_children(ctx)
     prepared = _prepare(ctx, conflicts)
-    entries = {stage: stage_entry(old, stage) for stage in STAGE_NAMES}
-    for stage in ("sft", "reward"):
-        _stage(ctx, stage, entries[stage], prepared, "the prepare Job", conflicts)
-    both = all(entries[s]["state"] == "Succeeded" for s in ("sft", "reward"))
-    _stage(ctx, "ppo", entries["ppo"], both, "the SFT and reward stages", conflicts)
+    entries = {stage: stage_entry(old, stage) for stage in graph.STAGE_NAMES}
+    for wave in graph.waves(graph.STAGE_NAMES):
+        for stage in wave:
+            ready = prepared and graph.ready(stage, [s for s, e in entries.items() if e["state"] == "Succeeded"])
+            waiting_for = "the prepare Job" if not graph.needs(stage) else graph.waiting_for(stage)
+            _stage(ctx, stage, entries[stage], ready, waiting_for, conflicts)
 
     _report_refusals(ctx, failures or {})
     if ctx.failure:
         _stop_others(ctx, entries)
-    for step, decided in ctx.steps.items():
-        cond(STEP_CONDITIONS[step], decided.status, decided.reason, decided.message)
-    succeeded = entries["ppo"]["state"] == "Succeeded"
-    if ctx.failure:
-        phase = "Failed"
-    elif succeeded:
-        phase = "Succeeded"
-    elif ctx.suspend:
-        phase = "Suspended"
-    elif ctx.started:
-        phase = "Running"
-    else:
-        phase = "Pending"
-    cond(SUSPENDED, "True" if ctx.suspend else "False", "Suspended" if ctx.suspend else "NotSuspended",
-         "spec.runPolicy.suspend is true" if ctx.suspend else "spec.runPolicy.suspend is false")
-    cond(SUCCEEDED, "True" if succeeded else "False", "Succeeded" if succeeded else phase,
-         "all stages succeeded" if succeeded else "")
-    cond(FAILED, "True" if ctx.failure else "False", "StageFailed" if ctx.failure else "NoFailure",
-         ctx.failure or "")
-
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "phase": phase,
-        "stage": _current_steps(ctx, entries),
-        "startTime": old.get("startTime") or (timestamp(now) if ctx.started else None),
-        "completionTime": (old.get("completionTime") or timestamp(now)) if phase in ("Succeeded", "Failed")
-        else None,
-        "conditions": conditions,
-        "stages": ordered_stages(entries),
-    }
-    status = {k: v for k, v in status.items() if v is not None}
-    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], conditions),
+    status = run_status(
+        old, steps=ctx.steps, entries=entries, succeeded=all(e["state"] == "Succeeded" for e in entries.values()),
+        failure=ctx.failure, suspended=ctx.suspend, started=ctx.started, current=_current_steps(ctx, entries),
+        generation=generation, now=now)
+    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], status["conditions"]),
                     requeue_after=min(ctx.expiring) if ctx.expiring else None)

@@ -9,6 +9,7 @@
 """
 
 from rlhf.api.errors import SpecError
+from rlhf.api.graph import PREPARE, STAGE_NAMES, STEPS, condition_type
 from rlhf.api.load import load_manifest, read_manifest, validate
 from rlhf.api.meta import (
     API_VERSION,
@@ -17,7 +18,6 @@ from rlhf.api.meta import (
     KIND,
     MAX_NAME_LENGTH,
     PLURAL,
-    STAGE_NAMES,
     VERSION,
     ObjectMeta,
 )
@@ -41,6 +41,7 @@ from rlhf.api.status import Condition, RLHFRunStatus, StageStatus
 from rlhf.api.trainer import stage_config, storage_root
 
 __all__ = [
+    "PREPARE", "STEPS", "condition_type",
     "API_VERSION", "CRD_NAME", "DEVICE_RESOURCES", "GROUP", "KIND", "MAX_NAME_LENGTH", "PLURAL",
     "PVC_MOUNT_PATH", "STAGE_NAMES", "TRAINER_ACCELERATORS", "VERSION", "Condition", "DataSpec",
     "LoraSpec", "ModelsSpec", "ObjectMeta", "PVCStorage", "Pool", "PoolPolicy", "RLHFRun", "RLHFRunSpec", "RLHFRunStatus",

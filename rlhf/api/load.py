@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from rlhf.api.errors import SpecError, problems_from
-from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.graph import STAGE_NAMES
 from rlhf.api.run import RLHFRun
 from rlhf.api.trainer import stage_config
 

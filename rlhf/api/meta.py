@@ -20,8 +20,6 @@ SHORT_NAMES = ("rlhf",)
 CATEGORIES = ("ml", "rlhf")
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-#: The three stages, in the order they run.
-STAGE_NAMES = ("sft", "reward", "ppo")
 
 #: Longest child-name suffix the operator creates: ``<name>-reward-launcher`` is a Job name that
 #: ends up as a label value (63 characters at most), ``<name>-reward-worker-<i>`` a pod hostname.

@@ -43,7 +43,7 @@ from pydantic.alias_generators import to_camel
 
 from rlhf.api.base import DNS_LABEL, DNS_SUBDOMAIN, Quantity, RuleViolation
 from rlhf.api.errors import SpecError, problems_from
-from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.graph import STAGE_NAMES
 from rlhf.api.run import Accelerator, RLHFRun, Toleration
 from rlhf.config import ConfigError
 

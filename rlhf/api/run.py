@@ -17,7 +17,8 @@ from rlhf.api.base import (
     section,
     trainer_field,
 )
-from rlhf.api.meta import API_VERSION, KIND, STAGE_NAMES, ObjectMeta
+from rlhf.api.graph import STAGE_NAMES
+from rlhf.api.meta import API_VERSION, KIND, ObjectMeta
 from rlhf.api.stages import StagesSpec
 from rlhf.api.status import RLHFRunStatus
 from rlhf.config import DataConfig, DataSource

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from rlhf.api.base import Quantity, Rule, SpecModel, section, trainer_field
-from rlhf.api.meta import STAGE_NAMES
+from rlhf.api.graph import STAGE_NAMES
 from rlhf.config.parts import DType
 
 # Upper bounds of the counts a stage declares: every one ends up in an int32 field of an MPIJob or

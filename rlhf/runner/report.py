@@ -1,9 +1,10 @@
 """What ``rlhf run`` leaves behind: the final table, ``<root>/run_summary.json`` and ``<root>/status.yaml``.
 
-``status.yaml`` is the run's status in the RLHFRun ``status`` shape (:mod:`rlhf.api.status`), as
-the operator writes it on a cluster: a condition per stage (:func:`condition_type`: SFTSucceeded,
-RewardSucceeded, PPOSucceeded) plus the summary ``Succeeded`` and ``Failed`` conditions, and the
-``stages`` list with each stage's final metrics.
+``status.yaml`` is the run's status in the RLHFRun ``status`` shape (:mod:`rlhf.api.status`),
+built by the rule the operator uses on a cluster (:mod:`rlhf.api.conditions`): the same condition
+types and reasons (``Prepared``, ``SFTSucceeded``... with ``Running``, ``Succeeded``, ``Failed``,
+``Stopped``, ``Waiting``), the summary conditions, and the ``stages`` list with each stage's final
+metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from rlhf.api import Condition, RLHFRunStatus, StageStatus
+from rlhf.api import PREPARE, RLHFRunStatus, graph
+from rlhf.api.conditions import StepCondition, run_status, timestamp
 from rlhf.runner.progress import duration
 
 #: States of a stage in ``rlhf run``.
@@ -30,14 +32,6 @@ KEY_METRICS = {
     "ppo": ("eval/reward_mean", "baseline/reward_mean", "eval/property_rate", "baseline/property_rate",
             "eval/content_rate", "baseline/content_rate"),
 }
-_CONDITION_NAMES = {"sft": "SFT", "reward": "Reward", "ppo": "PPO"}
-
-
-def condition_type(stage: str) -> str:
-    """The per-stage condition: ``SFTSucceeded``, ``RewardSucceeded``, ``PPOSucceeded``."""
-    return f"{_CONDITION_NAMES.get(stage, stage.capitalize())}Succeeded"
-
-
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -122,45 +116,64 @@ def write_summary(path: Path, *, run: str, manifest: str, root: Path, status: st
 
 
 class StatusWriter:
-    """Keeps ``status.yaml`` current; a condition's lastTransitionTime changes only with its status."""
+    """Keeps ``status.yaml`` current with the API's status rule (:func:`rlhf.api.conditions.run_status`),
+    the one the operator writes on a cluster: the same events give the same conditions, reasons and
+    stages list."""
 
     def __init__(self, path: Path, started: datetime):
         self.path, self.started = path, started
-        self._conditions: dict[str, Condition] = {}
+        self._status: dict[str, Any] = {}
 
-    def _set(self, type_: str, status: str, reason: str, message: str) -> None:
-        old = self._conditions.get(type_)
-        when = old.last_transition_time if old is not None and old.status == status else now()
-        self._conditions[type_] = Condition.model_validate(
-            {"type": type_, "status": status, "lastTransitionTime": when, "reason": reason, "message": message})
-
-    def write(self, results: list[StageResult], phase: str, reason: str = "", message: str = "") -> None:
-        """Write the status for ``results`` with ``phase`` (Running, Succeeded or Failed)."""
+    def write(self, results: list[StageResult], phase: str, failure: str | None = None,
+              prepare: tuple[str, str] | None = None) -> None:
+        """Write the status for ``results``; ``phase`` is Running, Succeeded or Failed (``failure``
+        says why); ``prepare``: the prepare step's (state, note) once it started."""
+        steps: dict[str, StepCondition] = {}
+        entries: dict[str, dict[str, Any]] = {}
+        running: list[str] = []
+        if prepare is not None:
+            state, note = prepare
+            steps[PREPARE] = _step_condition(PREPARE, state, note, {})
+            if state == RUNNING:
+                running.append(PREPARE)
         for r in results:
-            status, why = {
-                DONE: ("True", "Completed"), SKIPPED: ("True", "AlreadyCompleted"), RUNNING: ("Unknown", "Running"),
-                PENDING: ("Unknown", "Pending"), FAILED: ("False", "StageFailed"), STOPPED: ("False", "Interrupted"),
-                NOT_RUN: ("Unknown", "NotRun"),
-            }[r.state]
-            self._set(condition_type(r.stage), status, why, r.note)
-        self._set("Succeeded", "True" if phase == "Succeeded" else ("Unknown" if phase == "Running" else "False"),
-                  reason or phase, message)
-        self._set("Failed", "True" if phase == "Failed" else "False", reason or phase, message)
-        running = [r.stage for r in results if r.state == RUNNING]
-        started = [r for r in results if r.started_at is not None]
-        status = RLHFRunStatus.model_validate({
-            "phase": phase,
-            "stage": running[-1] if running else (started[-1].stage if started else None),
-            "startTime": self.started,
-            "completionTime": now() if phase in ("Succeeded", "Failed") else None,
-            "conditions": list(self._conditions.values()),
-            "stages": [StageStatus.model_validate({
-                "name": r.stage,
-                "state": {RUNNING: "Running", DONE: "Succeeded", SKIPPED: "Succeeded", FAILED: "Failed",
-                          STOPPED: "Failed"}.get(r.state, "Pending"),
-                "startTime": r.started_at, "completionTime": r.finished_at,
-                "retries": 0, "metrics": r.metrics,
-            }) for r in results if r.state != NOT_RUN],
-        })
-        data = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if r.state == NOT_RUN:
+                continue
+            steps[r.stage] = _step_condition(r.stage, r.state, r.note, r.metrics)
+            entries[r.stage] = {
+                # retries counts failed attempts, as on a cluster; rlhf run makes one attempt per run
+                "name": r.stage, "state": _STAGE_STATES.get(r.state, "Pending"), "retries": int(r.state == FAILED),
+                "metrics": r.metrics,
+                "startTime": timestamp(r.started_at) if r.started_at else None,
+                "completionTime": timestamp(r.finished_at) if r.finished_at else None,
+            }
+            if r.state == RUNNING:
+                running.append(r.stage)
+        started = [r.stage for r in results if r.started_at is not None]
+        status = run_status(
+            self._status, steps=steps, entries=entries, succeeded=phase == "Succeeded",
+            failure=(failure or "failed") if phase == "Failed" else None, suspended=False,
+            started=prepare is not None or bool(started),
+            current=",".join(running) if running else (started[-1] if started else (PREPARE if prepare else None)),
+            generation=None, now=now(), start_time=timestamp(self.started))
+        self._status = status
+        data = RLHFRunStatus.model_validate(status).model_dump(mode="json", by_alias=True, exclude_none=True)
         _write_atomic(self.path, yaml.safe_dump(data, sort_keys=False))
+
+
+#: A local stage's state -> its ``status.stages`` state (NOT_RUN stages are not reported).
+_STAGE_STATES = {RUNNING: "Running", DONE: "Succeeded", SKIPPED: "Succeeded", FAILED: "Failed", STOPPED: "Stopped"}
+
+
+def _step_condition(step: str, state: str, note: str, metrics: dict[str, float]) -> StepCondition:
+    """A local step's condition, in the API's vocabulary (as the operator reports the same states)."""
+    if state in (DONE, SKIPPED):
+        return StepCondition.succeeded(step, metrics)
+    if state == RUNNING:
+        return StepCondition("False", "Running", "rlhf prepare: Hub copies and data caches" if step == PREPARE
+                             else "running")
+    if state == FAILED:
+        return StepCondition("False", "Failed", note)
+    if state == STOPPED:
+        return StepCondition("False", "Stopped", note)
+    return StepCondition("False", "Waiting", f"waiting for {graph.waiting_for(step)}")

@@ -158,8 +158,8 @@ class Runner:
                 lines[stage] = (r.state, progress.stage_line(stage, r.state, note=r.note))
         return lines
 
-    def _status(self, phase: str, reason: str = "", message: str = "") -> None:
-        self.status.write([self.results[s] for s in STAGE_NAMES], phase, reason, message)
+    def _status(self, phase: str, failure: str | None = None) -> None:
+        self.status.write([self.results[s] for s in STAGE_NAMES], phase, failure, self._prepared)
 
     def _watch(self, group: dict[str, procs.StageProcess], show: bool = True) -> tuple[str, str] | None:
         """Wait for every process of ``group``; (name, reason) of the first failure, or None.
@@ -204,9 +204,14 @@ class Runner:
         self.display.message(f"prepare: Hub copies and data caches (log: {log})")
         p.start()
         self._active = {"prepare": p}
+        self._prepared = (RUNNING, "")
+        self._status("Running")
         failure = self._watch({"prepare": p}, show=False)
         if failure is None:
+            self._prepared = (DONE, "")
             self.display.message(f"prepare: done in {progress.duration(p.elapsed)}")
+        else:
+            self._prepared = (FAILED, f"rlhf prepare failed: {failure[1]}")
         return failure
 
     def _start(self, stage_plan: plan.StagePlan) -> procs.StageProcess:
@@ -298,6 +303,7 @@ class Runner:
         self.status = report.StatusWriter(self.root / "status.yaml", self.started)
         self._active: dict[str, procs.StageProcess] = {}
         self._started_wall: dict[str, float] = {}
+        self._prepared: tuple[str, str] | None = None  # the prepare step's (state, note) once started
         for stage in self.todo:
             (self.root / f"{stage}.config.yaml").write_text(config_text(self.configs[stage]))
         self.display.message(f"rlhf run {self.run.metadata.name}: storage {self.root}; "
@@ -341,9 +347,7 @@ class Runner:
             if r.state == PENDING:
                 r.state, r.note = NOT_RUN, "run stopped before it"
         outcome = {0: "succeeded", INTERRUPTED: "interrupted"}.get(code, "failed")
-        phase = "Succeeded" if code == 0 else "Failed"
-        why = {0: "AllStagesCompleted", INTERRUPTED: "Interrupted"}.get(code, "StageFailed")
-        self._status(phase, why, reason or "")
+        self._status("Succeeded" if code == 0 else "Failed", reason or outcome)
         report.write_summary(self.root / "run_summary.json", run=self.run.metadata.name, manifest=self.manifest,
                              root=self.root, status=outcome, reason=reason, exit_code=code,
                              started=self.started, plan=self._plan_json(), results=results)
