@@ -13,8 +13,8 @@ from typing import Any
 
 from rlhf.api.base import SpecModel, trainer_key
 from rlhf.api.errors import SpecError
-from rlhf.api.hub import dataset_location, model_location
 from rlhf.api.graph import STAGE_NAMES
+from rlhf.api.hub import dataset_location, model_location
 from rlhf.api.run import PVC_MOUNT_PATH, RLHFRun
 from rlhf.config import STAGES, ConfigError, DataSource, StageConfig, build
 
