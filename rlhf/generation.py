@@ -1,15 +1,24 @@
-"""Answering prompts with a causal LM: batched, KV-cached ``generate()``, repacked for training.
+"""Answering prompts with a causal LM: batched, KV-cached decoding, repacked for training.
 
 Prompts are left-padded for generation (so every row's answer starts at the same column); the
 result is repacked right-padded — prompt, answer (its end-of-text token included), padding — the
 layout every other forward pass of PPO uses, so no model needs position ids for left padding.
+
+Two decode loops give the same answers (greedy; sampling: the same distribution) and log-probs:
+transformers' ``model.generate`` (``decoder="transformers"``, the default, and the only one under
+ZeRO-3's ``synced_gpus``, Gaudi's static shapes and the repetition controls of ``rlhf chat``) and
+:mod:`rlhf.decoding`'s loop over a static KV cache (``"static"``; ``"compiled"`` also puts each
+decode step through ``torch.compile``, CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+Decoder = Literal["transformers", "static", "compiled"]
 
 
 @dataclass
@@ -32,6 +41,10 @@ class Sampling:
         else:  # the model's generation_config may carry sampling defaults that would only warn
             out.update(temperature=None, top_p=None, top_k=None)
         return out
+
+    @property
+    def repetition_controls(self) -> bool:
+        return self.no_repeat_ngram_size > 0 or self.repetition_penalty != 1.0
 
 
 @dataclass
@@ -129,37 +142,56 @@ def generate(
     device: torch.device | None = None,
     synced_gpus: bool = False,
     static_prompt_len: int | None = None,
+    decoder: Decoder = "transformers",
+    cache_len: int | None = None,
 ) -> Generated:
     """Answer every prompt (one batch) with KV-cached decoding.
 
     ``synced_gpus`` must be set under ZeRO-3, where every rank takes part in every forward pass
     until all ranks are done. ``static_prompt_len`` pads prompts to a fixed width and the packed
-    result to ``static_prompt_len + max_new_tokens`` (static shapes for Gaudi graphs).
+    result to ``static_prompt_len + max_new_tokens`` (static shapes for Gaudi graphs). ``decoder``
+    picks the loop (module docstring); ``cache_len`` is the static cache's length (default: the
+    prompts' width + ``max_new_tokens``; give the largest there will be, so one compiled step serves
+    every call).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("cannot answer an empty prompt")
     ids, mask = left_pad(prompts, pad_id, static_prompt_len)
     device = device or next(model.parameters()).device
-    out = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id, pad_token_id=pad_id,
-        synced_gpus=synced_gpus, output_logits=True, return_dict_in_generate=True, **sampling.kwargs(),
-    )
-    new_ids = out.sequences[:, ids.size(1):]
+    if decoder != "transformers" and not (synced_gpus or static_prompt_len or sampling.repetition_controls):
+        from rlhf.decoding import Choice, decoder_for
+
+        length = max(cache_len or 0, ids.size(1) + sampling.max_new_tokens)
+        run = decoder_for(model, ids.size(0), length, device, compile=decoder == "compiled")
+        choice = Choice(sampling.do_sample, sampling.temperature, sampling.top_k, sampling.top_p)
+        new_ids, step_logprobs = run(ids, mask, sampling.max_new_tokens, choice, eos_id, pad_id)
+    else:
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id, pad_token_id=pad_id,
+            synced_gpus=synced_gpus, output_logits=True, return_dict_in_generate=True, **sampling.kwargs(),
+        )
+        new_ids = out.sequences[:, ids.size(1):]
+        step_logits = getattr(out, "logits", None)
+        step_logprobs = _picked_logprobs(step_logits, new_ids) if step_logits else None
     answers, ends = zip(*(cut_answer(row, eos_id, pad_id) for row in new_ids.tolist()), strict=True)
     length = static_prompt_len + sampling.max_new_tokens if static_prompt_len else None
     packed = pack(prompts, list(answers), list(ends), eos_id, pad_id, length)
-    if getattr(out, "logits", None):
-        packed.logprobs = _answer_logprobs(out.logits, new_ids, packed)
+    if step_logprobs is not None:
+        packed.logprobs = _answer_logprobs(step_logprobs.cpu(), packed)
     return packed
 
 
-def _answer_logprobs(step_logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor, gen: Generated) -> torch.Tensor:
-    """The log-probability (temperature 1, unwarped) of every generated answer token, in the packed
-    layout: the actor's forward pass over the answers, without running it again."""
-    picked = torch.stack([
+def _picked_logprobs(step_logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor) -> torch.Tensor:
+    """[B, steps]: the log-probability (temperature 1, unwarped) of each generated token."""
+    return torch.stack([
         torch.log_softmax(logits.float(), dim=-1).gather(-1, new_ids[:, t : t + 1]).squeeze(-1)
         for t, logits in enumerate(step_logits)
-    ], dim=1).cpu()
+    ], dim=1)
+
+
+def _answer_logprobs(picked: torch.Tensor, gen: Generated) -> torch.Tensor:
+    """The generated tokens' log-probabilities ``picked`` [B, steps] in the packed layout: the
+    actor's forward pass over the answers, without running it again."""
     out = torch.zeros(gen.action_mask.shape, dtype=torch.float32)
     for i in range(out.size(0)):
         n, start = int(gen.answer_lens[i]), int(gen.prompt_lens[i]) - 1

@@ -214,3 +214,24 @@ def value_loss(
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped_sq > unclipped_sq).float(), mask)}
     return loss, stats
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits as transformers' sampling warpers leave them, in their order: divided by
+    ``temperature``, then all but the ``top_k`` largest set to ``-inf`` (0: off), then the smallest
+    whose cumulative probability stays within ``1 - top_p`` set to ``-inf`` (1: off; the most likely
+    token always stays). Shape [B, V]; no data-dependent control flow, so it compiles to one graph."""
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ascending, order = torch.sort(logits, dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - top_p)
+        remove[..., -1] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits

@@ -25,6 +25,12 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold; 1 disables")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables")
+    decoder: Literal["transformers", "static", "compiled"] = Field(
+        "transformers",
+        description="Decode loop: transformers' generate(); static: our loop over transformers' static KV cache "
+        "(no host read per token); compiled: that loop's step through torch.compile (CUDA graphs on a GPU; the first "
+        "iteration compiles). Same answers and log-probs; under ZeRO-3, Gaudi or the hybrid engine generate() runs",
+    )
     min_answer_len: int = Field(
         1, ge=0,
         description="Answers with fewer tokens (before the end-of-text token) are not scored by the reward "

@@ -83,6 +83,8 @@ def answer(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[in
             sampling=sampling(cfg, greedy=greedy), device=rt.device,
             synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
             static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
+            decoder="transformers" if cfg.engines.hybrid_engine else cfg.generation.decoder,
+            cache_len=cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
         )
     finally:
         engine.train(was_training)
