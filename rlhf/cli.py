@@ -77,7 +77,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from rlhf.api import STAGE_NAMES, load_manifest, stage_config
+    from rlhf.api import config_text, load_manifest, stage_config, stage_configs
 
     run = load_manifest(args.manifest)
     where = ""
@@ -92,9 +92,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                             f"{run.metadata.namespace}")
         pool = load_policy(args.operator_config).admit(run, namespace, str(args.manifest))
         where = f" on pool {pool.name!r} in namespace {namespace!r}"
-    stages = [args.stage] if args.stage else list(STAGE_NAMES)
-    docs = [{"stage": stage, "config": stage_config(run, stage)} for stage in stages]
-    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    if args.stage:  # the stage's config file itself, byte for byte its ConfigMap: `rlhf train --config` reads it
+        print(config_text(stage_config(run, args.stage)), end="")
+    else:
+        docs = [{"stage": stage, "config": config} for stage, config in stage_configs(run).items()]
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     print(f"{args.manifest}: valid RLHFRun {run.metadata.name!r}{where}", file=sys.stderr)
     return 0
 

@@ -67,11 +67,19 @@ def test_validate_prints_stage_configs(capsys):
     from pathlib import Path
 
     manifest = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    from rlhf.api import config_text, load_manifest, stage_config
+    from rlhf.config import STAGES, build
+
     assert main(["validate", str(manifest), "--stage", "sft"]) == 0
     captured = capsys.readouterr()
-    doc = yaml.safe_load(captured.out)
-    assert doc["stage"] == "sft" and doc["config"]["checkpoint"]["output_dir"].endswith("sft")
+    # exactly the stage's config file (what its ConfigMap and rlhf run's <stage>.config.yaml hold)
+    assert captured.out == config_text(stage_config(load_manifest(manifest), "sft"))
+    cfg = build(STAGES["sft"], yaml.safe_load(captured.out))  # and the trainer reads it as it is
+    assert cfg.checkpoint.output_dir.endswith("sft")
     assert "valid RLHFRun 'quickstart'" in captured.err
+    assert main(["validate", str(manifest)]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["stage"] for d in docs] == ["sft", "reward", "ppo"]
 
 
 def test_validate_rejects_invalid_manifest_naming_the_field(tmp_path, capsys):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf.api import STAGE_NAMES, RLHFRun, SpecError, load_manifest, stage_config
+from rlhf.api import RLHFRun, SpecError, load_manifest, stage_configs
 from rlhf.api.pools import AFFINITY_KEYS, DEFAULT_NAMESPACE, Pool
 from rlhf_operator.config import OperatorConfig
 
@@ -52,11 +52,10 @@ def admit(manifest: Mapping[str, Any], config: OperatorConfig, source: str = "")
         raise AdmissionError(e.problems, source) from None
     problems: list[str] = []
     configs: dict[str, dict[str, Any]] = {}
-    for stage in STAGE_NAMES:
-        try:
-            configs[stage] = stage_config(run, stage)
-        except SpecError as e:
-            problems += [p for p in e.problems if p not in problems]
+    try:
+        configs = stage_configs(run)
+    except SpecError as e:
+        problems += e.problems
     namespace = run.metadata.namespace or DEFAULT_NAMESPACE
     pool, cluster = config.check(run, namespace)
     problems += cluster

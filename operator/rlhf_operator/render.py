@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from rlhf.api import PVC_MOUNT_PATH, STAGE_NAMES
+from rlhf.api import PVC_MOUNT_PATH, STAGE_NAMES, config_text
 from rlhf_operator import names
 from rlhf_operator.admission import Admitted
 from rlhf_operator.config import OperatorConfig
@@ -166,7 +166,7 @@ def config_map(admitted: Admitted, step: str, uid: str | None) -> dict[str, Any]
         file_name, content = names.RUN_MANIFEST_FILE, run_manifest_text(admitted)
     else:
         file_name = names.STAGE_CONFIG_FILE
-        content = yaml.safe_dump(admitted.configs[step], sort_keys=True, default_flow_style=False)
+        content = config_text(admitted.configs[step])
     return render_template("configmap.yaml.j2", {
         "meta": _meta(admitted, step, names.config_map_name(admitted.name, step), uid, queued=False),
         "file_name": file_name,

@@ -38,10 +38,10 @@ from rlhf.api.run import (
 )
 from rlhf.api.stages import LoraSpec, ResourcesSpec, StageSpec, StagesSpec
 from rlhf.api.status import Condition, RLHFRunStatus, StageStatus
-from rlhf.api.trainer import stage_config, storage_root
+from rlhf.api.trainer import config_text, stage_config, stage_configs, storage_root
 
 __all__ = [
-    "PREPARE", "STEPS", "condition_type",
+    "PREPARE", "STEPS", "condition_type", "config_text", "stage_configs",
     "API_VERSION", "CRD_NAME", "DEVICE_RESOURCES", "GROUP", "KIND", "MAX_NAME_LENGTH", "PLURAL",
     "PVC_MOUNT_PATH", "STAGE_NAMES", "TRAINER_ACCELERATORS", "VERSION", "Condition", "DataSpec",
     "LoraSpec", "ModelsSpec", "ObjectMeta", "PVCStorage", "Pool", "PoolPolicy", "RLHFRun", "RLHFRunSpec", "RLHFRunStatus",

@@ -12,9 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from rlhf.api.errors import SpecError, problems_from
-from rlhf.api.graph import STAGE_NAMES
 from rlhf.api.run import RLHFRun
-from rlhf.api.trainer import stage_config
+from rlhf.api.trainer import stage_configs
 
 #: Most nodes a manifest may expand to once its YAML aliases are followed. A real RLHFRun has a few
 #: hundred; an "alias bomb" (a billion laughs: aliases of aliases of lists) a few hundred bytes long
@@ -88,14 +87,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 def validate(run: RLHFRun) -> None:
     """Semantic checks beyond the schema, as the operator runs them at admission: every stage's
     trainer config (``trainerOptions`` included) must build. Raises :class:`SpecError`."""
-    problems: list[str] = []
-    for stage in STAGE_NAMES:
-        try:
-            stage_config(run, stage)
-        except SpecError as e:
-            problems += [p for p in e.problems if p not in problems]
-    if problems:
-        raise SpecError(problems, repr(run.metadata.name))
+    stage_configs(run)
 
 
 def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, semantic: bool = True) -> RLHFRun:

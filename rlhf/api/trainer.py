@@ -11,6 +11,8 @@ import copy
 import re
 from typing import Any
 
+import yaml
+
 from rlhf.api.base import SpecModel, trainer_key
 from rlhf.api.errors import SpecError
 from rlhf.api.graph import STAGE_NAMES
@@ -182,3 +184,25 @@ def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
     if problems:
         raise SpecError(problems, f"{run.metadata.name!r} (stage {stage})")
     return copy.deepcopy(config)
+
+
+def stage_configs(run: RLHFRun) -> dict[str, dict[str, Any]]:
+    """Every stage's trainer config, by stage in pipeline order; one :class:`SpecError` listing the
+    problems of all of them (each line naming its manifest field)."""
+    configs: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for stage in STAGE_NAMES:
+        try:
+            configs[stage] = stage_config(run, stage)
+        except SpecError as e:
+            problems += [p for p in e.problems if p not in problems]
+    if problems:
+        raise SpecError(problems, repr(run.metadata.name))
+    return configs
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """A stage's config file, byte for byte what the trainer reads on every side: the stage's
+    ConfigMap on a cluster, ``<storage>/<stage>.config.yaml`` with ``rlhf run``, and what
+    ``rlhf validate --stage`` prints (keys sorted, block style)."""
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)

@@ -11,7 +11,6 @@ from rlhf.api import (
     SpecError,
     load_manifest,
     read_manifest,
-    stage_config,
     storage_root,
 )
 
@@ -60,6 +59,3 @@ def root_of(run: RLHFRun) -> Path:
     return Path(storage_root(run))
 
 
-def stage_configs(run: RLHFRun) -> dict[str, dict]:
-    """Every stage's trainer config, as the operator would put it in the stage's ConfigMap."""
-    return {stage: stage_config(run, stage) for stage in STAGE_NAMES}

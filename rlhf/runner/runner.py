@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
-from rlhf.api import STAGE_NAMES
+from rlhf.api import STAGE_NAMES, config_text, stage_configs
 from rlhf.config import STAGES, build
 from rlhf.runner import launch, manifest, plan, procs, progress, report
 from rlhf.runner.inputs import RunInputs, gguf_only_folders
@@ -69,11 +67,6 @@ def finished_stage(stage: str, config: dict[str, Any]) -> dict[str, Any] | None:
     return finished_summary(build(STAGES[stage], config, f"stage {stage}"))
 
 
-def config_text(config: dict[str, Any]) -> str:
-    """The stage config file: what the operator puts in the stage's ConfigMap on a cluster."""
-    return yaml.safe_dump(config, sort_keys=False)
-
-
 class Runner:
     """One ``rlhf run``: see the module doc."""
 
@@ -89,7 +82,7 @@ class Runner:
         opts = self.opts
         self.run = manifest.load_run(self.manifest, opts.storage, local=True)
         self.root = manifest.root_of(self.run)
-        self.configs = manifest.stage_configs(self.run)
+        self.configs = stage_configs(self.run)
         self.accelerator = self.run.spec.accelerator
         selected = opts.stages or list(STAGE_NAMES)
         missing = [s for s in selected if s not in opts.available]
