@@ -315,3 +315,23 @@ def test_ordinary_anchors_and_aliases_still_load(tmp_path):
     assert "*id001" in text
     loaded = read_manifest(path)
     assert loaded["spec"]["stages"]["ppo"] == loaded["spec"]["stages"]["reward"]
+
+
+def test_stage_outcomes_are_one_type_for_every_reader():
+    """What the trainer writes, the entrypoint compacts and the operator / rlhf run read back."""
+    import json as _json
+
+    from rlhf.api.outcome import StageFailure, StageSummary, finite_metrics, parse_outcome
+
+    summary = StageSummary(stage="reward", global_step=3, metrics={"eval/accuracy": 0.75, "note": "x"},
+                           model_dir="/r/model", train_seconds=1.5)
+    data = summary.to_json()
+    assert data["train_seconds"] == 1.5 and "skipped" not in data and "truncated" not in data
+    back = parse_outcome(_json.dumps(data))
+    assert isinstance(back, StageSummary) and back.numeric_metrics == {"eval/accuracy": 0.75}
+    failed = parse_outcome('{"status": "failed", "reason": "CUDA out of memory", "exit_code": 1}')
+    assert isinstance(failed, StageFailure) and failed.reason == "CUDA out of memory"
+    died = parse_outcome("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    assert isinstance(died, StageFailure) and died.reason == "RuntimeError: boom"
+    assert parse_outcome('{"status": "weird"}') is None and parse_outcome("") is None
+    assert finite_metrics({"a": 1, "b": float("inf"), "c": True}) == {"a": 1.0}

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rlhf.api.outcome import ESSENTIAL, SUMMARY_FILE, StageFailure, StageSummary, outcome_of
+
 #: Kubernetes truncates a container's termination message at 4096 bytes; stay strictly below.
 MAX_BYTES = 4095
-#: Summary fields that survive compaction (other fields go first, largest first).
-ESSENTIAL = ("stage", "status", "global_step", "metrics", "model_dir")
 #: Longest single log line kept in a failure message.
 MAX_LINE = 300
 #: Indented lines after an error line that are part of it.
@@ -108,9 +108,8 @@ def error_line(lines: Iterable[str]) -> str | None:
 
 def failure_message(reason: str, exit_code: int | None, tail: list[str], limit: int = MAX_BYTES) -> dict[str, Any]:
     """``{"status": "failed", ...}`` with as many of the last log lines as fit under ``limit`` bytes."""
-    message: dict[str, Any] = {"status": "failed", "reason": _truncate(reason, 1024)}
-    if exit_code is not None:
-        message["exit_code"] = exit_code
+    message: dict[str, Any] = StageFailure(reason=_truncate(reason, 1024), exit_code=exit_code).model_dump(
+        exclude_none=True, exclude={"log_tail"})
     lines = [_truncate(line.rstrip("\r\n"), MAX_LINE) for line in tail]
     message["log_tail"] = ""
     if not fits(message, limit):
@@ -126,8 +125,9 @@ def failure_message(reason: str, exit_code: int | None, tail: list[str], limit: 
 
 
 def read_summary(output_dir: str | Path) -> dict[str, Any]:
-    """``<output_dir>/summary.json`` as a dict; ValueError naming the file when missing or invalid."""
-    path = Path(output_dir) / "summary.json"
+    """``<output_dir>/summary.json`` as a dict (a :class:`~rlhf.api.outcome.StageSummary`);
+    ValueError naming the file when missing or invalid."""
+    path = Path(output_dir) / SUMMARY_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -136,6 +136,8 @@ def read_summary(output_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} cannot be read as JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if not isinstance(outcome_of(data), StageSummary):
+        raise ValueError(f"{path}: not a completed stage's summary (status {data.get('status')!r})")
     return data
 
 

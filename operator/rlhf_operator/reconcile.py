@@ -11,8 +11,6 @@ recorded on the MPIJob (annotation), so a restart of the operator never double-c
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -28,6 +26,7 @@ from rlhf.api.conditions import (
     stage_entry,
     timestamp,
 )
+from rlhf.api.outcome import Outcome, StageFailure, StageSummary, parse_outcome
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, Admitted
 from rlhf_operator.config import OperatorConfig
@@ -271,8 +270,9 @@ def diagnose(job: dict[str, Any], events: list[dict[str, Any]], pods: list[dict[
     return None
 
 
-def termination_message(pod: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The JSON termination message of a pod's terminated container, if any (launcher first)."""
+def termination_message(pod: dict[str, Any] | None) -> Outcome | None:
+    """How a finished step ended, from its pod's termination message (launcher container first):
+    the stage summary, a failure, or None when there is none (:mod:`rlhf.api.outcome`)."""
     if not pod:
         return None
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
@@ -280,33 +280,20 @@ def termination_message(pod: dict[str, Any] | None) -> dict[str, Any] | None:
     for cs in statuses:
         terminated = ((cs.get("state") or {}).get("terminated")
                       or (cs.get("lastState") or {}).get("terminated") or {})
-        text = terminated.get("message")
-        if not text:
-            continue
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return {"status": "failed", "reason": text.strip().splitlines()[-1][:300] if text.strip() else ""}
-        if isinstance(data, dict):
-            return data
+        outcome = parse_outcome(terminated.get("message"))
+        if outcome is not None:
+            return outcome
     return None
 
 
-def metrics_of(message: dict[str, Any] | None) -> dict[str, float]:
+def metrics_of(outcome: Outcome | None) -> dict[str, float]:
     """The numeric metrics of a stage summary (termination message of a successful launcher)."""
-    raw = (message or {}).get("metrics")
-    if not isinstance(raw, dict):
-        return {}
-    out = {}
-    for key, value in raw.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[str(key)] = float(value)
-    return out
+    return outcome.numeric_metrics if isinstance(outcome, StageSummary) else {}
 
 
-def _failure_reason(message: dict[str, Any] | None, fallback: str) -> str:
-    if message and message.get("reason"):
-        return str(message["reason"])
+def _failure_reason(outcome: Outcome | None, fallback: str) -> str:
+    if isinstance(outcome, StageFailure) and outcome.reason:
+        return outcome.reason
     return fallback
 
 
@@ -480,7 +467,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     owned = job is not None and owned_by(job, ctx.uid)
 
     if entry["state"] == "Succeeded":
-        if not entry.get("metrics") and message and message.get("status") != "failed":
+        if not entry.get("metrics") and isinstance(message, StageSummary):
             entry["metrics"] = metrics_of(message)
         ctx.steps[stage] = StepCondition.succeeded(stage, entry.get("metrics"))
         if owned:

@@ -20,6 +20,7 @@ import yaml
 
 from rlhf.api import PREPARE, RLHFRunStatus, graph
 from rlhf.api.conditions import StepCondition, run_status, timestamp
+from rlhf.api.outcome import finite_metrics
 from rlhf.runner.progress import duration
 
 #: States of a stage in ``rlhf run``.
@@ -54,8 +55,7 @@ class StageResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        raw = self.summary.get("metrics") or {}
-        return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return finite_metrics(self.summary.get("metrics"))
 
     def key_metrics(self, limit: int | None = None) -> dict[str, float]:
         metrics = self.metrics

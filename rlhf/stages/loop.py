@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from rlhf.api.outcome import StageSummary
 from rlhf.config import dump
 from rlhf.config.stages import StageConfig, deprecated_settings
 from rlhf.engine.ds_config import build_ds_config
@@ -278,12 +279,12 @@ def completed_summary(
     """A finished stage's ``summary.json`` (the operator and ``rlhf run`` read it): the same keys for
     every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures, ``warnings``
     what the stage warned about at its start (skipped records, an empty eval split, ...)."""
-    return {
-        "stage": stage, "status": "completed", "global_step": step, "total_steps": total_steps,
-        "resumed_from_step": resumed_from, "world_size": rt.dist.world_size, "accelerator": rt.accel.name,
-        "metrics": metrics, "train_samples": samples * rt.dist.world_size, "train_seconds": round(seconds, 3),
-        **rates, "model_dir": str(model_dir), "data": summary_data(data_stats), "warnings": list(warnings or []),
-    }
+    return StageSummary(
+        stage=stage, global_step=step, total_steps=total_steps, resumed_from_step=resumed_from,
+        world_size=rt.dist.world_size, accelerator=rt.accel.name, metrics=metrics,
+        train_samples=samples * rt.dist.world_size, train_seconds=round(seconds, 3), **rates,
+        model_dir=str(model_dir), data=summary_data(data_stats), warnings=list(warnings or []),
+    ).to_json()
 
 
 def resume_point(cfg: StageConfig, ckpt_dirs: list[Path], settings: dict[str, Any]) -> tuple[str | None, list[str]]:

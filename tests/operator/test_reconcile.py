@@ -24,6 +24,7 @@ from rlhf_operator.reconcile import (
 )
 
 from rlhf.api import STAGE_NAMES
+from rlhf.api.outcome import StageFailure, StageSummary
 
 CONFIG = operator_config()
 UID = "run-uid"
@@ -227,9 +228,10 @@ def test_invalid_run_has_no_actions_and_names_the_field():
 
 
 def test_termination_messages_and_job_states():
-    assert metrics_of({"metrics": {"a": 1, "b": float("nan"), "c": "x"}}) == {"a": 1.0}
+    summary = StageSummary(stage="sft", metrics={"a": 1, "b": float("nan"), "c": "x"})
+    assert metrics_of(summary) == {"a": 1.0} and metrics_of(StageFailure(reason="x")) == {}
     assert termination_message({"status": {"containerStatuses": [{"name": "launcher", "state": {
-        "terminated": {"message": "Traceback...\nRuntimeError: boom"}}}]}})["reason"] == "RuntimeError: boom"
+        "terminated": {"message": "Traceback...\nRuntimeError: boom"}}}]}}).reason == "RuntimeError: boom"
     assert termination_message(None) is None
     assert mpijob_state({"status": {"conditions": [{"type": "Created", "status": "True"},
                                                    {"type": "Running", "status": "False"}]}})[0] == "Pending"
