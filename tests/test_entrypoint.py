@@ -79,8 +79,12 @@ def test_stage_env_errors():
 
 
 def test_accelerator_env():
+    from rlhf.api.environment import ACCELERATOR_ENV, stage_process_env
+
     hpu = envmod.accelerator_env("hpu", local_ranks=8, cpus=160)
-    assert hpu == {"OMP_NUM_THREADS": "20", "DS_ACCELERATOR": "hpu", "PT_HPU_LAZY_MODE": "1"}
+    assert hpu == {"OMP_NUM_THREADS": "20", **ACCELERATOR_ENV["hpu"]}
+    # one table: what the operator puts in a Gaudi pod is what the entrypoint defaults to
+    assert stage_process_env("habana").items() >= ACCELERATOR_ENV["hpu"].items()
     cuda = envmod.accelerator_env("cuda", local_ranks=8, cpus=4)
     assert cuda["OMP_NUM_THREADS"] == "1" and cuda["NCCL_DEBUG"] == "WARN"
     assert envmod.accelerator_env(None, local_ranks=2, cpus=8) == {"OMP_NUM_THREADS": "4"}

@@ -13,12 +13,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from rlhf.api.environment import ACCELERATOR_ENV
 from rlhf.engine.distributed import DEFAULT_MASTER_PORT, available_cpus, torch_env
 
 #: Where the MPI operator mounts the hostfile in the launcher pod (it is not mounted in workers).
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
 #: The accelerators the trainer knows (values of RLHF_ACCELERATOR, see rlhf.api.TRAINER_ACCELERATORS).
-ACCELERATORS = ("cuda", "hpu", "cpu")
+ACCELERATORS = tuple(ACCELERATOR_ENV)
 
 _HOST = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+$")
 
@@ -80,20 +81,15 @@ def accelerator_env(accelerator: str | None, local_ranks: int, cpus: int) -> dic
     """Defaults for one rank on ``accelerator`` (cuda, hpu, cpu; None: only the thread count).
 
     Every rank gets an equal share of the container's CPUs as OMP_NUM_THREADS (torch would
-    otherwise start one thread per core in every rank). CUDA: collectives fail instead of hanging
-    (TORCH_NCCL_ASYNC_ERROR_HANDLING), NCCL warnings logged. Gaudi: lazy mode (the trainer marks
-    steps), DeepSpeed on its hpu accelerator; HCCL takes MASTER_ADDR/MASTER_PORT like NCCL does.
+    otherwise start one thread per core in every rank), then the API's table of the
+    accelerator's defaults (:data:`rlhf.api.environment.ACCELERATOR_ENV`, which the operator also
+    puts in the pods); HCCL takes MASTER_ADDR/MASTER_PORT like NCCL does.
     """
     if accelerator is not None and accelerator not in ACCELERATORS:
         raise EnvError(f"RLHF_ACCELERATOR must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
     env = {"OMP_NUM_THREADS": str(max(1, cpus // max(1, local_ranks)))}
-    if accelerator == "cuda":
-        env.update(DS_ACCELERATOR="cuda", TORCH_NCCL_ASYNC_ERROR_HANDLING="1", NCCL_DEBUG="WARN",
-                   CUDA_DEVICE_ORDER="PCI_BUS_ID")
-    elif accelerator == "hpu":
-        env.update(DS_ACCELERATOR="hpu", PT_HPU_LAZY_MODE="1")
-    elif accelerator == "cpu":
-        env.update(DS_ACCELERATOR="cpu")
+    if accelerator is not None:
+        env.update(ACCELERATOR_ENV[accelerator])
     return env
 
 

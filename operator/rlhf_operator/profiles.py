@@ -6,7 +6,7 @@ user input), the templates still emit them through ``tojson``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rlhf.api import DEVICE_RESOURCES, TRAINER_ACCELERATORS
 
@@ -18,8 +18,6 @@ class Profile:
     accelerator: str
     #: Extended resource per device (``nvidia.com/gpu``, ``habana.ai/gaudi``), None on CPU.
     device_resource: str | None
-    #: Environment of every trainer process (also forwarded by ``mpirun -x``).
-    env: dict[str, str] = field(default_factory=dict)
     #: A memory-backed /dev/shm (NCCL and DataLoader workers need more than the default 64Mi).
     shm_volume: bool = False
     #: Gaudi: the host's IPC namespace, SYS_NICE and 2Mi hugepages for the HCCL/driver buffers.
@@ -44,21 +42,14 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "nvidia": Profile(
         "nvidia", DEVICE_RESOURCES["nvidia"],
-        env={"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"},
         shm_volume=True,
     ),
     "habana": Profile(
         "habana", DEVICE_RESOURCES["habana"],
-        env={"PT_HPU_LAZY_MODE": "1", "HABANA_LOGS": "/tmp/habana_logs"},
         host_ipc=True, add_capabilities=("SYS_NICE",), hugepages="95000Mi",
     ),
-    "cpu": Profile("cpu", DEVICE_RESOURCES["cpu"], env={}, shm_volume=True),
+    "cpu": Profile("cpu", DEVICE_RESOURCES["cpu"], shm_volume=True),
 }
-
-#: Environment of every stage process whatever the accelerator: the stages run offline from the
-#: run's storage, which the prepare Job filled.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
 
 def profile(accelerator: str) -> Profile:
     """The profile of ``accelerator`` (nvidia, habana or cpu)."""

@@ -19,10 +19,11 @@ import jinja2
 import yaml
 
 from rlhf.api import PVC_MOUNT_PATH, STAGE_NAMES, config_text
+from rlhf.api.environment import stage_process_env
 from rlhf_operator import names
 from rlhf_operator.admission import Admitted
 from rlhf_operator.config import OperatorConfig
-from rlhf_operator.profiles import OFFLINE_ENV, profile
+from rlhf_operator.profiles import profile
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: The operator retries a failed stage itself (delete + recreate, the trainer resumes from its
@@ -149,10 +150,9 @@ def _env(pairs: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def trainer_env(admitted: Admitted) -> dict[str, str]:
-    """Environment of every stage process: the accelerator for the entrypoint, offline Hub
-    access, and the profile's collective-library defaults."""
-    prof = profile(admitted.run.spec.accelerator)
-    return {"RLHF_ACCELERATOR": prof.trainer_accelerator, **OFFLINE_ENV, **prof.env}
+    """Environment of every stage process (:func:`rlhf.api.environment.stage_process_env`): the
+    accelerator for the entrypoint, offline Hub access, the collective library's defaults."""
+    return stage_process_env(admitted.run.spec.accelerator)
 
 
 # ---------------------------------------------------------------------------------------------

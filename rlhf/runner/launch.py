@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rlhf.api import TRAINER_ACCELERATORS
+from rlhf.api.environment import stage_process_env
 from rlhf.engine.distributed import available_cpus, torch_env
 from rlhf.runner.plan import Machine, StagePlan
 
@@ -31,16 +32,11 @@ def stage_env(plan: StagePlan, accelerator: str, base: Mapping[str, str] | None 
     """The environment of a stage's processes: threads, accelerator, devices, offline Hub, and for a
     single process the torch.distributed variables of a world of one."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in LAUNCHER_VARS}
-    env.update(
-        OMP_NUM_THREADS=str(plan.threads),
-        RLHF_ACCELERATOR=TRAINER_ACCELERATORS[accelerator],
-        HF_HUB_OFFLINE="1",  # `rlhf prepare` fetched everything: stages never download
-        HF_DATASETS_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if accelerator == "cpu":
-        env.setdefault("DS_ACCELERATOR", "cpu")
+    # The API's table, as the operator gives it to the pods; what the user set wins.
+    for key, value in stage_process_env(accelerator).items():
+        env.setdefault(key, value)
+    env.update(OMP_NUM_THREADS=str(plan.threads), RLHF_ACCELERATOR=TRAINER_ACCELERATORS[accelerator],
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     if plan.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.devices)
     if plan.processes == 1:  # a world of one on a free port; torchrun sets these for several
