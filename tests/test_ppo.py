@@ -235,7 +235,7 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
     import torch
 
     from rlhf.stages import ppo as ppo_module
-    from rlhf.stages import rollout
+    from rlhf.stages import ppo_train, rollout
 
     calls = []
 
@@ -247,7 +247,7 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
             return original(engine, sequences, attention_mask)
         return wrapper
 
-    monkeypatch.setattr(ppo_module, "critic_values", counted(ppo_module))
+    monkeypatch.setattr(ppo_train, "critic_values", counted(ppo_train))
     monkeypatch.setattr(rollout, "critic_values", counted(rollout))
     runs = {}
     for once in (True, False):
@@ -258,8 +258,8 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
                                                         "evaluation.baseline=false", "evaluation.max_prompts=2"))
         assert run_stage(cfg)["status"] == "completed"
         runs[once] = (out, list(calls))
-    assert runs[True][1] == ["rlhf.stages.ppo"] * 2  # 2 iterations, one critic forward each
-    assert runs[False][1] == ["rlhf.stages.rollout", "rlhf.stages.ppo"] * 2
+    assert runs[True][1] == ["rlhf.stages.ppo_train"] * 2  # 2 iterations, one critic forward each
+    assert runs[False][1] == ["rlhf.stages.rollout", "rlhf.stages.ppo_train"] * 2
     rows = {once: _rows(out, "train") for once, (out, _) in runs.items()}
     for a, b in zip(rows[True], rows[False], strict=True):
         for key in ("critic_loss", "actor_loss", "reward_mean", "kl", "critic_clipfrac"):

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from rlhf import losses
 from rlhf.config import PPOConfig, dump
 from rlhf.config.stages import deprecated_settings
 from rlhf.engine.setup import barrier, init_runtime, torch_dtype
@@ -42,17 +41,14 @@ from rlhf.stages.ppo_models import (
     build_models,
     check_positions,
     load_tokenizers,
-    update_ema,
 )
+from rlhf.stages.ppo_train import collect, train_minibatch
 from rlhf.stages.rollout import (
     Experience,
-    actor_logprobs,
-    critic_values,
     critic_values_in_training,
     make_experience,
     static_length,
     whiten_advantages,
-    with_values,
 )
 from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
 from rlhf.stages.sft import sft_batch
@@ -260,43 +256,12 @@ class PPOTrainer:
         for _ in range(cfg.ppo.ppo_epochs):
             order = torch.randperm(len(exp), generator=g)
             for start in range(0, len(exp), bs):
-                mb = exp.select(order[start : start + bs])
-                seqs, mask = mb.sequences.to(device), mb.attention_mask.to(device)
-                action = mb.action_mask.to(device)
-                values = None
-                if mb.values is None:  # 4b. the critic's one forward on these tokens: values for GAE and its loss
-                    # (only when this mini-batch is the whole rollout: critic_values_in_training)
-                    values = critic_values(models.critic, seqs, mask)
-                    mb = whiten_advantages(with_values(mb, values.detach().cpu(), cfg), cfg, device)
-                # actor: clipped policy loss (+ ptx)
-                advantages = mb.advantages.to(device)
-                logprobs = actor_logprobs(models.actor, seqs, mask)
-                actor_loss, pstats = losses.policy_loss(logprobs, mb.logprobs.to(device), advantages, action,
-                                                        cfg.ppo.cliprange)
-                loss = actor_loss
+                ptx_batch = None
                 if ptx is not None:
-                    batch = {k: v.to(device) for k, v in next(ptx).items()}
+                    ptx_batch = next(ptx)
                     state["ptx_batches"] += 1
-                    out = models.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                    ptx_loss, _ = losses.causal_lm_loss(out.logits, batch["labels"], fp32=True)
-                    loss = loss + cfg.ptx.coef * ptx_loss
-                    stats.setdefault("ptx_loss", []).append(float(ptx_loss.detach()))
-                models.actor.backward(loss)
-                models.actor.step()
-                if models.ema is not None and models.actor.is_gradient_accumulation_boundary():
-                    update_ema(models.ema, models.actor.module, cfg.engines.ema_decay)
-                # critic: clipped value loss
-                if values is None:
-                    values = critic_values(models.critic, seqs, mask)
-                critic_loss, vstats = losses.value_loss(values, mb.values.to(device), mb.returns.to(device), action,
-                                                        cfg.ppo.cliprange_value)
-                models.critic.backward(critic_loss)
-                models.critic.step()
+                collect(stats, train_minibatch(models, exp.select(order[start : start + bs]), cfg, device, ptx_batch))
                 self.rt.accel.mark_step()
-                for name, value in (("actor_loss", actor_loss), ("critic_loss", critic_loss),
-                                    ("actor_clipfrac", pstats["clipfrac"]), ("approx_kl", pstats["approx_kl"]),
-                                    ("critic_clipfrac", vstats["clipfrac"])):
-                    stats.setdefault(name, []).append(float(value.detach()))
         return stats
 
     def _metrics(self, exp: Experience, gen_stats, train_stats, t0, t1, t2, models: PPOModels) -> dict[str, float]:
