@@ -225,7 +225,7 @@ def prompt_eval(models: dict[str, tuple[Any, Any]], prompts: list[Prompt], sampl
                 checker: str = "none", chat_formats: dict[str, str] | None = None,
                 ) -> tuple[list[dict[str, str]], dict[str, dict[str, float]]]:
     """Every model's answer to every prompt (rows), and per model its answer statistics."""
-    from rlhf.text_metrics import distinct_n, mean_words
+    from rlhf.text_metrics import diversity_stats
 
     formats = chat_formats or {}
     answers = {name: [complete(model, tok, p, sampling, formats.get(name, "auto")) for p in prompts]
@@ -234,7 +234,7 @@ def prompt_eval(models: dict[str, tuple[Any, Any]], prompts: list[Prompt], sampl
     rows = [{"prompt": t, **{name: answers[name][i] for name in models}} for i, t in enumerate(texts)]
     stats = {}
     for name, ans in answers.items():
-        stats[name] = {"distinct_2": distinct_n(ans), "mean_words": mean_words(ans)}
+        stats[name] = diversity_stats(ans)
         if checker == "synthetic":
             from rlhf.data.synthetic import answer_stats
 

@@ -311,13 +311,13 @@ def test_answer_stats_hand_computed():
     answers = [" Paris. Cheers!", " mouses mouses"]
     stats = syn.answer_stats(prompts, answers)
     # bigrams: (Paris.,Cheers!) (mouses,mouses) -> 2 distinct of 2
-    assert stats == {"n": 2, "property_rate": 0.5, "content_rate": 0.5, "distinct_2": 1.0, "mean_length": 2.0}
+    assert stats == {"n": 2, "property_rate": 0.5, "content_rate": 0.5, "distinct_2": 1.0, "mean_words": 2.0}
     stats = syn.answer_stats(prompts[::-1], [" mice.", " It is Paris."])
     assert stats["content_rate"] == 1.0 and stats["property_rate"] == 0.0
-    assert stats["distinct_2"] == 1.0 and stats["mean_length"] == 2.0
+    assert stats["distinct_2"] == 1.0 and stats["mean_words"] == 2.0
     stats = syn.answer_stats(prompts * 2, [" a b a b", " a b"] * 2)
     assert stats["distinct_2"] == pytest.approx(2 / 8)  # (a,b) (b,a) among 3+1+3+1 bigrams
-    assert stats["mean_length"] == 3.0 and stats["content_rate"] == 0.0
+    assert stats["mean_words"] == 3.0 and stats["content_rate"] == 0.0
     assert syn.answer_stats([], [])["n"] == 0
     with pytest.raises(ValueError):
         syn.answer_stats(prompts, answers[:1])

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rlhf.data.formats import format_answer, format_prompt
-from rlhf.text_metrics import distinct_n, mean_words
+from rlhf.text_metrics import diversity_stats
 
 CLOSING = "Cheers!"
 """The preferred property: an answer has it when it ends with this closing (whatever its content).
@@ -319,8 +319,7 @@ def answer_stats(prompts: Sequence[str], answers: Sequence[str]) -> dict[str, fl
         "n": n,
         "property_rate": sum(map(has_property, answers)) / n if n else 0.0,
         "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n if n else 0.0,
-        "distinct_2": distinct_n(answers, 2),
-        "mean_length": mean_words(answers),
+        **diversity_stats(answers),
     }
 
 

@@ -12,7 +12,7 @@ from rlhf.data.sources import DataError
 from rlhf.engine.setup import Runtime
 from rlhf.stages.ppo_models import PPOModels
 from rlhf.stages.rollout import answer, score
-from rlhf.text_metrics import distinct_n, mean_words
+from rlhf.text_metrics import diversity_stats
 
 
 def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
@@ -80,7 +80,7 @@ def metrics_of(rows: list[dict], checker: str) -> dict[str, float]:
     out = {
         "reward_mean": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)),
         "answer_tokens": sum(r["tokens"] for r in rows) / len(rows), "ended_rate": sum(r["ended"] for r in rows) / len(rows),
-        "distinct_2": distinct_n(answers, 2), "mean_words": mean_words(answers),
+        **diversity_stats(answers),
     }
     if checker == "synthetic":
         from rlhf.data.synthetic import content_ok, has_property
