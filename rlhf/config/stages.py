@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -26,6 +26,8 @@ class StageConfig(Section):
 
     phase: ClassVar[int]  # which share of data.split this stage trains on (0 SFT, 1 RM, 2 PPO)
     name: ClassVar[str]
+    #: The model section whose tokenizer tokenizes the stage's data (PPO: the actor's).
+    tokenizer_section: ClassVar[str] = "model"
 
     seed: int = Field(1234, description="Seeds data split, shuffling and initialisation (--seed)")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -38,6 +40,23 @@ class StageConfig(Section):
     @property
     def data_cache_dir(self) -> str:
         return self.data.cache_dir or f"{self.checkpoint.output_dir.rstrip('/')}/data_cache"
+
+    @property
+    def tokenizer_model(self) -> ModelConfig:
+        """The section of :attr:`tokenizer_section`."""
+        model = getattr(self, self.tokenizer_section)
+        assert isinstance(model, ModelConfig)
+        return model
+
+    def model_sections(self) -> list[tuple[str, ModelConfig]]:
+        """Every model this stage loads, with its config section's name."""
+        return [(name, value) for name in type(self).model_fields
+                if isinstance(value := getattr(self, name), ModelConfig)]
+
+    def data_requests(self) -> dict[str, dict[str, Any]]:
+        """The tokenized data the stage reads: name -> keyword arguments of
+        :func:`rlhf.data.cache.prepare_phase_data` (its share of the split)."""
+        return {"train": {"phase": self.phase}}
 
 
 class SFTConfig(StageConfig):
@@ -86,6 +105,7 @@ class PPOConfig(StageConfig):
 
     phase: ClassVar[int] = 2
     name: ClassVar[str] = "ppo"
+    tokenizer_section: ClassVar[str] = "actor"
     actor: ModelConfig
     critic: RewardModelConfig
     reward_model: RewardModelConfig | None = Field(
@@ -137,12 +157,18 @@ class PPOConfig(StageConfig):
         """The frozen reward model's section (the critic's unless reward_model is set)."""
         return self.reward_model or self.critic
 
+    def data_requests(self) -> dict[str, dict[str, Any]]:
+        """PPO's prompts (its share of the split, cut to max_prompt_len) and, with ptx, SFT's data."""
+        requests: dict[str, dict[str, Any]] = {"prompts": {"phase": 2, "max_prompt_len": self.generation.max_prompt_len}}
+        if self.ptx.coef > 0:
+            requests["ptx"] = {"phase": 0}
+        return requests
+
 
 def deprecated_settings(cfg: StageConfig) -> list[str]:
     """One line per deprecated setting ``cfg`` still sets (they are accepted and have no effect)."""
     lines = []
-    for section in ("model", "critic", "reward_model"):
-        model = getattr(cfg, section, None)
+    for section, model in cfg.model_sections():
         if isinstance(model, RewardModelConfig) and model.num_padding_at_beginning is not None:
             lines.append(
                 f"{section}.num_padding_at_beginning is deprecated and ignored: the end of every sequence comes "

@@ -32,13 +32,12 @@ def _tokenizer_for(run: RLHFRun, cfg: StageConfig) -> Any:
     the tokenizer SFT starts from (the same vocabulary, so the same cache key).
     """
     from rlhf.models.loading import load_tokenizer
-    from rlhf.stages.data import tokenizer_model
 
-    model = tokenizer_model(cfg)
+    model = cfg.tokenizer_model
     if Path(model.tokenizer or model.name_or_path).exists() or cfg.name == "sft":
         return None  # prepare_stage_data loads it, exactly as the stage will
     sft = build(STAGES["sft"], stage_config(run, "sft"))
-    return load_tokenizer(sft.model, cfg.data)
+    return load_tokenizer(sft.model, cfg.data, cfg.tokenizer_section)
 
 
 def build_caches(run: RLHFRun, stages: list[str]) -> list[StageData]:

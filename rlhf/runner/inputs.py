@@ -9,22 +9,12 @@ the outputs of its stages (``<root>/<stage>/model``), ``rlhf prepare``'s Hub cop
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from rlhf.api.hub import HUB_DIR, is_hub_id
-from rlhf.config import ConfigError, ModelConfig, StageConfig
+from rlhf.config import ConfigError, StageConfig
 from rlhf.data.known import is_local_jsonfile
 from rlhf.models.checks import check_local_sources
-
-MODEL_SECTIONS = ("model", "actor", "critic", "reward_model")
-
-
-def _models(cfg: StageConfig) -> Iterator[tuple[str, ModelConfig]]:
-    for section in MODEL_SECTIONS:
-        model = getattr(cfg, section, None)
-        if isinstance(model, ModelConfig):
-            yield section, model
 
 
 def _norm(path: str | Path) -> str:
@@ -63,7 +53,7 @@ class RunInputs:
     def problems(self, stage: str, cfg: StageConfig) -> list[str]:
         """One line per missing or unusable local input of ``stage``, each naming the stage and key."""
         out: list[str] = []
-        for section, model in _models(cfg):
+        for section, model in cfg.model_sections():
             if self._made_by_run(model.name_or_path) or (model.tokenizer and self._made_by_run(model.tokenizer)):
                 continue
             try:

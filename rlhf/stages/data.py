@@ -9,33 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rlhf.config import ModelConfig, StageConfig
+from rlhf.config import StageConfig
 from rlhf.data.cache import PhaseData, prepare_phase_data
-
-
-def tokenizer_model(cfg: StageConfig) -> ModelConfig:
-    """The model section whose tokenizer tokenizes the stage's data (PPO: the actor's)."""
-    model = getattr(cfg, "model", None) or getattr(cfg, "actor", None)
-    if model is None:
-        raise TypeError(f"stage config {type(cfg).__name__} has neither a model nor an actor section")
-    return model
-
-
-def tokenizer_key(cfg: StageConfig) -> str:
-    """The config section of :func:`tokenizer_model` ("model" or "actor"), for messages."""
-    return "model" if getattr(cfg, "model", None) is not None else "actor"
-
-
-def data_requests(cfg: StageConfig) -> dict[str, dict[str, Any]]:
-    """Named phase-data requests of the stage: name -> keyword arguments of prepare_phase_data."""
-    if cfg.phase == 2:
-        requests: dict[str, dict[str, Any]] = {
-            "prompts": {"phase": 2, "max_prompt_len": cfg.generation.max_prompt_len}  # type: ignore[attr-defined]
-        }
-        if cfg.ptx.coef > 0:  # type: ignore[attr-defined]
-            requests["ptx"] = {"phase": 0}
-        return requests
-    return {"train": {"phase": cfg.phase}}
 
 
 def prepare_stage_data(
@@ -49,8 +24,8 @@ def prepare_stage_data(
     if tokenizer is None:
         from rlhf.models.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_model(cfg), cfg.data, tokenizer_key(cfg))
+        tokenizer = load_tokenizer(cfg.tokenizer_model, cfg.data, cfg.tokenizer_section)
     return {
         name: prepare_phase_data(cfg, tokenizer, rank=rank, barrier=barrier, **kwargs)
-        for name, kwargs in data_requests(cfg).items()
+        for name, kwargs in cfg.data_requests().items()
     }
