@@ -67,10 +67,19 @@ class PPOEnginesConfig(Section):
         False, description="Keep the reference model's parameters in CPU memory (ZeRO-3) (--offload_reference_model)"
     )
     offload_reward_model: bool = Field(False, description="Same for the frozen reward model")
+    reference: Literal["auto", "copy", "adapters"] = Field(
+        "auto",
+        description="The KL reference: copy = a frozen copy of the SFT model in its own engine; adapters = the actor "
+        "with its LoRA adapters disabled (no second model: needs lora.dim > 0 and lora.only_optimize_lora, so the "
+        "base weights stay the SFT model's); auto = adapters when that holds, else copy",
+    )
     hybrid_engine: bool = Field(
         False, description="DeepSpeed hybrid engine for the actor's generation, CUDA only (--enable_hybrid_engine)"
     )
-    ema: bool = Field(False, description="Keep an exponential moving average of the actor, saved as ema_model/ (--enable_ema)")
+    ema: bool = Field(
+        False, description="Keep an exponential moving average of the actor (float32, on the main rank only), saved as "
+        "ema_model/ (--enable_ema)"
+    )
     ema_decay: float = Field(0.992, gt=0, lt=1, description="EMA decay per optimizer step")
 
 

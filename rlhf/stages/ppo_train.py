@@ -44,7 +44,7 @@ def train_minibatch(models: PPOModels, mb: Experience, cfg: PPOConfig, device: t
         out["ptx_loss"] = ptx_loss.detach()
     models.actor.backward(loss)
     models.actor.step()
-    if models.ema is not None and models.actor.is_gradient_accumulation_boundary():
+    if cfg.engines.ema and models.actor.is_gradient_accumulation_boundary():  # every rank: ZeRO-3 gathers
         update_ema(models.ema, models.actor.module, cfg.engines.ema_decay)
     # critic: clipped value loss
     if values is None:
