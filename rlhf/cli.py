@@ -9,11 +9,8 @@ from pathlib import Path
 
 from rlhf import tools_cli
 from rlhf.config import STAGES, ConfigError, dump, load
+from rlhf.errors import UserError
 from rlhf.runner import commands as run_commands
-
-
-class UserError(Exception):
-    """A problem in the user's input: printed without a traceback, exit status 2."""
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load(STAGES[args.stage], args.config, args.overrides)
-    from rlhf.stages.loop import run_stage
+    from rlhf.stages.dispatch import run_stage
 
     summary = run_stage(cfg)
     import torch.distributed as dist

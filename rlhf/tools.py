@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from rlhf.data.chat import Conversation, as_conversation, conversation
-from rlhf.data.formats import format_answer, format_prompt
-from rlhf.data.render import Prompt, transcript
+from rlhf.data.chat import Conversation
+from rlhf.data.formats import format_answer
+from rlhf.data.prompts import prompt_text
+from rlhf.data.render import Prompt
 from rlhf.data.sources import Record
 from rlhf.data.tokenize import Encoder, keep_last
 from rlhf.generation import Sampling, generate
@@ -134,7 +135,7 @@ def reply(model, tokenizer, turns: Turns, sampling: Sampling, chat_format: str =
 def chat(model, tokenizer, sampling: Sampling, read: Callable[[str], str] = input, write: Callable[[str], None] = print,
          chat_format: str = "auto") -> None:
     """Interactive multi-turn loop: ``clear`` starts over, ``quit`` (or end of input) leaves."""
-    from rlhf.tools_cli import printable
+    from rlhf.terminal import printable
 
     turns: Turns = []
     write("Chat with the model. 'clear' starts a new conversation, 'quit' leaves.")
@@ -158,7 +159,7 @@ def chat(model, tokenizer, sampling: Sampling, read: Callable[[str], str] = inpu
 @torch.no_grad()
 def score_rows(model, tokenizer, rows: list[list[int]]) -> list[float]:
     """Reward-model score of each token row, read at its last token (by the attention mask)."""
-    from rlhf.stages.base import pad_rows
+    from rlhf.batching import pad_rows
 
     ids, mask = pad_rows(rows, tokenizer.pad_token_id, max(map(len, rows)))
     values = model(ids, attention_mask=mask)
@@ -192,33 +193,6 @@ def rw_eval(model, tokenizer, records: Sequence[Record], batch: int = 16, chat_f
     return {"pairs": n, "identical_pairs": dropped["identical"],
             "accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
             "chosen_score": sum(chosen) / max(n, 1), "rejected_score": sum(rejected) / max(n, 1)}
-
-
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from a JSONL file of {prompt: ...} (full "Human: ... Assistant:" text, or a list of
-    {role, content} messages) or a text file of questions, one per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    out: list[Prompt] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix not in (".jsonl", ".json"):
-            out.append(format_prompt(line))
-            continue
-        try:
-            value = json.loads(line)["prompt"]
-            out.append(value if isinstance(value, str) else conversation(value, "prompt"))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{n}: expected a JSON object with 'prompt', a string or a list of "
-                             f"{{role, content}} messages ({e})") from None
-    return out
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """A prompt as DeepSpeed-Chat's text, for display and the synthetic task's checker."""
-    return prompt if isinstance(prompt, str) else transcript(as_conversation(prompt))
 
 
 def prompt_eval(models: dict[str, tuple[Any, Any]], prompts: list[Prompt], sampling: Sampling,

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-#: C0/C1 control characters (but newline and tab) and Unicode's bidirectional overrides: a model's
-#: answer (or a prompt) must not move the cursor, recolour or hide text in the user's terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\x1b`` -> ``\\x1b``), newlines and tabs kept."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+from rlhf.errors import UserError
+from rlhf.terminal import printable
 
 
 def _chat_format_arg(p: argparse.ArgumentParser) -> None:
@@ -131,8 +124,9 @@ def cmd_rw_eval(args: argparse.Namespace) -> int:
 
 def cmd_prompt_eval(args: argparse.Namespace) -> int:
     from rlhf import tools
+    from rlhf.data.prompts import read_prompts
 
-    prompts = [tools.as_turns([(q, None)]) for q in args.prompt] + (tools.read_prompts(args.prompts) if args.prompts else [])
+    prompts = [tools.as_turns([(q, None)]) for q in args.prompt] + (read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give --prompts FILE or --prompt TEXT")
     prompts = prompts[: args.limit]
@@ -166,7 +160,6 @@ def _user_errors(command):
     """Missing files and bad arguments are the user's: reported without a traceback (exit status 2)."""
 
     def run(args: argparse.Namespace) -> int:
-        from rlhf.cli import UserError
 
         try:
             return command(args)

@@ -22,7 +22,7 @@ from rlhf.data.synthetic import corpus_texts
 from rlhf.models import tiny as tiny_models
 from rlhf.models.families import LORA_TARGETS, lora_targets
 from rlhf.models.lora import apply_lora
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 TEMPLATED = {"llama", "qwen2", "gemma"}
 ADDS_BOS = {"opt", "llama", "mistral", "gemma"}

@@ -58,7 +58,7 @@ def test_a_model_folder_without_tokenizer_files_is_refused(tiny, tmp_path, capsy
     assert not (tmp_path / "out" / "model").exists()
     # with a tokenizer given separately, the same folder trains
     from rlhf.config import SFTConfig, load
-    from rlhf.stages.loop import run_stage
+    from rlhf.stages.dispatch import run_stage
 
     cfg = load(SFTConfig, None, [*tiny.sft_overrides(tmp_path / "out"), f"model.name_or_path={no_tokenizer}",
                                  f"model.tokenizer={tiny.actor}", "optim.max_steps=1"])

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from rlhf import tools
 from rlhf.config import ConfigError, PPOConfig, load
 from rlhf.generation import Sampling, cut_answer, pack
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 ITERATION_METRICS = {"reward_mean", "reward_std", "kl", "actor_loss", "critic_loss", "actor_clipfrac",
                      "critic_clipfrac", "approx_kl", "answer_tokens", "generate_seconds", "train_seconds",

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rlhf.config import PPOConfig, load
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 COMPARED = ("reward_mean", "kl", "answer_tokens", "actor_loss", "critic_loss", "approx_kl")
 

@@ -11,7 +11,7 @@ import pytest
 
 from rlhf.config import ConfigError, PPOConfig, SFTConfig, load
 from rlhf.stages import checkpoint
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 # ------------------------------------------------------------------------- which checkpoint is complete
 

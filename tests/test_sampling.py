@@ -52,7 +52,7 @@ def _widths(monkeypatch, stage_cls):
 
 @pytest.mark.parametrize("stage", ["sft", "reward"])
 def test_stages_train_on_length_grouped_batches(tiny, tmp_path, monkeypatch, stage):
-    from rlhf.stages.loop import run_stage
+    from rlhf.stages.dispatch import run_stage
     from rlhf.stages.reward import RewardStage
     from rlhf.stages.sft import SFTStage
 

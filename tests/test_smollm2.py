@@ -25,7 +25,7 @@ from rlhf.data.synthetic import generate, has_property, read_jsonl
 from rlhf.generation import Sampling
 from rlhf.models.gguf import MARKER, packaged_gguf
 from rlhf.prepare import prepare
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import RewardConfig, SFTConfig, load
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 
 def _rows(out, split):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from rlhf.config import PPOConfig, load
 from rlhf.engine.accelerator import Accelerator
 from rlhf.models.reward import RewardModel
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 
 def test_static_shapes_fix_the_width_of_every_ppo_batch(tiny, tmp_path, monkeypatch):

@@ -11,11 +11,12 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf import tools
 from rlhf.cli import main
+from rlhf.data.prompts import read_prompts
 from rlhf.data.synthetic import corpus_texts
 from rlhf.data.tokenize import Encoder
 from rlhf.generation import Sampling
 from rlhf.models import tiny as tiny_models
-from rlhf.tools_cli import printable
+from rlhf.terminal import printable
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_prompt_eval_renders_each_model_as_trained(chat_pair, tmp_path):
     assert set(stats) == {"a", "b"}
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n"
                                       + json.dumps({"prompt": "Human: Yo\n\nAssistant:"}) + "\n")
-    assert tools.read_prompts(tmp_path / "p.jsonl") == [(("user", "Hi"),), "Human: Yo\n\nAssistant:"]
+    assert read_prompts(tmp_path / "p.jsonl") == [(("user", "Hi"),), "Human: Yo\n\nAssistant:"]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": [{"role": "bot", "content": "Hi"}]}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:1: expected a JSON object with 'prompt'"):
-        tools.read_prompts(tmp_path / "bad.jsonl")
+        read_prompts(tmp_path / "bad.jsonl")

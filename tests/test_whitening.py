@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from rlhf import losses
 from rlhf.config import PPOConfig, load
 from rlhf.engine.distributed import free_port
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 from rlhf.stages.rollout import whiten_across_ranks
 
 

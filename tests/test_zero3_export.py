@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.config import STAGES, load
-from rlhf.stages.loop import run_stage
+from rlhf.stages.dispatch import run_stage
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import posixpath
 import re
 from typing import Any
 
-from rlhf.data.known import is_local_jsonfile, known_format
+from rlhf.api.datasets import is_local_jsonfile, known_format
 
 #: Suffixes that make a string a file path, never a Hub id.
 FILE_SUFFIXES = (

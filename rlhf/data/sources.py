@@ -41,11 +41,11 @@ from typing import Any, Literal
 
 import datasets
 
+from rlhf.api.datasets import KNOWN_FORMATS, is_local_jsonfile, known_format
 from rlhf.api.hub import is_hub_id
 from rlhf.config.parts import DataSource
 from rlhf.data.chat import ChatError, Conversation, conversation, parse_transcript, split_last_answer
 from rlhf.data.formats import ASSISTANT, format_answer, format_prompt
-from rlhf.data.known import KNOWN_FORMATS, is_local_jsonfile, known_format
 
 
 class DataError(ValueError):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rlhf.api.datasets import is_local_jsonfile
 from rlhf.api.hub import HUB_DIR, is_hub_id
 from rlhf.config import ConfigError, StageConfig
-from rlhf.data.known import is_local_jsonfile
 from rlhf.models.checks import check_local_sources
 
 

@@ -8,20 +8,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rlhf.batching import pad_rows  # noqa: F401  (the stages collate with it)
 from rlhf.config.stages import StageConfig
 from rlhf.engine.setup import Runtime
 
 Batch = dict[str, torch.Tensor]
-
-
-def pad_rows(rows: list[list[int]], pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists to ``length``: (input_ids, attention_mask)."""
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 class Stage(ABC):

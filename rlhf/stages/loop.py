@@ -9,18 +9,13 @@ scheduler and RNG state as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from rlhf.api.outcome import StageSummary
 from rlhf.config import dump
 from rlhf.config.stages import StageConfig, deprecated_settings
 from rlhf.engine.ds_config import build_ds_config
@@ -38,18 +33,10 @@ from rlhf.models.loading import load_tokenizer
 from rlhf.stages import checkpoint, run_settings
 from rlhf.stages.base import Batch, Stage
 from rlhf.stages.data import prepare_stage_data
-from rlhf.stages.data_report import data_warnings, summary_data
-from rlhf.stages.finished import finished_summary  # re-exported: torch-free, used by `rlhf run` too
+from rlhf.stages.data_report import data_warnings
+from rlhf.stages.lifecycle import completed_summary, publish_summary, resume_point, seed_everything
 from rlhf.stages.sampling import LengthGroupedSampler, SkipSampler, column_lengths
 from rlhf.stages.tracking import Tracker
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -64,12 +51,6 @@ def _all_reduce_sums(sums: dict[str, torch.Tensor], device: torch.device) -> dic
     if dist.is_initialized():
         dist.all_reduce(packed)
     return dict(zip(keys, packed.tolist(), strict=True))
-
-
-def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -269,60 +250,3 @@ class Trainer:
         )
         publish_summary(self.out, summary, rt)
         return summary
-
-
-def completed_summary(
-    stage: str, rt: Runtime, *, step: int, total_steps: int, resumed_from: int, metrics: dict[str, float],
-    samples: int, seconds: float, rates: dict[str, float | None], model_dir: Path, data_stats: dict[str, Any],
-    warnings: list[str] | None = None,
-) -> dict[str, Any]:
-    """A finished stage's ``summary.json`` (the operator and ``rlhf run`` read it): the same keys for
-    every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures, ``warnings``
-    what the stage warned about at its start (skipped records, an empty eval split, ...)."""
-    return StageSummary(
-        stage=stage, global_step=step, total_steps=total_steps, resumed_from_step=resumed_from,
-        world_size=rt.dist.world_size, accelerator=rt.accel.name, metrics=metrics,
-        train_samples=samples * rt.dist.world_size, train_seconds=round(seconds, 3), **rates,
-        model_dir=str(model_dir), data=summary_data(data_stats), warnings=list(warnings or []),
-    ).to_json()
-
-
-def resume_point(cfg: StageConfig, ckpt_dirs: list[Path], settings: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """(the checkpoint tag to resume from — the newest step complete in every one of ``ckpt_dirs`` —,
-    the differences of its settings allowed by checkpoint.allow_changed_config); (None, []) for a
-    fresh start. Raises ConfigError when the data or settings changed and that is not allowed."""
-    if not cfg.checkpoint.resume:
-        return None, []
-    step = checkpoint.newest_common_step(ckpt_dirs)
-    if step is None:
-        return None, []
-    tag = f"step-{step}"
-    changed = run_settings.check_resume(ckpt_dirs[0] / tag, settings, cfg.checkpoint.allow_changed_config)
-    return tag, changed
-
-
-def publish_summary(out: Path, summary: dict[str, Any], rt: Runtime) -> None:
-    """Rank 0 writes ``summary.json`` atomically; every rank waits for it."""
-    if rt.is_main:
-        write_json_atomic(out / "summary.json", summary)
-    barrier()
-
-
-def run_stage(cfg: StageConfig) -> dict[str, Any]:
-    """Train one stage to completion and return its summary.
-
-    A stage that already completed with the same config is skipped; an interrupted one resumes
-    from its latest checkpoint.
-    """
-    from rlhf.stages.reward import RewardStage
-    from rlhf.stages.sft import SFTStage
-
-    done = finished_summary(cfg)
-    if done is not None:
-        return dict(done, skipped=True)
-    if cfg.name == "ppo":
-        from rlhf.stages.ppo import PPOTrainer
-
-        return PPOTrainer(cfg).run()  # type: ignore[arg-type]
-    stage_cls = {"sft": SFTStage, "reward": RewardStage}[cfg.name]
-    return Trainer(cfg, stage_cls).run()

@@ -33,7 +33,7 @@ from rlhf.models.export import gather_state_dict, materialize, merge_lora, save_
 from rlhf.stages import checkpoint, run_settings
 from rlhf.stages.data import prepare_stage_data
 from rlhf.stages.data_report import data_warnings
-from rlhf.stages.loop import completed_summary, publish_summary, resume_point, seed_everything
+from rlhf.stages.lifecycle import completed_summary, publish_summary, resume_point, seed_everything
 from rlhf.stages.ppo_eval import comparison, eval_prompts, evaluate
 from rlhf.stages.ppo_models import (
     PPOModels,

@@ -20,7 +20,7 @@ def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
     keep = cfg.generation.max_prompt_len
     ev = cfg.evaluation
     if ev.prompts:
-        from rlhf.tools import read_prompts
+        from rlhf.data.prompts import read_prompts
 
         try:
             texts = read_prompts(ev.prompts)
