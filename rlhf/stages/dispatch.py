@@ -1,0 +1,29 @@
+"""``rlhf train STAGE``: the stage kinds' trainers, by stage name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlhf.config.stages import StageConfig
+from rlhf.stages.finished import finished_summary
+
+
+def run_stage(cfg: StageConfig) -> dict[str, Any]:
+    """Train one stage to completion and return its summary.
+
+    A stage that already completed with the same config is skipped; an interrupted one resumes
+    from its latest checkpoint.
+    """
+    from rlhf.stages.loop import Trainer
+    from rlhf.stages.reward import RewardStage
+    from rlhf.stages.sft import SFTStage
+
+    done = finished_summary(cfg)
+    if done is not None:
+        return dict(done, skipped=True)
+    if cfg.name == "ppo":
+        from rlhf.stages.ppo import PPOTrainer
+
+        return PPOTrainer(cfg).run()  # type: ignore[arg-type]
+    stage_cls = {"sft": SFTStage, "reward": RewardStage}[cfg.name]
+    return Trainer(cfg, stage_cls).run()
