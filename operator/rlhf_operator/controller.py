@@ -22,18 +22,8 @@ from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.metrics import Metrics
-from rlhf_operator.reconcile import (
-    Action,
-    Blocked,
-    Decision,
-    Key,
-    Refusal,
-    decide,
-    diagnose,
-    diagnostics_needed,
-    merge_patch,
-    pods_needed,
-)
+from rlhf_operator.observe import Blocked, Key, diagnose, diagnostics_needed, merge_patch, pods_needed
+from rlhf_operator.reconcile import Action, Decision, Refusal, decide
 
 logger = logging.getLogger("rlhf_operator")
 #: How soon a change the API server refused for a reason that may pass is tried again.

@@ -6,25 +6,24 @@ The rule (``rlhf run``):
 * Threads per process (OMP_NUM_THREADS): ``resources.cpu / devicesPerNode`` when the stage sets
   ``resources.cpu`` (a pod's cores shared by its processes), else every core the stage may use;
   never more than those cores divided by the stage's processes, and at least 1.
-* SFT and the reward model are independent and run **side by side** unless ``--sequential``, when:
-  - accelerator ``cpu``: both stages' processes x threads fit in this machine's cores
+* Stages run in the stage graph's waves (``rlhf.api.graph``: SFT and the reward model, then PPO);
+  the stages of a wave are independent and run **side by side** unless ``--sequential``, when:
+  - accelerator ``cpu``: the stages' processes x threads fit in this machine's cores
     (a stage without ``resources.cpu`` wants every core, so it runs alone);
-  - accelerator ``nvidia``: both stages' processes fit in the visible GPUs; the GPUs are split
-    (``CUDA_VISIBLE_DEVICES``: SFT the first ones, the reward model the next) and so are the cores;
+  - accelerator ``nvidia``: the stages' processes fit in the visible GPUs; the GPUs are split
+    (``CUDA_VISIBLE_DEVICES``: the first stage the first ones, the next the next) and so are the cores;
   - accelerator ``habana``: never (Gaudi cards are not split between local jobs).
-  Otherwise SFT runs first, then the reward model.
-* PPO runs after both succeeded, alone.
+  Otherwise they run one after the other, in graph order.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-#: Stages that must have finished before a stage starts.
-DEPENDS: dict[str, tuple[str, ...]] = {"sft": (), "reward": (), "ppo": ("sft", "reward")}
-ORDER = ("sft", "reward", "ppo")
+from rlhf.api import graph
+
 _QUANTITY = re.compile(r"^\+?([0-9.]+)(m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$")
 _SCALE = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 
@@ -114,8 +113,10 @@ def _check_gpus(stage: str, shape: StageShape, machine: Machine) -> None:
 
 def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine, stages: Iterable[str],
               *, sequential: bool = False) -> Plan:
-    """Lay out ``stages`` (a subset of sft, reward, ppo) on ``machine`` following the module's rule."""
-    todo = [s for s in ORDER if s in set(stages)]
+    """Lay out ``stages`` on ``machine`` following the module's rule: the stage graph's waves
+    (:func:`rlhf.api.graph.waves`), a wave's stages side by side when they fit, else one after
+    the other."""
+    todo = graph.ordered(stages)
     cores = max(1, machine.cpus)
     if accelerator == "nvidia":
         for stage in todo:
@@ -127,47 +128,85 @@ def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine,
         return StagePlan(stage, shape.processes, threads_for(shape, cores), devices)
 
     waves: list[tuple[StagePlan, ...]] = []
-    note = ""
-    first = [s for s in todo if s in ("sft", "reward")]
-    if len(first) == 2:
-        sft, rm = shapes["sft"], shapes["reward"]
-        pair: tuple[StagePlan, ...] | None = None
-        if sequential:
-            note = "sft, then reward (--sequential)"
-        elif accelerator == "cpu":
-            a, b = alone("sft"), alone("reward")
-            if a.cores + b.cores <= cores:
-                pair = (a, b)
-                note = f"sft and reward side by side ({a.cores} + {b.cores} of {cores} cores)"
-            else:
-                note = (f"sft, then reward: {a.cores} + {b.cores} cores do not fit in {cores} "
-                        "(set spec.stages.*.resources.cpu to share the machine)")
-        elif accelerator == "nvidia":
-            n_sft, n_rm = sft.processes, rm.processes
-            if n_sft + n_rm <= len(machine.gpus):
-                share = cores * n_sft // (n_sft + n_rm)
-                pair = (StagePlan("sft", n_sft, threads_for(sft, share), machine.gpus[:n_sft]),
-                        StagePlan("reward", n_rm, threads_for(rm, cores - share),
-                                  machine.gpus[n_sft:n_sft + n_rm]))
-                note = f"sft and reward side by side ({n_sft} + {n_rm} of {len(machine.gpus)} GPUs)"
-            else:
-                note = f"sft, then reward: {n_sft} + {n_rm} GPUs do not fit in {len(machine.gpus)}"
-        else:
-            note = f"sft, then reward (accelerator {accelerator}: devices are not split between stages)"
-        waves += [pair] if pair else [(alone("sft"),), (alone("reward"),)]
-    elif first:
-        waves.append((alone(first[0]),))
-    if "ppo" in todo:
-        waves.append((alone("ppo"),))
-        note = f"{note}; then ppo" if note else "ppo"
-    return Plan(tuple(waves), note or ", ".join(todo))
+    notes: list[str] = []
+    for wave in graph.waves(todo):
+        together, note = _side_by_side(wave, shapes, accelerator, machine, cores, sequential, alone)
+        waves += [together] if together else [(alone(s),) for s in wave]
+        notes.append(note)
+    return Plan(tuple(waves), "; then ".join(notes) or ", ".join(todo))
+
+
+def _side_by_side(wave: list[str], shapes: dict[str, StageShape], accelerator: str, machine: Machine, cores: int,
+                  sequential: bool, alone: Callable[[str], StagePlan]) -> tuple[tuple[StagePlan, ...] | None, str]:
+    """The wave's stages laid out together if they fit (None: one after the other), and why."""
+    names = " and ".join(wave) if len(wave) == 2 else ", ".join(wave)
+    one_by_one = ", then ".join(wave)
+    if len(wave) == 1:
+        return None, wave[0]
+    if sequential:
+        return None, f"{one_by_one} (--sequential)"
+    if accelerator == "cpu":
+        plans = tuple(alone(s) for s in wave)
+        used = [p.cores for p in plans]
+        if sum(used) <= cores:
+            return plans, f"{names} side by side ({' + '.join(map(str, used))} of {cores} cores)"
+        return None, (f"{one_by_one}: {' + '.join(map(str, used))} cores do not fit in {cores} "
+                      "(set spec.stages.*.resources.cpu to share the machine)")
+    if accelerator == "nvidia":
+        wanted = [shapes[s].processes for s in wave]
+        if sum(wanted) > len(machine.gpus):
+            return None, f"{one_by_one}: {' + '.join(map(str, wanted))} GPUs do not fit in {len(machine.gpus)}"
+        plans, first_gpu, first_core = [], 0, 0
+        for i, (stage, n) in enumerate(zip(wave, wanted, strict=True)):
+            share = cores - first_core if i == len(wave) - 1 else cores * n // sum(wanted)
+            plans.append(StagePlan(stage, n, threads_for(shapes[stage], share), machine.gpus[first_gpu:first_gpu + n]))
+            first_gpu, first_core = first_gpu + n, first_core + share
+        return tuple(plans), f"{names} side by side ({' + '.join(map(str, wanted))} of {len(machine.gpus)} GPUs)"
+    return None, f"{one_by_one} (accelerator {accelerator}: devices are not split between stages)"
 
 
 def shapes_of(run) -> dict[str, StageShape]:
     """Each stage's shape from an RLHFRun's ``spec.stages``."""
     out = {}
-    for stage in ORDER:
+    for stage in graph.STAGE_NAMES:
         spec = run.spec.stages.get(stage)
         cpu = spec.resources.cpu
         out[stage] = StageShape(spec.nodes, spec.devices_per_node, None if cpu is None else cpu_cores(cpu))
     return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stages this ``rlhf run`` runs and why the others do not: ``todo`` in order, and a
+    (state, note) for each stage that does not run (``skipped``: completed with this config;
+    ``not run``: not selected, or this trainer lacks it)."""
+
+    todo: tuple[str, ...]
+    others: dict[str, tuple[str, str]]
+
+
+def select_stages(selected: list[str] | None, available: Iterable[str], done: Iterable[str],
+                  storage: str = "the run's storage") -> Selection:
+    """The stages to run given ``--stages`` (None: all), the stages this trainer has and those that
+    completed already (in ``storage``, for messages). Raises :class:`PlanError` for a selected stage
+    this trainer lacks, or one that needs a stage neither selected nor completed."""
+    available, done = set(available), set(done)
+    chosen = list(selected or graph.STAGE_NAMES)
+    missing = [s for s in chosen if s not in available]
+    if selected and missing:
+        raise PlanError(f"--stages: this trainer has no {', '.join(missing)} stage "
+                        f"(it has {', '.join(s for s in graph.STAGE_NAMES if s in available)})")
+    for stage in chosen:
+        for dep in graph.needs(stage):
+            if dep not in chosen and dep not in done:
+                raise PlanError(f"--stages: {stage} needs {dep} completed first, and {storage}/{dep} holds no "
+                                f"completed {dep} with this manifest's config; add {dep} to --stages")
+    others: dict[str, tuple[str, str]] = {}
+    for stage in graph.STAGE_NAMES:
+        if stage not in available:
+            others[stage] = ("not run", "not in this trainer")
+        elif stage not in chosen:
+            others[stage] = ("not run", "not in --stages")
+        elif stage in done:
+            others[stage] = ("skipped", "already completed")
+    return Selection(tuple(s for s in graph.ordered(chosen) if s not in others), others)

@@ -84,35 +84,24 @@ class Runner:
         self.root = manifest.root_of(self.run)
         self.configs = stage_configs(self.run)
         self.accelerator = self.run.spec.accelerator
-        selected = opts.stages or list(STAGE_NAMES)
-        missing = [s for s in selected if s not in opts.available]
-        if opts.stages and missing:
-            raise RunError(f"--stages: this trainer has no {', '.join(missing)} stage "
-                           f"(it has {', '.join(opts.available)})")
         finished = opts.finished or finished_stage
-        self.results = {s: StageResult(s) for s in STAGE_NAMES}
         self.done: dict[str, dict[str, Any]] = {}
         for stage in STAGE_NAMES:
             summary = finished(stage, self.configs[stage]) if stage in opts.available else None
             if summary is not None:
                 self.done[stage] = summary
+        try:
+            selection = plan.select_stages(opts.stages, opts.available, self.done, str(self.root))
+        except plan.PlanError as e:
+            raise RunError(str(e)) from None
+        self.results = {s: StageResult(s) for s in STAGE_NAMES}
         for stage in STAGE_NAMES:
             r = self.results[stage]
             r.log, r.config = str(self.root / stage / "stage.log"), str(self.root / f"{stage}.config.yaml")
-            if stage not in opts.available:
-                r.state, r.note = NOT_RUN, "not in this trainer"
-            elif stage not in selected:
-                r.state, r.note = NOT_RUN, "not in --stages"
+            if stage in selection.others:
+                r.state, r.note = selection.others[stage]
                 r.summary = self.done.get(stage, {})
-            elif stage in self.done:
-                r.state, r.note, r.summary = SKIPPED, "already completed", self.done[stage]
-        for stage in selected:
-            for dep in plan.DEPENDS[stage]:
-                if dep not in selected and dep not in self.done:
-                    raise RunError(
-                        f"--stages: {stage} needs {dep} completed first, and {self.root / dep} holds no "
-                        f"completed {dep} with this manifest's config; add {dep} to --stages")
-        self.todo = [s for s in selected if self.results[s].state == PENDING]
+        self.todo = list(selection.todo)
         models = self.run.spec.models
         inputs = RunInputs(self.root, list(STAGE_NAMES), gguf_only_folders([models.actor, models.reward, models.tokenizer]))
         problems = [line for stage in self.todo

@@ -10,10 +10,8 @@ from typing import Any
 from harness import manifest, operator_config
 from rlhf_operator import names, render
 from rlhf_operator.admission import AdmissionError, admit
-from rlhf_operator.reconcile import (
+from rlhf_operator.observe import (
     Blocked,
-    Refusal,
-    decide,
     diagnose,
     diagnostics_needed,
     merge_patch,
@@ -22,6 +20,7 @@ from rlhf_operator.reconcile import (
     pods_needed,
     termination_message,
 )
+from rlhf_operator.reconcile import Refusal, decide
 
 from rlhf.api import STAGE_NAMES
 from rlhf.api.outcome import StageFailure, StageSummary
