@@ -8,7 +8,11 @@
 * ``actor``: OPT, 6 layers, hidden 384, 6 heads, ffn 1536, vocabulary 1024 (about 11.2M parameters);
 * ``reward``: OPT, 4 layers, hidden 256, 4 heads, ffn 1024 (about 3.6M parameters);
 * ``sft50m`` (on request): OPT, 7 layers, hidden 768, 12 heads, ffn 3072 (about 50M parameters);
-* ``sft1b`` (on request, for GPUs): OPT, 24 layers, hidden 2048, 16 heads, ffn 8192 (about 1.2B).
+* ``sft1b`` (on request, for GPUs): OPT, 24 layers, hidden 2048, 16 heads, ffn 8192 (about 1.2B);
+* ``rm350m`` (on request, for GPUs): OPT, 24 layers, hidden 1024, 16 heads, ffn 4096 (about 300M),
+  the critic and reward model of the GPU PPO benchmark (DeepSpeed-Chat's OPT-1.3B + OPT-350m pair).
+
+``prompt_tokens``/``answer_tokens`` change the length ranges (the GPU benchmark's longer rows).
 
 Everything is keyed by :data:`VERSION` and the arguments: a rerun reuses what it built.
 """
@@ -27,6 +31,7 @@ SHAPES: dict[str, dict[str, int]] = {
     "reward": {"n_layers": 4, "hidden": 256, "heads": 4, "ffn": 1024},
     "sft50m": {"n_layers": 7, "hidden": 768, "heads": 12, "ffn": 3072},
     "sft1b": {"n_layers": 24, "hidden": 2048, "heads": 16, "ffn": 8192},
+    "rm350m": {"n_layers": 24, "hidden": 1024, "heads": 16, "ffn": 4096},
 }
 NANO = {"n_layers": 2, "hidden": 64, "heads": 2, "ffn": 256}
 SHAPES_SEEDS = {"actor": 0, "reward": 1, "sft50m": 2}
@@ -69,21 +74,23 @@ def _fit(tokenizer, words: list[str], rng: random.Random, target: int, make) -> 
         body.append(rng.choice(words))
 
 
-def make_pairs(tokenizer, n_pairs: int, seed: int = 0) -> list[dict[str, str]]:
+def make_pairs(tokenizer, n_pairs: int, seed: int = 0, prompt_tokens: tuple[int, int] = PROMPT_TOKENS,
+               answer_tokens: tuple[int, int] = ANSWER_TOKENS) -> list[dict[str, str]]:
     """``n_pairs`` records {prompt, chosen, rejected} with token lengths as described above."""
     rng = random.Random(seed)
     words = _words()
     records = []
     for _ in range(n_pairs):
-        prompt = _fit(tokenizer, words, rng, rng.randint(*PROMPT_TOKENS), lambda b: f"Human: {b}\n\nAssistant:")
-        chosen = _fit(tokenizer, words, rng, rng.randint(*ANSWER_TOKENS), lambda b: f" {b}.{CLOSING}")
-        rejected = _fit(tokenizer, words, rng, rng.randint(*ANSWER_TOKENS), lambda b: f" {b}.")
+        prompt = _fit(tokenizer, words, rng, rng.randint(*prompt_tokens), lambda b: f"Human: {b}\n\nAssistant:")
+        chosen = _fit(tokenizer, words, rng, rng.randint(*answer_tokens), lambda b: f" {b}.{CLOSING}")
+        rejected = _fit(tokenizer, words, rng, rng.randint(*answer_tokens), lambda b: f" {b}.")
         records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return records
 
 
 def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("actor", "reward"),
-          vocab_size: int = 1024, seed: int = 0, shapes: str = "issue") -> dict[str, Path]:
+          vocab_size: int = 1024, seed: int = 0, shapes: str = "issue",
+          prompt_tokens: tuple[int, int] = PROMPT_TOKENS, answer_tokens: tuple[int, int] = ANSWER_TOKENS) -> dict[str, Path]:
     """Build (or reuse) the data and the models under ``root``; returns their paths.
 
     ``shapes="nano"`` gives every model the 2-layer, 64-wide "nano" shape (smoke tests)."""
@@ -93,6 +100,8 @@ def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("
 
     root = Path(root)
     key = {"version": VERSION, "n_pairs": n_pairs, "vocab_size": vocab_size, "seed": seed, "shapes": shapes}
+    if (prompt_tokens, answer_tokens) != (PROMPT_TOKENS, ANSWER_TOKENS):  # older keys stay valid
+        key.update(prompt_tokens=list(prompt_tokens), answer_tokens=list(answer_tokens))
     stamp = root / "assets.json"
     fresh = stamp.exists() and json.loads(stamp.read_text()) == key
     paths = {"data": root / "data", "pairs": root / "data" / "pairs.jsonl", "tokenizer": root / "tokenizer"}
@@ -101,7 +110,7 @@ def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("
         tokenizer = train_tokenizer(_corpus(_words(), rng), vocab_size=vocab_size)
         paths["data"].mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(paths["tokenizer"])
-        records = make_pairs(tokenizer, n_pairs, seed)
+        records = make_pairs(tokenizer, n_pairs, seed, prompt_tokens, answer_tokens)
         paths["pairs"].write_text("".join(json.dumps(r) + "\n" for r in records))
         for name in SHAPES:  # models of an older key are stale
             stale = root / name / "config.json"

@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-prompt-len", type=int, default=64)
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument("--peak-seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
     assets = Path(args.assets)
     result = run(assets / args.model, assets, dtype=args.dtype, batch=args.batch, batches=args.batches,
-                 repeats=args.repeats, max_new_tokens=args.max_new_tokens, decoders=tuple(args.decoders.split(",")),
+                 repeats=args.repeats, max_new_tokens=args.max_new_tokens, max_prompt_len=args.max_prompt_len,
+                 decoders=tuple(args.decoders.split(",")),
                  peak_seconds=args.peak_seconds)
     print(json.dumps(result))
     return 0

@@ -127,7 +127,8 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: int, lr: float = 1e-5):
+def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: int, lr: float = 1e-5,
+          actor_name: str = "actor", critic_name: str = "reward"):
     """(ours: step callable, plain: step callable, parameters trained, tokens per step, device)."""
     from rlhf.config import PPOConfig, SFTConfig, load
     from rlhf.engine.ds_config import build_ds_config
@@ -137,12 +138,12 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
 
     common = [f"data.paths=[{assets / 'data' / 'pairs.jsonl'}]", f"deepspeed.dtype={dtype}", "deepspeed.zero_stage=2",
               f"optim.per_device_train_batch_size={rows}", f"optim.learning_rate={lr}", "optim.lr_scheduler=constant",
-              "data.max_seq_len=256", "checkpoint.output_dir=/tmp/rlhf-bench-step"]
+              f"data.max_seq_len={max(256, prompt + answer)}", "checkpoint.output_dir=/tmp/rlhf-bench-step"]
     if kind == "sft":
-        cfg = load(SFTConfig, None, [f"model.name_or_path={assets / 'actor'}", *common])
+        cfg = load(SFTConfig, None, [f"model.name_or_path={assets / actor_name}", *common])
         rt = init_runtime(cfg.deepspeed)
         tok = load_tokenizer(cfg.model, cfg.data)
-        batch = {k: v.to(rt.device) for k, v in sft_batch(assets, tok, rows, 256).items()}
+        batch = {k: v.to(rt.device) for k, v in sft_batch(assets, tok, rows, prompt + answer).items()}
         ds = build_ds_config(cfg.deepspeed, cfg.optim, rt.dist.world_size)
         engine = initialize_training(load_causal_lm(cfg.model, tok), rt, ds, cfg.deepspeed, cfg.optim, cfg.lora, 10**6)
         from rlhf import losses
@@ -160,7 +161,7 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
     from rlhf.stages.ppo_models import build_models, load_tokenizers
     from rlhf.stages.ppo_train import train_minibatch
 
-    cfg = load(PPOConfig, None, [f"actor.name_or_path={assets / 'actor'}", f"critic.name_or_path={assets / 'reward'}",
+    cfg = load(PPOConfig, None, [f"actor.name_or_path={assets / actor_name}", f"critic.name_or_path={assets / critic_name}",
                                  *common, f"generation.max_prompt_len={prompt}", f"generation.max_answer_len={answer}",
                                  f"generation.per_device_generation_batch_size={rows}",
                                  f"critic_optim.learning_rate={lr}"])
@@ -180,10 +181,13 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
 
 
 def run(kind: str, assets: Path, *, dtype: str = "bf16", rows: int = 8, prompt: int = 40, answer: int = 64,
-        steps: int = 5, repeats: int = 5, warmup: int = 3, peak_seconds: float = 2.0) -> dict[str, Any]:
+        steps: int = 5, repeats: int = 5, warmup: int = 3, peak_seconds: float = 2.0, actor: str = "actor",
+        critic: str = "reward") -> dict[str, Any]:
+    """``prompt + answer`` is the PPO batch's width and the SFT rows' cut."""
     from bench.peak import matmul_gflops
 
-    ours, plain, params, tokens, device = setup(kind, assets, dtype, rows, prompt, answer)
+    ours, plain, params, tokens, device = setup(kind, assets, dtype, rows, prompt, answer, actor_name=actor,
+                                                critic_name=critic)
     for fn in (ours, plain):
         for _ in range(warmup):
             fn()
@@ -219,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-seconds", type=float, default=2.0)
+    parser.add_argument("--actor", default="actor", help="asset name of the actor (SFT: the model)")
+    parser.add_argument("--critic", default="reward", help="asset name of the critic")
+    parser.add_argument("--prompt", type=int, default=40, help="PPO: prompt tokens per row; SFT: rows cut at prompt + answer")
+    parser.add_argument("--answer", type=int, default=64, help="PPO: answer tokens per row")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.kind, Path(args.assets), dtype=args.dtype, rows=args.rows, steps=args.steps,
-                         repeats=args.repeats, peak_seconds=args.peak_seconds)))
+                         repeats=args.repeats, peak_seconds=args.peak_seconds, actor=args.actor, critic=args.critic,
+                         prompt=args.prompt, answer=args.answer)))
     return 0
 
 

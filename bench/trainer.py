@@ -50,7 +50,8 @@ def overrides(stage: str, assets: dict[str, Path], out: Path, steps: int, model:
     if stage == "reward":
         return [f"model.name_or_path={assets[model or 'reward']}", f"optim.max_steps={steps}", *common]
     return [
-        f"actor.name_or_path={assets[model or 'actor']}", f"critic.name_or_path={assets['reward']}", *common,
+        f"actor.name_or_path={assets[model or 'actor']}",
+        *([f"critic.name_or_path={assets['reward']}"] if "reward" in assets else []), *common,
         "generation.max_prompt_len=64", "generation.max_answer_len=64", "generation.per_device_generation_batch_size=8",
         "generation.do_sample=false", "ppo.ppo_epochs=1", f"ppo.max_iterations={steps}",
         "critic_optim.learning_rate=1e-4", "evaluation.baseline=false", "evaluation.max_prompts=8",

@@ -162,3 +162,27 @@ def test_a_decoder_refuses_what_does_not_fit(actor):
         dec(ids, torch.ones_like(ids), 4, Choice(), eos_id=1, pad_id=0)
     with pytest.raises(ValueError, match="does not fit"):
         dec(ids[:2], torch.ones_like(ids[:2]), 13, Choice(), eos_id=1, pad_id=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CUDA-graph path)")
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_cuda_graph_decoder_answers_as_generate_on_the_gpu(actor, do_sample):
+    """On CUDA the compiled step is captured in CUDA graphs: greedy answers and log-probs as
+    transformers' generate() on the same GPU; sampled answers stay within the warped support."""
+    import copy
+
+    model, tok = actor
+    model = copy.deepcopy(model).cuda()
+    prompts = _prompts(tok)
+    device = torch.device("cuda")
+    sampling = Sampling(max_new_tokens=12, do_sample=do_sample, top_k=20)
+    kw = {"eos_id": NEVER, "pad_id": tok.pad_token_id, "sampling": sampling, "device": device}
+    ours = generate(model, prompts, decoder="compiled", cache_len=64, **kw)
+    again = generate(model, prompts, decoder="compiled", cache_len=64, **kw)  # replayed graphs
+    with torch.no_grad():
+        logits = model(input_ids=ours.sequences.cuda(), attention_mask=ours.attention_mask.cuda()).logits
+    forward = (losses.logprobs_of(logits, ours.sequences.cuda()).cpu() * ours.action_mask)
+    torch.testing.assert_close(ours.logprobs, forward, atol=1e-4, rtol=1e-4)
+    if not do_sample:
+        ref = generate(model, prompts, **kw)
+        assert _answers(ours) == _answers(ref) == _answers(again)
