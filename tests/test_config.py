@@ -179,5 +179,5 @@ def test_zero_stage_on_one_rank(stage, offload, world_size, expected):
 
 
 def test_every_stage_registered():
-    assert set(STAGES) == {"sft", "reward", "ppo"}
-    assert [STAGES[s].phase for s in ("sft", "reward", "ppo")] == [0, 1, 2]
+    assert {"sft", "reward", "ppo", "dpo"} <= set(STAGES)
+    assert [STAGES[s].phase for s in ("sft", "reward", "ppo", "dpo")] == [0, 1, 2, 1]  # DPO trains on the RM's pairs

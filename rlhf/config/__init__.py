@@ -6,6 +6,8 @@ from rlhf.config.parts import (
     DataConfig,
     DataSource,
     DeepSpeedConfig,
+    DPOAlgoConfig,
+    DPOEvalConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
@@ -14,11 +16,12 @@ from rlhf.config.parts import (
     RewardModelConfig,
 )
 from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
-from rlhf.config.stages import STAGES, PPOConfig, RewardConfig, SFTConfig, StageConfig
+from rlhf.config.stages import STAGES, DPOConfig, PPOConfig, RewardConfig, SFTConfig, StageConfig
 
 __all__ = [
     "STAGES", "CheckpointConfig", "GenerationConfig", "PPOAlgoConfig", "PPOConfig", "PPOEnginesConfig",
     "PPOEvalConfig", "PtxConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
+    "DPOAlgoConfig", "DPOConfig", "DPOEvalConfig",
     "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "OptimizerConfig", "RewardConfig", "RewardModelConfig",
     "SFTConfig", "Section", "StageConfig", "apply_overrides", "build", "dump", "load",
 ]

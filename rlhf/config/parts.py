@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlhf.config.base import Section
+from rlhf.config.ppo_parts import PPOEvalConfig
 
 DType = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "hh", "gptj-pairwise", "yitingxie", "generic"]
@@ -209,3 +210,35 @@ class LoggingConfig(Section):
     tensorboard: bool = Field(False, description="Write TensorBoard events (--enable_tensorboard)")
     tensorboard_dir: str | None = Field(None, description="Default <output_dir>/tensorboard (--tensorboard_path)")
     progress_bar: bool = True
+
+
+class DPOAlgoConfig(Section):
+    """Direct preference optimisation (DeepSpeed-Chat's DPO step; Rafailov et al. 2023): the policy
+    learns from chosen/rejected pairs against a frozen reference, without a reward model."""
+
+    beta: float = Field(
+        0.1, gt=0, description="Strength of the implicit KL to the reference: the implicit reward of an answer is "
+        "beta * (log p_policy - log p_reference) over its tokens (--beta)",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="Conservative DPO: the assumed probability that a pair's preference label is wrong; 0 is plain "
+        "sigmoid DPO (--label_smoothing)",
+    )
+    reference_logps: Literal["cached", "live"] = Field(
+        "cached",
+        description="cached: the reference's log-probs of every train and eval pair are computed once, before the "
+        "first step, and kept with the outputs (reference_logps.pt), so no reference model stays in memory while "
+        "training; live: the reference scores every batch — the policy with its LoRA adapters disabled when "
+        "lora.only_optimize_lora (no second model), else a frozen copy in its own engine",
+    )
+
+
+class DPOEvalConfig(PPOEvalConfig):
+    """PPO's evaluation (greedy answers to held-out prompts before training and at the end, checked
+    by the synthetic task's program when asked) for a stage without a generation section: the
+    default prompts are those of the stage's eval pairs, and the answer lengths are set here."""
+
+    max_prompt_len: int = Field(256, ge=1, description="Prompt tokens kept, the last ones")
+    max_answer_len: int = Field(256, ge=1, description="Answer tokens generated at most")
+    per_device_batch_size: int = Field(16, ge=1, description="Prompts answered at once per process")

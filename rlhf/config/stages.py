@@ -11,6 +11,8 @@ from rlhf.config.parts import (
     CheckpointConfig,
     DataConfig,
     DeepSpeedConfig,
+    DPOAlgoConfig,
+    DPOEvalConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
@@ -165,6 +167,42 @@ class PPOConfig(StageConfig):
         return requests
 
 
+class DPOConfig(StageConfig):
+    """Direct preference optimisation of the policy (from SFT) on chosen/rejected pairs against a
+    frozen reference (default: the policy's starting checkpoint), with no reward model.
+
+    It reads the reward stage's share of ``data.split`` and the same pair formats. ``optim``,
+    ``deepspeed`` and ``lora`` are the policy's; ``optim.per_device_train_batch_size`` counts pairs.
+    """
+
+    phase: ClassVar[int] = 1
+    name: ClassVar[str] = "dpo"
+    tokenizer_section: ClassVar[str] = "model"
+    model: ModelConfig
+    reference: ModelConfig | None = Field(
+        None, description="The frozen reference; default the model's checkpoint (the SFT model). It must share "
+        "the model's tokenizer: DPO compares the two models' log-probs of the same tokens",
+    )
+    dpo: DPOAlgoConfig = Field(default_factory=DPOAlgoConfig)
+    evaluation: DPOEvalConfig = Field(default_factory=DPOEvalConfig)
+
+    @model_validator(mode="after")
+    def _check_data(self) -> DPOConfig:
+        if not self.data.paths or self.data.split[1] <= 0:
+            raise ValueError("data: DPO needs data.paths with a positive reward share in data.split (it trains on "
+                             "the reward stage's pairs)")
+        return self
+
+    @property
+    def reference_model(self) -> ModelConfig:
+        """The frozen reference's section (the model's unless reference is set)."""
+        return self.reference or self.model
+
+    def data_requests(self) -> dict[str, dict[str, Any]]:
+        """The preference pairs of the reward stage's share (phase 1), prompt lengths included."""
+        return {"train": {"phase": 1}}
+
+
 def deprecated_settings(cfg: StageConfig) -> list[str]:
     """One line per deprecated setting ``cfg`` still sets (they are accepted and have no effect)."""
     lines = []
@@ -178,4 +216,4 @@ def deprecated_settings(cfg: StageConfig) -> list[str]:
     return lines
 
 
-STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
+STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}
