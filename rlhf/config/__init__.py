@@ -13,15 +13,25 @@ from rlhf.config.parts import (
     ModelConfig,
     OptimConfig,
     OptimizerConfig,
+    RewardFunctionConfig,
     RewardModelConfig,
+    RewardsConfig,
 )
-from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
-from rlhf.config.stages import STAGES, DPOConfig, PPOConfig, RewardConfig, SFTConfig, StageConfig
+from rlhf.config.ppo_parts import (
+    GenerationConfig,
+    GRPOAlgoConfig,
+    PPOAlgoConfig,
+    PPOEnginesConfig,
+    PPOEvalConfig,
+    PtxConfig,
+)
+from rlhf.config.stages import STAGES, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, StageConfig
 
 __all__ = [
     "STAGES", "CheckpointConfig", "GenerationConfig", "PPOAlgoConfig", "PPOConfig", "PPOEnginesConfig",
     "PPOEvalConfig", "PtxConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
     "DPOAlgoConfig", "DPOConfig", "DPOEvalConfig",
     "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "OptimizerConfig", "RewardConfig", "RewardModelConfig",
+    "GRPOAlgoConfig", "GRPOConfig", "RewardFunctionConfig", "RewardsConfig",
     "SFTConfig", "Section", "StageConfig", "apply_overrides", "build", "dump", "load",
 ]

@@ -5,12 +5,13 @@ The DeepSpeed-Chat step-1/step-2 flag each field replaces is named in its descri
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rlhf.config.base import Section
-from rlhf.config.ppo_parts import PPOEvalConfig
 
 DType = Literal["bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "hh", "gptj-pairwise", "yitingxie", "generic"]
@@ -234,11 +235,51 @@ class DPOAlgoConfig(Section):
     )
 
 
-class DPOEvalConfig(PPOEvalConfig):
-    """PPO's evaluation (greedy answers to held-out prompts before training and at the end, checked
-    by the synthetic task's program when asked) for a stage without a generation section: the
-    default prompts are those of the stage's eval pairs, and the answer lengths are set here."""
 
-    max_prompt_len: int = Field(256, ge=1, description="Prompt tokens kept, the last ones")
-    max_answer_len: int = Field(256, ge=1, description="Answer tokens generated at most")
-    per_device_batch_size: int = Field(16, ge=1, description="Prompts answered at once per process")
+class RewardFunctionConfig(Section):
+    """One reward function, computed by code (:mod:`rlhf.rewards`): ``name`` is its import path."""
+
+    name: str = Field(
+        description="Import path 'package.module:function' of a function (prompts, answers, rows) -> one number "
+        "per answer (see rlhf.rewards); e.g. rlhf.data.synthetic:reward, the synthetic task's checker"
+    )
+    weight: float = Field(1.0, description="Its weight in the reward, a weighted sum of every source")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        dotted = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+        if not re.fullmatch(f"{dotted}:{dotted}", value.strip()):
+            raise ValueError(f"expected an import path 'package.module:function', got {value!r}")
+        return value.strip()
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
+
+
+class RewardsConfig(Section):
+    """Where a stage's rewards come from: reward functions (code) and/or a reward model, as a weighted sum
+    ``sum_i weight_i * function_i + model_weight * clip(model score)``."""
+
+    functions: list[RewardFunctionConfig] = Field(
+        default_factory=list,
+        description="Reward functions by import path, each {name: 'package.module:function', weight: 1.0} "
+        "(a bare string is a function of weight 1)",
+    )
+    model_weight: float = Field(
+        1.0, description="Weight of the reward model's score (the stage's reward_model section) in the sum"
+    )
+    model_score_clip: float = Field(
+        5.0, gt=0,
+        description="The reward model's scores are clipped to +-this; an answer shorter than "
+        "generation.min_answer_len gets -this from the model instead of a score",
+    )

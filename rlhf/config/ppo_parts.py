@@ -103,3 +103,47 @@ class PPOEvalConfig(Section):
         "(property share, content share; see rlhf.data.synthetic)"
     )
     baseline: bool = Field(True, description="Also evaluate the starting actor (the SFT model) once")
+
+
+class GRPOAlgoConfig(Section):
+    """GRPO and RLOO: a group of sampled answers per prompt, each answer's advantage its reward against
+    the group's (no critic), a clipped policy loss and an optional KL term to the reference model."""
+
+    group_size: int = Field(
+        8, ge=2, description="Answers sampled per prompt (G); the group is the baseline of each of its answers"
+    )
+    advantage: Literal["group", "leave_one_out"] = Field(
+        "group",
+        description="group (GRPO): reward minus the group's mean reward; leave_one_out (RLOO): reward minus the "
+        "mean reward of the group's other answers",
+    )
+    scale_rewards: Literal["auto", "group", "batch", "none"] = Field(
+        "auto",
+        description="Divide advantages by the standard deviation of the group's rewards (group, GRPO), of the "
+        "whole rollout's, every rank's together (batch), or not at all (none, RLOO and Dr. GRPO); auto: group "
+        "with advantage: group, none with leave_one_out",
+    )
+    rollout_epochs: int = Field(
+        1, ge=1, description="Passes over each rollout in mini-batches of optim.per_device_train_batch_size answers"
+    )
+    max_iterations: int | None = Field(
+        None, ge=1, description="Stop after this many iterations (rollouts); default: optim.epochs over the prompts"
+    )
+    cliprange: float = Field(0.2, gt=0, description="Policy ratio clip: ratios outside [1 - this, 1 + cliprange_high]")
+    cliprange_high: float | None = Field(
+        None, gt=0, description="Upper ratio clip (DAPO's clip-higher); default cliprange"
+    )
+    kl_coef: float = Field(
+        0.04, ge=0, description="Weight of the per-token KL term to the reference model in the loss; 0: off (no "
+        "reference model is loaded)"
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3",
+        description="Per-token KL estimator, r = p_ref / p_actor: k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r "
+        "(GRPO's, unbiased and never negative)",
+    )
+    loss_aggregation: Literal["token", "sequence"] = Field(
+        "token",
+        description="token: mean over every answer token of a mini-batch (long answers weigh more, DAPO); "
+        "sequence: mean over each answer's tokens, then over answers (the GRPO paper's)",
+    )

@@ -19,8 +19,16 @@ from rlhf.config.parts import (
     OptimConfig,
     OptimizerConfig,
     RewardModelConfig,
+    RewardsConfig,
 )
-from rlhf.config.ppo_parts import GenerationConfig, PPOAlgoConfig, PPOEnginesConfig, PPOEvalConfig, PtxConfig
+from rlhf.config.ppo_parts import (
+    GenerationConfig,
+    GRPOAlgoConfig,
+    PPOAlgoConfig,
+    PPOEnginesConfig,
+    PPOEvalConfig,
+    PtxConfig,
+)
 
 
 class StageConfig(Section):
@@ -203,6 +211,65 @@ class DPOConfig(StageConfig):
         return {"train": {"phase": 1}}
 
 
+class GRPOConfig(StageConfig):
+    """GRPO / RLOO of the actor (from SFT): per prompt ``grpo.group_size`` sampled answers, each
+    answer's advantage its reward against its group's (no critic), a clipped policy loss and a KL
+    term to the reference model (``grpo.kl_coef``; 0: none is loaded).
+
+    Rewards (``rewards``) are a weighted sum of reward functions (code, :mod:`rlhf.rewards`) and/or
+    a frozen reward model's clipped score (``reward_model``). ``generation.per_device_generation_batch_size``
+    counts prompts: each generation batch answers them ``group_size`` times. ``optim``, ``deepspeed``
+    and ``lora`` are the actor's; ``optim.per_device_train_batch_size`` counts answers per mini-batch.
+    """
+
+    phase: ClassVar[int] = 2
+    name: ClassVar[str] = "grpo"
+    tokenizer_section: ClassVar[str] = "actor"
+    actor: ModelConfig
+    reference: ModelConfig | None = Field(
+        None, description="The KL reference; default the actor's starting checkpoint (with LoRA on a frozen base: "
+        "the actor with its adapters disabled, no second model). Not loaded when grpo.kl_coef is 0",
+    )
+    reward_model: RewardModelConfig | None = Field(
+        None, description="A trained reward model, scored as PPO scores (its score at the answer's last token; it "
+        "may have its own tokenizer and then scores the decoded text); its weight is rewards.model_weight",
+    )
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    grpo: GRPOAlgoConfig = Field(default_factory=GRPOAlgoConfig)
+    evaluation: PPOEvalConfig = Field(default_factory=PPOEvalConfig)
+
+    @model_validator(mode="after")
+    def _check_grpo(self) -> GRPOConfig:
+        if not self.data.paths or self.data.split[2] <= 0:
+            raise ValueError("data: GRPO needs data.paths with a positive PPO (prompt) share in data.split")
+        if not self.rewards.functions and self.reward_model is None:
+            raise ValueError(
+                "rewards: no reward source: give rewards.functions (e.g. [rlhf.data.synthetic:reward]) and/or "
+                "reward_model (a trained reward model)"
+            )
+        if self.reward_model is not None and self.rewards.model_weight == 0:
+            raise ValueError("rewards.model_weight: 0 with a reward_model set; drop reward_model or give it a weight")
+        gen = self.generation
+        answers = gen.per_device_generation_batch_size * gen.generation_batches * self.grpo.group_size
+        if answers % self.optim.per_device_train_batch_size:
+            raise ValueError(
+                f"optim: per_device_train_batch_size ({self.optim.per_device_train_batch_size}) must divide the "
+                f"answers of one iteration, generation.per_device_generation_batch_size x generation_batches x "
+                f"grpo.group_size ({answers})"
+            )
+        if gen.max_prompt_len + gen.max_answer_len > self.data.max_seq_len:
+            raise ValueError(
+                f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
+                f"data.max_seq_len ({self.data.max_seq_len})"
+            )
+        return self
+
+    def data_requests(self) -> dict[str, dict[str, Any]]:
+        """GRPO's prompts: PPO's share of the split, cut to max_prompt_len, each with its dataset row."""
+        return {"prompts": {"phase": 2, "max_prompt_len": self.generation.max_prompt_len}}
+
+
 def deprecated_settings(cfg: StageConfig) -> list[str]:
     """One line per deprecated setting ``cfg`` still sets (they are accepted and have no effect)."""
     lines = []
@@ -216,4 +283,4 @@ def deprecated_settings(cfg: StageConfig) -> list[str]:
     return lines
 
 
-STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}
+STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
