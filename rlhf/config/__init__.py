@@ -7,7 +7,6 @@ from rlhf.config.parts import (
     DataSource,
     DeepSpeedConfig,
     DPOAlgoConfig,
-    DPOEvalConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
@@ -30,7 +29,7 @@ from rlhf.config.stages import STAGES, DPOConfig, GRPOConfig, PPOConfig, RewardC
 __all__ = [
     "STAGES", "CheckpointConfig", "GenerationConfig", "PPOAlgoConfig", "PPOConfig", "PPOEnginesConfig",
     "PPOEvalConfig", "PtxConfig", "ConfigError", "DataConfig", "DataSource", "DeepSpeedConfig",
-    "DPOAlgoConfig", "DPOConfig", "DPOEvalConfig",
+    "DPOAlgoConfig", "DPOConfig",
     "LoggingConfig", "LoraConfig", "ModelConfig", "OptimConfig", "OptimizerConfig", "RewardConfig", "RewardModelConfig",
     "GRPOAlgoConfig", "GRPOConfig", "RewardFunctionConfig", "RewardsConfig",
     "SFTConfig", "Section", "StageConfig", "apply_overrides", "build", "dump", "load",

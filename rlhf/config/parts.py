@@ -235,7 +235,6 @@ class DPOAlgoConfig(Section):
     )
 
 
-
 class RewardFunctionConfig(Section):
     """One reward function, computed by code (:mod:`rlhf.rewards`): ``name`` is its import path."""
 

@@ -12,7 +12,6 @@ from rlhf.config.parts import (
     DataConfig,
     DeepSpeedConfig,
     DPOAlgoConfig,
-    DPOEvalConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
@@ -175,12 +174,19 @@ class PPOConfig(StageConfig):
         return requests
 
 
+#: The generation settings DPO's greedy evaluation reads.
+DPO_GENERATION_KEYS = ("max_prompt_len", "max_answer_len", "per_device_generation_batch_size", "decoder")
+
+
 class DPOConfig(StageConfig):
     """Direct preference optimisation of the policy (from SFT) on chosen/rejected pairs against a
     frozen reference (default: the policy's starting checkpoint), with no reward model.
 
     It reads the reward stage's share of ``data.split`` and the same pair formats. ``optim``,
     ``deepspeed`` and ``lora`` are the policy's; ``optim.per_device_train_batch_size`` counts pairs.
+    ``evaluation`` is PPO's (greedy answers to held-out prompts before and after training; default
+    prompts: those of the eval pairs); the answers are as long as ``generation`` says — only its
+    lengths, batch size and decoder apply, DPO's evaluation answers greedily.
     """
 
     phase: ClassVar[int] = 1
@@ -192,13 +198,18 @@ class DPOConfig(StageConfig):
         "the model's tokenizer: DPO compares the two models' log-probs of the same tokens",
     )
     dpo: DPOAlgoConfig = Field(default_factory=DPOAlgoConfig)
-    evaluation: DPOEvalConfig = Field(default_factory=DPOEvalConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    evaluation: PPOEvalConfig = Field(default_factory=PPOEvalConfig)
 
     @model_validator(mode="after")
     def _check_data(self) -> DPOConfig:
         if not self.data.paths or self.data.split[1] <= 0:
             raise ValueError("data: DPO needs data.paths with a positive reward share in data.split (it trains on "
                              "the reward stage's pairs)")
+        sampling = sorted(self.generation.model_fields_set - set(DPO_GENERATION_KEYS))
+        if sampling:
+            raise ValueError(f"generation: DPO's evaluation answers greedily; generation.{sampling[0]} does not apply "
+                             f"(only {', '.join('generation.' + k for k in DPO_GENERATION_KEYS)} do)")
         return self
 
     @property
