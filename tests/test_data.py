@@ -359,6 +359,7 @@ def test_reward_truncation_and_identical_pairs(tokenizer):
     cols, dropped = tokenize_records([good, same, late], tokenizer, 1, max_seq_len=len(p) + 2, eot_id=None)
     assert cols["chosen_ids"] == [(p + ids(tokenizer, good.chosen))[: len(p) + 2]]
     assert cols["rejected_ids"] == [(p + ids(tokenizer, good.rejected))[: len(p) + 2]]
+    assert cols["prompt_len"] == [len(p)]  # where the answers start (DPO scores the tokens after it)
     assert dropped == {"truncated": 0, "identical": 2}
     _, dropped = tokenize_records([good], tokenizer, 1, max_seq_len=len(p), eot_id=None)
     assert dropped == {"truncated": 1, "identical": 0}
@@ -388,7 +389,7 @@ def test_cache_built_once_reused_and_rebuilt_on_change(tmp_path, tokenizer, monk
     first = prepare_phase_data(cfg, tokenizer, phase=1)
     assert first.stats["reused"] is False and (Path(first.stats["cache_dir"]) / "meta.json").is_file()
     assert first.stats["cache_dir"] == str(tmp_path / "cache" / first.stats["cache_key"])
-    assert set(first.train.column_names) == {"chosen_ids", "rejected_ids"}
+    assert set(first.train.column_names) == {"chosen_ids", "rejected_ids", "prompt_len"}
 
     def boom(*args, **kwargs):
         raise AssertionError("re-tokenized")

@@ -35,7 +35,7 @@ from rlhf.data.tokenize import eot_token_id, to_dataset, tokenize_records
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the cached samples change meaning (2: the tokenizer's BOS, chat formats)
+FORMAT_VERSION = 3  # bump when the cached samples change (2: the tokenizer's BOS, chat formats; 3: pairs' prompt_len)
 META = "meta.json"
 SPLITS = ("train", "eval")
 

@@ -17,7 +17,8 @@ phase     columns                       content
 0 (SFT)   ``input_ids``, ``prompt_len``  prompt + answer [+ eot], cut to ``max_seq_len`` at the end;
                                         ``prompt_len`` prompt tokens kept
 1 (RM)    ``chosen_ids``,               prompt + chosen [+ eot] and prompt + rejected [+ eot], each cut
-          ``rejected_ids``              to ``max_seq_len`` at the end
+          ``rejected_ids``,             to ``max_seq_len`` at the end; ``prompt_len`` prompt tokens kept
+          ``prompt_len``                (both rows share them; DPO scores the answer tokens after them)
 2 (PPO)   ``prompt_ids``                the prefix (BOS) and the LAST ``max_prompt_len`` - its length
                                         prompt tokens
 ========  ============================  ==============================================================
@@ -37,13 +38,13 @@ from rlhf.data.sources import DataError, Record
 
 COLUMNS: dict[int, tuple[str, ...]] = {
     0: ("input_ids", "prompt_len"),
-    1: ("chosen_ids", "rejected_ids"),
+    1: ("chosen_ids", "rejected_ids", "prompt_len"),
     2: ("prompt_ids",),
 }
 _IDS = datasets.List(datasets.Value("int32"))
 FEATURES: dict[int, datasets.Features] = {
     0: datasets.Features({"input_ids": _IDS, "prompt_len": datasets.Value("int32")}),
-    1: datasets.Features({"chosen_ids": _IDS, "rejected_ids": _IDS}),
+    1: datasets.Features({"chosen_ids": _IDS, "rejected_ids": _IDS, "prompt_len": datasets.Value("int32")}),
     2: datasets.Features({"prompt_ids": _IDS}),
 }
 
@@ -222,6 +223,7 @@ def tokenize_records(
         else:
             cols["chosen_ids"].append(c_ids)
             cols["rejected_ids"].append(r_ids)
+            cols["prompt_len"].append(len(p))
     return cols, dropped
 
 
