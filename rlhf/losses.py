@@ -216,6 +216,42 @@ def value_loss(
     return loss, stats
 
 
+# --------------------------------------------------------------------------- DPO
+# Shapes: chosen and rejected rows of B pairs, right-padded ``[B, T]``; per-action tensors ``[B, T-1]``.
+
+
+def answer_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Tensor:
+    """``[B, T-1]`` float mask of the actions that emit answer tokens: position ``t`` is 1 when token
+    ``t + 1`` comes after the prompt and is real (the attention mask ends the sequence), as
+    :func:`sft_labels` marks what SFT learns."""
+    labels = sft_labels(input_ids, attention_mask, prompt_lens, loss_on_prompt=False)
+    return (labels[:, 1:] != IGNORE_INDEX).float()
+
+
+def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the log-probability of its masked tokens (``mask`` ``[B, T-1]``, e.g.
+    :func:`answer_mask`): the sum of :func:`logprobs_of` over them, in float32."""
+    return (logprobs_of(logits, tokens) * mask.float()).sum(dim=1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    beta: float, label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sigmoid DPO on sequence log-probs ``[B]``; returns (loss per pair, chosen rewards, rejected rewards).
+
+    With ``h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)`` the loss is
+    ``-(1 - eps) * logsigmoid(beta * h) - eps * logsigmoid(-beta * h)``: ``eps = label_smoothing`` is
+    conservative DPO's probability that a pair's label is flipped (0: Rafailov et al.'s DPO). The
+    implicit rewards are ``beta * (policy - ref)`` of each answer; their difference is ``beta * h``.
+    """
+    h = (policy_chosen.float() - ref_chosen.float()) - (policy_rejected.float() - ref_rejected.float())
+    loss = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    chosen_rewards = beta * (policy_chosen.float() - ref_chosen.float()).detach()
+    rejected_rewards = beta * (policy_rejected.float() - ref_rejected.float()).detach()
+    return loss, chosen_rewards, rejected_rewards
+
+
 # --------------------------------------------------------------------------- sampling
 
 
@@ -235,3 +271,96 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         remove[..., -1] = False
         logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
     return logits
+
+
+# --------------------------------------------------------------------------- GRPO / RLOO
+# A rollout holds ``group_size`` answers per prompt, a group's answers adjacent: rewards [N] with
+# N = prompts x group_size, answer ``i`` of prompt ``p`` at ``p * group_size + i``.
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, baseline: str = "group", scale: str = "group",
+    eps: float = 1e-4, batch_std: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Each answer's advantage, its reward against the rewards of its group; shape [N].
+
+    ``baseline``: ``group`` (GRPO) subtracts the group's mean reward; ``leave_one_out`` (RLOO)
+    subtracts the mean of the group's *other* answers, ``r_i - (sum_g - r_i) / (G - 1)``, which is
+    ``G / (G - 1) * (r_i - mean_g)``. ``scale``: ``group`` divides by the group's sample standard
+    deviation (Bessel-corrected, as GRPO's implementations do) plus ``eps``; ``batch`` by
+    ``batch_std`` (default: the standard deviation of all of ``rewards``) plus ``eps``; ``none``
+    leaves the advantages unscaled. A group whose answers are all rewarded alike gets 0 everywhere.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2, got {group_size}")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [N] with N a multiple of group_size ({group_size}), got {tuple(rewards.shape)}")
+    groups = rewards.float().view(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if baseline == "leave_one_out":
+        centred = centred * (group_size / (group_size - 1))
+    elif baseline != "group":
+        raise ValueError(f"unknown baseline {baseline!r} (group, leave_one_out)")
+    if scale == "group":
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        std = rewards.float().std() if batch_std is None else torch.as_tensor(batch_std, dtype=torch.float32)
+        centred = centred / (std + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r} (group, batch, none)")
+    return centred.reshape(-1)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(actor || reference) from the sampled tokens' log-probabilities
+    (Schulman's estimators; with ``log r = ref_logprob - logprob``): ``k1 = -log r``,
+    ``k2 = (log r)^2 / 2``, ``k3 = r - 1 - log r`` (unbiased and never negative; GRPO's)."""
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.exp(log_ratio) - 1.0 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3)")
+
+
+def grpo_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    cliprange: float, cliprange_high: float | None = None, ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0, estimator: str = "k3", aggregation: str = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO's loss over answer tokens: the clipped surrogate with each answer's (sequence-level)
+    advantage ``advantages`` [B] on every one of its tokens, plus ``kl_coef`` times the per-token KL
+    estimate to the reference (:func:`kl_estimate`; skipped when ``kl_coef`` is 0).
+
+    Ratios are clipped to ``[1 - cliprange, 1 + (cliprange_high or cliprange)]``. ``aggregation``:
+    ``token`` averages over every answer token of the batch; ``sequence`` over each answer's tokens,
+    then over answers. Returns (loss, {clipfrac, approx_kl, kl}) — ``kl`` the mean per-token
+    estimate (0 without a reference).
+    """
+    mask = mask.to(logprobs.dtype)
+    high = cliprange if cliprange_high is None else cliprange_high
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    adv = advantages.to(logprobs.dtype)[:, None]
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - cliprange, 1.0 + high)
+    per_token = torch.maximum(unclipped, clipped)
+    kl = None
+    if kl_coef and ref_logprobs is not None:
+        kl = kl_estimate(logprobs, ref_logprobs, estimator)
+        per_token = per_token + kl_coef * kl
+    if aggregation == "token":
+        loss = masked_mean(per_token, mask)
+    elif aggregation == "sequence":
+        loss = ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r} (token, sequence)")
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "kl": masked_mean(kl.detach(), mask) if kl is not None else torch.zeros(()),
+        }
+    return loss, stats

@@ -45,8 +45,9 @@ import json
 import random
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rlhf.data.formats import format_answer, format_prompt
 from rlhf.text_metrics import diversity_stats
@@ -321,6 +322,39 @@ def answer_stats(prompts: Sequence[str], answers: Sequence[str]) -> dict[str, fl
         "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n if n else 0.0,
         **diversity_stats(answers),
     }
+
+
+# --------------------------------------------------------------------------- reward functions
+# The checks above as reward functions of ``rewards.functions`` (rlhf.rewards: prompts, answers and
+# dataset rows in, one number per answer out), so the task trains with a verifiable reward.
+
+
+def _question(prompt: str, row: Mapping[str, Any] | None) -> str:
+    """The text to parse the task from: the dataset row's prompt (the last user turn of a conversation),
+    else the prompt as the model read it."""
+    value = row.get("prompt") if isinstance(row, Mapping) else None
+    if isinstance(value, list) and value and isinstance(value[-1], Mapping):
+        value = value[-1].get("content")
+    return value if isinstance(value, str) and value else prompt
+
+
+def content_reward(prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """1 for an answer with the asked-for content (:func:`content_ok`), else 0."""
+    return [float(content_ok(_question(p, r), a)) for p, a, r in zip(prompts, answers, rows, strict=True)]
+
+
+def property_reward(prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """1 for an answer with the preferred property (:func:`has_property`), else 0."""
+    return [float(has_property(a)) for a in answers]
+
+
+def reward(prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The synthetic task's verifiable reward: 0 for an answer without the asked-for content, 1 for one
+    with it, 2 for one with it and the property. The property counts only with the right content, so
+    the closing alone, or wrong content with it, earns nothing (what the reward model is taught by
+    its rejected answers, here by the program itself)."""
+    content = content_reward(prompts, answers, rows)
+    return [c * (1.0 + float(has_property(a))) for c, a in zip(content, answers, strict=True)]
 
 
 # --------------------------------------------------------------------------- generation
