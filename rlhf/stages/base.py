@@ -61,6 +61,17 @@ class Stage(ABC):
     def real_tokens(self, batch: Batch) -> int:
         """Non-padding tokens in a batch (for throughput)."""
 
+    def start(self, trainer: Any, engine: Any, tracker: Any, resumed_from: int) -> None:
+        """Once the engine is built and a checkpoint (of step ``resumed_from``, 0: none) loaded, before
+        the first step: what a stage does once per run (DPO: its reference log-probs and the baseline
+        evaluation). ``trainer`` is the :class:`rlhf.stages.loop.Trainer`."""
+        return None
+
+    def finish(self, trainer: Any, engine: Any, tracker: Any, step: int) -> dict[str, float]:
+        """After the last step and evaluation, before the model is exported: extra summary metrics,
+        keyed as they appear in ``summary.json`` (DPO: the final answers' evaluation)."""
+        return {}
+
     def samples(self, batch: Batch) -> int:
         """Training examples in a batch."""
         return int(batch["input_ids"].size(0))

@@ -156,6 +156,7 @@ class Trainer:
             tracker.write(f"[{self.stage.name}] resumed from step {resumed_from} ({self.ckpt_dir})")
         for line in self.warnings:
             tracker.write(f"[{self.stage.name}] warning: {line}")
+        self.stage.start(self, engine, tracker, resumed_from)
 
         step = state["global_step"]
         last_eval: dict[str, float] = {}
@@ -228,10 +229,12 @@ class Trainer:
                 save(epoch + (1 if next_epoch else 0), 0 if next_epoch else micro)
         if not last_eval and resumed_from >= total_steps:
             last_eval = self.evaluate(engine)
+        extra = self.stage.finish(self, engine, tracker, step)
         tracker.close()
-        return self._finish(engine, step, total_steps, last_eval, state, resumed_from)
+        return self._finish(engine, step, total_steps, {f"eval/{k}": v for k, v in last_eval.items()} | extra, state,
+                            resumed_from)
 
-    def _finish(self, engine, step, total_steps, last_eval, state, resumed_from) -> dict[str, Any]:
+    def _finish(self, engine, step, total_steps, metrics, state, resumed_from) -> dict[str, Any]:
         rt = self.rt
         model_dir = self.out / "model"
         trained = engine.module
@@ -244,7 +247,7 @@ class Trainer:
         rate = round(state["real_tokens"] * rt.dist.world_size / seconds, 1) if seconds else None
         summary = completed_summary(
             self.stage.name, rt, step=step, total_steps=total_steps, resumed_from=resumed_from,
-            metrics={f"eval/{k}": v for k, v in last_eval.items()}, samples=state["samples"], seconds=seconds,
+            metrics=metrics, samples=state["samples"], seconds=seconds,
             rates={"real_tokens_per_second": rate}, model_dir=model_dir, data_stats=self.data.stats,
             warnings=self.warnings,
         )
