@@ -72,16 +72,19 @@ def evaluate(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[
 
 
 def metrics_of(rows: list[dict], checker: str) -> dict[str, float]:
-    """Reward, length and diversity of the answers; with the synthetic checker, property and content rates."""
+    """Reward (when the rows carry a ``score``: not for a stage without a reward model), length and
+    diversity of the answers; with the synthetic checker, property and content rates."""
     if not rows:
         return {}
     answers = [r["answer"] for r in rows]
-    scores = torch.tensor([r["score"] for r in rows])
-    out = {
-        "reward_mean": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)),
+    out: dict[str, float] = {}
+    if all("score" in r for r in rows):
+        scores = torch.tensor([r["score"] for r in rows])
+        out.update(reward_mean=float(scores.mean()), reward_std=float(scores.std(unbiased=False)))
+    out.update({
         "answer_tokens": sum(r["tokens"] for r in rows) / len(rows), "ended_rate": sum(r["ended"] for r in rows) / len(rows),
         **diversity_stats(answers),
-    }
+    })
     if checker == "synthetic":
         from rlhf.data.synthetic import content_ok, has_property
 
