@@ -39,6 +39,14 @@ from rlhf.errors import UserError
 RewardFn = Callable[[list[str], list[str], list[Mapping[str, Any]]], Sequence[float]]
 
 
+def row_of(prompt: str | Sequence[Sequence[str]], chosen: str | None = None, rejected: str | None = None,
+           source: str | None = None) -> dict[str, Any]:
+    """The row a reward function gets for a prompt (text, or a conversation of ``(role, content)``
+    turns) and the record's answers: JSON-ready, a conversation as ``{"role", "content"}`` dicts."""
+    value: Any = prompt if isinstance(prompt, str) else [{"role": role, "content": content} for role, content in prompt]
+    return {"prompt": value, "chosen": chosen, "rejected": rejected, "source": source}
+
+
 class RewardError(UserError):
     """A reward function could not be loaded, raised, or returned something other than numbers."""
 

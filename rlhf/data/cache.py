@@ -32,10 +32,12 @@ from rlhf.data import split as splitting
 from rlhf.data.render import resolve_chat_format
 from rlhf.data.sources import DataError, Record, ResolvedSource, fingerprint, load_source, resolve_source
 from rlhf.data.tokenize import eot_token_id, to_dataset, tokenize_records
+from rlhf.rewards import row_of
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # bump when the cached samples change (2: the tokenizer's BOS, chat formats; 3: pairs' prompt_len)
+FORMAT_VERSION = 4  # bump when the cached samples change (2: the tokenizer's BOS, chat formats; 3: pairs' prompt_len;
+#                     4: prompts (phase 2) keep their dataset row, which GRPO's reward functions read)
 META = "meta.json"
 SPLITS = ("train", "eval")
 
@@ -152,6 +154,9 @@ def _build(
             if sum(dropped.values()):
                 log.warning("%s: dropped %s samples of %d (%s)", name, sum(dropped.values()), len(records[name]), dropped)
             ds = to_dataset(cols, phase)
+            if phase == 2 and ds is not None:  # every record gives a prompt: rows and samples stay aligned
+                ds = ds.add_column("row", [json.dumps(row_of(r.prompt, r.chosen, r.rejected, r.where))
+                                           for r in records[name]])
             stats[f"{name}_samples"] = 0 if ds is None else len(ds)
             if ds is not None:
                 ds.save_to_disk(str(tmp / name))

@@ -20,7 +20,7 @@ FILE = "run_settings.json"
 #: Settings (dotted prefixes) that may differ on resume: they extend the run (epochs, steps), or only
 #: change where and how it reports, evaluates and checkpoints.
 MAY_CHANGE = (
-    "optim.epochs", "optim.max_steps", "ppo.max_iterations", "logging", "checkpoint", "evaluation",
+    "optim.epochs", "optim.max_steps", "ppo.max_iterations", "grpo.max_iterations", "logging", "checkpoint", "evaluation",
     "data.cache_dir", "data.num_workers", "deepspeed.dist_timeout_seconds",
 )
 
