@@ -73,7 +73,7 @@ def test_stage_configs_load_in_the_trainer(tmp_path, path):
 
 def test_storage_layout_and_models():
     run = load_manifest(manifest(models={"actor": "a/actor", "reward": "a/rm", "tokenizer": "a/tok"}))
-    sft, reward, ppo = (stage_config(run, s) for s in STAGE_NAMES)
+    sft, reward, ppo = (stage_config(run, s) for s in run.spec.pipeline)
     assert [c["checkpoint"]["output_dir"] for c in (sft, reward, ppo)] == [
         f"{PVC_MOUNT_PATH}/sft", f"{PVC_MOUNT_PATH}/reward", f"{PVC_MOUNT_PATH}/ppo"]
     assert {c["data"]["cache_dir"] for c in (sft, reward, ppo)} == {f"{PVC_MOUNT_PATH}/data_cache"}
@@ -195,7 +195,7 @@ def test_semantic_checks_can_be_deferred():
         stage_config(run, "sft")
     stage_config(run, "reward")  # other stages are fine
     with pytest.raises(KeyError):
-        stage_config(run, "dpo")
+        stage_config(run, "nope")
 
 
 def test_all_problems_are_reported_at_once():
@@ -335,3 +335,51 @@ def test_stage_outcomes_are_one_type_for_every_reader():
     assert isinstance(died, StageFailure) and died.reason == "RuntimeError: boom"
     assert parse_outcome('{"status": "weird"}') is None and parse_outcome("") is None
     assert finite_metrics({"a": 1, "b": float("inf"), "c": True}) == {"a": 1.0}
+
+
+# ---------------------------------------------------------------- pipelines (the stage graph)
+
+
+def pipeline_run(pipeline: list[str], **stages: dict) -> dict:
+    data = manifest()
+    data["spec"]["pipeline"] = pipeline
+    data["spec"].setdefault("stages", {}).update(stages)
+    return data
+
+
+@pytest.mark.parametrize("pipeline, waves", [
+    (["sft", "reward", "ppo"], [["sft", "reward"], ["ppo"]]),
+    (["dpo", "sft"], [["sft"], ["dpo"]]),
+    (["sft", "reward", "grpo"], [["sft", "reward"], ["grpo"]]),
+])
+def test_pipelines_run_in_waves_of_their_stage_graph(pipeline, waves):
+    from rlhf.api import graph
+
+    run = load_manifest(pipeline_run(pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}}))
+    assert graph.waves(run.spec.stage_order, run.spec.pipeline) == waves
+
+
+def test_each_stage_starts_from_the_stages_it_reads():
+    root = "/mnt/rlhf"
+    data = pipeline_run(["sft", "dpo"])
+    data["spec"]["storage"] = {"pvc": {"claimName": "c"}}
+    dpo = stage_config(load_manifest(data), "dpo")
+    assert dpo["model"]["name_or_path"] == f"{root}/sft/model" and dpo["checkpoint"]["output_dir"] == f"{root}/dpo"
+    functions = {"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}}
+    data = pipeline_run(["sft", "grpo"], grpo=functions)
+    data["spec"]["storage"] = {"pvc": {"claimName": "c"}}
+    grpo = stage_config(load_manifest(data), "grpo")
+    assert grpo["actor"]["name_or_path"] == f"{root}/sft/model" and "reward_model" not in grpo
+    data["spec"]["pipeline"] = ["sft", "reward", "grpo"]  # a trained reward model joins the functions
+    grpo = stage_config(load_manifest(data), "grpo")
+    assert grpo["reward_model"]["name_or_path"] == f"{root}/reward/model"
+
+
+def test_a_pipeline_that_cannot_run_is_refused_naming_spec_pipeline():
+    for pipeline, words in ((["ppo"], "add sft to spec.pipeline"), (["sft", "ppo"], "add reward to spec.pipeline"),
+                            (["dpo"], "policy from the sft stage's model")):
+        problems = errors_of(pipeline_run(pipeline))
+        assert any(p.startswith("spec.pipeline:") and words in p for p in problems), problems
+    # GRPO needs a reward source: the reward stage's model, or reward functions
+    problems = errors_of(pipeline_run(["sft", "grpo"]))
+    assert any(p.startswith("spec.stages.grpo") and "no reward source" in p for p in problems), problems

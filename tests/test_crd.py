@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from rlhf.api import SpecError, load_manifest, read_manifest
+from rlhf.api import STAGE_NAMES, SpecError, load_manifest, read_manifest
 from rlhf.api.crd import crd, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,8 @@ def closed(schema: dict[str, Any], path: str = "") -> dict[str, Any]:
         node["properties"][name] = closed(prop, f"{path}.{name}" if path else name)
     if isinstance(node.get("items"), dict):
         node["items"] = closed(node["items"], path + "[*]")
+    if node.get("x-kubernetes-list-type") == "set":  # the API server refuses duplicates in a set
+        node["uniqueItems"] = True
     return node
 
 
@@ -174,7 +176,7 @@ def test_free_form_fields_only_where_needed():
                 walk(node[key], f"{path}.{key}")
 
     walk(the_schema(), "")
-    stages = [f".spec.stages.{s}.trainerOptions.additionalProperties" for s in ("sft", "reward", "ppo")]
+    stages = [f".spec.stages.{s}.trainerOptions.additionalProperties" for s in STAGE_NAMES]
     assert sorted(found) == sorted([".spec.scheduling.affinity", *stages])
 
 
@@ -248,6 +250,13 @@ INVALID = [
     ("owned-option", _set("spec.stages.sft.trainerOptions", {"deepspeed.zero_stage": 2}),
      "spec.stages.sft.trainerOptions: deepspeed.zero_stage", "set by spec.stages.sft.zeroStage", None),
     ("no-reward-share", _set("spec.data.split", "1,0,1"), "spec.data", "positive reward share", None),
+    ("ppo-without-reward", _set("spec.pipeline", ["sft", "ppo"]), "spec.pipeline",
+     "ppo starts its critic from the reward stage's model; add reward to spec.pipeline", "spec"),
+    ("dpo-alone", _set("spec.pipeline", ["dpo"]), "spec.pipeline",
+     "dpo starts its policy from the sft stage's model", "spec"),
+    ("unknown-stage", _set("spec.pipeline", ["sft", "rlaif"]), "spec.pipeline[1]", "'sft', 'reward'", "schema"),
+    ("repeated-stage", _set("spec.pipeline", ["sft", "sft", "reward", "ppo"]), "spec.pipeline", "listed twice",
+     "schema"),
 ]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf.api import RLHFRun, SpecError, load_manifest, stage_configs
+from rlhf.api import PREPARE, RLHFRun, SpecError, load_manifest, stage_configs
 from rlhf.api.pools import AFFINITY_KEYS, DEFAULT_NAMESPACE, Pool
 from rlhf_operator.config import OperatorConfig
 
@@ -38,6 +38,16 @@ class Admitted:
     @property
     def name(self) -> str:
         return self.run.metadata.name
+
+    @property
+    def stages(self) -> list[str]:
+        """The run's stages (``spec.pipeline``) in the order they start."""
+        return self.run.spec.stage_order
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """prepare, then the stages."""
+        return (PREPARE, *self.stages)
 
 
 def admit(manifest: Mapping[str, Any], config: OperatorConfig, source: str = "") -> Admitted:

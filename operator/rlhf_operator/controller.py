@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from rlhf.api import STAGE_NAMES
 from rlhf.api.conditions import timestamp
 from rlhf_operator import kube, names
 from rlhf_operator.admission import AdmissionError, admit
@@ -124,7 +123,7 @@ class Controller:
             admission: Any = admit(body, self.config, source=f"{namespace}/{name}")
         except AdmissionError as e:
             admission = e
-        objects = await self._observe(namespace, name)
+        objects = await self._observe(namespace, name, names.stages_of(body))
         pods = await self._finished_pods(body, objects)
         blocked = await self._diagnose(namespace, name, body, objects)
         failures = self._failures.setdefault((namespace, name), {})
@@ -172,11 +171,11 @@ class Controller:
 
         self._timers[key] = loop.call_later(max(0.0, delay), fire)
 
-    async def _observe(self, namespace: str, run: str) -> dict[Key, dict[str, Any]]:
-        keys: list[Key] = [("ConfigMap", names.config_map_name(run, step)) for step in names.STEPS]
-        keys += [("NetworkPolicy", names.network_policy_name(run, stage)) for stage in STAGE_NAMES]
+    async def _observe(self, namespace: str, run: str, stages: list[str]) -> dict[Key, dict[str, Any]]:
+        keys: list[Key] = [("ConfigMap", names.config_map_name(run, step)) for step in names.steps(stages)]
+        keys += [("NetworkPolicy", names.network_policy_name(run, stage)) for stage in stages]
         keys.append(("Job", names.job_name(run, names.PREPARE)))
-        keys += [("MPIJob", names.job_name(run, stage)) for stage in STAGE_NAMES]
+        keys += [("MPIJob", names.job_name(run, stage)) for stage in stages]
         found = await asyncio.gather(*(self.kube.get(kube.BY_KIND[kind], namespace, n) for kind, n in keys))
         return {key: obj for key, obj in zip(keys, found, strict=True) if obj is not None}
 

@@ -7,12 +7,28 @@ finds the same objects instead of creating new ones. Run names are at most
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from rlhf.api import API_VERSION, KIND, MAX_NAME_LENGTH, STAGE_NAMES
+from rlhf.api.graph import DEFAULT_PIPELINE
 
 #: The batch/v1 Job that fills the run's storage before the stages (not an MPIJob).
 PREPARE = "prepare"
-#: The steps of a run in the order they start: prepare, then the trainer stages.
-STEPS = (PREPARE, *STAGE_NAMES)
+
+
+def steps(stages: Iterable[str]) -> tuple[str, ...]:
+    """The steps of a run with ``stages``: prepare, then the stages."""
+    return (PREPARE, *stages)
+
+
+def stages_of(body: Mapping[str, Any]) -> list[str]:
+    """The stages of a run as the API server stored it (before admission; unknown names dropped)."""
+    spec = body.get("spec") or {}
+    pipeline = spec.get("pipeline") if isinstance(spec, Mapping) else None
+    if not isinstance(pipeline, list):
+        pipeline = list(DEFAULT_PIPELINE)
+    return [s for s in STAGE_NAMES if s in pipeline]
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR_NAME = "rlhf-operator"

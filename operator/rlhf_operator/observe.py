@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf.api import STAGE_NAMES, graph
+from rlhf.api import graph
 from rlhf.api.conditions import FAILED, get_condition, stage_entry
 from rlhf.api.outcome import Outcome, StageFailure, StageSummary, parse_outcome
 from rlhf_operator import names
@@ -132,7 +132,7 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
             and batch_job_state(job)[0] == "Failed"
             and not recorded_prepare_failure(status)):
         out.append(names.PREPARE)
-    for stage in STAGE_NAMES:
+    for stage in names.stages_of(body):
         job = objects.get(("MPIJob", names.job_name(run, stage)))
         if job is None or not owned_by(job, uid) or (job.get("metadata") or {}).get("deletionTimestamp"):
             continue
@@ -160,7 +160,7 @@ def diagnostics_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]])
     prepare = objects.get(("Job", names.job_name(run, names.PREPARE)))
     if prepare is not None and owned_by(prepare, uid) and batch_job_state(prepare)[0] == "Pending":
         out[names.PREPARE] = [names.job_name(run, names.PREPARE)]
-    for stage in STAGE_NAMES:
+    for stage in names.stages_of(body):
         name = names.job_name(run, stage)
         job = objects.get(("MPIJob", name))
         if job is not None and owned_by(job, uid) and mpijob_state(job)[0] == "Pending":

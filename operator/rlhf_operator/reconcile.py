@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from rlhf.api import STAGE_NAMES, graph
+from rlhf.api import graph
 from rlhf.api.conditions import (
     StepCondition,
     condition_events,
@@ -137,8 +137,8 @@ def _ensure_static_children(ctx: _Ctx) -> set[str]:
     object names are taken by someone else."""
     blocked = set()
     wanted: list[tuple[str, dict[str, Any], str]] = [
-        (step, render.config_map(ctx.admitted, step, ctx.uid), "data") for step in names.STEPS]
-    wanted += [(stage, render.network_policy(ctx.admitted, stage, ctx.uid), "spec") for stage in STAGE_NAMES]
+        (step, render.config_map(ctx.admitted, step, ctx.uid), "data") for step in ctx.admitted.steps]
+    wanted += [(stage, render.network_policy(ctx.admitted, stage, ctx.uid), "spec") for stage in ctx.admitted.stages]
     for step, desired, content in wanted:
         kind, name = desired["kind"], desired["metadata"]["name"]
         obj = ctx.objects.get((kind, name))
@@ -334,9 +334,9 @@ def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
     """The run failed for good: nothing new starts, and every stage still running is stopped (its
     MPIJob deleted, so it stops holding devices). A stage that never started stays Pending."""
     planned = {(a.kind, a.name) for a in ctx.actions if a.verb == "delete"}
-    starting = {names.job_name(ctx.admitted.name, s) for s in (names.PREPARE, *STAGE_NAMES)}
+    starting = {names.job_name(ctx.admitted.name, s) for s in ctx.admitted.steps}
     ctx.actions = [a for a in ctx.actions if not (a.verb == "create" and a.name in starting)]
-    for stage in STAGE_NAMES:
+    for stage in ctx.admitted.stages:
         entry = entries[stage]
         if stage in ctx.refused:
             entry["state"] = "Failed"
@@ -356,7 +356,7 @@ def _current_steps(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> str | None:
     """``status.stage``: the steps running now, or else the last one that ran."""
     if ctx.running:
         return ",".join(ctx.running)
-    started = [s for s in STAGE_NAMES if entries[s].get("jobName") or entries[s]["state"] != "Pending"]
+    started = [s for s in ctx.admitted.stages if entries[s].get("jobName") or entries[s]["state"] != "Pending"]
     if started:
         return started[-1]
     return names.PREPARE if ctx.job("Job", names.PREPARE) is not None else ctx.old.get("stage")
@@ -398,11 +398,13 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
     ctx = _Ctx(admission, config, uid, objects, pods, now, old, blocked=dict(blocked or {}))
     conflicts = _ensure_static_children(ctx)
     prepared = _prepare(ctx, conflicts)
-    entries = {stage: stage_entry(old, stage) for stage in graph.STAGE_NAMES}
-    for wave in graph.waves(graph.STAGE_NAMES):
+    stages = admission.stages
+    entries = {stage: stage_entry(old, stage) for stage in stages}
+    for wave in graph.waves(stages):
         for stage in wave:
-            ready = prepared and graph.ready(stage, [s for s, e in entries.items() if e["state"] == "Succeeded"])
-            waiting_for = "the prepare Job" if not graph.needs(stage) else graph.waiting_for(stage)
+            succeeded = [s for s, e in entries.items() if e["state"] == "Succeeded"]
+            ready = prepared and graph.ready(stage, succeeded, stages)
+            waiting_for = "the prepare Job" if not graph.needs(stage, stages) else graph.waiting_for(stage, stages)
             _stage(ctx, stage, entries[stage], ready, waiting_for, conflicts)
 
     _report_refusals(ctx, failures or {})

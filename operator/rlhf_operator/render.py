@@ -378,8 +378,8 @@ def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None)
     """Every child the operator creates for the run, in creation order: the ConfigMaps, the
     stages' NetworkPolicies, the prepare Job, then one MPIJob per stage (first attempt). A suspended run gets its jobs as
     they are here once resumed (the operator starts no job while the run is suspended)."""
-    out = [config_map(admitted, step, uid) for step in names.STEPS]
-    out += [network_policy(admitted, stage, uid) for stage in STAGE_NAMES]
+    out = [config_map(admitted, step, uid) for step in admitted.steps]
+    out += [network_policy(admitted, stage, uid) for stage in admitted.stages]
     out.append(prepare_job(admitted, config, uid))
-    out += [mpijob(admitted, config, stage, uid) for stage in STAGE_NAMES]
+    out += [mpijob(admitted, config, stage, uid) for stage in admitted.stages]
     return out

@@ -43,7 +43,6 @@ from pydantic.alias_generators import to_camel
 
 from rlhf.api.base import DNS_LABEL, DNS_SUBDOMAIN, Quantity, RuleViolation
 from rlhf.api.errors import SpecError, problems_from
-from rlhf.api.graph import STAGE_NAMES
 from rlhf.api.run import Accelerator, RLHFRun, Toleration
 from rlhf.config import ConfigError
 
@@ -484,7 +483,7 @@ def _pool_problems(run: RLHFRun, pool: Pool, index: int, default_image: str) -> 
             f"the pool (Helm value pools[{index}].privileged) and the PodSecurity level privileged on the "
             "run's namespace (label pod-security.kubernetes.io/enforce=privileged)"
         )
-    for stage in STAGE_NAMES:
+    for stage in spec.stage_order:
         wanted = spec.stages.get(stage).devices_per_node
         if wanted > pool.devices_per_node:
             problems.append(

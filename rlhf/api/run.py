@@ -5,25 +5,29 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
+from rlhf.api import graph
 from rlhf.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     FreeObject,
     Rule,
+    RuleViolation,
     SpecModel,
     no_dotdot,
     section,
     trainer_field,
 )
-from rlhf.api.graph import STAGE_NAMES
+from rlhf.api.graph import DEFAULT_PIPELINE, KINDS, STAGE_NAMES
 from rlhf.api.meta import API_VERSION, KIND, ObjectMeta
 from rlhf.api.stages import StagesSpec
 from rlhf.api.status import RLHFRunStatus
 from rlhf.config import DataConfig, DataSource
 
 Accelerator = Literal["nvidia", "habana", "cpu"]
+StageName = Literal["sft", "reward", "ppo", "dpo", "grpo"]
+assert set(StageName.__args__) == set(STAGE_NAMES)  # type: ignore[attr-defined]
 #: Extended resource a worker pod requests per device, by accelerator (cpu requests none).
 DEVICE_RESOURCES: dict[str, str | None] = {
     "nvidia": "nvidia.com/gpu", "habana": "habana.ai/gaudi", "cpu": None,
@@ -198,9 +202,36 @@ class RunPolicySpec(SpecModel):
 
 
 def _every_stage(condition: str) -> str:
-    """CEL for ``condition`` on every stage (``s`` is the stage). Written out rather than
-    ``[...].all(...)``: the stages are distinct CEL types, and Kubernetes rejects mixed list literals."""
-    return "(" + " && ".join(condition.replace("s.", f"self.stages.{s}.") for s in STAGE_NAMES) + ")"
+    """CEL for ``condition`` on every stage section the run sets (``s`` is the stage). Written out
+    rather than ``[...].all(...)``: the stages are distinct CEL types, and Kubernetes rejects mixed
+    list literals. The sections without a default (dpo, grpo) may be absent."""
+    parts = []
+    for s in STAGE_NAMES:
+        check = condition.replace("s.", f"self.stages.{s}.")
+        parts.append(check if s in ALWAYS_SET else f"(!has(self.stages.{s}) || {check})")
+    return "(" + " && ".join(parts) + ")"
+
+
+#: The stage sections the CRD defaults (DeepSpeed-Chat's three); the others are optional.
+ALWAYS_SET = ("sft", "reward", "ppo")
+
+
+def _input_rules() -> tuple[Rule, ...]:
+    """One rule per required input of a stage kind: the stage it reads from is in the pipeline."""
+    rules = []
+    for kind in KINDS.values():
+        for inp in kind.inputs:
+            if not inp.required:
+                continue
+            rules.append(Rule(
+                f"!self.pipeline.exists(s, s == '{kind.name}') || self.pipeline.exists(s, s == '{inp.stage}')",
+                f"{kind.name} starts its {inp.role} from the {inp.stage} stage's model; add {inp.stage} to spec.pipeline",
+                None, "pipeline"))
+    return tuple(rules)
+
+
+def _pipeline_problems(m: RLHFRunSpec) -> list[str]:
+    return graph.problems(m.pipeline) if m.pipeline is not None else []
 
 
 class RLHFRunSpec(SpecModel):
@@ -215,7 +246,30 @@ class RLHFRunSpec(SpecModel):
              "accelerator cpu has no device memory to offload from; set offload: false",
              lambda m: m.accelerator != "cpu" or not any(m.stages.get(s).offload for s in STAGE_NAMES),
              "accelerator"),
+        *_input_rules(),
     )
+
+    @model_validator(mode="after")
+    def _check_pipeline(self) -> RLHFRunSpec:
+        """The pipeline's own rules (the CEL rules above say the same to the API server)."""
+        found = _pipeline_problems(self)
+        if found:
+            raise RuleViolation([("pipeline", p.removeprefix("spec.pipeline: ")) for p in found])
+        return self
+
+    pipeline: list[StageName] = Field(
+        default_factory=lambda: list(DEFAULT_PIPELINE), min_length=1, max_length=len(STAGE_NAMES),
+        json_schema_extra={"default": list(DEFAULT_PIPELINE), "x-kubernetes-list-type": "set"},
+        description="The run's stages, in any order: each starts once the stages it reads from succeeded "
+        "(sft and reward side by side, then ppo). Default DeepSpeed-Chat's three, [sft, reward, ppo]; also "
+        "[sft, dpo] (preference pairs, no reward model), [sft, reward, grpo] or [sft, grpo] (GRPO/RLOO with "
+        "a reward model and/or reward functions). Each stage's settings are in spec.stages.<stage>",
+    )
+
+    @property
+    def stage_order(self) -> list[str]:
+        """The pipeline's stages in the order they start (and are listed in the status)."""
+        return graph.ordered(self.pipeline)
 
     accelerator: Accelerator = Field(description="Device family: nvidia (CUDA GPUs), habana (Gaudi) or cpu")
     pool: str | None = Field(

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from rlhf.api.base import Quantity, Rule, SpecModel, section, trainer_field
-from rlhf.api.graph import STAGE_NAMES
+from rlhf.api.graph import KINDS, STAGE_NAMES
 from rlhf.config.parts import DType
 
 # Upper bounds of the counts a stage declares: every one ends up in an int32 field of an MPIJob or
@@ -96,14 +96,17 @@ class StageSpec(SpecModel):
 
 
 class StagesSpec(SpecModel):
-    """The three stages; each defaults to one process with the trainer's defaults."""
+    """How each stage of the run's pipeline runs and trains; a stage left out runs as one process
+    with the trainer's defaults. Settings of a stage that is not in spec.pipeline are ignored."""
 
-    sft: StageSpec = section(StageSpec, "Stage 1: supervised fine-tuning of the actor")
-    reward: StageSpec = section(StageSpec, "Stage 2: the reward model, trained on chosen/rejected pairs")
-    ppo: StageSpec = section(StageSpec, "Stage 3: PPO of the SFT actor against the reward model")
+    sft: StageSpec = section(StageSpec, KINDS["sft"].description)
+    reward: StageSpec = section(StageSpec, KINDS["reward"].description)
+    ppo: StageSpec = section(StageSpec, KINDS["ppo"].description)
+    dpo: StageSpec | None = Field(None, description=KINDS["dpo"].description)
+    grpo: StageSpec | None = Field(None, description=KINDS["grpo"].description)
 
     def get(self, stage: str) -> StageSpec:
-        """The spec of ``stage`` (one of :data:`~rlhf.api.meta.STAGE_NAMES`)."""
+        """The spec of ``stage`` (one of :data:`~rlhf.api.graph.STAGE_NAMES`); its defaults when unset."""
         if stage not in STAGE_NAMES:
             raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
-        return getattr(self, stage)
+        return getattr(self, stage) or StageSpec()

@@ -9,13 +9,13 @@ from pydantic import Field
 
 from rlhf.api.base import SpecModel
 
-StageName = Literal["sft", "reward", "ppo"]
+StageName = Literal["sft", "reward", "ppo", "dpo", "grpo"]
 #: A stage is Stopped when the run failed for good while it was still running: its job is deleted
 #: (freeing its devices) and it never resumes.
 StageState = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 #: ``status.stage``: the steps running now, comma-separated in run order (``prepare``,
 #: ``sft,reward``, ``ppo``), or the last one that ran.
-_STEP = "(prepare|sft|reward|ppo)"
+_STEP = "(prepare|sft|reward|ppo|dpo|grpo)"
 CURRENT_STEPS = rf"^{_STEP}(,{_STEP})*$"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
@@ -51,7 +51,7 @@ class Condition(SpecModel):
 class StageStatus(SpecModel):
     """Progress of one stage."""
 
-    name: StageName = Field(description="sft, reward or ppo")
+    name: StageName = Field(description="The stage: sft, reward, ppo, dpo or grpo")
     job_name: str | None = Field(None, max_length=253, description="The stage's MPIJob")
     state: StageState = Field(
         "Pending", description="Pending, Running, Succeeded, Failed, or Stopped (the run failed while it ran)"

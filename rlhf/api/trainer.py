@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from rlhf.api import graph
 from rlhf.api.base import SpecModel, trainer_key
 from rlhf.api.errors import SpecError
 from rlhf.api.graph import STAGE_NAMES
@@ -36,13 +37,29 @@ def storage_root(run: RLHFRun) -> str:
     return (storage.local_dir or PVC_MOUNT_PATH).rstrip("/") or "/"
 
 
+#: Where each stage kind's inputs land in its trainer config: role -> model section.
+INPUT_SECTIONS = {
+    ("ppo", "actor"): "actor", ("ppo", "critic"): "critic",
+    ("dpo", "policy"): "model",
+    ("grpo", "actor"): "actor", ("grpo", "reward model"): "reward_model",
+}
+
+
 def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tuple[Any, str]]]:
-    """The stage's model section name and its keys -> (value, manifest field)."""
+    """The stage's model section name and its keys -> (value, manifest field).
+
+    A stage that reads earlier stages (:data:`rlhf.api.graph.KINDS` inputs) starts from their
+    outputs, which carry their tokenizers (spec.models.tokenizer included): PPO's actor from SFT's
+    model and its critic (and frozen reward model) from the reward model's, DPO's policy from SFT's,
+    GRPO's actor from SFT's and, when the run trains one, its reward model from the reward stage's."""
     models = run.spec.models
-    if stage == "ppo":  # actor from SFT's output, critic (and frozen reward model) from the RM's
-        # The SFT and reward outputs carry their tokenizers (spec.models.tokenizer included).
-        return "actor", {"actor.name_or_path": (f"{root}/sft/{MODEL_DIR}", "spec.storage"),
-                         "critic.name_or_path": (f"{root}/reward/{MODEL_DIR}", "spec.storage")}
+    kind = graph.kind(stage)
+    if kind.inputs:
+        present = set(run.spec.pipeline)
+        keys = {f"{INPUT_SECTIONS[(stage, inp.role)]}.name_or_path": (f"{root}/{inp.stage}/{MODEL_DIR}", "spec.storage")
+                for inp in kind.inputs if inp.required or inp.stage in present}
+        section = INPUT_SECTIONS[(stage, kind.inputs[0].role)]
+        return section, keys
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
     # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.api.hub); paths as given.
     keys = {"model.name_or_path": (model_location(root, base), f"spec.models.{field}")}
@@ -179,6 +196,9 @@ def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
     """
     if stage not in STAGE_NAMES:
         raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
+    if stage not in STAGES:
+        raise SpecError([f"spec.pipeline: this trainer has no {stage} stage (it has {', '.join(STAGES)})"],
+                        f"{run.metadata.name!r} (stage {stage})")
     config, origins, problems = _compose(run, stage)
     problems += _check(stage, config, origins)
     if problems:
@@ -191,7 +211,7 @@ def stage_configs(run: RLHFRun) -> dict[str, dict[str, Any]]:
     problems of all of them (each line naming its manifest field)."""
     configs: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    for stage in STAGE_NAMES:
+    for stage in run.spec.stage_order:
         try:
             configs[stage] = stage_config(run, stage)
         except SpecError as e:

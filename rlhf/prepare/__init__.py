@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf.api import STAGE_NAMES, RLHFRun, storage_root
+from rlhf.api import RLHFRun, storage_root
 from rlhf.prepare.caches import StageData, build_caches
 from rlhf.prepare.downloads import Copied, PrepareError, ensure_dataset, ensure_model
 from rlhf.prepare.gguf_models import convert_gguf_folders
@@ -57,7 +57,7 @@ def prepare(run: RLHFRun, stages: list[str] | None = None, *, echo: Callable[[st
         copy = ensure_dataset(root, repo_id, fmt)
         out.copies.append(copy)
         echo(_line(copy))
-    for data in build_caches(run, list(stages or STAGE_NAMES)):
+    for data in build_caches(run, list(stages or run.spec.stage_order)):
         out.data.append(data)
         echo(f"{data.stage} data: {data.describe()}")
     return out

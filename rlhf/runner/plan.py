@@ -112,11 +112,12 @@ def _check_gpus(stage: str, shape: StageShape, machine: Machine) -> None:
 
 
 def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine, stages: Iterable[str],
-              *, sequential: bool = False) -> Plan:
+              pipeline: Iterable[str] | None = None, *, sequential: bool = False) -> Plan:
     """Lay out ``stages`` on ``machine`` following the module's rule: the stage graph's waves
-    (:func:`rlhf.api.graph.waves`), a wave's stages side by side when they fit, else one after
-    the other."""
-    todo = graph.ordered(stages)
+    (:func:`rlhf.api.graph.waves`) of the run's ``pipeline`` (default ``stages``), a wave's stages
+    side by side when they fit, else one after the other."""
+    run = list(pipeline) if pipeline is not None else list(stages)
+    todo = graph.ordered(stages, run)
     cores = max(1, machine.cpus)
     if accelerator == "nvidia":
         for stage in todo:
@@ -129,7 +130,7 @@ def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine,
 
     waves: list[tuple[StagePlan, ...]] = []
     notes: list[str] = []
-    for wave in graph.waves(todo):
+    for wave in graph.waves(todo, run):
         together, note = _side_by_side(wave, shapes, accelerator, machine, cores, sequential, alone)
         waves += [together] if together else [(alone(s),) for s in wave]
         notes.append(note)
@@ -168,7 +169,7 @@ def _side_by_side(wave: list[str], shapes: dict[str, StageShape], accelerator: s
 def shapes_of(run) -> dict[str, StageShape]:
     """Each stage's shape from an RLHFRun's ``spec.stages``."""
     out = {}
-    for stage in graph.STAGE_NAMES:
+    for stage in run.spec.stage_order:
         spec = run.spec.stages.get(stage)
         cpu = spec.resources.cpu
         out[stage] = StageShape(spec.nodes, spec.devices_per_node, None if cpu is None else cpu_cores(cpu))
@@ -185,28 +186,32 @@ class Selection:
     others: dict[str, tuple[str, str]]
 
 
-def select_stages(selected: list[str] | None, available: Iterable[str], done: Iterable[str],
+def select_stages(pipeline: list[str], selected: list[str] | None, available: Iterable[str], done: Iterable[str],
                   storage: str = "the run's storage") -> Selection:
-    """The stages to run given ``--stages`` (None: all), the stages this trainer has and those that
-    completed already (in ``storage``, for messages). Raises :class:`PlanError` for a selected stage
-    this trainer lacks, or one that needs a stage neither selected nor completed."""
+    """The stages of the run's ``pipeline`` to run given ``--stages`` (None: all), the stages this
+    trainer has and those that completed already (in ``storage``, for messages). Raises
+    :class:`PlanError` for a selected stage not in the pipeline or this trainer, or one that needs
+    a stage neither selected nor completed."""
     available, done = set(available), set(done)
-    chosen = list(selected or graph.STAGE_NAMES)
+    outside = [s for s in selected or () if s not in pipeline]
+    if outside:
+        raise PlanError(f"--stages: {', '.join(outside)} not in this run's spec.pipeline ({', '.join(pipeline)})")
+    chosen = list(selected or pipeline)
     missing = [s for s in chosen if s not in available]
     if selected and missing:
         raise PlanError(f"--stages: this trainer has no {', '.join(missing)} stage "
                         f"(it has {', '.join(s for s in graph.STAGE_NAMES if s in available)})")
     for stage in chosen:
-        for dep in graph.needs(stage):
+        for dep in graph.needs(stage, pipeline):
             if dep not in chosen and dep not in done:
                 raise PlanError(f"--stages: {stage} needs {dep} completed first, and {storage}/{dep} holds no "
                                 f"completed {dep} with this manifest's config; add {dep} to --stages")
     others: dict[str, tuple[str, str]] = {}
-    for stage in graph.STAGE_NAMES:
+    for stage in pipeline:
         if stage not in available:
             others[stage] = ("not run", "not in this trainer")
         elif stage not in chosen:
             others[stage] = ("not run", "not in --stages")
         elif stage in done:
             others[stage] = ("skipped", "already completed")
-    return Selection(tuple(s for s in graph.ordered(chosen) if s not in others), others)
+    return Selection(tuple(s for s in graph.ordered(chosen, pipeline) if s not in others), others)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from rlhf.api import STAGE_NAMES, config_text, stage_configs
+from rlhf.api import config_text, stage_configs
 from rlhf.config import STAGES, build
 from rlhf.runner import launch, manifest, plan, procs, progress, report
 from rlhf.runner.inputs import RunInputs, gguf_only_folders
@@ -86,16 +86,17 @@ class Runner:
         self.accelerator = self.run.spec.accelerator
         finished = opts.finished or finished_stage
         self.done: dict[str, dict[str, Any]] = {}
-        for stage in STAGE_NAMES:
+        self.stages = self.run.spec.stage_order
+        for stage in self.stages:
             summary = finished(stage, self.configs[stage]) if stage in opts.available else None
             if summary is not None:
                 self.done[stage] = summary
         try:
-            selection = plan.select_stages(opts.stages, opts.available, self.done, str(self.root))
+            selection = plan.select_stages(self.stages, opts.stages, opts.available, self.done, str(self.root))
         except plan.PlanError as e:
             raise RunError(str(e)) from None
-        self.results = {s: StageResult(s) for s in STAGE_NAMES}
-        for stage in STAGE_NAMES:
+        self.results = {s: StageResult(s) for s in self.stages}
+        for stage in self.stages:
             r = self.results[stage]
             r.log, r.config = str(self.root / stage / "stage.log"), str(self.root / f"{stage}.config.yaml")
             if stage in selection.others:
@@ -103,14 +104,14 @@ class Runner:
                 r.summary = self.done.get(stage, {})
         self.todo = list(selection.todo)
         models = self.run.spec.models
-        inputs = RunInputs(self.root, list(STAGE_NAMES), gguf_only_folders([models.actor, models.reward, models.tokenizer]))
+        inputs = RunInputs(self.root, list(self.stages), gguf_only_folders([models.actor, models.reward, models.tokenizer]))
         problems = [line for stage in self.todo
                     for line in inputs.problems(stage, build(STAGES[stage], self.configs[stage], f"stage {stage}"))]
         if problems:
             raise RunError("inputs missing or unusable, so no stage was started:\n"
                            + "\n".join(f"  {line}" for line in problems))
         machine = opts.machine or launch.detect_machine(self.accelerator)
-        self.plan = plan.make_plan(plan.shapes_of(self.run), self.accelerator, machine, self.todo,
+        self.plan = plan.make_plan(plan.shapes_of(self.run), self.accelerator, machine, self.todo, self.stages,
                                    sequential=opts.sequential)
 
     def _plan_json(self) -> dict[str, Any]:
@@ -141,7 +142,7 @@ class Runner:
         return lines
 
     def _status(self, phase: str, failure: str | None = None) -> None:
-        self.status.write([self.results[s] for s in STAGE_NAMES], phase, failure, self._prepared)
+        self.status.write([self.results[s] for s in self.stages], phase, failure, self._prepared)
 
     def _watch(self, group: dict[str, procs.StageProcess], show: bool = True) -> tuple[str, str] | None:
         """Wait for every process of ``group``; (name, reason) of the first failure, or None.
@@ -324,7 +325,7 @@ class Runner:
         return code
 
     def _report(self, code: int, reason: str | None) -> None:
-        results = [self.results[s] for s in STAGE_NAMES]
+        results = [self.results[s] for s in self.stages]
         for r in results:
             if r.state == PENDING:
                 r.state, r.note = NOT_RUN, "run stopped before it"

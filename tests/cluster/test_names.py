@@ -33,7 +33,7 @@ def test_our_table_of_the_mpi_operators_names_is_its_source(mpi_suffixes):
 def objects_of(run: str) -> list[tuple[str, str]]:
     """(kind, name) of everything that exists for ``run``: ours, and what others derive from ours
     (pods by a pattern: ``*`` stands for the Job controller's random suffix, ``#`` a worker index)."""
-    out = [("ConfigMap", names.config_map_name(run, step)) for step in names.STEPS]
+    out = [("ConfigMap", names.config_map_name(run, step)) for step in names.steps(STAGE_NAMES)]
     out.append(("Job", names.job_name(run, names.PREPARE)))
     out.append(("Pod", names.job_name(run, names.PREPARE) + "-*"))
     for stage in STAGE_NAMES:

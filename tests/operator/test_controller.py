@@ -12,7 +12,7 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.kube import Connection, Kube
 
-from rlhf.api import MAX_NAME_LENGTH
+from rlhf.api import MAX_NAME_LENGTH, graph
 
 
 @contextlib.asynccontextmanager
@@ -134,7 +134,7 @@ async def test_event_driven_reconciles_in_flight_are_bounded():
 
 def test_child_names_fit_kubernetes_limits():
     run = "r" * MAX_NAME_LENGTH
-    for step in names.STEPS:
+    for step in names.steps(graph.DEFAULT_PIPELINE):
         for name in (names.job_name(run, step), names.config_map_name(run, step),
                      names.job_name(run, step) + "-launcher", names.job_name(run, step) + "-worker-9999"):
             assert len(name) <= 63, name

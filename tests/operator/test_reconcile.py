@@ -22,7 +22,6 @@ from rlhf_operator.observe import (
 )
 from rlhf_operator.reconcile import Refusal, decide
 
-from rlhf.api import STAGE_NAMES
 from rlhf.api.outcome import StageFailure, StageSummary
 
 CONFIG = operator_config()
@@ -42,10 +41,10 @@ def observed(data: dict[str, Any], steps: dict[str, list[str]], **extra: Any) ->
     """Children as the operator renders them, with the given conditions per step."""
     admitted = admit(data, CONFIG)
     objects = {}
-    for step in names.STEPS:
+    for step in names.steps(names.stages_of(data)):
         cm = render.config_map(admitted, step, UID)
         objects[("ConfigMap", cm["metadata"]["name"])] = cm
-    for stage in STAGE_NAMES:
+    for stage in names.stages_of(data):
         policy = render.network_policy(admitted, stage, UID)
         objects[("NetworkPolicy", policy["metadata"]["name"])] = policy
     for step, conds in steps.items():
