@@ -333,6 +333,25 @@ def test_suspending_during_prepare_and_hand_edits_are_undone(k8s: Cluster, opera
     k8s.kubectl("delete", "rlhfrun", "edited", "-n", NS)
 
 
+@pytest.mark.parametrize("pipeline", [["sft", "dpo"], ["sft", "reward", "grpo"]])
+def test_other_pipelines_run_their_own_stage_graph(k8s: Cluster, operator: OperatorProcess, script: PodScript,
+                                                   pipeline):
+    """SFT -> DPO, and SFT || RM -> GRPO: each stage an MPIJob through the real MPI operator, in
+    the order of the run's stage graph, and only the run's stages."""
+    name = "-".join(["graph", *pipeline[1:]])
+    outcomes = {"prepare": [Exit(0)], **{s: [summary(s, **{"eval/x": 1.0})] for s in pipeline}}
+    start(k8s, script, name, outcomes, pipeline=pipeline,
+          stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in pipeline})
+    status = wait_phase(k8s, operator, name, "Succeeded")
+    assert [s["name"] for s in status["stages"]] == pipeline
+    last = pipeline[-1]
+    assert condition(status, f"{last.upper()}Succeeded")["status"] == "True"
+    mpijobs = {j["metadata"]["name"] for j in k8s.list("mpijob", NS, f"rlhf.dev/run={name}")}
+    assert mpijobs <= {f"{name}-{s}" for s in pipeline}
+    assert not k8s.list("mpijob", NS, f"rlhf.dev/run={name},rlhf.dev/stage=ppo")
+    k8s.kubectl("delete", "rlhfrun", name, "-n", NS)
+
+
 def test_the_chart_rbac_is_exactly_what_the_operator_uses(k8s: Cluster, operator: OperatorProcess):
     """Runs last in this module: over all the runs above, the API server's audit log of the
     operator's ServiceAccount shows no refused request, and every verb the chart grants in a
