@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Input:
 
     role: str
     stage: str
+    #: The section of the reading stage's trainer config that loads it (``actor``, ``critic``, ...).
+    section: str
     required: bool = True
 
 
@@ -46,17 +49,20 @@ PREPARE_TITLE = "Prepare"
 
 SFT = StageKind("sft", "SFT", 0, (), "Supervised fine-tuning of the actor")
 REWARD = StageKind("reward", "Reward", 1, (), "The reward model, trained on chosen/rejected pairs")
-PPO = StageKind("ppo", "PPO", 2, (Input("actor", "sft"), Input("critic", "reward")),
+PPO = StageKind("ppo", "PPO", 2, (Input("actor", "sft", "actor"), Input("critic", "reward", "critic")),
                 "PPO of the SFT actor against the reward model, with a critic from it")
-DPO = StageKind("dpo", "DPO", 1, (Input("policy", "sft"),),
+DPO = StageKind("dpo", "DPO", 1, (Input("policy", "sft", "model"),),
                 "DPO of the SFT model on the preference pairs, against itself as the reference")
-GRPO = StageKind("grpo", "GRPO", 2, (Input("actor", "sft"), Input("reward model", "reward", required=False)),
+GRPO = StageKind("grpo", "GRPO", 2, (Input("actor", "sft", "actor"),
+                                     Input("reward model", "reward", "reward_model", required=False)),
                  "GRPO or RLOO of the SFT actor: groups of answers, rewards from a reward model and/or code")
 
 #: Every stage kind, by name (the order stages are listed in when a run names them).
 KINDS: dict[str, StageKind] = {k.name: k for k in (SFT, REWARD, PPO, DPO, GRPO)}
 #: Every stage name a run may have.
 STAGE_NAMES: tuple[str, ...] = tuple(KINDS)
+#: A stage name, as a type (the API's fields that name a stage).
+StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 #: A run's stages unless its spec.pipeline says otherwise: DeepSpeed-Chat's three.
 DEFAULT_PIPELINE: tuple[str, ...] = ("sft", "reward", "ppo")
 #: Every step a run may have: prepare, then the stages.

@@ -19,15 +19,13 @@ from rlhf.api.base import (
     section,
     trainer_field,
 )
-from rlhf.api.graph import DEFAULT_PIPELINE, KINDS, STAGE_NAMES
+from rlhf.api.graph import DEFAULT_PIPELINE, KINDS, STAGE_NAMES, StageName
 from rlhf.api.meta import API_VERSION, KIND, ObjectMeta
-from rlhf.api.stages import StagesSpec
+from rlhf.api.stages import DEFAULTED, StagesSpec
 from rlhf.api.status import RLHFRunStatus
 from rlhf.config import DataConfig, DataSource
 
 Accelerator = Literal["nvidia", "habana", "cpu"]
-StageName = Literal["sft", "reward", "ppo", "dpo", "grpo"]
-assert set(StageName.__args__) == set(STAGE_NAMES)  # type: ignore[attr-defined]
 #: Extended resource a worker pod requests per device, by accelerator (cpu requests none).
 DEVICE_RESOURCES: dict[str, str | None] = {
     "nvidia": "nvidia.com/gpu", "habana": "habana.ai/gaudi", "cpu": None,
@@ -212,8 +210,8 @@ def _every_stage(condition: str) -> str:
     return "(" + " && ".join(parts) + ")"
 
 
-#: The stage sections the CRD defaults (DeepSpeed-Chat's three); the others are optional.
-ALWAYS_SET = ("sft", "reward", "ppo")
+#: The stage sections the CRD defaults (rlhf.api.stages.DEFAULTED); the others are optional.
+ALWAYS_SET = DEFAULTED
 
 
 def _input_rules() -> tuple[Rule, ...]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from rlhf.api.base import Quantity, Rule, SpecModel, section, trainer_field
-from rlhf.api.graph import KINDS, STAGE_NAMES
+from rlhf.api.graph import DEFAULT_PIPELINE, KINDS, STAGE_NAMES
 from rlhf.config.parts import DType
 
 # Upper bounds of the counts a stage declares: every one ends up in an int32 field of an MPIJob or
@@ -95,18 +95,31 @@ class StageSpec(SpecModel):
     )
 
 
-class StagesSpec(SpecModel):
-    """How each stage of the run's pipeline runs and trains; a stage left out runs as one process
-    with the trainer's defaults. Settings of a stage that is not in spec.pipeline are ignored."""
-
-    sft: StageSpec = section(StageSpec, KINDS["sft"].description)
-    reward: StageSpec = section(StageSpec, KINDS["reward"].description)
-    ppo: StageSpec = section(StageSpec, KINDS["ppo"].description)
-    dpo: StageSpec | None = Field(None, description=KINDS["dpo"].description)
-    grpo: StageSpec | None = Field(None, description=KINDS["grpo"].description)
-
+class _StagesBase(SpecModel):
     def get(self, stage: str) -> StageSpec:
         """The spec of ``stage`` (one of :data:`~rlhf.api.graph.STAGE_NAMES`); its defaults when unset."""
         if stage not in STAGE_NAMES:
             raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
         return getattr(self, stage) or StageSpec()
+
+
+#: The stage sections the CRD defaults (DeepSpeed-Chat's three, so that manifests written before
+#: spec.pipeline keep their shape); the other kinds' sections are optional.
+DEFAULTED = DEFAULT_PIPELINE
+
+
+def _section(name: str) -> tuple[Any, Any]:
+    description = KINDS[name].description
+    if name in DEFAULTED:
+        return StageSpec, section(StageSpec, description)
+    return StageSpec | None, Field(None, description=description)
+
+
+#: How each stage of the run's pipeline runs and trains: one section per stage kind of the graph
+#: (rlhf.api.graph.KINDS), so a new kind needs no edit here.
+StagesSpec = create_model(
+    "StagesSpec", __base__=_StagesBase, __doc__="How each stage of the run's pipeline runs and trains; a stage "
+    "left out runs as one process with the trainer's defaults. Settings of a stage that is not in spec.pipeline "
+    "are ignored.",
+    **{name: _section(name) for name in STAGE_NAMES},
+)

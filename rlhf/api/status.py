@@ -8,14 +8,14 @@ from typing import Literal
 from pydantic import Field
 
 from rlhf.api.base import SpecModel
+from rlhf.api.graph import STEPS, StageName
 
-StageName = Literal["sft", "reward", "ppo", "dpo", "grpo"]
 #: A stage is Stopped when the run failed for good while it was still running: its job is deleted
 #: (freeing its devices) and it never resumes.
 StageState = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 #: ``status.stage``: the steps running now, comma-separated in run order (``prepare``,
 #: ``sft,reward``, ``ppo``), or the last one that ran.
-_STEP = "(prepare|sft|reward|ppo|dpo|grpo)"
+_STEP = "(" + "|".join(STEPS) + ")"
 CURRENT_STEPS = rf"^{_STEP}(,{_STEP})*$"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 

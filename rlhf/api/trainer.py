@@ -37,14 +37,6 @@ def storage_root(run: RLHFRun) -> str:
     return (storage.local_dir or PVC_MOUNT_PATH).rstrip("/") or "/"
 
 
-#: Where each stage kind's inputs land in its trainer config: role -> model section.
-INPUT_SECTIONS = {
-    ("ppo", "actor"): "actor", ("ppo", "critic"): "critic",
-    ("dpo", "policy"): "model",
-    ("grpo", "actor"): "actor", ("grpo", "reward model"): "reward_model",
-}
-
-
 def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tuple[Any, str]]]:
     """The stage's model section name and its keys -> (value, manifest field).
 
@@ -56,10 +48,9 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
     kind = graph.kind(stage)
     if kind.inputs:
         present = set(run.spec.pipeline)
-        keys = {f"{INPUT_SECTIONS[(stage, inp.role)]}.name_or_path": (f"{root}/{inp.stage}/{MODEL_DIR}", "spec.storage")
+        keys = {f"{inp.section}.name_or_path": (f"{root}/{inp.stage}/{MODEL_DIR}", "spec.storage")
                 for inp in kind.inputs if inp.required or inp.stage in present}
-        section = INPUT_SECTIONS[(stage, kind.inputs[0].role)]
-        return section, keys
+        return kind.inputs[0].section, keys
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
     # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.api.hub); paths as given.
     keys = {"model.name_or_path": (model_location(root, base), f"spec.models.{field}")}
