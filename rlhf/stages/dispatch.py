@@ -14,6 +14,7 @@ def run_stage(cfg: StageConfig) -> dict[str, Any]:
     A stage that already completed with the same config is skipped; an interrupted one resumes
     from its latest checkpoint.
     """
+    from rlhf.stages.dpo import DPOStage
     from rlhf.stages.loop import Trainer
     from rlhf.stages.reward import RewardStage
     from rlhf.stages.sft import SFTStage
@@ -29,5 +30,5 @@ def run_stage(cfg: StageConfig) -> dict[str, Any]:
         from rlhf.stages.grpo import GRPOTrainer
 
         return GRPOTrainer(cfg).run()  # type: ignore[arg-type]
-    stage_cls = {"sft": SFTStage, "reward": RewardStage}[cfg.name]
+    stage_cls = {"sft": SFTStage, "reward": RewardStage, "dpo": DPOStage}[cfg.name]
     return Trainer(cfg, stage_cls).run()
