@@ -4,14 +4,17 @@
 Order: wait for a quiet machine (1-minute load below ``--max-load``, up to ``--wait`` seconds; the
 load is recorded either way), build or reuse the assets, measure the matmul peak for each rank
 layout, train SFT, the reward model and PPO on 1 and 2 ranks, SFT of the ~50M model (on a GPU the
-~1B one), then the operator. Each trainer benchmark is a fresh process (2 ranks: ``mpirun``, one
-thread per rank; 1 rank: two threads), so no run warms another's caches.
+~1B one), TRL's RLOO on the same setup, then the same-process comparisons (our decode loops against
+``transformers.generate``, our training steps against a plain PyTorch loop), PPO's peak memory
+with and without LoRA, and the operator. Each benchmark is a fresh process (2 ranks: ``mpirun``,
+one thread per rank; 1 rank: two threads), so no run warms another's caches.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -33,9 +36,11 @@ ENV_KEYS = ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_
 #: steps (PPO: iterations) measured and warm-up steps skipped, per mode
 SETTINGS = {
     "full": {"sft": (30, 5), "reward": (30, 5), "ppo": (10, 2), "sft_big": (20, 4), "pairs": 2000,
-             "peak_seconds": 3.0, "peak_sizes": (2048, 4096), "levels": "1,100,1000", "probes": 40},
+             "peak_seconds": 3.0, "peak_sizes": (2048, 4096), "levels": "1,100,1000", "probes": 40,
+             "trl": (10, 2), "repeats": 5, "memory_iterations": 3},
     "quick": {"sft": (4, 1), "reward": (4, 1), "ppo": (2, 1), "sft_big": (0, 0), "pairs": 200,
-              "peak_seconds": 0.2, "peak_sizes": (256, 512), "levels": "1", "probes": 3},
+              "peak_seconds": 0.2, "peak_sizes": (256, 512), "levels": "1", "probes": 3,
+              "trl": (2, 1), "repeats": 1, "memory_iterations": 1},
 }
 
 
@@ -134,6 +139,16 @@ def run_trainer(stage: str, ranks: int, threads: int, steps: int, assets_dir: Pa
     return [json.loads(Path(f"{prefix}{r}.json").read_text()) for r in range(ranks)]
 
 
+def run_module(module: str, args: list[str], threads: int) -> Any:
+    """``python -m MODULE ARGS`` in a fresh process; its last stdout line, parsed as JSON."""
+    print(f"[bench] {module} {' '.join(args)}", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=base_env(threads), capture_output=True,
+                          text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def rank_layouts(requested: list[int]) -> list[tuple[int, int]]:
     """(ranks, threads per rank): 1 rank x 2 threads, 2 ranks x 1 thread on CPU; 1 per GPU."""
     if accelerator() == "cuda":
@@ -147,8 +162,9 @@ def rank_layouts(requested: list[int]) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test), figures meaningless")
-    parser.add_argument("--only", default="peak,trainer,operator",
-                        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), operator")
+    parser.add_argument("--only", default="peak,trainer,trl,generation,step,memory,operator",
+                        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, generation, "
+                        "step, memory, operator")
     parser.add_argument("--stages", default="sft,reward,ppo,sft_big", help="trainer benchmarks to run")
     parser.add_argument("--ranks", default="1,2", help="rank counts for the trainer benchmarks")
     parser.add_argument("--levels", help="operator: live-run levels (default 1,100,1000)")
@@ -203,6 +219,32 @@ def main(argv: list[str] | None = None) -> int:
             ranks_out = run_trainer("sft", 1, layouts[0][1], steps, work / "assets", work, model=big, extra=args.set)
             trainer["sft_big"] = {big: {**summarize_loop(ranks_out, warmup), "warmup": warmup}}
         result["trainer"] = trainer
+
+    assets_dir = work / ("assets-quick" if args.quick else "assets")
+    if parts & {"trl", "generation", "step", "memory"}:
+        assets.build(assets_dir, n_pairs=mode["pairs"], shapes="nano" if args.quick else "issue",
+                     models=("actor", "reward") if args.quick else ("actor", "reward", "sft50m"))
+    threads = layouts[0][1]
+    if "trl" in parts and importlib.util.find_spec("trl") is None:
+        print("[bench] trl is not installed (pip install -c constraints.txt '.[bench]'): no TRL peer",
+              file=sys.stderr, flush=True)
+    elif "trl" in parts:
+        steps, warmup = mode["trl"]
+        result["trl"] = {"1": run_module("bench.trl_peer", ["--assets", str(assets_dir), "--work", str(work / "trl"),
+                                                             "--steps", str(steps), "--warmup", str(warmup)], threads)}
+    if "generation" in parts:
+        result["generation"] = run_module("bench.generation", [
+            "--assets", str(assets_dir), "--repeats", str(mode["repeats"]), "--peak-seconds", str(mode["peak_seconds"])],
+            threads)
+    if "step" in parts:
+        result["step"] = {kind: run_module("bench.step", [kind, "--assets", str(assets_dir), "--repeats",
+                                                          str(mode["repeats"]), "--peak-seconds",
+                                                          str(mode["peak_seconds"])], threads)
+                          for kind in ("sft", "ppo")}
+    if "memory" in parts:
+        result["memory"] = run_module("bench.memory", [
+            "--assets", str(assets_dir), "--work", str(work / "memory"), "--iterations", str(mode["memory_iterations"]),
+            "--model", "actor" if args.quick else "sft50m"], threads)
 
     if "operator" in parts:
         levels = args.levels or mode["levels"]

@@ -94,23 +94,38 @@ def test_percentiles_nearest_rank():
     assert percentiles([3.0])["p99"] == 3.0
 
 
-def test_report_marks_targets_met_and_missed():
+def test_report_compares_with_same_run_references_and_marks_targets():
+    ppo = {"samples_per_second": 6.0, "generate_tokens_per_second": 500.0, "generate_seconds_per_iteration": 0.2,
+           "answer_tokens_mean": 64.0, "ended_share": 0.0, "experience_seconds_per_iteration": 0.1,
+           "train_seconds_per_iteration": 0.1, "flops_per_second": 30e9, "generate_flops_per_second": 10e9}
+    decoder = {"tokens_per_second": 900.0, "ms_per_step": 2.0, "fraction_of_peak": 0.1, "ratio_min": 2.5,
+               "ratio_max": 3.5, "same_answers": 1.0}
+    step = {"seconds_per_step": {"ours": 0.13, "plain": 0.1}, "ratio_min": 1.2, "ratio_max": 1.4,
+            "fraction_of_peak": {"ours": 0.3, "plain": 0.4}}
     result = {
         "peak": {"1": {"bf16": 100.0}},
-        "trainer": {"ppo": {"1": {"samples_per_second": 20.0, "generate_tokens_per_second": 500.0,
-                                  "generate_seconds_per_iteration": 0.2, "answer_tokens_mean": 64.0,
-                                  "ended_share": 0.0, "experience_seconds_per_iteration": 0.1,
-                                  "train_seconds_per_iteration": 0.1, "flops_per_second": 30e9,
-                                  "generate_flops_per_second": 10e9}},
-                    "sft": {"1": {"real_tokens_per_second": 1000.0, "padded_tokens_per_second": 2000.0,
-                                  "real_share": 0.5, "flops_per_second": 40e9}}},
+        "trainer": {"ppo": {"1": ppo}, "sft": {"1": {"real_tokens_per_second": 1000.0,
+                                                     "padded_tokens_per_second": 2000.0, "real_share": 0.5,
+                                                     "flops_per_second": 40e9}}},
+        "trl": {"1": {"samples_per_second": 3.0, "trl": "1.16.0", "completion_mean_length": 64.0}},
+        "generation": {"decoders": {"transformers": dict(decoder, tokens_per_second=300.0, ratio_to_transformers=1.0),
+                                    "compiled": dict(decoder, ratio_to_transformers=3.0)}},
+        "step": {"sft": dict(step, ratio_ours_to_plain=1.3), "ppo": dict(step, ratio_ours_to_plain=1.1)},
+        "memory": [{"variant": "lora", "mib": {"models_peak": 500.0},
+                    "expected_mib": {"total": 180.0, "optimizer_step_transient": 6.0, "actor": 120.0, "reference": 0.0,
+                                     "critic": 54.0, "reward": 7.0, "ema": 0.0}}],
         "operator": {"levels": {"1000": {k: {"p50": 0.1, "p99": 1.5, "n": 40} for k in
                                          ("create_to_mpijobs", "create_to_prepare", "condition_to_status")}},
                      "rss_mib_peak": 150.0, "rss_mib_idle": 70.0},
     }
     rows = {(r["metric"], r["ranks"]): r for r in report.rows(result)}
-    assert rows["PPO samples/s (end to end)", 1]["status"] == "met"  # 20 >= 2 x 9.8
-    assert rows["SFT real tokens/s", 1]["status"] == "MISSED"
+    ppo_row = rows["PPO samples/s (end to end)", 1]
+    assert ppo_row["reference"] == 3.0 and ppo_row["ratio"] == 2.0  # against TRL in the same run
+    assert rows["SFT real tokens/s", 1]["reference"] is None  # no figures from another machine
+    assert rows["generation speed-up, compiled loop / generate", 1]["status"] == "met"  # 3.0 >= 3
+    assert rows["SFT step time / plain PyTorch", 1]["status"] == "MISSED"  # 1.3 > 1.2
+    assert rows["PPO step (actor + critic) time / plain PyTorch", 1]["status"] == "met"
+    assert rows["PPO peak memory of the models, lora", 1]["reference"] == 186.0
     assert rows["operator create -> MPIJobs p99", "1000 runs"]["status"] == "MISSED"
     assert rows["operator RSS (peak)", "-"]["status"] == "met"
     assert math.isclose(rows["PPO FLOP/s / bf16 peak", 1]["measured"], 0.3)
