@@ -219,3 +219,48 @@ def test_rlhf_config_grpo_prints_every_default(tiny, tmp_path, capsys):
     for key in ("group_size: 4", "advantage: group", "kl_estimator: k3", "model_weight: 1.0",
                 "name: rlhf.data.synthetic:reward"):
         assert key in printed
+
+
+# ------------------------------------------------------------------------------------ kill and resume
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL at a chosen point."""
+
+
+def test_grpo_killed_after_a_checkpoint_resumes_where_an_uninterrupted_run_would(tiny, tmp_path, monkeypatch):
+    """Sampling, the data position, the optimizer and the lr schedule all continue from the checkpoint:
+    the resumed run's metrics and final weights equal the uninterrupted run's exactly."""
+    from test_multirank import assert_same_saved_model
+
+    from rlhf.stages import checkpoint
+
+    def overrides(out):
+        # the untrained actor earns nothing from the checker: the reward model's random head gives the signal
+        return grpo_overrides(tiny, out, "grpo.max_iterations=4", "checkpoint.save_interval=1", "evaluation.baseline=false",
+                              "evaluation.max_prompts=2", "optim.lr_scheduler=cosine", "actor.dropout=0.1",
+                              f"reward_model.name_or_path={tiny.reward}")
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_stage(load(GRPOConfig, None, overrides(straight)))
+    save = checkpoint.save
+
+    def dies_after_saving_2(engine, ckpt_dir, step, *args, **kwargs):
+        tag = save(engine, ckpt_dir, step, *args, **kwargs)
+        if step == 2:
+            raise Killed
+        return tag
+
+    monkeypatch.setattr(checkpoint, "save", dies_after_saving_2)
+    with pytest.raises(Killed):
+        run_stage(load(GRPOConfig, None, overrides(resumed)))
+    monkeypatch.setattr(checkpoint, "save", save)
+    summary = run_stage(load(GRPOConfig, None, overrides(resumed)))
+    assert summary["resumed_from_step"] == 2 and summary["global_step"] == 4
+    assert_same_saved_model(straight, resumed)
+
+    def rows(out):
+        return [(r["step"], r["reward_mean"], r["loss"], r["answer_tokens"], r["lr"]) for r in _rows(out, "train")]
+
+    assert rows(straight) == rows(resumed) and len(rows(straight)) == 4
+    assert all(r[2] != 0 for r in rows(straight))  # it learnt something (else equal weights would prove nothing)

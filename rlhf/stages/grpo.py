@@ -96,7 +96,8 @@ class GRPOTrainer:
                 self._lengths = column_lengths(self.prompts.train, ("prompt_ids",))
             sampler = LengthGroupedSampler(sampler, self._lengths, bs, self.cfg.seed)
         return DataLoader(self.prompts.train, batch_size=bs, sampler=SkipSampler(sampler, skip_batches * bs),
-                          collate_fn=_collate, drop_last=True)
+                          collate_fn=_collate, drop_last=True,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))  # not the global RNG: exact resume
 
     def plan(self) -> tuple[int, int, int]:
         """(iterations per epoch, total iterations, optimizer steps per iteration)."""
