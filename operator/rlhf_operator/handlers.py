@@ -61,7 +61,8 @@ def build_registry(controller: Controller, connection: Connection,
     def login(**_: Any) -> Any:
         return connection.kopf_info()
 
-    @kopf.on.event("rlhf.dev", "v1alpha1", "rlhfruns", registry=registry)
+    # Kopf types `namespace` as str | None (for cluster-scoped objects); RLHFRuns are namespaced.
+    @kopf.on.event("rlhf.dev", "v1alpha1", "rlhfruns", registry=registry)  # type: ignore[arg-type]
     async def run_event(type: str | None, namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
         if type == "DELETED":
             controller.forget(namespace, name)
@@ -69,7 +70,8 @@ def build_registry(controller: Controller, connection: Connection,
         await controller.request(namespace, name, run_version=meta.get("resourceVersion"))
 
     def child_handler(group: str, version: str, plural: str) -> None:
-        @kopf.on.event(group, version, plural, registry=registry,
+        # Kopf types `namespace` as str | None (for cluster-scoped objects); our children are namespaced.
+        @kopf.on.event(group, version, plural, registry=registry,  # type: ignore[arg-type]
                        labels={names.MANAGED_BY: names.OPERATOR_NAME, names.RUN_LABEL: kopf.PRESENT})
         async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
             await controller.request(namespace, labels[names.RUN_LABEL])

@@ -105,7 +105,9 @@ class Connection:
 
         def token() -> str | None:
             # auth_settings() refreshes in-cluster tokens; its key name differs across versions.
-            for item in cfg.auth_settings().values():
+            for item in cfg.auth_settings().values():  # a TypedDict: its values are typed object
+                if not isinstance(item, dict):
+                    continue
                 if item.get("in") == "header" and str(item.get("key", "")).lower() == "authorization":
                     return str(item.get("value") or "").removeprefix("Bearer ").strip() or None
             return None

@@ -126,7 +126,8 @@ def trainer_field(key: str, description: str | None = None, **overrides: Any) ->
 def trainer_key(info: FieldInfo) -> str | None:
     """The trainer key a spec field maps onto (see :func:`trainer_field`), or None."""
     extra = info.json_schema_extra
-    return extra.get(TRAINER_KEY) if isinstance(extra, dict) else None  # type: ignore[return-value]
+    key = extra.get(TRAINER_KEY) if isinstance(extra, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def section(factory: Callable[[], BaseModel], description: str) -> Any:

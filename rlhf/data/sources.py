@@ -343,11 +343,10 @@ def _generic_row(row: dict[str, Any], where: str, require_rejected: bool) -> Rec
         raise _Bad(where, "chosen", "missing")
     texts = isinstance(row.get("chosen"), str) and isinstance(row.get("prompt"), str)
     if texts:  # DeepSpeed-Chat's text form, verbatim
-        prompt = _text(row, "prompt", where)
-        chosen = _text(row, "chosen", where)
-        rejected = _text(row, "rejected", where, required=require_rejected)
-        assert prompt is not None and chosen is not None
-        return Record(prompt, chosen, rejected)
+        prompt_text = _text(row, "prompt", where)
+        chosen_text = _text(row, "chosen", where)
+        assert prompt_text is not None and chosen_text is not None  # required: _text raised otherwise
+        return Record(prompt_text, chosen_text, _text(row, "rejected", where, required=require_rejected))
     before, chosen = _answer_of(row, "chosen", where)
     rejected = None
     if row.get("rejected") is not None:

@@ -26,7 +26,8 @@ def target_modules(lora: LoraConfig, family: str | None) -> list[str] | str:
 def peft_config(lora: LoraConfig, task: TaskType, family: str | None = None) -> PeftLoraConfig:
     return PeftLoraConfig(
         r=lora.dim,
-        lora_alpha=lora.alpha or lora.dim,
+        # peft annotates an int, but any positive number works: the scaling is alpha / r.
+        lora_alpha=lora.alpha or lora.dim,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=target_modules(lora, family),
         task_type=task,

@@ -9,11 +9,11 @@ pad ids, which may equal the eos id or appear inside a prompt.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import losses
 from rlhf.config.parts import RewardModelConfig
@@ -26,10 +26,10 @@ class RewardModel(nn.Module):
         self.model = hf_model  # the HF sequence-classification model, possibly wrapped by peft
 
     @property
-    def hf(self) -> nn.Module:
+    def hf(self) -> PreTrainedModel:
         """The underlying HF model, without a peft wrapper."""
         get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if get_base is not None else self.model
+        return cast(PreTrainedModel, get_base() if get_base is not None else self.model)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.hf.gradient_checkpointing_enable(**kwargs)
@@ -39,7 +39,7 @@ class RewardModel(nn.Module):
         hf = self.hf
         backbone = getattr(hf, hf.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return hf.score(hidden).squeeze(-1)
+        return hf.get_submodule("score")(hidden).squeeze(-1)
 
     @staticmethod
     def scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

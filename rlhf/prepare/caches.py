@@ -37,7 +37,7 @@ def _tokenizer_for(run: RLHFRun, cfg: StageConfig) -> Any:
     if Path(model.tokenizer or model.name_or_path).exists() or cfg.name == "sft":
         return None  # prepare_stage_data loads it, exactly as the stage will
     sft = build(STAGES["sft"], stage_config(run, "sft"))
-    return load_tokenizer(sft.model, cfg.data, cfg.tokenizer_section)
+    return load_tokenizer(sft.tokenizer_model, cfg.data, cfg.tokenizer_section)
 
 
 def build_caches(run: RLHFRun, stages: list[str]) -> list[StageData]:

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import huggingface_hub
 
@@ -77,7 +77,14 @@ def _partial(root: Path, kind: str, repo_id: str) -> Path:
     return root / HUB_DIR / ".partial" / kind / local_name(repo_id)
 
 
-def model_patterns(repo_files: list[str], kind: ModelKind) -> dict[str, list[str]]:
+class Patterns(TypedDict, total=False):
+    """The file filters of a ``snapshot_download`` call."""
+
+    allow_patterns: list[str]
+    ignore_patterns: list[str]
+
+
+def model_patterns(repo_files: list[str], kind: ModelKind) -> Patterns:
     """``allow_patterns``/``ignore_patterns`` for ``snapshot_download``: a tokenizer's files only, or
     the repository without other frameworks' weights (and without pickles when safetensors exist)."""
     if kind == "tokenizer":

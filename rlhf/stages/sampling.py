@@ -22,6 +22,7 @@ class SkipSampler(Sampler[int]):
         return iter(list(self.sampler)[self.skip:])
 
     def __len__(self) -> int:
+        # torch's Sampler declares no __len__; every sampler wrapped here (Distributed, Random, ours) has one.
         return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
 
 
@@ -64,4 +65,4 @@ class LengthGroupedSampler(Sampler[int]):
         return iter(group_by_length(list(self.sampler), self.lengths, self.batch_size, seed))
 
     def __len__(self) -> int:
-        return len(self.sampler)  # type: ignore[arg-type]
+        return len(self.sampler)  # type: ignore[arg-type]  # a sized sampler, as in SkipSampler.__len__
