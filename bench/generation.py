@@ -9,7 +9,8 @@ them alike. The compiled decoder's compilation (its first call per shape) is tim
 out. Reported per decoder: generated tokens/s (answer tokens the batch produced, after its end
 token nothing counts), ms per decode step, FLOP/s as a fraction of this process's matmul peak
 (``2 N`` per token, prefill + decode, N = parameters), and per repeat the ratio to ``transformers``
-of the same batches: the median and the spread. Greedy answers are compared with transformers'
+of the same batches: the median and the spread (also in process CPU time, ``cpu_ratio_to_transformers``:
+with one thread on a shared machine it leaves out the time other processes held the core). Greedy answers are compared with transformers'
 (``same_answers``: the share of rows whose answer is identical; bf16 rounding can differ where two
 logits are close).
 """
@@ -68,11 +69,14 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
 
     def answer(decoder, prompts):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         gen = generate(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, sampling=sampling,
                        device=device, decoder=decoder, cache_len=cache_len)
         _sync(device)
+        cpu_seconds[decoder] = cpu_seconds.get(decoder, 0.0) + time.process_time() - c0
         return gen, time.perf_counter() - t0
+
+    cpu_seconds: dict[str, float] = {}
 
     warm: dict[str, float] = {}
     reference: list[list[list[int]]] = []
@@ -82,9 +86,12 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
         warm[decoder] = time.perf_counter() - t0
         if decoder == decoders[0]:
             reference = [g.answers for g in outs]
+    cpu_seconds.clear()
     per: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
     same: dict[str, list[bool]] = {d: [] for d in decoders}
+    cpu_per: dict[str, list[float]] = {d: [] for d in decoders}
     for _ in range(repeats):
+        cpu_seconds.clear()
         totals = {d: {"seconds": 0.0, "tokens": 0, "steps": 0, "flops": 0.0} for d in decoders}
         for i, prompts in enumerate(todo):
             for decoder in decoders:
@@ -98,6 +105,7 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
                 t["flops"] += 2 * params * len(prompts) * (width + steps - 1)
                 same[decoder] += [a == b for a, b in zip(gen.answers, reference[i], strict=True)]
         for decoder, t in totals.items():
+            cpu_per[decoder].append(t["tokens"] / cpu_seconds[decoder])
             per[decoder].append({"tokens_per_second": t["tokens"] / t["seconds"],
                                  "ms_per_step": 1000 * t["seconds"] / t["steps"],
                                  "flops_per_second": t["flops"] / t["seconds"]})
@@ -117,6 +125,8 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
             "fraction_of_peak": statistics.median(r["flops_per_second"] for r in per[decoder]) / 1e9 / peak,
             "ratio_to_transformers": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "same_answers": sum(same[decoder]) / len(same[decoder]),
+            "cpu_ratio_to_transformers": statistics.median(
+                c / b for c, b in zip(cpu_per[decoder], cpu_per[decoders[0]], strict=True)),
         }
     return out
 

@@ -36,7 +36,8 @@ STAGES = ("sft", "reward", "ppo")
 
 def overrides(stage: str, assets: dict[str, Path], out: Path, steps: int, model: str | None = None) -> list[str]:
     """Config overrides equivalent to DeepSpeed-Chat's step-1/2/3 examples on the tiny setup:
-    bf16, ZeRO-2, batch 8 per rank, sequences of 128 (prompt 64 + answer 64 for PPO), one PPO epoch."""
+    bf16, ZeRO-2, batch 8 per rank, sequences of 128 (prompt 64 + answer 64 for PPO), one PPO epoch;
+    PPO generates with the compiled static-cache decoder (``generation.decoder=compiled``)."""
     common = [
         f"data.paths=[{assets['pairs']}]", "data.split=1,1,1", "data.max_seq_len=128", "data.eval_fraction=0.01",
         f"data.cache_dir={out / 'data_cache'}",
@@ -53,7 +54,7 @@ def overrides(stage: str, assets: dict[str, Path], out: Path, steps: int, model:
         f"actor.name_or_path={assets[model or 'actor']}",
         *([f"critic.name_or_path={assets['reward']}"] if "reward" in assets else []), *common,
         "generation.max_prompt_len=64", "generation.max_answer_len=64", "generation.per_device_generation_batch_size=8",
-        "generation.do_sample=false", "ppo.ppo_epochs=1", f"ppo.max_iterations={steps}",
+        "generation.do_sample=false", "generation.decoder=compiled", "ppo.ppo_epochs=1", f"ppo.max_iterations={steps}",
         "critic_optim.learning_rate=1e-4", "evaluation.baseline=false", "evaluation.max_prompts=8",
     ]
 
