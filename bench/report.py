@@ -56,6 +56,9 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_row("PPO samples/s (end to end)", ranks, entry["samples_per_second"], "samples/s",
                         trl["samples_per_second"] if trl else None,
                         note="reference: TRL RLOO, same run" if trl else ""))
+        if entry.get("samples_per_cpu_second") and trl and trl.get("samples_per_cpu_second"):
+            out.append(_row("PPO samples per CPU-second", ranks, entry["samples_per_cpu_second"], "samples/s",
+                            trl["samples_per_cpu_second"], note="reference: TRL RLOO, same run, CPU time"))
         out.append(_row("PPO generation tokens/s", ranks, entry["generate_tokens_per_second"], "tok/s",
                         note=f"{entry['generate_seconds_per_iteration']:.2f} s/iter, "
                         f"{entry['answer_tokens_mean']:.0f} answer tokens, EOS in {entry['ended_share']:.0%}"))

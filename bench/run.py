@@ -162,8 +162,8 @@ def rank_layouts(requested: list[int]) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test), figures meaningless")
-    parser.add_argument("--only", default="peak,trainer,trl,generation,step,memory,operator",
-                        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, generation, "
+    parser.add_argument("--only", default="peak,trainer,trl,dpo,generation,step,memory,operator",
+                        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, dpo, generation, "
                         "step, memory, operator")
     parser.add_argument("--stages", default="sft,reward,ppo,sft_big", help="trainer benchmarks to run")
     parser.add_argument("--ranks", default="1,2", help="rank counts for the trainer benchmarks")
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra trainer config override for every trainer run (an experiment, e.g. "
                         "deepspeed.dtype=fp32); recorded in the result")
+    parser.add_argument("--threads", type=int, help="threads per rank (default: the cores shared by the ranks); "
+                        "1 makes the CPU-time figures meaningful on a shared machine")
     parser.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load below this")
     parser.add_argument("--wait", type=float, default=600, help="seconds to wait for it at most (0: do not wait)")
     args = parser.parse_args(argv)
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                               "overrides": list(args.set)}
     result["load_before"] = wait_for_quiet(args.max_load, args.wait)
     layouts = rank_layouts([int(r) for r in args.ranks.split(",")])
+    if args.threads:
+        layouts = [(r, args.threads) for r, _ in layouts]
     result["layouts"] = [{"ranks": r, "threads_per_rank": t} for r, t in layouts]
     t_start = time.time()
 
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         result["trainer"] = trainer
 
     assets_dir = work / ("assets-quick" if args.quick else "assets")
-    if parts & {"trl", "generation", "step", "memory"}:
+    if parts & {"trl", "dpo", "generation", "step", "memory"}:
         assets.build(assets_dir, n_pairs=mode["pairs"], shapes="nano" if args.quick else "issue",
                      models=("actor", "reward") if args.quick else ("actor", "reward", "sft50m"))
     threads = layouts[0][1]
@@ -232,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         steps, warmup = mode["trl"]
         result["trl"] = {"1": run_module("bench.trl_peer", ["--assets", str(assets_dir), "--work", str(work / "trl"),
                                                              "--steps", str(steps), "--warmup", str(warmup)], threads)}
+    if "dpo" in parts and importlib.util.find_spec("trl") is not None:  # our DPO stage against TRL's DPOTrainer
+        steps, warmup = (3, 1) if args.quick else (30, 5)
+        result["dpo"] = run_module("bench.dpo", [
+            "--assets", str(assets_dir), "--work", str(work / "dpo"), "--steps", str(steps), "--warmup", str(warmup),
+            "--pairs", "64" if args.quick else "512", "--ranks", args.ranks], threads)
     if "generation" in parts:
         result["generation"] = run_module("bench.generation", [
             "--assets", str(assets_dir), "--repeats", str(mode["repeats"]), "--peak-seconds", str(mode["peak_seconds"])],

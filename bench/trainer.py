@@ -131,6 +131,8 @@ def run_ppo(cfg) -> dict[str, Any]:
 
         def _metrics(self, exp, gen_stats, train_stats, t0, t1, t2, models):
             row = super()._metrics(exp, gen_stats, train_stats, t0, t1, t2, models)
+            cpu_now = time.process_time()  # process CPU time of the iteration (with one thread: excludes
+            cpu_seconds, self.cpu_mark = cpu_now - getattr(self, "cpu_mark", cpu_now), cpu_now  # others' turns)
             action = exp.action_mask
             prompt_lens = action.float().argmax(dim=1) + 1  # first answer position + 1
             answer_lens = action.sum(dim=1)
@@ -140,7 +142,7 @@ def run_ppo(cfg) -> dict[str, Any]:
                               "answer_tokens_mean": float(answer_lens.float().mean()),
                               "ended_share": float((exp.sequences == self.tokenizer.eos_token_id).any(dim=1)
                                                    .float().mean()),
-                              "experience_forwards": dict(forwards)})
+                              "experience_forwards": dict(forwards), "cpu_seconds": cpu_seconds})
             forwards.update(dict.fromkeys(forwards, 0))
             return row
 
@@ -213,6 +215,9 @@ def summarize_ppo(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "experience_seconds_per_iteration": exp_s / len(lead),
         "train_seconds_per_iteration": train_s / len(lead),
         "iteration_seconds": seconds / len(lead),
+        # the first counted iteration's CPU time is measured from the iteration before it
+        "samples_per_cpu_second": (sum(x["rows"] for x in lead[1:]) / sum(x["cpu_seconds"] for x in lead[1:])
+                                   if len(lead) > 1 and all("cpu_seconds" in x for x in lead) else None),
         "generate_tokens_per_second": generated / gen_s,
         "answer_tokens_mean": generated / samples,
         "prompt_width_mean": sum(x["prompt_width"] for x in lead) / len(lead),
