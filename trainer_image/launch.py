@@ -129,6 +129,8 @@ def run(cmd: Sequence[str], tail: collections.deque, out: BinaryIO | None = None
         _stream(proc, out, tail)
         code = proc.wait()
     finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
         for signum, handler in forwarded.items():
             signal.signal(signum, handler)
     return 128 - code if code < 0 else code

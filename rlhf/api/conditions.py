@@ -169,9 +169,9 @@ def invalid_status(old: dict[str, Any], problems: list[str], generation: int | N
     """The status of a run that failed admission: Valid False naming the fields, Failed."""
     text = "; ".join(problems)
     conditions = list(old.get("conditions") or [])
-    for type_, status, reason, message in ((VALID, "False", "InvalidSpec", text), (FAILED, "True", "InvalidSpec", text),
-                                           (SUCCEEDED, "False", "InvalidSpec", "the run is invalid")):
-        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+    for type_, value, reason, message in ((VALID, "False", "InvalidSpec", text), (FAILED, "True", "InvalidSpec", text),
+                                          (SUCCEEDED, "False", "InvalidSpec", "the run is invalid")):
+        conditions = set_condition(conditions, type_, value, reason, message, generation, now)
     status = {**old, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
     status.setdefault("completionTime", timestamp(now))
     return status
