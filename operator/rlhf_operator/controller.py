@@ -281,7 +281,8 @@ class Controller:
             await self.resync(namespaces)
 
     async def resync(self, namespaces: list[str]) -> None:
-        for namespace in namespaces or [None]:
+        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        for namespace in scopes:
             try:
                 runs = await self.kube.list(kube.RUNS, namespace)
             except (kube.ApiError, OSError, asyncio.TimeoutError) as e:

@@ -243,7 +243,7 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         if not entry.get("metrics") and isinstance(message, StageSummary):
             entry["metrics"] = metrics_of(message)
         ctx.steps[stage] = StepCondition.succeeded(stage, entry.get("metrics"))
-        if owned:
+        if job is not None and owned:
             _expire(ctx, "MPIJob", job, entry.get("completionTime"), stage)
         return
     if entry["state"] == "Stopped":

@@ -8,7 +8,7 @@ typed spec is validated, so ``kubectl apply`` and ``rlhf run`` reject the same m
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -56,7 +56,7 @@ class Rule:
 class RuleViolation(ValueError):
     """Raised by a model whose rules fail; carries (field or None, message) pairs for the error report."""
 
-    def __init__(self, failures: list[tuple[str | None, str]]):
+    def __init__(self, failures: Sequence[tuple[str | None, str]]):
         self.failures = failures
         super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in failures))
 

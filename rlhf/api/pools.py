@@ -311,7 +311,7 @@ def default_pools() -> list[Pool]:
     accelerator, named after it, tolerating its device plugin's usual taint, open to every
     namespace, allowing nothing beyond it but the conventional Hub-token Secret ``hf-token``.
     Gaudi's privileged pods stay off until the platform team turns them on."""
-    secrets = {"allowedHubTokenSecrets": ["hf-token"]}
+    secrets: dict[str, Any] = {"allowedHubTokenSecrets": ["hf-token"]}
     return [
         _pool("nvidia", "nvidia", 8, "nvidia.com/gpu", **secrets),
         _pool("habana", "habana", 8, "habana.ai/gaudi", hugepages2Mi="95000Mi", privileged=False, **secrets),
@@ -527,8 +527,8 @@ def _pool_problems(run: RLHFRun, pool: Pool, index: int, default_image: str) -> 
     allowed = {_toleration_key(t) for t in pool.allowed_tolerations}
     may_add = f"(a run may add: {_listing(toleration_text(t) for t in pool.allowed_tolerations)})"
     for i, tol in enumerate(scheduling.tolerations):
-        key = _toleration_key(tol)
-        if key in own or key in allowed:
+        tol_key = _toleration_key(tol)
+        if tol_key in own or tol_key in allowed:
             continue
         what = "a wildcard toleration, which tolerates every taint," if is_wildcard(tol) else toleration_text(tol)
         problems.append(f"spec.scheduling.tolerations[{i}]: {what} is not allowed by {name} {may_add}")

@@ -116,8 +116,9 @@ def _section(name: str) -> tuple[Any, Any]:
 
 
 #: How each stage of the run's pipeline runs and trains: one section per stage kind of the graph
-#: (rlhf.api.graph.KINDS), so a new kind needs no edit here.
-StagesSpec = create_model(
+#: (rlhf.api.graph.KINDS), so a new kind needs no edit here. (mypy matches the ``**`` field definitions
+#: against create_model's own ``__base__``/``__doc__`` keywords too, and finds no overload.)
+StagesSpec = create_model(  # type: ignore[call-overload]
     "StagesSpec", __base__=_StagesBase, __doc__="How each stage of the run's pipeline runs and trains; a stage "
     "left out runs as one process with the trainer's defaults. Settings of a stage that is not in spec.pipeline "
     "are ignored.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,7 @@ CONDITION_TYPE = (
 CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
-def _time(description: str) -> object:
+def _time(description: str) -> Any:
     # RFC 3339 strings from the API server are parsed (strict mode would refuse them).
     return Field(None, description=description, strict=False)
 

@@ -157,12 +157,13 @@ def _side_by_side(wave: list[str], shapes: dict[str, StageShape], accelerator: s
         wanted = [shapes[s].processes for s in wave]
         if sum(wanted) > len(machine.gpus):
             return None, f"{one_by_one}: {' + '.join(map(str, wanted))} GPUs do not fit in {len(machine.gpus)}"
-        plans, first_gpu, first_core = [], 0, 0
+        split: list[StagePlan] = []
+        first_gpu, first_core = 0, 0
         for i, (stage, n) in enumerate(zip(wave, wanted, strict=True)):
             share = cores - first_core if i == len(wave) - 1 else cores * n // sum(wanted)
-            plans.append(StagePlan(stage, n, threads_for(shapes[stage], share), machine.gpus[first_gpu:first_gpu + n]))
+            split.append(StagePlan(stage, n, threads_for(shapes[stage], share), machine.gpus[first_gpu:first_gpu + n]))
             first_gpu, first_core = first_gpu + n, first_core + share
-        return tuple(plans), f"{names} side by side ({' + '.join(map(str, wanted))} of {len(machine.gpus)} GPUs)"
+        return tuple(split), f"{names} side by side ({' + '.join(map(str, wanted))} of {len(machine.gpus)} GPUs)"
     return None, f"{one_by_one} (accelerator {accelerator}: devices are not split between stages)"
 
 

@@ -70,6 +70,9 @@ def finished_stage(stage: str, config: dict[str, Any]) -> dict[str, Any] | None:
 class Runner:
     """One ``rlhf run``: see the module doc."""
 
+    _active: dict[str, procs.StageProcess]  # the step processes running now (execute sets it up)
+    _prepared: tuple[str, str] | None  # the prepare step's (state, note) once started
+
     def __init__(self, manifest_path: str | Path, options: RunOptions | None = None):
         self.manifest = str(manifest_path)
         self.opts = options or RunOptions()
@@ -284,9 +287,9 @@ class Runner:
         self._load()
         self.root.mkdir(parents=True, exist_ok=True)
         self.status = report.StatusWriter(self.root / "status.yaml", self.started)
-        self._active: dict[str, procs.StageProcess] = {}
+        self._active = {}
         self._started_wall: dict[str, float] = {}
-        self._prepared: tuple[str, str] | None = None  # the prepare step's (state, note) once started
+        self._prepared = None
         for stage in self.todo:
             (self.root / f"{stage}.config.yaml").write_text(config_text(self.configs[stage]))
         self.display.message(f"rlhf run {self.run.metadata.name}: storage {self.root}; "
@@ -319,8 +322,8 @@ class Runner:
                         self.results[stage].state, self.results[stage].note = STOPPED, f"stopped by {sig}"
             code, reason = INTERRUPTED, f"interrupted by {sig}"
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self._report(code, reason)
         return code
 
