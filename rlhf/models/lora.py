@@ -30,6 +30,9 @@ def peft_config(lora: LoraConfig, task: TaskType, family: str | None = None) -> 
         lora_alpha=lora.alpha or lora.dim,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=target_modules(lora, family),
+        # GPT-2's projections are Conv1D layers (weights stored transposed): peft would switch this on
+        # itself, with a warning.
+        fan_in_fan_out=family == "gpt2",
         task_type=task,
         # The value head of a reward model is new: train and save it in full.
         modules_to_save=["score"] if task == "SEQ_CLS" else None,
