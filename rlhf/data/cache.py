@@ -116,7 +116,7 @@ def _phase_records(
         for where, n in loaded.skipped.items():
             log.warning("skipped %d bad records in %s", n, where)
             stats["skipped_bad_records"][where] = n
-        entry = {"path": src.spec, "format": src.format, "kind": "preference" if is_pref else "sft_only",
+        entry: dict[str, Any] = {"path": src.spec, "format": src.format, "kind": "preference" if is_pref else "sft_only",
                  "train_records": len(loaded.train), "eval_records": None if loaded.eval is None else len(loaded.eval)}
         if is_pref:
             t_chunks, e_chunks = splitting.source_parts(

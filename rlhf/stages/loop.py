@@ -60,7 +60,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.rt: Runtime = init_runtime(cfg.deepspeed)
         seed_everything(cfg.seed)
-        model_cfg = cfg.model  # type: ignore[attr-defined]
+        model_cfg = cfg.model  # type: ignore[attr-defined]  # SFT, reward and DPO, the stages of this loop, have one
         self.tokenizer = load_tokenizer(model_cfg, cfg.data, "model")  # checks the model path first
         check_positions(model_cfg, "model", cfg.data.max_seq_len, "data.max_seq_len")
         self.stage = stage_cls(cfg, self.rt, self.tokenizer)
@@ -139,13 +139,14 @@ class Trainer:
         engine = initialize_training(model, rt, ds_config, cfg.deepspeed, optim, cfg.lora, total_steps)
         self.engine = engine
 
-        state = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0, "train_seconds": 0.0, "real_tokens": 0,
-                 "samples": 0}
+        # the checkpoint's client state (restored from it on resume)
+        state: dict[str, Any] = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0, "train_seconds": 0.0,
+                                 "real_tokens": 0, "samples": 0}
         if self.resume_tag is not None:
             loaded = checkpoint.load(engine, self.ckpt_dir, rt.dist.rank, self.resume_tag)
             if loaded:
                 state.update({k: loaded[k] for k in state if k in loaded})
-        resumed_from = state["global_step"]
+        resumed_from: int = state["global_step"]
 
         tracker = Tracker(
             self.out, enabled=rt.is_main,
@@ -158,7 +159,7 @@ class Trainer:
             tracker.write(f"[{self.stage.name}] warning: {line}")
         self.stage.start(self, engine, tracker, resumed_from)
 
-        step = state["global_step"]
+        step: int = state["global_step"]
         last_eval: dict[str, float] = {}
         window: dict[str, float] = {}
         window_n = 0
@@ -240,6 +241,7 @@ class Trainer:
         trained = engine.module
         full = gather_state_dict(trained, rt.is_main)
         if rt.is_main:
+            assert full is not None  # gathered on the main rank
             exported = self.stage.export_model(materialize(self.stage.build_skeleton, full))
             save_hf(exported, self.tokenizer, model_dir, torch_dtype(self.cfg.deepspeed))
         barrier()

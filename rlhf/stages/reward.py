@@ -36,9 +36,10 @@ class RewardStage(Stage):
         fit_embeddings(hf, self.tokenizer)
         return self._wrap(hf)
 
-    def export_model(self, model: RewardModel):
+    def export_model(self, model: torch.nn.Module) -> torch.nn.Module:
         from rlhf.models.export import merge_lora
 
+        assert isinstance(model, RewardModel)  # build_skeleton's structure
         return merge_lora(model.model)
 
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
