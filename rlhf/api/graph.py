@@ -61,7 +61,8 @@ GRPO = StageKind("grpo", "GRPO", 2, (Input("actor", "sft", "actor"),
 KINDS: dict[str, StageKind] = {k.name: k for k in (SFT, REWARD, PPO, DPO, GRPO)}
 #: Every stage name a run may have.
 STAGE_NAMES: tuple[str, ...] = tuple(KINDS)
-#: A stage name, as a type (the API's fields that name a stage).
+#: A stage name, as a type (the API's fields that name a stage). Built from KINDS when imported, so
+#: pydantic checks it; mypy, which needs the values written out, takes it as Any.
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 #: A run's stages unless its spec.pipeline says otherwise: DeepSpeed-Chat's three.
 DEFAULT_PIPELINE: tuple[str, ...] = ("sft", "reward", "ppo")

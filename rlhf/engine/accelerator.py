@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -42,6 +42,7 @@ class Accelerator:
     def mark_step(self) -> None:
         """Flush the lazy-mode graph on Gaudi; nothing elsewhere."""
         if self.name == "hpu":
+            # Gaudi's PyTorch bridge: installed on Gaudi images only, without type information.
             import habana_frameworks.torch.core as htcore  # type: ignore[import-not-found]
 
             htcore.mark_step()
@@ -58,7 +59,7 @@ def detect() -> Accelerator:
     if forced:
         if forced not in ("cuda", "hpu", "cpu"):
             raise ValueError(f"RLHF_ACCELERATOR must be cuda, hpu or cpu, got {forced!r}")
-        return Accelerator(forced)  # type: ignore[arg-type]
+        return Accelerator(cast(Name, forced))
     if importlib.util.find_spec("habana_frameworks") is not None:
         import habana_frameworks.torch.core  # noqa: F401  (registers the hpu device)
 
