@@ -16,11 +16,15 @@ from rlhf.runner import commands as run_commands
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=sorted(STAGES), help="which stage")
     p.add_argument("--config", "-c", type=Path, help="YAML file with the stage config")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.learning_rate=1e-4")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.learning_rate=1e-4"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF training: SFT -> reward model -> PPO on DeepSpeed")
+    parser = argparse.ArgumentParser(
+        prog="rlhf", description="RLHF training: SFT -> reward model -> PPO on DeepSpeed"
+    )
     # `deepspeed --module rlhf.cli` passes --local_rank; we read LOCAL_RANK from the environment instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,12 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a stage config and print it with every default filled in")
     _add_config_args(p)
 
-    p = sub.add_parser("validate", help="check an RLHFRun manifest as the cluster would; print each stage's trainer config")
+    p = sub.add_parser(
+        "validate", help="check an RLHFRun manifest as the cluster would; print each stage's trainer config"
+    )
     p.add_argument("manifest", type=Path)
     p.add_argument("--stage", choices=["sft", "reward", "ppo"], help="print only this stage's config")
-    p.add_argument("--operator-config", type=Path, metavar="FILE",
-                   help="also apply the cluster's pool policy from this operator configuration, as admission does")
-    p.add_argument("--namespace", "-n", help="with --operator-config: the run's namespace (default: its metadata.namespace, else default)")
+    p.add_argument(
+        "--operator-config",
+        type=Path,
+        metavar="FILE",
+        help="also apply the cluster's pool policy from this operator configuration, as admission does",
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        help="with --operator-config: the run's namespace (default: its metadata.namespace, else default)",
+    )
 
     p = sub.add_parser("synth-data", help="write our synthetic preference dataset (JSONL)")
     p.add_argument("--out", type=Path, required=True)
@@ -47,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-models", help="build a tiny tokenizer + actor and reward models offline")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True, help="directory written by `rlhf synth-data` (tokenizer corpus)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="directory written by `rlhf synth-data` (tokenizer corpus)"
+    )
     p.add_argument("--seed", type=int, default=0)
     run_commands.add_parsers(sub)  # prepare, run
     tools_cli.add_parsers(sub)  # chat, rw-eval, prompt-eval
@@ -85,11 +101,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         namespace = args.namespace or run.metadata.namespace or DEFAULT_NAMESPACE
         if run.metadata.namespace and namespace != run.metadata.namespace:
-            raise UserError(f"--namespace {namespace} does not match the manifest's metadata.namespace "
-                            f"{run.metadata.namespace}")
+            raise UserError(
+                f"--namespace {namespace} does not match the manifest's metadata.namespace "
+                f"{run.metadata.namespace}"
+            )
         pool = load_policy(args.operator_config).admit(run, namespace, str(args.manifest))
         where = f" on pool {pool.name!r} in namespace {namespace!r}"
-    if args.stage:  # the stage's config file itself, byte for byte its ConfigMap: `rlhf train --config` reads it
+    if (
+        args.stage
+    ):  # the stage's config file itself, byte for byte its ConfigMap: `rlhf train --config` reads it
         print(config_text(stage_config(run, args.stage)), end="")
     else:
         docs = [{"stage": stage, "config": config} for stage, config in stage_configs(run).items()]
@@ -101,7 +121,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_synth_data(args: argparse.Namespace) -> int:
     from rlhf.data.synthetic import generate
 
-    paths = generate(args.out, seed=args.seed, n_sft=args.n_sft, n_pairs=args.n_pairs, n_heldout=args.n_heldout)
+    paths = generate(
+        args.out, seed=args.seed, n_sft=args.n_sft, n_pairs=args.n_pairs, n_heldout=args.n_heldout
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -117,7 +139,13 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "validate": cmd_validate, "synth-data": cmd_synth_data, "tiny-models": cmd_tiny_models}
+COMMANDS = {
+    "train": cmd_train,
+    "config": cmd_config,
+    "validate": cmd_validate,
+    "synth-data": cmd_synth_data,
+    "tiny-models": cmd_tiny_models,
+}
 COMMANDS.update(run_commands.COMMANDS)  # prepare, run
 COMMANDS.update(tools_cli.COMMANDS)  # chat, rw-eval, prompt-eval
 

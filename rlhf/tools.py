@@ -30,7 +30,9 @@ Turns = list[tuple[str, str | None]]
 
 def _architectures(model_dir: str | Path) -> list[str]:
     if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a saved model (no config.json); point --model at a stage's model/ directory")
+        raise FileNotFoundError(
+            f"{model_dir}: not a saved model (no config.json); point --model at a stage's model/ directory"
+        )
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -62,8 +64,10 @@ def load_actor(model_dir: str | Path, device: str = "cpu"):
 
     archs = _architectures(model_dir)
     if _is_reward_model(archs):
-        raise ValueError(f"{model_dir}: a reward model ({', '.join(archs)}), which scores answers but cannot write "
-                         "them; use a causal LM, e.g. the sft/ or ppo/ model/ directory (rw-eval scores with this one)")
+        raise ValueError(
+            f"{model_dir}: a reward model ({', '.join(archs)}), which scores answers but cannot write "
+            "them; use a causal LM, e.g. the sft/ or ppo/ model/ directory (rw-eval scores with this one)"
+        )
     model_cfg = ModelConfig(name_or_path=str(model_dir))
     tokenizer = load_tokenizer(model_cfg)
     return load_causal_lm(model_cfg, tokenizer).to(device).eval(), tokenizer
@@ -77,8 +81,10 @@ def load_scorer(model_dir: str | Path):
 
     archs = _architectures(model_dir)
     if not _is_reward_model(archs):
-        raise ValueError(f"{model_dir}: not a reward model ({', '.join(archs) or 'no architectures'}); its score head "
-                         "would be random — use the reward stage's model/ directory")
+        raise ValueError(
+            f"{model_dir}: not a reward model ({', '.join(archs) or 'no architectures'}); its score head "
+            "would be random — use the reward stage's model/ directory"
+        )
     cfg = RewardModelConfig(name_or_path=str(model_dir), dropout=0.0)
     tokenizer = load_tokenizer(cfg)
     return load_reward_model(cfg, tokenizer).eval(), tokenizer
@@ -91,7 +97,9 @@ def context_limit(model) -> int | None:
     return position_limit(getattr(model, "config", None))
 
 
-def fit_prompt(ids: list[int], max_new_tokens: int, limit: int | None, prefix: Sequence[int]) -> tuple[list[int], int]:
+def fit_prompt(
+    ids: list[int], max_new_tokens: int, limit: int | None, prefix: Sequence[int]
+) -> tuple[list[int], int]:
     """(prompt ids, new tokens) within ``limit`` positions: at most ``limit - 1`` new tokens, and the
     prompt's last tokens (its BOS kept) in the room left."""
     if limit is None:
@@ -107,7 +115,9 @@ def complete(model, tokenizer, prompt: Prompt, sampling: Sampling, chat_format: 
     ids, new = fit_prompt(enc.prompts([prompt])[0], sampling.max_new_tokens, context_limit(model), enc.prefix)
     if new != sampling.max_new_tokens:
         sampling = replace(sampling, max_new_tokens=new)
-    gen = generate(model, [ids], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, sampling=sampling)
+    gen = generate(
+        model, [ids], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, sampling=sampling
+    )
     return tokenizer.decode(gen.answers[0], skip_special_tokens=True).strip()
 
 
@@ -132,8 +142,14 @@ def reply(model, tokenizer, turns: Turns, sampling: Sampling, chat_format: str =
     return complete(model, tokenizer, as_turns(turns), sampling, chat_format)
 
 
-def chat(model, tokenizer, sampling: Sampling, read: Callable[[str], str] = input, write: Callable[[str], None] = print,
-         chat_format: str = "auto") -> None:
+def chat(
+    model,
+    tokenizer,
+    sampling: Sampling,
+    read: Callable[[str], str] = input,
+    write: Callable[[str], None] = print,
+    chat_format: str = "auto",
+) -> None:
     """Interactive multi-turn loop: ``clear`` starts over, ``quit`` (or end of input) leaves."""
     from rlhf.terminal import printable
 
@@ -166,44 +182,70 @@ def score_rows(model, tokenizer, rows: list[list[int]]) -> list[float]:
     return [float(s) for s in model.scores(values, mask)]
 
 
-def score_texts(model, tokenizer, prompts: Sequence[Prompt], answers: Sequence[str], add_eot: bool = True,
-                chat_format: str = "auto") -> list[float]:
+def score_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    answers: Sequence[str],
+    add_eot: bool = True,
+    chat_format: str = "auto",
+) -> list[float]:
     """Reward-model score of each (prompt, answer), tokenized as in training (answer + end-of-text).
     Answers are plain text: after a text prompt they follow it after one space, as in DeepSpeed-Chat's data."""
     enc = Encoder(tokenizer, chat_format)
     eot = [tokenizer.eos_token_id if add_eot else None] * len(answers)
-    answers = [a.strip() if isinstance(p, tuple) or enc.renderer.template else format_answer(a)
-               for p, a in zip(prompts, answers, strict=True)]
+    answers = [
+        a.strip() if isinstance(p, tuple) or enc.renderer.template else format_answer(a)
+        for p, a in zip(prompts, answers, strict=True)
+    ]
     return score_rows(model, tokenizer, enc.rows(list(prompts), answers, eot))
 
 
-def rw_eval(model, tokenizer, records: Sequence[Record], batch: int = 16, chat_format: str = "auto") -> dict[str, float]:
+def rw_eval(
+    model, tokenizer, records: Sequence[Record], batch: int = 16, chat_format: str = "auto"
+) -> dict[str, float]:
     """Accuracy (chosen scored above rejected) and mean scores over preference records, tokenized
     exactly as the reward stage tokenized its pairs (pairs identical after tokenizing are left out)."""
     from rlhf.data.tokenize import eot_token_id, tokenize_records
 
     limit = context_limit(model) or 1 << 30
-    cols, dropped = tokenize_records(records, tokenizer, 1, max_seq_len=limit, chat_format=chat_format,
-                                     eot_id=eot_token_id(tokenizer, True, None))
+    cols, dropped = tokenize_records(
+        records,
+        tokenizer,
+        1,
+        max_seq_len=limit,
+        chat_format=chat_format,
+        eot_id=eot_token_id(tokenizer, True, None),
+    )
     chosen, rejected = [], []
     for i in range(0, len(cols["chosen_ids"]), batch):
         chosen += score_rows(model, tokenizer, cols["chosen_ids"][i : i + batch])
         rejected += score_rows(model, tokenizer, cols["rejected_ids"][i : i + batch])
     n = len(chosen)
-    return {"pairs": n, "identical_pairs": dropped["identical"],
-            "accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
-            "chosen_score": sum(chosen) / max(n, 1), "rejected_score": sum(rejected) / max(n, 1)}
+    return {
+        "pairs": n,
+        "identical_pairs": dropped["identical"],
+        "accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(n, 1),
+        "chosen_score": sum(chosen) / max(n, 1),
+        "rejected_score": sum(rejected) / max(n, 1),
+    }
 
 
-def prompt_eval(models: dict[str, tuple[Any, Any]], prompts: list[Prompt], sampling: Sampling,
-                checker: str = "none", chat_formats: dict[str, str] | None = None,
-                ) -> tuple[list[dict[str, str]], dict[str, dict[str, float]]]:
+def prompt_eval(
+    models: dict[str, tuple[Any, Any]],
+    prompts: list[Prompt],
+    sampling: Sampling,
+    checker: str = "none",
+    chat_formats: dict[str, str] | None = None,
+) -> tuple[list[dict[str, str]], dict[str, dict[str, float]]]:
     """Every model's answer to every prompt (rows), and per model its answer statistics."""
     from rlhf.text_metrics import diversity_stats
 
     formats = chat_formats or {}
-    answers = {name: [complete(model, tok, p, sampling, formats.get(name, "auto")) for p in prompts]
-               for name, (model, tok) in models.items()}
+    answers = {
+        name: [complete(model, tok, p, sampling, formats.get(name, "auto")) for p in prompts]
+        for name, (model, tok) in models.items()
+    }
     texts = [prompt_text(p) for p in prompts]
     rows = [{"prompt": t, **{name: answers[name][i] for name in models}} for i, t in enumerate(texts)]
     stats = {}

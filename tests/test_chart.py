@@ -23,8 +23,14 @@ VALUES = Path(__file__).parent / "chart_values"
 NAMESPACE = "rlhf-system"
 RELEASE = "rlhf"
 KUBE_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
-STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                   "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "helm.sh/chart")
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+)
 # Exactly what the operator may do in a namespace it watches: (apiGroup, resource) -> verbs.
 # The cluster tier (tests/cluster) checks against the API server's audit log that each is used.
 EXPECTED_RULES = {
@@ -84,6 +90,7 @@ def app_version() -> str:
 
 # ---------------------------------------------------------------- chart metadata and CRDs
 
+
 def test_app_version_is_the_project_version():
     project = dist_version("rlhf-operator")
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -96,17 +103,21 @@ def test_chart_crds_are_in_sync_with_the_generated_crd():
     chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert chart == top
     for name in top:
-        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), \
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
             f"charts/rlhf-operator/crds/{name} is stale: run `make chart-crds`"
+        )
 
 
 @pytest.mark.parametrize("values", sorted(p.name for p in VALUES.glob("*.yaml")))
 def test_lint(helm, values):
-    proc = _helm(helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, "--values", str(VALUES / values))
+    proc = _helm(
+        helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, "--values", str(VALUES / values)
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------- rendered objects are valid Kubernetes
+
 
 @pytest.mark.parametrize("values", sorted(p.name for p in VALUES.glob("*.yaml")))
 def test_rendered_objects_validate_strictly(helm, values):
@@ -139,6 +150,7 @@ def test_strict_validation_is_not_vacuous(helm):
 
 # ---------------------------------------------------------------- the operator Deployment
 
+
 def test_deployment_defaults(helm):
     docs = render(helm)
     deployment = one(docs, "Deployment")
@@ -147,7 +159,12 @@ def test_deployment_defaults(helm):
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/rlhf-operator/operator:{app_version()}"
-    assert [*container["command"], *container["args"]] == ["rlhf-operator", "run", "--config", "/etc/rlhf-operator/config.yaml"]
+    assert [*container["command"], *container["args"]] == [
+        "rlhf-operator",
+        "run",
+        "--config",
+        "/etc/rlhf-operator/config.yaml",
+    ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -175,9 +192,13 @@ def test_deployment_defaults(helm):
 
 
 def test_image_digest_wins(helm):
-    container = one(render(helm, "multi-tenant.yaml"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == ("registry.example.com/ml/rlhf-operator@sha256:"
-                                  "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    container = one(render(helm, "multi-tenant.yaml"), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["image"] == (
+        "registry.example.com/ml/rlhf-operator@sha256:"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
 
 
 def test_config_change_rolls_the_deployment(helm):
@@ -190,6 +211,7 @@ def test_config_change_rolls_the_deployment(helm):
 
 # ---------------------------------------------------------------- operator configuration
 
+
 def operator_config(docs: list[dict]) -> dict:
     return yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
 
@@ -197,18 +219,32 @@ def operator_config(docs: list[dict]) -> dict:
 def test_operator_config_defaults(helm):
     docs = render(helm)
     config = operator_config(docs)
-    assert set(config) == {"namespaces", "images", "pools", "prepare", "resyncSeconds", "maxConcurrentReconciles"}
+    assert set(config) == {
+        "namespaces",
+        "images",
+        "pools",
+        "prepare",
+        "resyncSeconds",
+        "maxConcurrentReconciles",
+    }
     assert config["namespaces"] == []
     version = app_version()
-    assert config["images"] == {"nvidia": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
-                                "habana": f"ghcr.io/rlhf-operator/trainer-gaudi:{version}",
-                                "cpu": f"ghcr.io/rlhf-operator/trainer-cuda:{version}"}
+    assert config["images"] == {
+        "nvidia": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
+        "habana": f"ghcr.io/rlhf-operator/trainer-gaudi:{version}",
+        "cpu": f"ghcr.io/rlhf-operator/trainer-cuda:{version}",
+    }
     pools = {pool["name"]: pool for pool in config["pools"]}
     assert [(p["name"], p["accelerator"], p["devicesPerNode"]) for p in config["pools"]] == [
-        ("nvidia", "nvidia", 8), ("habana", "habana", 8), ("cpu", "cpu", 64)]
+        ("nvidia", "nvidia", 8),
+        ("habana", "habana", 8),
+        ("cpu", "cpu", 64),
+    ]
     assert pools["habana"]["hugepages2Mi"] == "95000Mi"
     assert pools["habana"]["privileged"] is False  # the secure default: the platform team turns it on
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pools["nvidia"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pools["nvidia"][
+        "tolerations"
+    ]
     assert config["prepare"] == {"cpu": "2", "memory": "8Gi"}
 
 
@@ -226,9 +262,13 @@ def test_operator_config_gaudi_pools(helm):
     pools = {pool["name"]: pool for pool in config["pools"]}
     gaudi = pools["gaudi2"]
     assert gaudi["accelerator"] == "habana" and gaudi["privileged"] is True
-    assert gaudi["nodeSelector"] == {"habana.ai/gaudi.product": "HL-225",
-                                     "node.kubernetes.io/instance-type": "dl1.24xlarge"}
-    assert {"key": "dedicated", "operator": "Equal", "value": "gaudi", "effect": "NoSchedule"} in gaudi["tolerations"]
+    assert gaudi["nodeSelector"] == {
+        "habana.ai/gaudi.product": "HL-225",
+        "node.kubernetes.io/instance-type": "dl1.24xlarge",
+    }
+    assert {"key": "dedicated", "operator": "Equal", "value": "gaudi", "effect": "NoSchedule"} in gaudi[
+        "tolerations"
+    ]
     assert config["images"]["habana"] == "registry.example.com/ml/trainer-gaudi:0.1.0-synapse1.21.0"
     assert gaudi["hugepages2Mi"] == "120000Mi"
     assert pools["cpu"]["devicesPerNode"] == 32
@@ -259,24 +299,44 @@ def test_operator_loads_the_rendered_config(helm, values, tmp_path):
         assert pool.privileged == data.get("privileged", False)
         assert pool.namespaces == data.get("namespaces", [])
         assert pool.allowed_priority_classes == data.get("allowedPriorityClasses", [])
-    assert (config.prepare.cpu, config.prepare.memory) == (rendered["prepare"]["cpu"], rendered["prepare"]["memory"])
+    assert (config.prepare.cpu, config.prepare.memory) == (
+        rendered["prepare"]["cpu"],
+        rendered["prepare"]["memory"],
+    )
     assert config.resync_seconds == rendered["resyncSeconds"]
     assert config.max_concurrent_reconciles == rendered["maxConcurrentReconciles"] == 8
     policy = load_policy(path)
     assert policy.pools == config.pools and policy.images == config.images
 
 
-@pytest.mark.parametrize("values, example, namespace, outcome", [
-    ("multi-tenant.yaml", "multi-tenant-kueue.yaml", "team-a", "team-a-gpus"),
-    ("multi-tenant.yaml", "multi-tenant-kueue.yaml", "team-b",
-     'spec.pool: pool "team-a-gpus" is not open to namespace "team-b"'),
-    ("multi-tenant.yaml", "opt-1.3b-single-node.yaml", "team-b", "team-b-gpus"),
-    ("multi-tenant.yaml", "llama2-7b-lora-2x8.yaml", "team-b", "spec.hubTokenSecret: hf-token is not allowed"),
-    ("multi-tenant.yaml", "gaudi-bloom.yaml", "team-a", "spec.accelerator: no habana pool"),
-    ("gaudi.yaml", "gaudi-bloom.yaml", "ml", "gaudi2"),
-    ("default.yaml", "gaudi-bloom.yaml", "ml", 'spec.accelerator: pool "habana" does not allow privileged Gaudi pods'),
-    ("default.yaml", "llama2-7b-lora-2x8.yaml", "ml", "nvidia"),
-])
+@pytest.mark.parametrize(
+    "values, example, namespace, outcome",
+    [
+        ("multi-tenant.yaml", "multi-tenant-kueue.yaml", "team-a", "team-a-gpus"),
+        (
+            "multi-tenant.yaml",
+            "multi-tenant-kueue.yaml",
+            "team-b",
+            'spec.pool: pool "team-a-gpus" is not open to namespace "team-b"',
+        ),
+        ("multi-tenant.yaml", "opt-1.3b-single-node.yaml", "team-b", "team-b-gpus"),
+        (
+            "multi-tenant.yaml",
+            "llama2-7b-lora-2x8.yaml",
+            "team-b",
+            "spec.hubTokenSecret: hf-token is not allowed",
+        ),
+        ("multi-tenant.yaml", "gaudi-bloom.yaml", "team-a", "spec.accelerator: no habana pool"),
+        ("gaudi.yaml", "gaudi-bloom.yaml", "ml", "gaudi2"),
+        (
+            "default.yaml",
+            "gaudi-bloom.yaml",
+            "ml",
+            'spec.accelerator: pool "habana" does not allow privileged Gaudi pods',
+        ),
+        ("default.yaml", "llama2-7b-lora-2x8.yaml", "ml", "nvidia"),
+    ],
+)
 def test_the_charts_pools_admit_and_refuse_runs(helm, tmp_path, values, example, namespace, outcome):
     """The chart's configuration, as the operator's admission applies it."""
     from rlhf_operator.admission import AdmissionError, admit
@@ -297,6 +357,7 @@ def test_the_charts_pools_admit_and_refuse_runs(helm, tmp_path, values, example,
 
 
 # ---------------------------------------------------------------- RBAC
+
 
 def _no_wildcards_no_secrets(role: dict) -> None:
     for rule in role["rules"]:
@@ -333,8 +394,11 @@ def test_namespaced_rbac_for_multi_tenant_installs(helm):
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                      "name": roles[0]["metadata"]["name"]}
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[0]["metadata"]["name"],
+        }
         assert binding["subjects"][0]["namespace"] == NAMESPACE
     # nothing cluster-wide but read-only CRD discovery
     (cluster_role,) = by_kind(docs, "ClusterRole")
@@ -351,6 +415,7 @@ def test_crd_discovery_and_rbac_can_be_turned_off(helm):
 
 # ---------------------------------------------------------------- metrics
 
+
 def test_service_monitor(helm):
     docs = render(helm, "multi-tenant.yaml")
     monitor = one(docs, "ServiceMonitor")
@@ -359,42 +424,67 @@ def test_service_monitor(helm):
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert not by_kind(render(helm), "ServiceMonitor")
-    proc = _helm(helm, "template", RELEASE, str(CHART), "--set", "metrics.serviceMonitor.enabled=true",
-                 "--set", "metrics.service.enabled=false")
+    proc = _helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+    )
     assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr
 
 
 # ---------------------------------------------------------------- values.schema.json
 
-@pytest.mark.parametrize("setting, message", [
-    ("replicaCount=2", "replicaCount"),
-    ("watchNamespaces[0]=Team_A", "watchNamespaces"),
-    ("image.digest=sha256:xyz", "digest"),
-    ("pools.nvidia.devicesPerNode=8", "want array"),  # the per-accelerator mapping of earlier versions
-    ("pools[0].name=x", "devicesPerNode"),
-    ("imagePullPolicy=Always", "imagePullPolicy"),
-    ("securityContext.runAsNonRoot=false", "runAsNonRoot"),
-])
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("replicaCount=2", "replicaCount"),
+        ("watchNamespaces[0]=Team_A", "watchNamespaces"),
+        ("image.digest=sha256:xyz", "digest"),
+        ("pools.nvidia.devicesPerNode=8", "want array"),  # the per-accelerator mapping of earlier versions
+        ("pools[0].name=x", "devicesPerNode"),
+        ("imagePullPolicy=Always", "imagePullPolicy"),
+        ("securityContext.runAsNonRoot=false", "runAsNonRoot"),
+    ],
+)
 def test_schema_rejects_bad_values(helm, setting, message):
     proc = _helm(helm, "template", RELEASE, str(CHART), "--set", setting)
     assert proc.returncode != 0, f"{setting} was accepted"
     assert message in proc.stderr
 
 
-@pytest.mark.parametrize("values, message", [
-    ("pools: [{name: a, accelerator: nvidia, devicesPerNode: 8, privileged: true}]",
-     "/pools/0/privileged': value must be false"),
-    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8, hugepages2Mi: 1Gi}]",
-     "pools[0].hugepages2Mi: only habana pools use it, not cpu"),
-    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8}, {name: a, accelerator: nvidia, devicesPerNode: 8}]",
-     'pools[1].name: "a" is already the name of pools[0]'),
-    ("{watchNamespaces: [team-a], pools: [{name: a, accelerator: cpu, devicesPerNode: 8, namespaces: [team-b]}]}",
-     'pools[0].namespaces[0]: "team-b" is not in watchNamespaces (team-a)'),
-    ("pools: [{name: A, accelerator: tpu, devicesPerNode: 8}]", "/pools/0/accelerator"),
-    ("pools: [{name: a, accelerator: cpu, devicesPerNode: 8, allowedNodeLabelKeys: ['bad key']}]",
-     "/pools/0/allowedNodeLabelKeys/0"),
-    ("pools: []", "minItems"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            "pools: [{name: a, accelerator: nvidia, devicesPerNode: 8, privileged: true}]",
+            "/pools/0/privileged': value must be false",
+        ),
+        (
+            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8, hugepages2Mi: 1Gi}]",
+            "pools[0].hugepages2Mi: only habana pools use it, not cpu",
+        ),
+        (
+            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8}, {name: a, accelerator: nvidia, devicesPerNode: 8}]",
+            'pools[1].name: "a" is already the name of pools[0]',
+        ),
+        (
+            "{watchNamespaces: [team-a], pools: [{name: a, accelerator: cpu, devicesPerNode: 8, namespaces: [team-b]}]}",
+            'pools[0].namespaces[0]: "team-b" is not in watchNamespaces (team-a)',
+        ),
+        ("pools: [{name: A, accelerator: tpu, devicesPerNode: 8}]", "/pools/0/accelerator"),
+        (
+            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8, allowedNodeLabelKeys: ['bad key']}]",
+            "/pools/0/allowedNodeLabelKeys/0",
+        ),
+        ("pools: []", "minItems"),
+    ],
+)
 def test_bad_pools_fail_at_install(helm, tmp_path, values, message):
     path = tmp_path / "values.yaml"
     path.write_text(values)
@@ -405,9 +495,12 @@ def test_bad_pools_fail_at_install(helm, tmp_path, values, message):
 
 # ---------------------------------------------------------------- NOTES.txt
 
+
 def test_notes(helm):
     def notes(*extra):
-        proc = _helm(helm, "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *extra)
+        proc = _helm(
+            helm, "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *extra
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.split("NOTES:", 1)[1]
 
@@ -420,7 +513,6 @@ def test_notes(helm):
     assert "team-a-gpus: nvidia, 8 devices per node, namespaces: team-a" in text
     assert "shared-cpu: cpu, 32 devices per node, namespaces: all watched" in text
     assert "namespaces need PodSecurity level privileged" in notes("--values", str(VALUES / "gaudi.yaml"))
-
 
 
 def test_tool_fetch_fails_loudly(tmp_path, monkeypatch):

@@ -16,8 +16,10 @@ from rlhf.data.sources import DataError, Record, load_source
 from rlhf.data.tokenize import Encoder, answer_rows, bos_prefix, keep_last, tokenize_records
 from rlhf.models.tiny_tokenizers import STYLES, family_tokenizer
 
-TEXTS = ["Human: what is the capital of France?\n\nAssistant: Paris is the capital. Cheers!",
-         "Human: tell me a joke\n\nAssistant: I am not funny, sorry."] * 20
+TEXTS = [
+    "Human: what is the capital of France?\n\nAssistant: Paris is the capital. Cheers!",
+    "Human: tell me a joke\n\nAssistant: I am not funny, sorry.",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,19 @@ RAW = rec("Human: What is the capital of France?\n\nAssistant:")
 CHAT = Record((("user", "What is the capital of France?"),), "Paris.", "Oslo.")
 
 
-@pytest.mark.parametrize("family, adds_bos", [
-    ("opt", True), ("llama", True), ("mistral", True), ("gemma", True),
-    ("gpt2", False), ("bloom", False), ("gpt-neox", False), ("qwen2", False),
-])
+@pytest.mark.parametrize(
+    "family, adds_bos",
+    [
+        ("opt", True),
+        ("llama", True),
+        ("mistral", True),
+        ("gemma", True),
+        ("gpt2", False),
+        ("bloom", False),
+        ("gpt-neox", False),
+        ("qwen2", False),
+    ],
+)
 def test_bos_prefix_is_the_tokenizers_own_default(toks, family, adds_bos):
     tok = toks[family]
     assert bos_prefix(tok) == ([tok.bos_token_id] if adds_bos else [])
@@ -82,8 +93,9 @@ def test_chatml_template_prompt_and_answer(toks):
     tok = toks["qwen2"]
     eot = tok.eos_token_id
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
-                 add_special_tokens=False)["input_ids"]
+    prompt = tok(
+        tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    )["input_ids"]
     cols, _ = tokenize_records([RAW, CHAT], tok, 0, max_seq_len=256, eot_id=eot)  # auto: the template
     for ids, n in zip(cols["input_ids"], cols["prompt_len"], strict=True):
         assert ids[:n] == prompt
@@ -128,14 +140,19 @@ def test_raw_rendering_of_conversations_is_deepspeed_chats_text(toks):
 def test_chat_format_choice(toks):
     assert Renderer(toks["qwen2"], "raw").mode == "raw"
     assert Renderer(toks["qwen2"], "auto").mode == "template"
-    with pytest.raises(DataError, match="data.chat_format is 'template' but the tokenizer .* has no chat template"):
+    with pytest.raises(
+        DataError, match="data.chat_format is 'template' but the tokenizer .* has no chat template"
+    ):
         Renderer(toks["opt"], "template")
 
 
 def test_transcripts_parse_into_turns():
     text = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit.\n\nAssistant:"
     assert parse_transcript(text) == (("user", "Hi"), ("assistant", "Hello!"), ("user", "Name a fruit."))
-    assert parse_transcript("Be brief.\n\nHuman: Hi\n\nAssistant:") == (("system", "Be brief."), ("user", "Hi"))
+    assert parse_transcript("Be brief.\n\nHuman: Hi\n\nAssistant:") == (
+        ("system", "Be brief."),
+        ("user", "Hi"),
+    )
     assert parse_transcript("no speakers here") is None
 
 
@@ -143,7 +160,9 @@ def test_a_conversation_the_template_cannot_render_is_named(tmp_path):
     tok = family_tokenizer("qwen2", TEXTS, vocab_size=300)
     tok.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
     records = [Record((("user", "Hi"),), "Hello.", where="pairs.jsonl: record 7")]
-    with pytest.raises(DataError, match=r"pairs.jsonl: record 7: the chat template cannot render .*alternate"):
+    with pytest.raises(
+        DataError, match=r"pairs.jsonl: record 7: the chat template cannot render .*alternate"
+    ):
         tokenize_records(records, tok, 0, max_seq_len=64, eot_id=tok.eos_token_id)
 
 
@@ -152,10 +171,14 @@ def test_encoder_rows_match_the_reward_stage(toks):
     enc = Encoder(tok)
     cols, _ = tokenize_records([CHAT], tok, 1, max_seq_len=256, eot_id=tok.eos_token_id)
     eot = [tok.eos_token_id] * 2
-    assert enc.rows([CHAT.prompt] * 2, [CHAT.chosen, CHAT.rejected], eot) == [cols["chosen_ids"][0], cols["rejected_ids"][0]]
+    assert enc.rows([CHAT.prompt] * 2, [CHAT.chosen, CHAT.rejected], eot) == [
+        cols["chosen_ids"][0],
+        cols["rejected_ids"][0],
+    ]
 
 
 # ------------------------------------------------------------------------------------- messages form
+
 
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -171,32 +194,48 @@ def msg(role, content):
 
 
 def test_ultrafeedback_rows_prompt_from_the_conversation(tmp_path):
-    row = {"prompt": "Name a fruit.", "prompt_id": "x",
-           "chosen": [msg("user", "Name a fruit."), msg("assistant", "Apple.")],
-           "rejected": [msg("user", "Name a fruit."), msg("assistant", "Iron.")], "score_chosen": 8.0}
+    row = {
+        "prompt": "Name a fruit.",
+        "prompt_id": "x",
+        "chosen": [msg("user", "Name a fruit."), msg("assistant", "Apple.")],
+        "rejected": [msg("user", "Name a fruit."), msg("assistant", "Iron.")],
+        "score_chosen": 8.0,
+    }
     [r] = load(write_jsonl(tmp_path / "uf.jsonl", [row]))
     assert (r.prompt, r.chosen, r.rejected) == ((("user", "Name a fruit."),), "Apple.", "Iron.")
 
 
 def test_multi_turn_and_system_messages_are_kept(tmp_path):
-    convo = [msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello."), msg("user", "A fruit?")]
+    convo = [
+        msg("system", "Be brief."),
+        msg("user", "Hi"),
+        msg("assistant", "Hello."),
+        msg("user", "A fruit?"),
+    ]
     row = {"chosen": [*convo, msg("assistant", "Apple.")], "rejected": [*convo, msg("assistant", "Iron.")]}
     [r] = load(write_jsonl(tmp_path / "mt.jsonl", [row]))
     assert r.prompt == tuple((m["role"], m["content"]) for m in convo) and r.chosen == "Apple."
 
 
 def test_trl_conversational_rows_with_a_separate_prompt(tmp_path):
-    rows = [{"prompt": [msg("user", "A fruit?")], "chosen": [msg("assistant", "Apple.")],
-             "rejected": [msg("assistant", "Iron.")]},
-            {"prompt": "A color?", "chosen": [msg("assistant", "Red.")], "rejected": [msg("assistant", "Oslo.")]}]
+    rows = [
+        {
+            "prompt": [msg("user", "A fruit?")],
+            "chosen": [msg("assistant", "Apple.")],
+            "rejected": [msg("assistant", "Iron.")],
+        },
+        {"prompt": "A color?", "chosen": [msg("assistant", "Red.")], "rejected": [msg("assistant", "Oslo.")]},
+    ]
     a, b = load(write_jsonl(tmp_path / "trl.jsonl", rows))
     assert (a.prompt, a.chosen, a.rejected) == ((("user", "A fruit?"),), "Apple.", "Iron.")
     assert (b.prompt, b.chosen) == ((("user", "A color?"),), "Red.")
 
 
 def test_hh_rlhf_raw_transcripts_without_a_prompt(tmp_path):
-    row = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: Apple.",
-           "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: Iron."}
+    row = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: Apple.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: Iron.",
+    }
     [r] = load(write_jsonl(tmp_path / "hh.jsonl", [row]))
     assert r.prompt == (("user", "Hi"), ("assistant", "Hello!"), ("user", "A fruit?"))
     assert (r.chosen, r.rejected) == ("Apple.", "Iron.")
@@ -212,30 +251,66 @@ def test_messages_rows_load_from_a_saved_dataset(tmp_path):
     import datasets
 
     convo = [msg("user", "A fruit?")]
-    ds = datasets.Dataset.from_list([{"chosen": [*convo, msg("assistant", "Apple.")],
-                                      "rejected": [*convo, msg("assistant", "Iron.")], "extra": 1}])
+    ds = datasets.Dataset.from_list(
+        [
+            {
+                "chosen": [*convo, msg("assistant", "Apple.")],
+                "rejected": [*convo, msg("assistant", "Iron.")],
+                "extra": 1,
+            }
+        ]
+    )
     datasets.DatasetDict({"train_prefs": ds, "test_prefs": ds}).save_to_disk(str(tmp_path / "uf"))
     loaded = load_source(DataSource(path=str(tmp_path / "uf")), require_rejected=True)
     assert loaded.train[0].chosen == "Apple." and loaded.eval is not None and len(loaded.eval) == 1
 
 
-@pytest.mark.parametrize("row, expected", [
-    ({"chosen": [msg("user", "Hi"), msg("assistant", "A")], "rejected": [msg("user", "Ho"), msg("assistant", "B")]},
-     "record 0 field 'rejected': its conversation before the answer differs from chosen's"),
-    ({"chosen": [msg("user", "Hi"), msg("user", "A")], "rejected": [msg("user", "Hi"), msg("assistant", "B")]},
-     "record 0 field 'chosen': the last message must be the assistant's answer, got role 'user'"),
-    ({"chosen": [msg("user", "Hi"), msg("bot", "A")], "rejected": [msg("user", "Hi"), msg("assistant", "B")]},
-     "record 0 field 'chosen[1].role': expected one of system, user, assistant, got 'bot'"),
-    ({"chosen": [msg("user", "Hi"), {"role": "assistant", "content": 3}], "rejected": []},
-     "record 0 field 'chosen[1].content': expected a string, got int"),
-    ({"chosen": [msg("assistant", "A")], "rejected": [msg("assistant", "B")]},
-     "record 0 field 'prompt': missing"),
-    ({"chosen": "Apple.", "rejected": "Iron."},
-     "record 0 field 'prompt': missing (and 'chosen' is not a 'Human: ... Assistant: ...' transcript)"),
-    ({"chosen": [msg("user", "Hi"), msg("assistant", "  ")], "rejected": [msg("user", "Hi"), msg("assistant", "B")]},
-     "record 0 field 'chosen': empty answer"),
-    ({"messages": [msg("user", "Hi"), msg("assistant", "A")]}, "record 0 field 'rejected': missing"),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            {
+                "chosen": [msg("user", "Hi"), msg("assistant", "A")],
+                "rejected": [msg("user", "Ho"), msg("assistant", "B")],
+            },
+            "record 0 field 'rejected': its conversation before the answer differs from chosen's",
+        ),
+        (
+            {
+                "chosen": [msg("user", "Hi"), msg("user", "A")],
+                "rejected": [msg("user", "Hi"), msg("assistant", "B")],
+            },
+            "record 0 field 'chosen': the last message must be the assistant's answer, got role 'user'",
+        ),
+        (
+            {
+                "chosen": [msg("user", "Hi"), msg("bot", "A")],
+                "rejected": [msg("user", "Hi"), msg("assistant", "B")],
+            },
+            "record 0 field 'chosen[1].role': expected one of system, user, assistant, got 'bot'",
+        ),
+        (
+            {"chosen": [msg("user", "Hi"), {"role": "assistant", "content": 3}], "rejected": []},
+            "record 0 field 'chosen[1].content': expected a string, got int",
+        ),
+        (
+            {"chosen": [msg("assistant", "A")], "rejected": [msg("assistant", "B")]},
+            "record 0 field 'prompt': missing",
+        ),
+        (
+            {"chosen": "Apple.", "rejected": "Iron."},
+            "record 0 field 'prompt': missing (and 'chosen' is not a 'Human: ... Assistant: ...' transcript)",
+        ),
+        (
+            {
+                "chosen": [msg("user", "Hi"), msg("assistant", "  ")],
+                "rejected": [msg("user", "Hi"), msg("assistant", "B")],
+            },
+            "record 0 field 'chosen': empty answer",
+        ),
+        ({"messages": [msg("user", "Hi"), msg("assistant", "A")]}, "record 0 field 'rejected': missing"),
+    ],
+)
 def test_bad_messages_rows_name_record_and_field(tmp_path, row, expected):
     path = write_jsonl(tmp_path / "bad.jsonl", [row])
     with pytest.raises(DataError) as err:
@@ -251,11 +326,20 @@ def test_the_chat_format_and_template_are_part_of_the_cache_key(tmp_path):
 
     from rlhf.data.cache import prepare_phase_data
 
-    path = write_rows(tmp_path / "pairs.jsonl", [{"prompt": f"Human: q{i}?\n\nAssistant:", "chosen": f" a{i}",
-                                                   "rejected": f" b{i}"} for i in range(20)])
+    path = write_rows(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": f"Human: q{i}?\n\nAssistant:", "chosen": f" a{i}", "rejected": f" b{i}"}
+            for i in range(20)
+        ],
+    )
     tok = family_tokenizer("qwen2", TEXTS, vocab_size=300)
-    keys = {fmt: prepare_phase_data(make_cfg(tmp_path, paths=[str(path)], chat_format=fmt), tok, phase=1).stats["cache_key"]
-            for fmt in ("raw", "template", "auto")}
+    keys = {
+        fmt: prepare_phase_data(make_cfg(tmp_path, paths=[str(path)], chat_format=fmt), tok, phase=1).stats[
+            "cache_key"
+        ]
+        for fmt in ("raw", "template", "auto")
+    }
     assert keys["raw"] != keys["template"] == keys["auto"]
     tok.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
     changed = prepare_phase_data(make_cfg(tmp_path, paths=[str(path)]), tok, phase=1).stats["cache_key"]

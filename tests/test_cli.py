@@ -25,17 +25,20 @@ def test_config_prints_resolved_yaml(capsys, tmp_path):
 
 
 def test_bad_key_is_one_clear_line_and_exit_2(capsys):
-    code = main(["config", "sft", "model.name_or_path=m", "checkpoint.output_dir=o", "data.paths=[a]",
-                 "optim.lr=1"])
+    code = main(
+        ["config", "sft", "model.name_or_path=m", "checkpoint.output_dir=o", "data.paths=[a]", "optim.lr=1"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "optim.lr: unknown key" in err and "Traceback" not in err
 
 
 def test_console_script_runs_without_torch_for_config():
-    code = ("import sys, runpy; sys.argv=['rlhf','config','sft','model.name_or_path=m','checkpoint.output_dir=o',"
-            "'data.sft_only_paths=[a]']; import rlhf.cli as c; rc=c.main(sys.argv[1:]); "
-            "assert 'torch' not in sys.modules; sys.exit(rc)")
+    code = (
+        "import sys, runpy; sys.argv=['rlhf','config','sft','model.name_or_path=m','checkpoint.output_dir=o',"
+        "'data.sft_only_paths=[a]']; import rlhf.cli as c; rc=c.main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules; sys.exit(rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

@@ -26,16 +26,47 @@ REGENERATE = "python -m rlhf.api.crd > crds/rlhfrun.yaml"
 # Keys of apiextensions/v1 JSONSchemaProps that a structural schema may use (we also leave out
 # title, allOf, oneOf and not, which the generator never needs).
 ALLOWED = {
-    "description", "type", "format", "default", "enum", "maximum", "exclusiveMaximum", "minimum",
-    "exclusiveMinimum", "multipleOf", "maxLength", "minLength", "pattern", "maxItems", "minItems",
-    "uniqueItems", "maxProperties", "minProperties", "required", "items", "properties",
-    "additionalProperties", "anyOf", "nullable", "example", "x-kubernetes-preserve-unknown-fields",
-    "x-kubernetes-int-or-string", "x-kubernetes-embedded-resource", "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-validations",
+    "description",
+    "type",
+    "format",
+    "default",
+    "enum",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "multipleOf",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "items",
+    "properties",
+    "additionalProperties",
+    "anyOf",
+    "nullable",
+    "example",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-embedded-resource",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-validations",
 }
 INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 JSON_TYPES = {
-    "string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
 }
 
 
@@ -123,8 +154,13 @@ def test_committed_crd_is_generated():
     committed = CRD_FILE.read_text(encoding="utf-8") if CRD_FILE.is_file() else ""
     generated = render()
     if committed != generated:
-        diff = "".join(list(difflib.unified_diff(committed.splitlines(True), generated.splitlines(True),
-                                                 "crds/rlhfrun.yaml", "generated"))[:40])
+        diff = "".join(
+            list(
+                difflib.unified_diff(
+                    committed.splitlines(True), generated.splitlines(True), "crds/rlhfrun.yaml", "generated"
+                )
+            )[:40]
+        )
         pytest.fail(f"crds/rlhfrun.yaml is stale; regenerate it with `{REGENERATE}`\n{diff}")
 
 
@@ -132,7 +168,11 @@ def test_crd_is_a_valid_customresourcedefinition():
     kubernetes_validate.validate(read_manifest(CRD_FILE), latest_version(), strict=True)
     names = crd()["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"], names["categories"]) == (
-        "RLHFRun", "rlhfruns", ["rlhf"], ["ml", "rlhf"])
+        "RLHFRun",
+        "rlhfruns",
+        ["rlhf"],
+        ["ml", "rlhf"],
+    )
     version = crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
@@ -149,17 +189,25 @@ def test_schema_is_structural():
 
 
 def test_structural_checker_catches_violations():
-    bad = {"type": "object", "properties": {
-        "a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-        "b": {"$ref": "#/$defs/B"},
-        "c": {"type": "object", "properties": {"x": {"type": "string"}}, "additionalProperties": False},
-        "d": {"type": "number", "exclusiveMinimum": 0},
-        "e": {"type": "integer", "default": "one"},
-    }}
+    bad = {
+        "type": "object",
+        "properties": {
+            "a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "b": {"$ref": "#/$defs/B"},
+            "c": {"type": "object", "properties": {"x": {"type": "string"}}, "additionalProperties": False},
+            "d": {"type": "number", "exclusiveMinimum": 0},
+            "e": {"type": "integer", "default": "one"},
+        },
+    }
     problems = "\n".join(structural_problems(bad))
-    for words in ("a: no type", "a: anyOf", "b: $ref is not allowed",
-                  "c: properties and additionalProperties", "d: exclusiveMinimum must be a boolean",
-                  "e: default 'one' is invalid"):
+    for words in (
+        "a: no type",
+        "a: anyOf",
+        "b: $ref is not allowed",
+        "c: properties and additionalProperties",
+        "d: exclusiveMinimum must be a boolean",
+        "e: default 'one' is invalid",
+    ):
         assert words in problems
 
 
@@ -191,8 +239,13 @@ def test_example_is_accepted_by_the_crd_and_the_typed_spec(path):
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_read_as_kubectl_reads_them(path):
-    out = subprocess.run(["kubectl", "label", "-f", str(path), "--local", "-o", "json", "rlhf-test=1"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "label", "-f", str(path), "--local", "-o", "json", "rlhf-test=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     seen = json.loads(out)
     seen["metadata"]["labels"].pop("rlhf-test")
     if not seen["metadata"]["labels"]:
@@ -210,6 +263,7 @@ def _set(path: str, value: Any):
             node.pop(last, None)
         else:
             node[last] = value
+
     return mutate
 
 
@@ -219,49 +273,136 @@ INVALID = [
     ("bad-name", _set("metadata.name", "Bad_Name"), "metadata.name", "DNS-1035 label", "schema"),
     ("digit-name", _set("metadata.name", "1run"), "metadata.name", "DNS-1035 label", "schema"),
     ("long-name", _set("metadata.name", "r" * 41), "metadata.name", "at most 40", "schema"),
-    ("unknown-field", _set("spec.stages.sft.devicePerNode", 2), "spec.stages.sft.devicePerNode",
-     "did you mean 'devicesPerNode'", "schema"),
-    ("wrong-enum", _set("spec.accelerator", "gpu"), "spec.accelerator", "'nvidia', 'habana' or 'cpu'",
-     "schema"),
-    ("zero-nodes", _set("spec.stages.sft.nodes", 0), "spec.stages.sft.nodes", "greater than or equal to 1",
-     "schema"),
-    ("huge-nodes", _set("spec.stages.sft.nodes", 10**12), "spec.stages.sft.nodes", "less than or equal to 2048",
-     "schema"),
-    ("huge-retries", _set("spec.stages.ppo.retries", 2**31), "spec.stages.ppo.retries", "less than or equal to 100",
-     "schema"),
-    ("string-nodes", _set("spec.stages.reward.nodes", "2"), "spec.stages.reward.nodes", "valid integer",
-     "schema"),
-    ("bad-quantity", _set("spec.stages.sft.resources.memory", "lots"), "spec.stages.sft.resources.memory",
-     "not a Kubernetes quantity", "schema"),
+    (
+        "unknown-field",
+        _set("spec.stages.sft.devicePerNode", 2),
+        "spec.stages.sft.devicePerNode",
+        "did you mean 'devicesPerNode'",
+        "schema",
+    ),
+    (
+        "wrong-enum",
+        _set("spec.accelerator", "gpu"),
+        "spec.accelerator",
+        "'nvidia', 'habana' or 'cpu'",
+        "schema",
+    ),
+    (
+        "zero-nodes",
+        _set("spec.stages.sft.nodes", 0),
+        "spec.stages.sft.nodes",
+        "greater than or equal to 1",
+        "schema",
+    ),
+    (
+        "huge-nodes",
+        _set("spec.stages.sft.nodes", 10**12),
+        "spec.stages.sft.nodes",
+        "less than or equal to 2048",
+        "schema",
+    ),
+    (
+        "huge-retries",
+        _set("spec.stages.ppo.retries", 2**31),
+        "spec.stages.ppo.retries",
+        "less than or equal to 100",
+        "schema",
+    ),
+    (
+        "string-nodes",
+        _set("spec.stages.reward.nodes", "2"),
+        "spec.stages.reward.nodes",
+        "valid integer",
+        "schema",
+    ),
+    (
+        "bad-quantity",
+        _set("spec.stages.sft.resources.memory", "lots"),
+        "spec.stages.sft.resources.memory",
+        "not a Kubernetes quantity",
+        "schema",
+    ),
     ("bad-split", _set("spec.data.split", "1,2"), "spec.data.split", "three shares", "schema"),
     ("string-dataset", _set("spec.data.datasets", ["a.jsonl"]), "spec.data.datasets[0]", "mapping", "schema"),
-    ("both-storages", _set("spec.storage.pvc", {"claimName": "runs"}), "spec.storage", "exactly one",
-     "spec.storage"),
+    (
+        "both-storages",
+        _set("spec.storage.pvc", {"claimName": "runs"}),
+        "spec.storage",
+        "exactly one",
+        "spec.storage",
+    ),
     ("no-storage", _set("spec.storage.localDir", None), "spec.storage", "exactly one", "spec.storage"),
     ("fp16-on-cpu", _set("spec.stages.ppo.dtype", "fp16"), "spec.accelerator", "fp16", "spec"),
-    ("offload-zero0", _set("spec.stages.sft.offload", True), "spec.stages.sft.offload", "zeroStage >= 1",
-     "spec.stages.sft"),
-    ("lora-only-without-dim", _set("spec.stages.reward.lora", {"onlyOptimizeLora": True}),
-     "spec.stages.reward.lora.onlyOptimizeLora", "dim > 0", "spec.stages.reward.lora"),
-    ("unknown-option", _set("spec.stages.sft.trainerOptions", {"optim.learnig_rate": 1.0e-4}),
-     "spec.stages.sft.trainerOptions: optim.learnig_rate", "did you mean 'optim.learning_rate'", None),
-    ("wrong-option-type", _set("spec.stages.reward.trainerOptions", {"logging.log_interval": "often"}),
-     "spec.stages.reward.trainerOptions: logging.log_interval", "valid integer", None),
-    ("owned-option", _set("spec.stages.sft.trainerOptions", {"deepspeed.zero_stage": 2}),
-     "spec.stages.sft.trainerOptions: deepspeed.zero_stage", "set by spec.stages.sft.zeroStage", None),
+    (
+        "offload-zero0",
+        _set("spec.stages.sft.offload", True),
+        "spec.stages.sft.offload",
+        "zeroStage >= 1",
+        "spec.stages.sft",
+    ),
+    (
+        "lora-only-without-dim",
+        _set("spec.stages.reward.lora", {"onlyOptimizeLora": True}),
+        "spec.stages.reward.lora.onlyOptimizeLora",
+        "dim > 0",
+        "spec.stages.reward.lora",
+    ),
+    (
+        "unknown-option",
+        _set("spec.stages.sft.trainerOptions", {"optim.learnig_rate": 1.0e-4}),
+        "spec.stages.sft.trainerOptions: optim.learnig_rate",
+        "did you mean 'optim.learning_rate'",
+        None,
+    ),
+    (
+        "wrong-option-type",
+        _set("spec.stages.reward.trainerOptions", {"logging.log_interval": "often"}),
+        "spec.stages.reward.trainerOptions: logging.log_interval",
+        "valid integer",
+        None,
+    ),
+    (
+        "owned-option",
+        _set("spec.stages.sft.trainerOptions", {"deepspeed.zero_stage": 2}),
+        "spec.stages.sft.trainerOptions: deepspeed.zero_stage",
+        "set by spec.stages.sft.zeroStage",
+        None,
+    ),
     ("no-reward-share", _set("spec.data.split", "1,0,1"), "spec.data", "positive reward share", None),
-    ("ppo-without-reward", _set("spec.pipeline", ["sft", "ppo"]), "spec.pipeline",
-     "ppo starts its critic from the reward stage's model; add reward to spec.pipeline", "spec"),
-    ("dpo-alone", _set("spec.pipeline", ["dpo"]), "spec.pipeline",
-     "dpo starts its policy from the sft stage's model", "spec"),
-    ("unknown-stage", _set("spec.pipeline", ["sft", "rlaif"]), "spec.pipeline[1]", "'sft', 'reward'", "schema"),
-    ("repeated-stage", _set("spec.pipeline", ["sft", "sft", "reward", "ppo"]), "spec.pipeline", "listed twice",
-     "schema"),
+    (
+        "ppo-without-reward",
+        _set("spec.pipeline", ["sft", "ppo"]),
+        "spec.pipeline",
+        "ppo starts its critic from the reward stage's model; add reward to spec.pipeline",
+        "spec",
+    ),
+    (
+        "dpo-alone",
+        _set("spec.pipeline", ["dpo"]),
+        "spec.pipeline",
+        "dpo starts its policy from the sft stage's model",
+        "spec",
+    ),
+    (
+        "unknown-stage",
+        _set("spec.pipeline", ["sft", "rlaif"]),
+        "spec.pipeline[1]",
+        "'sft', 'reward'",
+        "schema",
+    ),
+    (
+        "repeated-stage",
+        _set("spec.pipeline", ["sft", "sft", "reward", "ppo"]),
+        "spec.pipeline",
+        "listed twice",
+        "schema",
+    ),
 ]
 
 
-@pytest.mark.parametrize("mutate, field, words, enforced", [i[1:] for i in INVALID],
-                         ids=[i[0] for i in INVALID])
+@pytest.mark.parametrize(
+    "mutate, field, words, enforced", [i[1:] for i in INVALID], ids=[i[0] for i in INVALID]
+)
 def test_invalid_manifest_is_rejected_naming_the_field(mutate, field, words, enforced):
     manifest = read_manifest(ROOT / "examples" / "quickstart.yaml")
     mutate(manifest)

@@ -27,11 +27,16 @@ from rlhf.config import apply_overrides
 from rlhf.engine.distributed import free_port
 
 ENTRYPOINT = str(Path(sys.executable).parent / "rlhf-entrypoint")
-OMPI = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-        "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
+OMPI = {
+    "OMPI_COMM_WORLD_RANK": "3",
+    "OMPI_COMM_WORLD_SIZE": "8",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+}
 
 
 # ---------------------------------------------------------------- environment of a rank
+
 
 def test_hostfile_formats_and_errors(tmp_path):
     text = "# MPI operator\nrun-worker-0.run-worker.ns.svc slots=8\n\nrun-worker-1.run-worker.ns.svc slots=8 max_slots=8\n"
@@ -55,20 +60,27 @@ def test_master_address_sources(tmp_path):
 def test_stage_env_maps_openmpi(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("w-0.svc slots=4\nw-1.svc slots=4\n")
-    added = envmod.stage_env({**OMPI, "RLHF_HOSTFILE": str(hostfile), "RLHF_MASTER_PORT": "23456",
-                              "RLHF_ACCELERATOR": "cpu"}, cpus=16)
+    added = envmod.stage_env(
+        {**OMPI, "RLHF_HOSTFILE": str(hostfile), "RLHF_MASTER_PORT": "23456", "RLHF_ACCELERATOR": "cpu"},
+        cpus=16,
+    )
     assert added["RANK"] == "3" and added["WORLD_SIZE"] == "8"
     assert added["LOCAL_RANK"] == "1" and added["LOCAL_WORLD_SIZE"] == "4"
     assert added["MASTER_ADDR"] == "w-0.svc" and added["MASTER_PORT"] == "23456"
     assert added["OMP_NUM_THREADS"] == "4"  # 16 CPUs shared by 4 local ranks
     assert added["DS_ACCELERATOR"] == "cpu"
     # the default port, and variables already set win
-    added = envmod.stage_env({**OMPI, "MASTER_ADDR": "m", "OMP_NUM_THREADS": "2", "RLHF_ACCELERATOR": "cuda"}, cpus=16)
+    added = envmod.stage_env(
+        {**OMPI, "MASTER_ADDR": "m", "OMP_NUM_THREADS": "2", "RLHF_ACCELERATOR": "cuda"}, cpus=16
+    )
     assert added["MASTER_PORT"] == "29500"
     assert "MASTER_ADDR" not in added and "OMP_NUM_THREADS" not in added
     assert added["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and added["DS_ACCELERATOR"] == "cuda"
     # one machine without a hostfile: the master is this machine
-    assert envmod.stage_env({**OMPI, "RLHF_HOSTFILE": str(tmp_path / "none")}, cpus=1)["MASTER_ADDR"] == "127.0.0.1"
+    assert (
+        envmod.stage_env({**OMPI, "RLHF_HOSTFILE": str(tmp_path / "none")}, cpus=1)["MASTER_ADDR"]
+        == "127.0.0.1"
+    )
 
 
 def test_stage_env_errors():
@@ -112,16 +124,19 @@ _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
 def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # In-process stage tests leave RANK, MASTER_ADDR, ... in os.environ: a fresh rank must not see them.
     base = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**base, **(env or {})}
+    )
 
 
 def test_stage_dry_run_prints_env_and_trainer_command_without_torch(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("w-0.svc slots=4\n")
-    code = ("import sys; from rlhf_entrypoint.entrypoint import main; "
-            "rc = main(['stage', 'reward', '--config', 'c.yaml', 'optim.epochs=1', '--dry-run']); "
-            "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    code = (
+        "import sys; from rlhf_entrypoint.entrypoint import main; "
+        "rc = main(['stage', 'reward', '--config', 'c.yaml', 'optim.epochs=1', '--dry-run']); "
+        "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)"
+    )
     proc = _python(code, {**OMPI, "RLHF_HOSTFILE": str(hostfile)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "False"
@@ -146,9 +161,13 @@ def test_cli_usage_errors(capsys):
 
 # ---------------------------------------------------------------- termination messages
 
+
 def _big_summary() -> dict:
     return {
-        "stage": "reward", "status": "completed", "global_step": 1200, "total_steps": 1200,
+        "stage": "reward",
+        "status": "completed",
+        "global_step": 1200,
+        "total_steps": 1200,
         "metrics": {f"eval/metric_{i:03d}": i / 7 for i in range(150)},
         "model_dir": "/mnt/rlhf/run/reward/model",
         "data": {f"source_{i}": "x" * 40 for i in range(60)},
@@ -157,8 +176,15 @@ def _big_summary() -> dict:
 
 
 def test_small_summary_is_kept_whole():
-    summary = {"stage": "sft", "status": "completed", "global_step": 8, "metrics": {"eval/perplexity": 3.2},
-               "model_dir": "/m", "world_size": 2, "data": {"train": 10}}
+    summary = {
+        "stage": "sft",
+        "status": "completed",
+        "global_step": 8,
+        "metrics": {"eval/perplexity": 3.2},
+        "model_dir": "/m",
+        "world_size": 2,
+        "data": {"train": 10},
+    }
     assert termination.compact_summary(summary) == summary
 
 
@@ -176,8 +202,13 @@ def test_large_summary_is_compacted_below_4096_bytes():
 
 
 def test_pathological_summary_still_fits():
-    summary = {"stage": "sft", "status": "completed", "global_step": 1, "metrics": "not a dict",
-               "model_dir": "/é" * 5000}
+    summary = {
+        "stage": "sft",
+        "status": "completed",
+        "global_step": 1,
+        "metrics": "not a dict",
+        "model_dir": "/é" * 5000,
+    }
     message = termination.compact_summary(summary)
     assert len(termination.encode(message)) < 4096
     assert message["status"] == "completed" and message["model_dir"].startswith("/é/é")
@@ -195,8 +226,16 @@ def test_failure_message_keeps_the_last_lines_and_fits():
     assert termination.error_line(tail) == "RuntimeError: NCCL timeout"
     assert termination.error_line(["error: optim.lr: unknown key", "done"]) == "error: optim.lr: unknown key"
     assert termination.error_line(["all good"]) is None
-    config_error = ["error: invalid SFTConfig in c.yaml:", "  optim.lr: unknown key", "  seed: not an int", "next"]
-    assert termination.error_line(config_error) == "error: invalid SFTConfig in c.yaml: optim.lr: unknown key; seed: not an int"
+    config_error = [
+        "error: invalid SFTConfig in c.yaml:",
+        "  optim.lr: unknown key",
+        "  seed: not an int",
+        "next",
+    ]
+    assert (
+        termination.error_line(config_error)
+        == "error: invalid SFTConfig in c.yaml: optim.lr: unknown key; seed: not an int"
+    )
 
 
 def test_write_never_raises(tmp_path, capsys):
@@ -205,6 +244,7 @@ def test_write_never_raises(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- launcher
+
 
 def _config(tmp_path: Path) -> tuple[Path, Path]:
     out = tmp_path / "out"
@@ -225,17 +265,26 @@ def _launch(tmp_path, cmd, **kw):
 
 def test_launch_success_writes_the_summary(tmp_path):
     _, out = _config(tmp_path)
-    summary = {"stage": "sft", "status": "completed", "global_step": 4, "metrics": {"eval/perplexity": 2.5},
-               "model_dir": str(out / "model")}
-    script = (f"import json, pathlib; p = pathlib.Path({str(out)!r}); p.mkdir(parents=True); "
-              f"print('training'); (p / 'summary.json').write_text(json.dumps({summary!r}))")
+    summary = {
+        "stage": "sft",
+        "status": "completed",
+        "global_step": 4,
+        "metrics": {"eval/perplexity": 2.5},
+        "model_dir": str(out / "model"),
+    }
+    script = (
+        f"import json, pathlib; p = pathlib.Path({str(out)!r}); p.mkdir(parents=True); "
+        f"print('training'); (p / 'summary.json').write_text(json.dumps({summary!r}))"
+    )
     code, message, stdout = _launch(tmp_path, [sys.executable, "-c", script])
     assert code == 0 and message == summary
     assert stdout == "training\n"
 
 
 def test_launch_failure_propagates_the_exit_code_with_the_log_tail(tmp_path):
-    script = "import sys; print('step 1'); print('ValueError: data.paths is empty', file=sys.stderr); sys.exit(3)"
+    script = (
+        "import sys; print('step 1'); print('ValueError: data.paths is empty', file=sys.stderr); sys.exit(3)"
+    )
     code, message, stdout = _launch(tmp_path, [sys.executable, "-c", script])
     assert code == 3
     assert message["status"] == "failed" and message["exit_code"] == 3
@@ -244,7 +293,9 @@ def test_launch_failure_propagates_the_exit_code_with_the_log_tail(tmp_path):
 
 
 def test_launch_reports_a_killed_command(tmp_path):
-    code, message, _ = _launch(tmp_path, [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    code, message, _ = _launch(
+        tmp_path, [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    )
     assert code == 128 + signal.SIGKILL
     assert "was killed by SIGKILL" in message["reason"]
 
@@ -282,7 +333,9 @@ def test_summary_that_shows_up_late_is_read(tmp_path):
 def test_output_dir_follows_command_line_overrides(tmp_path):
     cfg, out = _config(tmp_path)
     assert launchmod.output_dir(cfg, ["mpirun", "x"]) == out
-    assert launchmod.output_dir(cfg, ["mpirun", "x", "checkpoint.output_dir=/elsewhere"]) == Path("/elsewhere")
+    assert launchmod.output_dir(cfg, ["mpirun", "x", "checkpoint.output_dir=/elsewhere"]) == Path(
+        "/elsewhere"
+    )
 
 
 def test_forward_env_adds_mpirun_exports():
@@ -304,22 +357,31 @@ def test_wait_for_hosts():
     launchmod.wait_for_hosts(["a", "late", "a"], timeout=60, resolve=resolve, sleep=lambda s: None)
     assert seen.count("late") == 3 and seen.count("a") == 1
     with pytest.raises(launchmod.LaunchError, match="did not resolve within 0.2s: never"):
-        launchmod.wait_for_hosts(["localhost", "never"], timeout=0.2,
-                                 resolve=lambda h: (_ for _ in ()).throw(OSError()) if h == "never" else None)
+        launchmod.wait_for_hosts(
+            ["localhost", "never"],
+            timeout=0.2,
+            resolve=lambda h: (_ for _ in ()).throw(OSError()) if h == "never" else None,
+        )
 
 
 def test_launch_forwards_sigterm_and_does_not_import_torch(tmp_path):
     cfg, _ = _config(tmp_path)
     log = tmp_path / "termination-log"
-    child = ("import signal, sys, time\n"
-             "signal.signal(signal.SIGTERM, lambda *a: (print('child got SIGTERM', flush=True), sys.exit(7)))\n"
-             "print('ready', flush=True)\n"
-             "time.sleep(60)\n")
-    code = ("import sys; from rlhf_entrypoint.entrypoint import main\n"
-            f"rc = main(['launch', '--config', {str(cfg)!r}, '--termination-log', {str(log)!r}, '--wait-hosts', '0', "
-            f"'--', {sys.executable!r}, '-c', {child!r}])\n"
-            "print('torch imported:', 'torch' in sys.modules, flush=True); sys.exit(rc)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('child got SIGTERM', flush=True), sys.exit(7)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    code = (
+        "import sys; from rlhf_entrypoint.entrypoint import main\n"
+        f"rc = main(['launch', '--config', {str(cfg)!r}, '--termination-log', {str(log)!r}, '--wait-hosts', '0', "
+        f"'--', {sys.executable!r}, '-c', {child!r}])\n"
+        "print('torch imported:', 'torch' in sys.modules, flush=True); sys.exit(rc)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -331,6 +393,7 @@ def test_launch_forwards_sigterm_and_does_not_import_torch(tmp_path):
 
 # ---------------------------------------------------------------- worker sshd
 
+
 def test_sshd_config(tmp_path):
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
@@ -340,16 +403,36 @@ def test_sshd_config(tmp_path):
     (state / "ssh_host_ed25519_key").write_text("image key")
     keys = sshdmod.host_keys(home, state)
     assert keys == [home / ".ssh" / "id_rsa", state / "ssh_host_ed25519_key"]
-    env = {"PATH": "/opt/conda/bin:/usr/bin", "RLHF_ACCELERATOR": "cuda", "HOME": "/x", "SSH_AUTH_SOCK": "s",
-           "BAD": 'has "quotes"', "SPACED": "a b", "KUBERNETES_SERVICE_HOST": "10.0.0.1",
-           "RUN_WORKER_PORT_22_TCP_ADDR": "10.0.0.2", "RUN_WORKER_PORT": "tcp://10.0.0.2:22", "MASTER_PORT": "29500"}
-    text, skipped = sshdmod.sshd_config(port=2222, keys=keys, state=state, home=home, user="mpiuser", environ=env)
+    env = {
+        "PATH": "/opt/conda/bin:/usr/bin",
+        "RLHF_ACCELERATOR": "cuda",
+        "HOME": "/x",
+        "SSH_AUTH_SOCK": "s",
+        "BAD": 'has "quotes"',
+        "SPACED": "a b",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "RUN_WORKER_PORT_22_TCP_ADDR": "10.0.0.2",
+        "RUN_WORKER_PORT": "tcp://10.0.0.2:22",
+        "MASTER_PORT": "29500",
+    }
+    text, skipped = sshdmod.sshd_config(
+        port=2222, keys=keys, state=state, home=home, user="mpiuser", environ=env
+    )
     lines = text.splitlines()
-    for expected in ("Port 2222", "StrictModes no", "UsePAM no", "PasswordAuthentication no", "AllowUsers mpiuser",
-                     f"AuthorizedKeysFile {home}/.ssh/authorized_keys", f"HostKey {home}/.ssh/id_rsa"):
+    for expected in (
+        "Port 2222",
+        "StrictModes no",
+        "UsePAM no",
+        "PasswordAuthentication no",
+        "AllowUsers mpiuser",
+        f"AuthorizedKeysFile {home}/.ssh/authorized_keys",
+        f"HostKey {home}/.ssh/id_rsa",
+    ):
         assert expected in lines
     setenv = [line for line in lines if line.startswith("SetEnv ")]
-    assert setenv == ['SetEnv "MASTER_PORT=29500" "PATH=/opt/conda/bin:/usr/bin" "RLHF_ACCELERATOR=cuda" "SPACED=a b"']
+    assert setenv == [
+        'SetEnv "MASTER_PORT=29500" "PATH=/opt/conda/bin:/usr/bin" "RLHF_ACCELERATOR=cuda" "SPACED=a b"'
+    ]
     assert skipped == ["BAD"]
     # a uid without a passwd entry: no AllowUsers line (sshd checks the account itself)
     text, _ = sshdmod.sshd_config(port=2222, keys=keys, state=state, home=home, user=None, environ={})
@@ -364,7 +447,9 @@ def test_sshd_state_falls_back_to_a_temporary_dir_and_generates_a_key(tmp_path):
     state = sshdmod.state_dir(home)
     assert state.is_dir() and state != home / ".sshd"
     keys = sshdmod.host_keys(home, state)
-    assert keys == [state / "ssh_host_ed25519_key"] and keys[0].read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY")
+    assert keys == [state / "ssh_host_ed25519_key"] and keys[0].read_text().startswith(
+        "-----BEGIN OPENSSH PRIVATE KEY"
+    )
     shutil.rmtree(state)
 
 
@@ -382,7 +467,10 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 def test_sshd_accepts_the_job_key_and_passes_the_container_env(tmp_path):
     """A real sshd started by `rlhf-entrypoint sshd`: key login works, the session sees the container's env."""
-    if not (shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:" + os.environ.get("PATH", "")) and shutil.which("ssh")):
+    if not (
+        shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:" + os.environ.get("PATH", ""))
+        and shutil.which("ssh")
+    ):
         pytest.skip("openssh-server/openssh-client are not installed (`make setup` installs them)")
     if os.getuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # root's sshd needs its privilege-separation dir
@@ -392,15 +480,41 @@ def test_sshd_accepts_the_job_key_and_passes_the_container_env(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     shutil.copy(key.with_suffix(".pub"), home / ".ssh" / "authorized_keys")
     port = free_port()
-    env = {**os.environ, "HOME": str(home), "RLHF_PROBE": "value with spaces",
-           "PATH": f"/opt/probe/bin:{os.environ['PATH']}"}
-    proc = subprocess.Popen([ENTRYPOINT, "sshd", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RLHF_PROBE": "value with spaces",
+        "PATH": f"/opt/probe/bin:{os.environ['PATH']}",
+    }
+    proc = subprocess.Popen(
+        [ENTRYPOINT, "sshd", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_port(port, proc)
-        ssh = subprocess.run(["ssh", "-F", "/dev/null", "-p", str(port), "-i", str(key), "-o", "BatchMode=yes",
-                              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                              "-o", "LogLevel=ERROR", "127.0.0.1", 'echo "$RLHF_PROBE|$PATH"'],
-                             capture_output=True, text=True, timeout=60)
+        ssh = subprocess.run(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-p",
+                str(port),
+                "-i",
+                str(key),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "127.0.0.1",
+                'echo "$RLHF_PROBE|$PATH"',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ssh.returncode == 0, ssh.stderr
         probe, path = ssh.stdout.strip().split("|")
         assert probe == "value with spaces"
@@ -413,8 +527,14 @@ def test_sshd_accepts_the_job_key_and_passes_the_container_env(tmp_path):
 
 # ---------------------------------------------------------------- the real thing: mpirun through the entrypoint
 
-ENV_KEYS = ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-            "TOKENIZERS_PARALLELISM")
+ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "DS_ACCELERATOR",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TORCH_EXTENSIONS_DIR",
+    "TOKENIZERS_PARALLELISM",
+)
 
 
 def _mpirun_job(tmp_path: Path, cfg: Path, stage: str = "sft") -> tuple[subprocess.CompletedProcess, Path]:
@@ -423,17 +543,49 @@ def _mpirun_job(tmp_path: Path, cfg: Path, stage: str = "sft") -> tuple[subproce
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     log = tmp_path / "termination-log"
-    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--mca", "btl", "self,vader",
-              "--mca", "oob_tcp_if_include", "lo", "--hostfile", str(hostfile)]
+    mpirun = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "2",
+        "--mca",
+        "btl",
+        "self,vader",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+        "--hostfile",
+        str(hostfile),
+    ]
     for key in ENV_KEYS:
         mpirun += ["-x", key]
-    cmd = [ENTRYPOINT, "launch", "--config", str(cfg), "--termination-log", str(log), "--hostfile", str(hostfile),
-           "--", *mpirun, ENTRYPOINT, "stage", stage, "--config", str(cfg)]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [
+        ENTRYPOINT,
+        "launch",
+        "--config",
+        str(cfg),
+        "--termination-log",
+        str(log),
+        "--hostfile",
+        str(hostfile),
+        "--",
+        *mpirun,
+        ENTRYPOINT,
+        "stage",
+        stage,
+        "--config",
+        str(cfg),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(RLHF_MASTER_PORT=str(free_port()), RLHF_ACCELERATOR="cpu")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -446,8 +598,12 @@ def _mpirun_job(tmp_path: Path, cfg: Path, stage: str = "sft") -> tuple[subproce
 @pytest.mark.slow
 def test_mpirun_through_the_entrypoint_trains_sft_and_writes_the_termination_message(tiny, tmp_path):
     out = tmp_path / "sft"
-    data = apply_overrides({}, tiny.sft_overrides(out, "optim.max_steps=4", "deepspeed.zero_stage=1",
-                                                  "deepspeed.dist_timeout_seconds=120"))
+    data = apply_overrides(
+        {},
+        tiny.sft_overrides(
+            out, "optim.max_steps=4", "deepspeed.zero_stage=1", "deepspeed.dist_timeout_seconds=120"
+        ),
+    )
     cfg = tmp_path / "sft.yaml"
     cfg.write_text(yaml.safe_dump(data))
     proc, log = _mpirun_job(tmp_path, cfg)
@@ -466,8 +622,15 @@ def test_mpirun_through_the_entrypoint_trains_sft_and_writes_the_termination_mes
 @pytest.mark.slow
 def test_mpirun_failure_reaches_the_termination_message(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({"checkpoint": {"output_dir": str(tmp_path / "out")},
-                                   "model": {"name_or_path": "x"}, "optim": {"learnig_rate": 1.0}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "checkpoint": {"output_dir": str(tmp_path / "out")},
+                "model": {"name_or_path": "x"},
+                "optim": {"learnig_rate": 1.0},
+            }
+        )
+    )
     proc, log = _mpirun_job(tmp_path, cfg)
     assert proc.returncode != 0
     message = json.loads(log.read_text())

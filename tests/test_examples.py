@@ -59,18 +59,30 @@ def _question(prompt: str) -> str:
 
 def write_dataset(path: Path, kind: str, seed: int) -> Path:
     """Synthetic pairs in the record format of Hub dataset ``kind`` (its short name), or generic."""
-    pairs = read_jsonl(generate(path.parent / f".src-{path.stem}", seed=seed, n_sft=10, n_pairs=160,
-                                n_heldout=8)["pairs"])
+    pairs = read_jsonl(
+        generate(path.parent / f".src-{path.stem}", seed=seed, n_sft=10, n_pairs=160, n_heldout=8)["pairs"]
+    )
     rows = []
     for r in pairs:
         q, chosen, rejected = _question(r["prompt"]), r["chosen"].strip(), r["rejected"].strip()
         if kind in ("rm-static", "full-hh-rlhf"):  # hh: the transcript form, verbatim
-            rows.append({"prompt": f"\n\nHuman: {q}\n\nAssistant:", "chosen": f" {chosen}", "rejected": f" {rejected}"})
+            rows.append(
+                {
+                    "prompt": f"\n\nHuman: {q}\n\nAssistant:",
+                    "chosen": f" {chosen}",
+                    "rejected": f" {rejected}",
+                }
+            )
         elif kind == "synthetic-instruct-gptj-pairwise":  # bare question and answers
             rows.append({"prompt": q, "chosen": chosen, "rejected": rejected})
         elif kind == "rlhf-reward-datasets":  # yitingxie: answers after the last "Assistant:"
-            rows.append({"prompt": f"\n\nHuman: {q}\n\n", "chosen": f"Assistant: {chosen}",
-                         "rejected": f"Assistant: {rejected}"})
+            rows.append(
+                {
+                    "prompt": f"\n\nHuman: {q}\n\n",
+                    "chosen": f"Assistant: {chosen}",
+                    "rejected": f"Assistant: {rejected}",
+                }
+            )
         else:
             rows.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -81,7 +93,9 @@ def write_dataset(path: Path, kind: str, seed: int) -> Path:
 def families(tmp_path_factory):
     """family -> (actor dir, reward dir): nano models sharing one tokenizer of the family's conventions."""
     root = tmp_path_factory.mktemp("example-models")
-    texts = list(corpus_texts(generate(root / "corpus", seed=0, n_sft=300, n_pairs=300, n_heldout=1)["sft"].parent))
+    texts = list(
+        corpus_texts(generate(root / "corpus", seed=0, n_sft=300, n_pairs=300, n_heldout=1)["sft"].parent)
+    )
     out = {}
     for family in sorted(set(FAMILY.values())):
         actor = tiny_models.build_family(root / family / "actor", family, texts, vocab_size=400, seed=0)
@@ -105,7 +119,9 @@ def toy_manifest(path: Path, work: Path, models: tuple[Path, Path]) -> dict:
     for key in ("datasets", "sftOnlyDatasets"):
         for i, source in enumerate(spec["data"].get(key, [])):
             name = source["path"].split("/")[-1] if is_hub_id(source["path"]) else f"{key}-{i}"
-            source["path"] = str(write_dataset(data_dir / f"{name.removesuffix('.jsonl')}.jsonl", name, seed=i))
+            source["path"] = str(
+                write_dataset(data_dir / f"{name.removesuffix('.jsonl')}.jsonl", name, seed=i)
+            )
     heldout = generate(work / "heldout", seed=7, n_sft=1, n_pairs=1, n_heldout=8)["heldout"]
     for stage, options in TOY.items():
         s = spec["stages"].setdefault(stage, {})
@@ -128,18 +144,30 @@ def _finite(values: dict) -> list[str]:
 def test_example_settings_run_at_toy_scale(example, families, tmp_path):
     manifest = toy_manifest(example, tmp_path, families[FAMILY[example.name]])
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    done = subprocess.run([sys.executable, "-m", "rlhf", "run", "run.yaml", "--storage", str(tmp_path / "out")],
-                          cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=1200)
-    logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((tmp_path / "out").glob("*/stage.log")))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf", "run", "run.yaml", "--storage", str(tmp_path / "out")],
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    logs = "\n".join(
+        f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((tmp_path / "out").glob("*/stage.log"))
+    )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{logs}"
     for stage in ("sft", "reward", "ppo"):
         summary = json.loads((tmp_path / "out" / stage / "summary.json").read_text())
         assert summary["status"] == "completed", (stage, summary)
         assert not _finite(summary["metrics"]), (stage, summary["metrics"])
-        rows = [json.loads(line) for line in (tmp_path / "out" / stage / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (tmp_path / "out" / stage / "metrics.jsonl").read_text().splitlines()
+        ]
         train = [r for r in rows if r["split"] == "train"]
         assert train and all(not _finite(r) for r in train), (stage, train)
         assert (tmp_path / "out" / stage / "model" / "config.json").is_file()

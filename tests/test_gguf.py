@@ -30,13 +30,19 @@ def test_which_model_folders_prepare_converts(tmp_path):
     (done / "m.gguf").write_bytes(b"GGUF")
     (done / "config.json").write_text("{}")
     manifest = {
-        "apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": "g"},
-        "spec": {"accelerator": "cpu", "models": {"actor": str(only_gguf), "reward": str(done),
-                                                   "tokenizer": str(only_gguf)},
-                 "data": {"datasets": [{"path": str(tmp_path / "pairs.jsonl")}]},
-                 "storage": {"localDir": str(tmp_path / "run")}},
+        "apiVersion": "rlhf.dev/v1alpha1",
+        "kind": "RLHFRun",
+        "metadata": {"name": "g"},
+        "spec": {
+            "accelerator": "cpu",
+            "models": {"actor": str(only_gguf), "reward": str(done), "tokenizer": str(only_gguf)},
+            "data": {"datasets": [{"path": str(tmp_path / "pairs.jsonl")}]},
+            "storage": {"localDir": str(tmp_path / "run")},
+        },
     }
-    assert gguf_folders(load_manifest(manifest)) == [("spec.models.actor", only_gguf, only_gguf / "m.Q4.gguf")]
+    assert gguf_folders(load_manifest(manifest)) == [
+        ("spec.models.actor", only_gguf, only_gguf / "m.Q4.gguf")
+    ]
     assert gguf_in(done) is None and gguf_in(tmp_path / "missing") is None
     (only_gguf / "other.gguf").write_bytes(b"GGUF")
     with pytest.raises(GGUFError, match="holds 2 .gguf files"):

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINERS = ("Dockerfile.cuda", "Dockerfile.gaudi")
 ALL = (*TRAINERS, "Dockerfile.operator")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
-SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bAKIA[0-9A-Z]{16}\b|\bghp_[A-Za-z0-9]{36}\b|-----BEGIN [A-Z ]*PRIVATE KEY")
+SECRET_VALUE = re.compile(
+    r"\bhf_[A-Za-z0-9]{30,}|\bAKIA[0-9A-Z]{16}\b|\bghp_[A-Za-z0-9]{36}\b|-----BEGIN [A-Z ]*PRIVATE KEY"
+)
 
 
 @dataclass
@@ -101,8 +103,11 @@ def parse(path: Path) -> Dockerfile:
             if keyword == "ARG":
                 name, default = _arg(args)
                 stage = stages[-1]
-                stage.args[name] = (global_args.get(name, "") if default is None
-                                    else _expand(default, {**global_args, **stage.args}, path.name))
+                stage.args[name] = (
+                    global_args.get(name, "")
+                    if default is None
+                    else _expand(default, {**global_args, **stage.args}, path.name)
+                )
     return Dockerfile(path, global_args, stages)
 
 
@@ -116,6 +121,7 @@ def pins(text: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- every image
+
 
 def test_base_images_are_pinned(dockerfile):
     stage_names = {s.name for s in dockerfile.stages if s.name}
@@ -131,7 +137,9 @@ def test_base_images_are_pinned(dockerfile):
             # Habana tags only `latest`; the release is the path's version directory.
             assert re.search(r"/\d+\.\d+\.\d+/", repo), f"{dockerfile.path.name}: {image} floats (:latest)"
         else:
-            assert re.search(r"\d+\.\d+", tag), f"{dockerfile.path.name}: {image}: tag {tag!r} names no version"
+            assert re.search(r"\d+\.\d+", tag), (
+                f"{dockerfile.path.name}: {image}: tag {tag!r} names no version"
+            )
 
 
 def test_runs_as_a_non_root_user(dockerfile):
@@ -152,7 +160,9 @@ def test_entrypoint_is_exec_form_and_a_declared_script(dockerfile):
     expected = "rlhf-operator" if dockerfile.path.name == "Dockerfile.operator" else "rlhf-entrypoint"
     assert argv == [expected]
     cmd = json.loads(dockerfile.final.all("CMD")[-1])
-    assert cmd == (["run", "--config", "/etc/rlhf-operator/config.yaml"] if expected == "rlhf-operator" else ["sshd"])
+    assert cmd == (
+        ["run", "--config", "/etc/rlhf-operator/config.yaml"] if expected == "rlhf-operator" else ["sshd"]
+    )
 
 
 def test_no_secrets(dockerfile):
@@ -164,7 +174,9 @@ def test_no_secrets(dockerfile):
                 assert not secret, f"{dockerfile.path.name}: {keyword} {secret} looks like a secret"
             if keyword in ("COPY", "ADD"):
                 sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
-                assert not [s for s in sources if re.search(r"\.ssh|id_rsa|\.pem$|\.key$|\.env$|netrc|credentials", s)]
+                assert not [
+                    s for s in sources if re.search(r"\.ssh|id_rsa|\.pem$|\.key$|\.env$|netrc|credentials", s)
+                ]
     assert not SECRET_VALUE.search((ROOT / dockerfile.path.name).read_text())
 
 
@@ -181,20 +193,36 @@ def _ignored(patterns: list[str], path: str) -> bool:
         negate = pattern.startswith("!")
         pattern = pattern.lstrip("!").rstrip("/")
         parts = path.split("/")
-        hit = any(fnmatch("/".join(parts[:i]), pattern) or fnmatch(parts[i - 1], pattern.removeprefix("**/"))
-                  for i in range(1, len(parts) + 1))
+        hit = any(
+            fnmatch("/".join(parts[:i]), pattern) or fnmatch(parts[i - 1], pattern.removeprefix("**/"))
+            for i in range(1, len(parts) + 1)
+        )
         if hit:
             ignored = not negate
     return ignored
 
 
 def dockerignore() -> list[str]:
-    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
-@pytest.mark.parametrize("path", [".venv", "runs", ".cache", ".git", ".tools", "tests", "rlhf/__pycache__/x.pyc",
-                                  "rlhf_operator.egg-info"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv",
+        "runs",
+        ".cache",
+        ".git",
+        ".tools",
+        "tests",
+        "rlhf/__pycache__/x.pyc",
+        "rlhf_operator.egg-info",
+    ],
+)
 def test_dockerignore_keeps_local_state_out(path):
     assert _ignored(dockerignore(), path), f"{path} would be sent to the docker build"
 
@@ -208,10 +236,13 @@ def test_copied_sources_exist_and_are_in_the_context(dockerfile):
                 continue
             for source in [w for w in words if not w.startswith("--")][:-1]:
                 assert (ROOT / source).exists(), f"{dockerfile.path.name}: COPY {source}: no such path"
-                assert not _ignored(patterns, source), f"{dockerfile.path.name}: COPY {source} is dockerignored"
+                assert not _ignored(patterns, source), (
+                    f"{dockerfile.path.name}: COPY {source} is dockerignored"
+                )
 
 
 # ---------------------------------------------------------------- trainer images
+
 
 @pytest.mark.parametrize("name", TRAINERS)
 def test_trainer_image_contract_with_the_operator(name):
@@ -250,8 +281,11 @@ def test_cuda_base_carries_the_pinned_torch():
 def test_gaudi_uses_habana_pytorch_and_deepspeed_fork():
     df = parse(ROOT / "Dockerfile.gaudi")
     base = df.expand(df.stages[0].base)
-    assert re.fullmatch(r"vault\.habana\.ai/gaudi-docker/\d+\.\d+\.\d+/ubuntu\d+\.\d+/habanalabs/"
-                        r"pytorch-installer-\d+\.\d+\.\d+:latest", base)
+    assert re.fullmatch(
+        r"vault\.habana\.ai/gaudi-docker/\d+\.\d+\.\d+/ubuntu\d+\.\d+/habanalabs/"
+        r"pytorch-installer-\d+\.\d+\.\d+:latest",
+        base,
+    )
     run = " ".join(df.final.all("RUN"))
     fork = re.search(r"git\+https://github\.com/HabanaAI/DeepSpeed\.git@(\S+?)\"", run)
     assert fork and df.expand(fork.group(1), df.final) == df.global_args["SYNAPSE_VERSION"]
@@ -259,6 +293,7 @@ def test_gaudi_uses_habana_pytorch_and_deepspeed_fork():
 
 
 # ---------------------------------------------------------------- operator image
+
 
 def _closure(project: str, extras: set[str], seen: set[str] | None = None) -> set[str]:
     """Names of every installed distribution ``project[extras]`` needs (markers evaluated)."""
@@ -271,10 +306,15 @@ def _closure(project: str, extras: set[str], seen: set[str] | None = None) -> se
         dist = distribution(project)
     except PackageNotFoundError:
         return seen
-    env = {"python_version": f"{sys.version_info.major}.{sys.version_info.minor}", "sys_platform": sys.platform}
+    env = {
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "sys_platform": sys.platform,
+    }
     for line in dist.requires or []:
         req = Requirement(line)
-        if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})):
+        if req.marker is not None and not any(
+            req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})
+        ):
             continue
         _closure(req.name, set(req.extras), seen)
     return seen
@@ -307,20 +347,30 @@ IMAGE = "torch==2.13.0+cu128\nnvidia-nccl-cu12==2.27.3\nnumpy==1.26.4\npyyaml==6
 
 def test_merge_keeps_the_image_torch_stack_and_our_other_pins():
     merged = pins(build_constraints.merge(OURS, IMAGE))
-    assert merged == {"torch": "2.13.0+cu128", "nvidia-nccl-cu12": "2.27.3", "numpy": "2.4.6",
-                      "deepspeed": "0.19.8", "pyyaml": "6.0.3", "kopf": "1.45.2"}
+    assert merged == {
+        "torch": "2.13.0+cu128",
+        "nvidia-nccl-cu12": "2.27.3",
+        "numpy": "2.4.6",
+        "deepspeed": "0.19.8",
+        "pyyaml": "6.0.3",
+        "kopf": "1.45.2",
+    }
 
 
 def test_merge_base_wins_for_habana():
     habana = "torch==2.6.0+hpu.synapse.v1.21.0\ndeepspeed==0.16.1+hpu.synapse.v1.21.0\nnumpy==1.26.4\n"
     merged = pins(build_constraints.merge(OURS, habana, base_wins=True, drop=("deepspeed",)))
-    assert merged["torch"] == "2.6.0+hpu.synapse.v1.21.0" and merged["deepspeed"] == "0.16.1+hpu.synapse.v1.21.0"
+    assert (
+        merged["torch"] == "2.6.0+hpu.synapse.v1.21.0" and merged["deepspeed"] == "0.16.1+hpu.synapse.v1.21.0"
+    )
     assert merged["numpy"] == "1.26.4" and merged["pyyaml"] == "6.0.3"
 
 
 def test_merge_cli(tmp_path, capsys):
     (tmp_path / "c.txt").write_text(OURS)
     (tmp_path / "i.txt").write_text(IMAGE)
-    assert build_constraints.main([str(tmp_path / "c.txt"), str(tmp_path / "i.txt"), "--drop", "deepspeed"]) == 0
+    assert (
+        build_constraints.main([str(tmp_path / "c.txt"), str(tmp_path / "i.txt"), "--drop", "deepspeed"]) == 0
+    )
     out = capsys.readouterr().out
     assert "torch==2.13.0+cu128\n" in out and "deepspeed" not in out

@@ -20,8 +20,14 @@ from rlhf.engine.distributed import free_port
 pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_and_fingerprint.py"
-ENV_KEYS = ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-            "TOKENIZERS_PARALLELISM")
+ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "DS_ACCELERATOR",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TORCH_EXTENSIONS_DIR",
+    "TOKENIZERS_PARALLELISM",
+)
 
 
 def _env() -> dict[str, str]:
@@ -37,8 +43,21 @@ def _env() -> dict[str, str]:
 def mpirun(n: int) -> list[str]:
     if not shutil.which("mpirun"):
         pytest.skip("OpenMPI's mpirun is not installed (make setup installs openmpi-bin)")
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(n), "--mca", "btl", "self,vader",
-           "--mca", "oob_tcp_if_include", "lo", "-x", f"MASTER_PORT={free_port()}"]
+    cmd = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        str(n),
+        "--mca",
+        "btl",
+        "self,vader",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+        "-x",
+        f"MASTER_PORT={free_port()}",
+    ]
     for key in ENV_KEYS:
         cmd += ["-x", key]
     return cmd
@@ -46,14 +65,30 @@ def mpirun(n: int) -> list[str]:
 
 LAUNCHERS = {
     "mpirun": lambda: [*mpirun(2), sys.executable],
-    "torchrun": lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_port", str(free_port())],
-    "deepspeed": lambda: [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-                          "--master_port", str(free_port())],
+    "torchrun": lambda: [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ],
+    "deepspeed": lambda: [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ],
 }
 
 
-def run_two_ranks(launcher: str, stage: str, overrides: list[str], tmp: Path, timeout: int = 600) -> list[dict]:
+def run_two_ranks(
+    launcher: str, stage: str, overrides: list[str], tmp: Path, timeout: int = 600
+) -> list[dict]:
     tmp.mkdir(parents=True, exist_ok=True)
     prefix = tmp / "fingerprint_rank"
     cmd = [*LAUNCHERS[launcher](), str(SCRIPT), stage, str(prefix), *overrides]
@@ -75,7 +110,12 @@ def assert_ranks_agree(results: list[dict]) -> None:
     "launcher, stage, zero, extra",
     [
         ("mpirun", "sft", 2, []),
-        ("mpirun", "sft", 3, ["deepspeed.stage3_max_live_parameters=0", "deepspeed.stage3_param_persistence_threshold=0"]),
+        (
+            "mpirun",
+            "sft",
+            3,
+            ["deepspeed.stage3_max_live_parameters=0", "deepspeed.stage3_param_persistence_threshold=0"],
+        ),
         ("mpirun", "reward", 3, []),
         ("torchrun", "reward", 2, ["lora.dim=4"]),
         ("torchrun", "sft", 2, ["deepspeed.offload=true", "deepspeed.dtype=bf16"]),
@@ -85,8 +125,9 @@ def assert_ranks_agree(results: list[dict]) -> None:
 def test_two_ranks(tiny, tmp_path, launcher, stage, zero, extra):
     out = tmp_path / "out"
     overrides = tiny.sft_overrides if stage == "sft" else tiny.reward_overrides
-    args = overrides(out, "optim.max_steps=8", f"deepspeed.zero_stage={zero}", "deepspeed.dist_timeout_seconds=120",
-                     *extra)
+    args = overrides(
+        out, "optim.max_steps=8", f"deepspeed.zero_stage={zero}", "deepspeed.dist_timeout_seconds=120", *extra
+    )
     results = run_two_ranks(launcher, stage, args, tmp_path)
     assert_ranks_agree(results)
     summary = results[0]["summary"]
@@ -122,11 +163,14 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def kill_when_checkpointed(cmd: list[str], latest: Path, not_yet: tuple[str, ...], timeout: float = 300) -> None:
+def kill_when_checkpointed(
+    cmd: list[str], latest: Path, not_yet: tuple[str, ...], timeout: float = 300
+) -> None:
     """Start ``cmd`` and SIGKILL the whole job as soon as the checkpoint ``latest`` names a tag
     other than ``not_yet``; fails if the job ends first."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline, killed = time.time() + timeout, False
     while time.time() < deadline and proc.poll() is None:
         if latest.is_file() and latest.read_text().strip() not in ("", *not_yet):
@@ -151,25 +195,45 @@ def _train_cmd(overrides: list[str]) -> list[str]:
 
 
 def test_kill_and_resume_ends_where_an_uninterrupted_run_would(tiny, tmp_path):
-    common = ["optim.max_steps=30", "optim.epochs=3", "optim.gradient_accumulation_steps=2", "checkpoint.save_interval=4", "deepspeed.zero_stage=2",
-              f"model.name_or_path={tiny.reward}", "optim.lr_scheduler=cosine", "optim.warmup_steps=3",
-              "model.dropout=0.1"]  # dropout: the RNG state must be restored too
+    common = [
+        "optim.max_steps=30",
+        "optim.epochs=3",
+        "optim.gradient_accumulation_steps=2",
+        "checkpoint.save_interval=4",
+        "deepspeed.zero_stage=2",
+        f"model.name_or_path={tiny.reward}",
+        "optim.lr_scheduler=cosine",
+        "optim.warmup_steps=3",
+        "model.dropout=0.1",
+    ]  # dropout: the RNG state must be restored too
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    subprocess.run(_train_cmd(tiny.sft_overrides(straight, *common)), env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(tiny.sft_overrides(straight, *common)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
     # Start again, kill the whole job (SIGKILL) once a few checkpoints exist, then rerun it.
-    kill_when_checkpointed(_train_cmd(tiny.sft_overrides(resumed, *common)), resumed / "checkpoints" / "latest",
-                           ("step-30",))
+    kill_when_checkpointed(
+        _train_cmd(tiny.sft_overrides(resumed, *common)), resumed / "checkpoints" / "latest", ("step-30",)
+    )
     assert not (resumed / "summary.json").exists()
 
-    subprocess.run(_train_cmd(tiny.sft_overrides(resumed, *common)), env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(tiny.sft_overrides(resumed, *common)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     summary = json.loads((resumed / "summary.json").read_text())
     assert 0 < summary["resumed_from_step"] < 30 and summary["global_step"] == 30
 
     assert_same_saved_model(straight, resumed)
     # the metrics history is continuous and equal to the uninterrupted one
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [(r["step"], r["split"], r.get("loss")) for r in rows(straight)] == \
-        [(r["step"], r["split"], r.get("loss")) for r in rows(resumed)]
+    assert [(r["step"], r["split"], r.get("loss")) for r in rows(straight)] == [
+        (r["step"], r["split"], r.get("loss")) for r in rows(resumed)
+    ]

@@ -46,4 +46,6 @@ def test_repository_root_on_sys_path_shadows_nothing():
     for name in _setuptools()["package-dir"]:
         assert name.split(".")[0] not in sys.stdlib_module_names
     assert not (ROOT / "operator" / "__init__.py").exists()
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True
+    )

@@ -41,20 +41,54 @@ from rlhf.stages.data import prepare_stage_data
 # ------------------------------------------------------------------------------------------- the rule
 
 
-@pytest.mark.parametrize("value", [
-    "gpt2", "facebook/opt-1.3b", "bigscience/bloom-560m", "meta-llama/Llama-2-7b-hf", "Dahoas/rm-static",
-    "yitingxie/rlhf-reward-datasets", "EleutherAI/gpt-j-6B", "a", "org_1/name_2", "Qwen/Qwen2.5-0.5B",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "gpt2",
+        "facebook/opt-1.3b",
+        "bigscience/bloom-560m",
+        "meta-llama/Llama-2-7b-hf",
+        "Dahoas/rm-static",
+        "yitingxie/rlhf-reward-datasets",
+        "EleutherAI/gpt-j-6B",
+        "a",
+        "org_1/name_2",
+        "Qwen/Qwen2.5-0.5B",
+    ],
+)
 def test_hub_ids(value):
     assert is_hub_id(value)
 
 
-@pytest.mark.parametrize("value", [
-    "/data/opt", "./models/actor", "../m", "~/m", "~", ".", "..", "runs/quickstart/models/actor",
-    "data/pairs.jsonl", "pairs.json", "org/data.parquet", "org/name.git", "local/jsonfile",
-    "local/jsonfile:/data", "org--name", "org/na..me", "-org/name", "org/name-", "org/", "/name",
-    "a b", "org/name:rev", "x" * 97, "",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/data/opt",
+        "./models/actor",
+        "../m",
+        "~/m",
+        "~",
+        ".",
+        "..",
+        "runs/quickstart/models/actor",
+        "data/pairs.jsonl",
+        "pairs.json",
+        "org/data.parquet",
+        "org/name.git",
+        "local/jsonfile",
+        "local/jsonfile:/data",
+        "org--name",
+        "org/na..me",
+        "-org/name",
+        "org/name-",
+        "org/",
+        "/name",
+        "a b",
+        "org/name:rev",
+        "x" * 97,
+        "",
+    ],
+)
 def test_paths(value):
     assert not is_hub_id(value)
 
@@ -67,23 +101,34 @@ def test_hub_ids_map_to_prepared_copies_and_paths_stay():
     assert model_location("runs/x", "org/m") == "runs/x/hub/models/org--m"
     # The format a Hub dataset resolves to is written out; an explicit one is kept; paths untouched.
     assert dataset_location("r", {"path": "Dahoas/rm-static", "format": "auto"}) == {
-        "path": "r/hub/datasets/Dahoas--rm-static", "format": "hh"}
+        "path": "r/hub/datasets/Dahoas--rm-static",
+        "format": "hh",
+    }
     assert dataset_location("r", {"path": "someone/prefs", "format": "auto"})["format"] == "generic"
     assert dataset_location("r", {"path": "Dahoas/rm-static", "format": "generic"})["format"] == "generic"
     assert dataset_location("r", {"path": "d/pairs.jsonl", "format": "auto"}) == {
-        "path": "d/pairs.jsonl", "format": "auto"}
+        "path": "d/pairs.jsonl",
+        "format": "auto",
+    }
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
     base = {
         "accelerator": "cpu",
         "models": {"actor": "facebook/opt-125m", "reward": "./models/rm", "tokenizer": "org/tok"},
-        "data": {"datasets": [{"path": "Dahoas/rm-static"}, {"path": "data/pairs.jsonl"}],
-                 "sftOnlyDatasets": [{"path": "org/sft-data", "format": "generic"}], "split": "2,4,4"},
+        "data": {
+            "datasets": [{"path": "Dahoas/rm-static"}, {"path": "data/pairs.jsonl"}],
+            "sftOnlyDatasets": [{"path": "org/sft-data", "format": "generic"}],
+            "split": "2,4,4",
+        },
         "storage": {"pvc": {"claimName": "rlhf"}},
     }
-    return {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": "p"},
-            "spec": base | spec}
+    return {
+        "apiVersion": "rlhf.dev/v1alpha1",
+        "kind": "RLHFRun",
+        "metadata": {"name": "p"},
+        "spec": base | spec,
+    }
 
 
 def test_stage_configs_point_at_the_prepared_copies():
@@ -96,8 +141,11 @@ def test_stage_configs_point_at_the_prepared_copies():
     for config in (sft, reward, ppo):
         assert config["data"]["paths"] == [
             {"path": f"{root}/hub/datasets/Dahoas--rm-static", "format": "hh"},
-            {"path": "data/pairs.jsonl", "format": "auto"}]
-    assert sft["data"]["sft_only_paths"] == [{"path": f"{root}/hub/datasets/org--sft-data", "format": "generic"}]
+            {"path": "data/pairs.jsonl", "format": "auto"},
+        ]
+    assert sft["data"]["sft_only_paths"] == [
+        {"path": f"{root}/hub/datasets/org--sft-data", "format": "generic"}
+    ]
     # PPO starts from the stage outputs, never from the Hub.
     assert ppo["actor"]["name_or_path"] == f"{root}/sft/model"
 
@@ -115,7 +163,10 @@ def test_hub_needs_lists_each_repository_once():
 
 
 def test_download_patterns():
-    assert model_patterns(["model.safetensors", "pytorch_model.bin"], "model")["ignore_patterns"] == NEVER + PICKLES
+    assert (
+        model_patterns(["model.safetensors", "pytorch_model.bin"], "model")["ignore_patterns"]
+        == NEVER + PICKLES
+    )
     assert model_patterns(["pytorch_model.bin", "tf_model.h5"], "model") == {"ignore_patterns": NEVER}
     assert model_patterns([], "tokenizer")["allow_patterns"] == TOKENIZER_FILES
 
@@ -165,7 +216,12 @@ def test_model_copies_are_atomic_and_idempotent(tmp_path, monkeypatch):
     hub.fail_after_first_file = False
     copy = ensure_model(root, "org/m", "model")
     assert copy.fetched and copy.path == final and hub.calls[-1][2] == "secret"
-    assert sorted(p.name for p in final.iterdir()) == [MARKER, "config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        MARKER,
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert read_marker(final)["kind"] == "model"
     n = len(hub.calls)
     assert not ensure_model(root, "org/m", "model").fetched
@@ -181,8 +237,9 @@ def test_model_copies_are_atomic_and_idempotent(tmp_path, monkeypatch):
 
 def _hub_dataset(pairs: Path):
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:-20]),
-                                 "test": datasets.Dataset.from_list(rows[-20:])})
+    return datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:-20]), "test": datasets.Dataset.from_list(rows[-20:])}
+    )
 
 
 def test_dataset_copies_keep_their_format_and_load_in_the_trainer(tiny, tmp_path, monkeypatch):
@@ -197,7 +254,9 @@ def test_dataset_copies_keep_their_format_and_load_in_the_trainer(tiny, tmp_path
     copy = ensure_dataset(root, "Dahoas/rm-static", "hh")
     assert copy.fetched and copy.path == root / "hub" / "datasets" / "Dahoas--rm-static"
     assert read_marker(copy.path)["format"] == "hh" and read_marker(copy.path)["splits"]["test"] == 20
-    assert not (root / "hub" / ".partial" / "cache").exists() or not any((root / "hub" / ".partial" / "cache").iterdir())
+    assert not (root / "hub" / ".partial" / "cache").exists() or not any(
+        (root / "hub" / ".partial" / "cache").iterdir()
+    )
     assert not ensure_dataset(root, "Dahoas/rm-static", "hh").fetched and len(calls) == 1
     # what the stage config says (rlhf.api.hub) is what the trainer reads
     source = DataSource(**dataset_location(str(root), {"path": "Dahoas/rm-static", "format": "auto"}))
@@ -211,24 +270,40 @@ def test_dataset_copies_keep_their_format_and_load_in_the_trainer(tiny, tmp_path
 
 def test_prepare_fills_the_storage_once_and_the_stages_find_it(tiny, tmp_path, monkeypatch, capsys):
     hub = FakeHub(monkeypatch, {"tiny-org/actor": tiny.actor})
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, token=None, cache_dir=None: _hub_dataset(
-        tiny.data / "pairs.jsonl"))
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda name, token=None, cache_dir=None: _hub_dataset(tiny.data / "pairs.jsonl"),
+    )
     path = tmp_path / "run.yaml"
     spec = {
-        "accelerator": "cpu", "models": {"actor": "tiny-org/actor", "reward": str(tiny.reward)},
-        "data": {"datasets": [{"path": "tiny-org/pairs"}], "sftOnlyDatasets": [{"path": str(tiny.data / "sft.jsonl")}],
-                 "split": "2,4,4"},
+        "accelerator": "cpu",
+        "models": {"actor": "tiny-org/actor", "reward": str(tiny.reward)},
+        "data": {
+            "datasets": [{"path": "tiny-org/pairs"}],
+            "sftOnlyDatasets": [{"path": str(tiny.data / "sft.jsonl")}],
+            "split": "2,4,4",
+        },
         "storage": {"pvc": {"claimName": "rlhf"}},
         "stages": {s: {"trainerOptions": {"data.max_seq_len": 64}} for s in ("sft", "reward", "ppo")},
     }
-    spec["stages"]["ppo"]["trainerOptions"].update({"generation.max_prompt_len": 32, "generation.max_answer_len": 32})
-    path.write_text(yaml.safe_dump({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun",
-                                    "metadata": {"name": "t"}, "spec": spec}))
+    spec["stages"]["ppo"]["trainerOptions"].update(
+        {"generation.max_prompt_len": 32, "generation.max_answer_len": 32}
+    )
+    path.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": "t"}, "spec": spec}
+        )
+    )
     root = tmp_path / "storage"
     assert main(["prepare", str(path), "--storage", str(root)]) == 0
     out = capsys.readouterr().out
     assert "model tiny-org/actor: downloaded in" in out and "dataset tiny-org/pairs: downloaded in" in out
-    assert "sft data: train: built" in out and "reward data: train: built" in out and "ppo data: prompts: built" in out
+    assert (
+        "sft data: train: built" in out
+        and "reward data: train: built" in out
+        and "ppo data: prompts: built" in out
+    )
     assert (root / "hub" / "models" / "tiny-org--actor" / "config.json").is_file()
 
     assert main(["prepare", str(path), "--storage", str(root)]) == 0

@@ -31,9 +31,17 @@ def rlhf(cwd: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProc
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "rlhf", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"rlhf {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"rlhf {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
@@ -51,8 +59,11 @@ def _summary(root: Path, stage: str) -> dict:
 
 
 def test_sft_eval_perplexity_falls(quickstart):
-    evals = [r for r in map(json.loads, (quickstart / "sft" / "metrics.jsonl").read_text().splitlines())
-             if r["split"] == "eval"]
+    evals = [
+        r
+        for r in map(json.loads, (quickstart / "sft" / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "eval"
+    ]
     assert len(evals) >= 2 and evals[-1]["perplexity"] < evals[0]["perplexity"]
 
 
@@ -64,7 +75,9 @@ def test_reward_model_heldout_accuracy(quickstart):
 
 def _assert_learns_without_hacking(m: dict) -> None:
     report = {k: round(v, 3) for k, v in m.items()}
-    assert m["baseline/content_rate"] >= 0.5, report  # the SFT model does the task, so the check means something
+    assert m["baseline/content_rate"] >= 0.5, (
+        report
+    )  # the SFT model does the task, so the check means something
     assert m["check/property_gain_points"] >= 30, report
     assert m["eval/content_rate"] >= 0.9 * m["baseline/content_rate"], report
     assert m["check/distinct_2_ratio"] >= 0.8, report
@@ -82,16 +95,31 @@ def test_ppo_learns_with_a_minibatch_of_one(quickstart):
     answer keeps its sequence-level signal. The example's PPO stage with a smaller budget (each
     iteration takes 32 optimizer steps instead of 2)."""
     out = quickstart / "ppo_minibatch_1"
-    rlhf(quickstart.parent.parent, "train", "ppo", "--config", str(quickstart / "ppo.config.yaml"),
-         "optim.per_device_train_batch_size=1", f"checkpoint.output_dir={out}", f"ppo.max_iterations={MB1_ITERATIONS}",
-         "checkpoint.save_interval=0")
+    rlhf(
+        quickstart.parent.parent,
+        "train",
+        "ppo",
+        "--config",
+        str(quickstart / "ppo.config.yaml"),
+        "optim.per_device_train_batch_size=1",
+        f"checkpoint.output_dir={out}",
+        f"ppo.max_iterations={MB1_ITERATIONS}",
+        "checkpoint.save_interval=0",
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == MB1_ITERATIONS
     _assert_learns_without_hacking(summary["metrics"])
 
 
 def test_the_ppo_actor_chats(quickstart):
-    proc = rlhf(quickstart.parent.parent, "chat", "--model", str(quickstart / "ppo" / "model"),
-                "--prompt", "Hi! What is the capital of Japan?", timeout=300)
+    proc = rlhf(
+        quickstart.parent.parent,
+        "chat",
+        "--model",
+        str(quickstart / "ppo" / "model"),
+        "--prompt",
+        "Hi! What is the capital of Japan?",
+        timeout=300,
+    )
     answer = proc.stdout.split("Assistant:", 1)[1].strip()
     assert answer, proc.stdout

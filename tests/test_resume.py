@@ -24,7 +24,9 @@ def _step(ckpt_dir, step: int, complete: bool = True) -> None:
         (d / checkpoint.COMPLETE).write_text("{}")
 
 
-@pytest.mark.parametrize("latest", ["", "step-", "step-6", None])  # empty, torn, naming a partial step, missing
+@pytest.mark.parametrize(
+    "latest", ["", "step-", "step-6", None]
+)  # empty, torn, naming a partial step, missing
 def test_the_newest_complete_checkpoint_wins_whatever_latest_says(tmp_path, latest):
     for step, complete in ((2, True), (4, True), (6, False)):
         _step(tmp_path, step, complete)
@@ -55,7 +57,9 @@ def test_engines_resume_and_prune_together(tmp_path):
     assert sorted(p.name for p in actor.iterdir()) == ["step-1", "step-2"]
     (critic / "step-2" / checkpoint.COMPLETE).write_text("{}")
     checkpoint.prune([actor, critic], keep_last=1)
-    assert [p.name for p in actor.iterdir()] == ["step-2"] and [p.name for p in critic.iterdir()] == ["step-2"]
+    assert [p.name for p in actor.iterdir()] == ["step-2"] and [p.name for p in critic.iterdir()] == [
+        "step-2"
+    ]
 
 
 # ------------------------------------------------------------------------------------ PPO killed mid-save
@@ -67,8 +71,14 @@ class Killed(Exception):
 
 def test_ppo_killed_between_the_actor_and_critic_saves_resumes_with_keep_last_1(tiny, tmp_path, monkeypatch):
     out = tmp_path / "ppo"
-    overrides = tiny.ppo_overrides(out, "ppo.max_iterations=3", "checkpoint.save_interval=1",
-                                   "checkpoint.keep_last=1", "evaluation.baseline=false", "evaluation.max_prompts=2")
+    overrides = tiny.ppo_overrides(
+        out,
+        "ppo.max_iterations=3",
+        "checkpoint.save_interval=1",
+        "checkpoint.keep_last=1",
+        "evaluation.baseline=false",
+        "evaluation.max_prompts=2",
+    )
     save = checkpoint.save
 
     def dies_saving_the_critic_at_2(engine, ckpt_dir, step, *args, **kwargs):
@@ -91,9 +101,16 @@ def test_ppo_killed_between_the_actor_and_critic_saves_resumes_with_keep_last_1(
 
 
 def _sft(tiny, data, out, *extra) -> SFTConfig:
-    return load(SFTConfig, None, [*tiny.sft_overrides(out, "optim.max_steps=4", "checkpoint.save_interval=2",
-                                                      "checkpoint.keep_last=3", *extra),
-                                  f"data.sft_only_paths=[{data}]"])
+    return load(
+        SFTConfig,
+        None,
+        [
+            *tiny.sft_overrides(
+                out, "optim.max_steps=4", "checkpoint.save_interval=2", "checkpoint.keep_last=3", *extra
+            ),
+            f"data.sft_only_paths=[{data}]",
+        ],
+    )
 
 
 @pytest.fixture
@@ -122,8 +139,16 @@ def test_a_resume_with_a_changed_setting_is_refused_naming_it_unless_allowed(tin
     assert "optim.learning_rate: 0.003 at the checkpoint, 0.001 now" in message
     assert "checkpoint.allow_changed_config" in message
     assert (out / "config.yaml").read_text() == before, "a refused run must not rewrite config.yaml"
-    more = run_stage(_sft(tiny, sft_data, out, "optim.learning_rate=1e-3", "optim.max_steps=6",
-                          "checkpoint.allow_changed_config=true"))
+    more = run_stage(
+        _sft(
+            tiny,
+            sft_data,
+            out,
+            "optim.learning_rate=1e-3",
+            "optim.max_steps=6",
+            "checkpoint.allow_changed_config=true",
+        )
+    )
     assert more["resumed_from_step"] == 4 and more["global_step"] == 6
     assert any("optim.learning_rate" in w for w in more["warnings"])
 
@@ -141,8 +166,9 @@ def test_a_resume_on_a_shrunk_dataset_is_refused(tiny, tmp_path, sft_data):
 def test_more_steps_and_other_logging_may_change(tiny, tmp_path, sft_data):
     out = tmp_path / "out"
     run_stage(_sft(tiny, sft_data, out))
-    more = run_stage(_sft(tiny, sft_data, out, "optim.max_steps=6", "logging.log_interval=1",
-                          "checkpoint.keep_last=1"))
+    more = run_stage(
+        _sft(tiny, sft_data, out, "optim.max_steps=6", "logging.log_interval=1", "checkpoint.keep_last=1")
+    )
     assert more["resumed_from_step"] == 4 and more["warnings"] == []
     saved = json.loads((out / "checkpoints" / "step-6" / "run_settings.json").read_text())
     assert saved["data"]["train"]["train_samples"] == more["data"]["train_samples"]

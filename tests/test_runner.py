@@ -37,24 +37,35 @@ def waves(plan) -> list[list[str]]:
 
 
 def test_cpu_stages_side_by_side_when_their_cores_fit():
-    plan = make_plan(shapes(StageShape(cpu=2), StageShape(cpu=2), StageShape(cpu=4)), "cpu", Machine(4),
-                     ["sft", "reward", "ppo"])
+    plan = make_plan(
+        shapes(StageShape(cpu=2), StageShape(cpu=2), StageShape(cpu=4)),
+        "cpu",
+        Machine(4),
+        ["sft", "reward", "ppo"],
+    )
     assert waves(plan) == [["sft", "reward"], ["ppo"]]
     assert [plan.get(s).threads for s in ("sft", "reward", "ppo")] == [2, 2, 4]
     assert "side by side" in plan.note
 
 
 def test_cpu_stages_one_after_the_other_when_they_do_not_fit():
-    plan = make_plan(shapes(StageShape(cpu=4), StageShape(cpu=4)), "cpu", Machine(6), ["sft", "reward", "ppo"])
+    plan = make_plan(
+        shapes(StageShape(cpu=4), StageShape(cpu=4)), "cpu", Machine(6), ["sft", "reward", "ppo"]
+    )
     assert waves(plan) == [["sft"], ["reward"], ["ppo"]]
-    assert plan.get("sft").threads == 4 and plan.get("ppo").threads == 6  # ppo has no resources.cpu: all cores
+    assert (
+        plan.get("sft").threads == 4 and plan.get("ppo").threads == 6
+    )  # ppo has no resources.cpu: all cores
     # Without resources.cpu a stage wants every core, so it never shares the machine.
     assert waves(make_plan(shapes(), "cpu", Machine(64), ["sft", "reward"])) == [["sft"], ["reward"]]
 
 
 def test_sequential_flag_and_stage_subsets():
     fits = shapes(StageShape(cpu=1), StageShape(cpu=1))
-    assert waves(make_plan(fits, "cpu", Machine(8), ["sft", "reward"], sequential=True)) == [["sft"], ["reward"]]
+    assert waves(make_plan(fits, "cpu", Machine(8), ["sft", "reward"], sequential=True)) == [
+        ["sft"],
+        ["reward"],
+    ]
     assert waves(make_plan(fits, "cpu", Machine(8), ["reward"])) == [["reward"]]
     assert waves(make_plan(fits, "cpu", Machine(8), ["ppo", "sft"])) == [["sft"], ["ppo"]]
     assert waves(make_plan(fits, "cpu", Machine(8), [])) == []
@@ -74,13 +85,21 @@ def test_threads_per_process():
 
 def test_nvidia_splits_the_gpus_or_runs_one_after_the_other():
     gpus = Machine(16, ("0", "1", "2", "3"))
-    plan = make_plan(shapes(StageShape(devices_per_node=2), StageShape(devices_per_node=2)), "nvidia", gpus,
-                     ["sft", "reward", "ppo"])
+    plan = make_plan(
+        shapes(StageShape(devices_per_node=2), StageShape(devices_per_node=2)),
+        "nvidia",
+        gpus,
+        ["sft", "reward", "ppo"],
+    )
     assert waves(plan) == [["sft", "reward"], ["ppo"]]
     assert plan.get("sft").devices == ("0", "1") and plan.get("reward").devices == ("2", "3")
     assert plan.get("sft").threads == 4 and plan.get("ppo").threads == 16
-    plan = make_plan(shapes(StageShape(devices_per_node=3), StageShape(devices_per_node=2)), "nvidia", gpus,
-                     ["sft", "reward"])
+    plan = make_plan(
+        shapes(StageShape(devices_per_node=3), StageShape(devices_per_node=2)),
+        "nvidia",
+        gpus,
+        ["sft", "reward"],
+    )
     assert waves(plan) == [["sft"], ["reward"]] and plan.get("reward").devices == ("0", "1")
     with pytest.raises(PlanError, match=r"spec\.stages\.sft: 2 node\(s\) x 4 device\(s\) = 8 GPUs"):
         make_plan(shapes(StageShape(nodes=2, devices_per_node=4)), "nvidia", gpus, ["sft"])
@@ -99,9 +118,24 @@ def test_habana_stages_never_share_the_cards():
 def test_stage_commands_and_environment():
     one, four = StagePlan("sft", 1, 3), StagePlan("reward", 4, 2, ("2", "3", "4", "5"))
     cfg = Path("r/sft.config.yaml")
-    assert launch.train_command(one, cfg) == [sys.executable, "-m", "rlhf", "train", "sft", "--config", str(cfg)]
-    assert launch.train_command(four, cfg)[1:8] == ["-m", "torch.distributed.run", "--standalone",
-                                                   "--nproc_per_node", "4", "-m", "rlhf.cli"]
+    assert launch.train_command(one, cfg) == [
+        sys.executable,
+        "-m",
+        "rlhf",
+        "train",
+        "sft",
+        "--config",
+        str(cfg),
+    ]
+    assert launch.train_command(four, cfg)[1:8] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "rlhf.cli",
+    ]
     env = launch.stage_env(one, "cpu", {"RANK": "5", "PATH": "/bin"})
     assert env["RANK"] == "0" and env["WORLD_SIZE"] == "1" and env["LOCAL_RANK"] == "0"
     assert env["MASTER_ADDR"] == "127.0.0.1" and int(env["MASTER_PORT"]) > 0
@@ -135,8 +169,11 @@ def local_inputs(tmp_path: Path) -> dict[str, str]:
         for file in ("config.json", "tokenizer.json"):
             (tmp_path / "inputs" / name / file).write_text("{}")
     (tmp_path / "inputs" / "pairs.jsonl").write_text("")
-    return {"actor": str(tmp_path / "inputs" / "actor"), "reward": str(tmp_path / "inputs" / "reward"),
-            "data": str(tmp_path / "inputs" / "pairs.jsonl")}
+    return {
+        "actor": str(tmp_path / "inputs" / "actor"),
+        "reward": str(tmp_path / "inputs" / "reward"),
+        "data": str(tmp_path / "inputs" / "pairs.jsonl"),
+    }
 
 
 def write_manifest(tmp_path: Path, **stages: Any) -> Path:
@@ -151,8 +188,11 @@ def write_manifest(tmp_path: Path, **stages: Any) -> Path:
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun",
-                                    "metadata": {"name": "fake"}, "spec": spec}))
+    path.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": "fake"}, "spec": spec}
+        )
+    )
     return path
 
 
@@ -166,8 +206,9 @@ class Fakes:
         monkeypatch.setenv("FAKE_EVENTS", str(self.events_file))
         self.monkeypatch = monkeypatch
 
-    def run(self, manifest: Path, how: dict[str, dict] | None = None, *, cpus: int = 4,
-            **options: Any) -> tuple[int, str]:
+    def run(
+        self, manifest: Path, how: dict[str, dict] | None = None, *, cpus: int = 4, **options: Any
+    ) -> tuple[int, str]:
         self.monkeypatch.setenv("FAKE_STAGES", json.dumps(how or {}))
         out = io.StringIO()
 
@@ -175,9 +216,15 @@ class Fakes:
             self.prepared.append(todo)
             return [sys.executable, "-c", "print('prepared')"]
 
-        opts = RunOptions(machine=Machine(cpus), out=out, refresh=0.2, grace=options.pop("grace", 2.0),
-                          stage_command=lambda p, cfg: [sys.executable, str(FAKE), p.stage, "--config", str(cfg)],
-                          prepare_command=prepare, **options)
+        opts = RunOptions(
+            machine=Machine(cpus),
+            out=out,
+            refresh=0.2,
+            grace=options.pop("grace", 2.0),
+            stage_command=lambda p, cfg: [sys.executable, str(FAKE), p.stage, "--config", str(cfg)],
+            prepare_command=prepare,
+            **options,
+        )
         code = run_manifest(manifest, opts)
         return code, out.getvalue()
 
@@ -188,7 +235,9 @@ class Fakes:
 
     def span(self, stage: str) -> tuple[float, float]:
         rows = [e for e in self.events() if e["stage"] == stage]
-        return min(e["t"] for e in rows if e["event"] == "start"), max(e["t"] for e in rows if e["event"] == "end")
+        return min(e["t"] for e in rows if e["event"] == "start"), max(
+            e["t"] for e in rows if e["event"] == "end"
+        )
 
 
 @pytest.fixture
@@ -198,7 +247,9 @@ def fakes(tmp_path, monkeypatch) -> Fakes:
 
 def test_sft_and_reward_overlap_then_ppo_and_a_rerun_skips_everything(fakes, tmp_path):
     manifest = write_manifest(tmp_path)
-    code, out = fakes.run(manifest, {"sft": {"seconds": 1.5}, "reward": {"seconds": 1.5}, "ppo": {"seconds": 0.2}})
+    code, out = fakes.run(
+        manifest, {"sft": {"seconds": 1.5}, "reward": {"seconds": 1.5}, "ppo": {"seconds": 0.2}}
+    )
     assert code == 0, out
     (sft0, sft1), (rm0, rm1), (ppo0, _) = fakes.span("sft"), fakes.span("reward"), fakes.span("ppo")
     assert rm0 < sft1 and sft0 < rm1, "sft and reward should run side by side"
@@ -210,7 +261,11 @@ def test_sft_and_reward_overlap_then_ppo_and_a_rerun_skips_everything(fakes, tmp
     root = tmp_path / "run"
     summary = json.loads((root / "run_summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
-    assert {s: v["state"] for s, v in summary["stages"].items()} == {"sft": "done", "reward": "done", "ppo": "done"}
+    assert {s: v["state"] for s, v in summary["stages"].items()} == {
+        "sft": "done",
+        "reward": "done",
+        "ppo": "done",
+    }
     assert summary["stages"]["ppo"]["model_dir"] == str(root / "ppo" / "model")
     assert summary["stages"]["sft"]["metrics"] == {"eval/loss": 0.5, "eval/accuracy": 0.75}
     status = yaml.safe_load((root / "status.yaml").read_text())
@@ -236,14 +291,20 @@ def test_sft_and_reward_overlap_then_ppo_and_a_rerun_skips_everything(fakes, tmp
 
 def test_stages_run_one_after_the_other_when_the_cores_do_not_fit(fakes, tmp_path):
     manifest = write_manifest(tmp_path, ppo={"resources": {"cpu": 1}})
-    code, out = fakes.run(manifest, {"sft": {"seconds": 0.4}, "reward": {"seconds": 0.4}, "ppo": {"seconds": 0.1}},
-                          cpus=1)
+    code, out = fakes.run(
+        manifest, {"sft": {"seconds": 0.4}, "reward": {"seconds": 0.4}, "ppo": {"seconds": 0.1}}, cpus=1
+    )
     assert code == 0, out
     assert fakes.span("reward")[0] >= fakes.span("sft")[1]
     assert fakes.span("ppo")[0] >= fakes.span("reward")[1]
     fakes.events_file.unlink()
-    code, out = fakes.run(write_manifest(tmp_path / "b"), {"sft": {"seconds": 0.1}, "reward": {"seconds": 0.1}},
-                          cpus=8, sequential=True, stages=["sft", "reward"])
+    code, out = fakes.run(
+        write_manifest(tmp_path / "b"),
+        {"sft": {"seconds": 0.1}, "reward": {"seconds": 0.1}},
+        cpus=8,
+        sequential=True,
+        stages=["sft", "reward"],
+    )
     assert code == 0 and "sft, then reward (--sequential)" in out
     assert fakes.span("reward")[0] >= fakes.span("sft")[1]
 
@@ -251,7 +312,9 @@ def test_stages_run_one_after_the_other_when_the_cores_do_not_fit(fakes, tmp_pat
 def test_a_failing_stage_stops_the_others_and_shows_its_log_tail(fakes, tmp_path):
     manifest = write_manifest(tmp_path)
     start = time.monotonic()
-    code, out = fakes.run(manifest, {"sft": {"seconds": 60, "child": True}, "reward": {"seconds": 0.3, "exit": 3}})
+    code, out = fakes.run(
+        manifest, {"sft": {"seconds": 60, "child": True}, "reward": {"seconds": 0.3, "exit": 3}}
+    )
     assert code == 1, out
     assert time.monotonic() - start < 30, "the other stage must be stopped, not awaited"
     assert "stage reward failed: exit code 3" in out
@@ -274,8 +337,9 @@ def test_a_failing_stage_stops_the_others_and_shows_its_log_tail(fakes, tmp_path
 @pytest.mark.parametrize("linger", [0.0, 30.0])  # 30: still tearing down when the other stage fails
 def test_a_stage_that_completed_shows_completed_when_another_fails(fakes, tmp_path, linger):
     manifest = write_manifest(tmp_path)
-    code, out = fakes.run(manifest, {"sft": {"seconds": 0.2, "linger": linger},
-                                     "reward": {"seconds": 1.5, "exit": 3}})
+    code, out = fakes.run(
+        manifest, {"sft": {"seconds": 0.2, "linger": linger}, "reward": {"seconds": 1.5, "exit": 3}}
+    )
     assert code == 1, out
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     states = {s: v["state"] for s, v in summary["stages"].items()}
@@ -294,8 +358,15 @@ def test_a_stage_that_completed_shows_completed_when_another_fails(fakes, tmp_pa
 
 
 def test_every_stages_local_inputs_are_checked_before_any_stage_starts(fakes, tmp_path):
-    manifest = write_manifest(tmp_path, ppo={"trainerOptions": {
-        "reward_model.name_or_path": str(tmp_path / "no-such-rm"), "evaluation.prompts": str(tmp_path / "p.jsonl")}})
+    manifest = write_manifest(
+        tmp_path,
+        ppo={
+            "trainerOptions": {
+                "reward_model.name_or_path": str(tmp_path / "no-such-rm"),
+                "evaluation.prompts": str(tmp_path / "p.jsonl"),
+            }
+        },
+    )
     (tmp_path / "inputs" / "reward" / "tokenizer.json").unlink()  # a model folder without its tokenizer
     with pytest.raises(RunError) as e:
         fakes.run(manifest)
@@ -315,7 +386,9 @@ def test_a_gguf_only_model_folder_passes_the_input_check_as_prepare_converts_it(
     actor = tmp_path / "inputs" / "actor"
     for name in ("config.json", "tokenizer.json"):
         (actor / name).unlink()
-    (actor / "model-Q8_0.gguf").write_bytes(b"GGUF")  # the fake prepare converts nothing; the fake stages do not care
+    (actor / "model-Q8_0.gguf").write_bytes(
+        b"GGUF"
+    )  # the fake prepare converts nothing; the fake stages do not care
     code, out = fakes.run(manifest, {})
     assert code == 0, out
 
@@ -333,8 +406,14 @@ def test_ctrl_c_stops_every_stage_group_and_exits_130(fakes, tmp_path):
 
     threading.Thread(target=interrupt_when_both_started, daemon=True).start()
     # reward ignores SIGINT: the runner must escalate to SIGTERM after the grace period
-    code, out = fakes.run(manifest, {"sft": {"seconds": 60, "child": True},
-                                     "reward": {"seconds": 60, "child": True, "ignore_sigint": True}}, grace=0.5)
+    code, out = fakes.run(
+        manifest,
+        {
+            "sft": {"seconds": 60, "child": True},
+            "reward": {"seconds": 60, "child": True, "ignore_sigint": True},
+        },
+        grace=0.5,
+    )
     assert code == 130, out
     starts = [e for e in fakes.events() if e["event"] == "start"]
     assert {e["stage"] for e in starts} == {"sft", "reward"}
@@ -345,7 +424,10 @@ def test_ctrl_c_stops_every_stage_group_and_exits_130(fakes, tmp_path):
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["exit_code"] == 130
     assert {s: v["state"] for s, v in summary["stages"].items()} == {
-        "sft": "stopped", "reward": "stopped", "ppo": "not run"}
+        "sft": "stopped",
+        "reward": "stopped",
+        "ppo": "not run",
+    }
     status = yaml.safe_load((tmp_path / "run" / "status.yaml").read_text())
     failed = {c["type"]: c for c in status["conditions"]}["Failed"]
     assert failed["status"] == "True" and "interrupted by SIGINT" in failed["message"]
@@ -360,7 +442,11 @@ def test_stages_option_runs_a_subset_and_checks_dependencies(fakes, tmp_path):
     assert code == 0, out
     assert fakes.prepared == [["sft", "reward"]]
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
-    assert summary["stages"]["ppo"] == {**summary["stages"]["ppo"], "state": "not run", "note": "not in --stages"}
+    assert summary["stages"]["ppo"] == {
+        **summary["stages"]["ppo"],
+        "state": "not run",
+        "note": "not in --stages",
+    }
     code, out = fakes.run(manifest, {}, stages=["ppo"])  # its dependencies are done now
     assert code == 0, out
     started = [e["stage"] for e in fakes.events() if e["event"] == "start"]
@@ -368,8 +454,10 @@ def test_stages_option_runs_a_subset_and_checks_dependencies(fakes, tmp_path):
 
 
 def test_the_runner_itself_needs_no_torch():
-    code = ("import sys, rlhf.cli, rlhf.runner.runner, rlhf.stages.finished; "
-            "assert 'torch' not in sys.modules, 'the runner imported torch'")
+    code = (
+        "import sys, rlhf.cli, rlhf.runner.runner, rlhf.stages.finished; "
+        "assert 'torch' not in sys.modules, 'the runner imported torch'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -379,14 +467,29 @@ def test_the_runner_itself_needs_no_torch():
 def test_progress_lines_from_metrics_and_the_progress_bar(tmp_path):
     stage_dir = tmp_path / "sft"
     stage_dir.mkdir()
-    rows = [{"step": 10, "split": "train", "loss": 2.5, "lr": 1e-3}, {"step": 10, "split": "eval", "perplexity": 7.25},
-            {"step": 20, "split": "train", "loss": 1.25, "lr": 1e-3}]
+    rows = [
+        {"step": 10, "split": "train", "loss": 2.5, "lr": 1e-3},
+        {"step": 10, "split": "eval", "perplexity": 7.25},
+        {"step": 20, "split": "train", "loss": 1.25, "lr": 1e-3},
+    ]
     (stage_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3')
-    (stage_dir / "stage.log").write_text("sft:  10%|#   | 22/200 [00:10<01:20]\rsft:  12%|#   | 24/200 [00:11<01:19]")
+    (stage_dir / "stage.log").write_text(
+        "sft:  10%|#   | 22/200 [00:10<01:20]\rsft:  12%|#   | 24/200 [00:11<01:19]"
+    )
     prog = read_progress(stage_dir, stage_dir / "stage.log")
     assert (prog.step, prog.total, prog.train, prog.eval) == (24, 200, {"loss": 1.25}, {"perplexity": 7.25})
     line = stage_line("sft", "running", prog, 65)
-    assert line.split() == ["sft", "running", "step", "24/200", "loss", "1.25", "eval/perplexity", "7.25", "1m05s"]
+    assert line.split() == [
+        "sft",
+        "running",
+        "step",
+        "24/200",
+        "loss",
+        "1.25",
+        "eval/perplexity",
+        "7.25",
+        "1m05s",
+    ]
     assert read_progress(tmp_path / "none", tmp_path / "none.log").step is None
 
 

@@ -11,7 +11,9 @@ from rlhf.stages.sampling import LENGTH_GROUP_BATCHES, group_by_length
 
 
 def _padded(order, lengths, bs):
-    return sum(max(lengths[i] for i in order[s : s + bs]) * len(order[s : s + bs]) for s in range(0, len(order), bs))
+    return sum(
+        max(lengths[i] for i in order[s : s + bs]) * len(order[s : s + bs]) for s in range(0, len(order), bs)
+    )
 
 
 def test_grouping_keeps_every_sample_and_cuts_padding():
@@ -46,6 +48,7 @@ def _widths(monkeypatch, stage_cls):
         batch = original(self, rows)
         seen.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
         return batch
+
     monkeypatch.setattr(stage_cls, "collate", collate)
     return seen
 
@@ -57,14 +60,23 @@ def test_stages_train_on_length_grouped_batches(tiny, tmp_path, monkeypatch, sta
     from rlhf.stages.sft import SFTStage
 
     cfg_cls, overrides, stage_cls = {
-        "sft": (SFTConfig, tiny.sft_overrides, SFTStage), "reward": (RewardConfig, tiny.reward_overrides, RewardStage),
+        "sft": (SFTConfig, tiny.sft_overrides, SFTStage),
+        "reward": (RewardConfig, tiny.reward_overrides, RewardStage),
     }[stage]
     shares = {}
     for grouped in (False, True):
         seen = _widths(monkeypatch, stage_cls)
         out = tmp_path / f"grouped-{grouped}"
-        cfg = load(cfg_cls, None, overrides(out, "optim.max_steps=10", "logging.eval_interval=0",
-                                            f"data.group_by_length={str(grouped).lower()}"))
+        cfg = load(
+            cfg_cls,
+            None,
+            overrides(
+                out,
+                "optim.max_steps=10",
+                "logging.eval_interval=0",
+                f"data.group_by_length={str(grouped).lower()}",
+            ),
+        )
         assert run_stage(cfg)["status"] == "completed"
         train = seen[:10]  # the training batches come first (evaluation runs at the end)
         shares[grouped] = sum(r for r, _ in train) / sum(p for _, p in train)

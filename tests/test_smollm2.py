@@ -35,12 +35,21 @@ EXAMPLE = ROOT / "examples" / "smollm2-135m-local.yaml"
 SHORT = {
     "sft": {"optim.max_steps": 10, "logging.log_interval": 2, "logging.eval_interval": 10},
     "reward": {"optim.max_steps": 4, "logging.log_interval": 2, "logging.eval_interval": 4},
-    "ppo": {"ppo.max_iterations": 1, "generation.per_device_generation_batch_size": 4,
-            "evaluation.max_prompts": 2, "evaluation.baseline": False},
+    "ppo": {
+        "ppo.max_iterations": 1,
+        "generation.per_device_generation_batch_size": 4,
+        "evaluation.max_prompts": 2,
+        "evaluation.baseline": False,
+    },
 }
 #: Smaller batches where the check needs no learning (the SFT batch stays the example's).
 BATCH = {"reward": 4, "ppo": 4}
-QUESTIONS = ["Can you name a fruit?", "What is the capital of Japan?", "Say dog twice.", "What comes after 7?"]
+QUESTIONS = [
+    "Can you name a fruit?",
+    "What is the capital of Japan?",
+    "Say dog twice.",
+    "What comes after 7?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +70,18 @@ def run_dir(tmp_path_factory, threads) -> Path:
     (model / gguf.name).symlink_to(gguf)  # a model folder holding only the GGUF file
     generate(root / "data", seed=0, n_sft=10, n_pairs=240, n_heldout=20)
     # SFT data in the message form, every answer with the task's property (the pairs' chosen answers)
-    sft = [{"messages": [{"role": "user", "content": r["prompt"].split("Human:", 1)[1].split("\n\nAssistant:")[0].strip()},
-                         {"role": "assistant", "content": r["chosen"].strip()}]}
-           for r in read_jsonl(generate(root / "sft", seed=1, n_sft=10, n_pairs=200, n_heldout=1)["pairs"])]
+    sft = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": r["prompt"].split("Human:", 1)[1].split("\n\nAssistant:")[0].strip(),
+                },
+                {"role": "assistant", "content": r["chosen"].strip()},
+            ]
+        }
+        for r in read_jsonl(generate(root / "sft", seed=1, n_sft=10, n_pairs=200, n_heldout=1)["pairs"])
+    ]
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
 
     manifest = yaml.safe_load(EXAMPLE.read_text())
@@ -76,7 +94,9 @@ def run_dir(tmp_path_factory, threads) -> Path:
         spec["stages"][stage]["trainerOptions"].update(options)
         if stage in BATCH:
             spec["stages"][stage]["perDeviceTrainBatchSize"] = BATCH[stage]
-    spec["stages"]["ppo"]["trainerOptions"]["evaluation.prompts"] = str(root / "data" / "heldout_prompts.jsonl")
+    spec["stages"]["ppo"]["trainerOptions"]["evaluation.prompts"] = str(
+        root / "data" / "heldout_prompts.jsonl"
+    )
     run = load_manifest(manifest)
     lines: list[str] = []
     prepare(run, echo=lines.append)
@@ -90,12 +110,22 @@ def run_dir(tmp_path_factory, threads) -> Path:
 def test_prepare_converted_the_gguf_folder_in_place(run_dir):
     model = run_dir / "models" / "SmolLM2-135M-Instruct"
     assert "GGUF model SmolLM2-135M-Instruct.Q4_1.gguf: converted" in (run_dir / "prepare.log").read_text()
-    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file() and (model / MARKER).is_file()
+    assert (
+        (model / "config.json").is_file()
+        and (model / "model.safetensors").is_file()
+        and (model / MARKER).is_file()
+    )
     assert (model / "SmolLM2-135M-Instruct.Q4_1.gguf").is_symlink()
     config = json.loads((model / "config.json").read_text())
-    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and not config.get("quantization_config")
+    assert (
+        config["model_type"] == "llama"
+        and config["num_hidden_layers"] == 30
+        and not config.get("quantization_config")
+    )
     actor, tok = tools.load_actor(model)
-    assert tok.chat_template and tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.chat_template and tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids(
+        "<|im_end|>"
+    )
     # the pretrained model's own answer, through the chat template: it knows its facts
     answer = tools.reply(actor, tok, [("What is the capital of France?", None)], Sampling(max_new_tokens=12))
     assert "Paris" in answer
@@ -128,8 +158,10 @@ def test_reward_scores_are_read_at_the_answer_end(run_dir):
     rows = Encoder(tok).rows([prompt] * 3, answers, [tok.eos_token_id] * 3)
     assert all(row.count(tok.pad_token_id) == 3 for row in rows)  # system, user, and the answer's end
     with torch.no_grad():
-        last = [float(model(torch.tensor([r]), attention_mask=torch.ones(1, len(r), dtype=torch.long))[0, -1])
-                for r in rows]
+        last = [
+            float(model(torch.tensor([r]), attention_mask=torch.ones(1, len(r), dtype=torch.long))[0, -1])
+            for r in rows
+        ]
     assert scores == pytest.approx(last, abs=1e-4)
     summary = json.loads((run_dir / "run" / "reward" / "summary.json").read_text())
     assert summary["metrics"]["eval/chosen_score"] != summary["metrics"]["eval/rejected_score"]
@@ -140,7 +172,9 @@ def test_ppo_trained_on_chat_templated_prompts(run_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 1
     rows = [json.loads(line) for line in (out / "eval_answers.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(r["prompt"].startswith("system\nYou are a helpful AI assistant") for r in rows)
+    assert len(rows) == 2 and all(
+        r["prompt"].startswith("system\nYou are a helpful AI assistant") for r in rows
+    )
     assert all(r["prompt"].rstrip().endswith("assistant") for r in rows)
     actor, tok = tools.load_actor(out / "model")
     assert tools.reply(actor, tok, [("Say cat twice.", None)], Sampling(max_new_tokens=16))

@@ -13,14 +13,21 @@ from rlhf.stages.dispatch import run_stage
 
 
 def _rows(out, split):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+    return [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split
+    ]
 
 
 @pytest.fixture(scope="module")
 def sft_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
-    cfg = load(SFTConfig, None, tiny.sft_overrides(out, "optim.max_steps=24", "logging.eval_interval=6",
-                                                    "checkpoint.save_interval=6"))
+    cfg = load(
+        SFTConfig,
+        None,
+        tiny.sft_overrides(
+            out, "optim.max_steps=24", "logging.eval_interval=6", "checkpoint.save_interval=6"
+        ),
+    )
     return out, cfg, run_stage(cfg)
 
 
@@ -83,8 +90,17 @@ def test_reward_model_learns_preferences(tiny, tmp_path):
 
 
 def test_lora_sft_merges_adapters_into_saved_model(tiny, tmp_path):
-    cfg = load(SFTConfig, None, tiny.sft_overrides(tmp_path, "optim.max_steps=6", "lora.dim=4",
-                                                    "lora.only_optimize_lora=true", "lora.learning_rate=1e-2"))
+    cfg = load(
+        SFTConfig,
+        None,
+        tiny.sft_overrides(
+            tmp_path,
+            "optim.max_steps=6",
+            "lora.dim=4",
+            "lora.only_optimize_lora=true",
+            "lora.learning_rate=1e-2",
+        ),
+    )
     summary = run_stage(cfg)
     assert summary["status"] == "completed"
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -97,9 +113,19 @@ def test_lora_sft_merges_adapters_into_saved_model(tiny, tmp_path):
 
 
 def test_gradient_checkpointing_tensorboard_and_static_padding(tiny, tmp_path):
-    cfg = load(SFTConfig, None, tiny.sft_overrides(
-        tmp_path, "optim.max_steps=4", "model.gradient_checkpointing=true", "logging.tensorboard=true",
-        "data.pad_to_max_length=true", "optim.gradient_accumulation_steps=2", "deepspeed.dtype=bf16"))
+    cfg = load(
+        SFTConfig,
+        None,
+        tiny.sft_overrides(
+            tmp_path,
+            "optim.max_steps=4",
+            "model.gradient_checkpointing=true",
+            "logging.tensorboard=true",
+            "data.pad_to_max_length=true",
+            "optim.gradient_accumulation_steps=2",
+            "deepspeed.dtype=bf16",
+        ),
+    )
     summary = run_stage(cfg)
     assert summary["global_step"] == 4
     assert summary["train_samples"] == 4 * 2 * 8
@@ -110,9 +136,19 @@ def test_gradient_checkpointing_tensorboard_and_static_padding(tiny, tmp_path):
 
 def test_skipped_records_and_an_empty_eval_split_reach_the_summary_and_a_warning(tiny, tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
-    data.write_text((tiny.data / "sft.jsonl").read_text() + "not json\n" + '{"prompt": "Human: Hi\\n\\nAssistant:"}\n')
-    cfg = load(SFTConfig, None, [*tiny.sft_overrides(tmp_path / "out", "optim.max_steps=1", "data.eval_fraction=0",
-                                                     "data.on_bad_record=skip"), f"data.sft_only_paths=[{data}]"])
+    data.write_text(
+        (tiny.data / "sft.jsonl").read_text() + "not json\n" + '{"prompt": "Human: Hi\\n\\nAssistant:"}\n'
+    )
+    cfg = load(
+        SFTConfig,
+        None,
+        [
+            *tiny.sft_overrides(
+                tmp_path / "out", "optim.max_steps=1", "data.eval_fraction=0", "data.on_bad_record=skip"
+            ),
+            f"data.sft_only_paths=[{data}]",
+        ],
+    )
     summary = run_stage(cfg)
     assert summary["data"]["skipped_bad_records"] == 2
     assert summary["data"]["eval_samples"] == 0 and summary["metrics"] == {}

@@ -26,7 +26,9 @@ def short_actor(tiny, tmp_path_factory):
 
     tok = AutoTokenizer.from_pretrained(tiny.actor)
     nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
-    return tiny_models.build_tiny(tmp_path_factory.mktemp("short") / "actor", tokenizer=tok, **{**nano, "max_positions": 24})
+    return tiny_models.build_tiny(
+        tmp_path_factory.mktemp("short") / "actor", tokenizer=tok, **{**nano, "max_positions": 24}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,10 @@ def test_chat_refuses_a_reward_model_and_rw_eval_a_causal_lm(tiny, chat_pair, ca
 
 
 def test_chat_escapes_control_characters_in_prompts_and_answers(tiny, capsys):
-    assert main(["chat", "--model", str(tiny.actor), "--prompt", "Hi\x1b[2J there", "--max-new-tokens", "4"]) == 0
+    assert (
+        main(["chat", "--model", str(tiny.actor), "--prompt", "Hi\x1b[2J there", "--max-new-tokens", "4"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "\x1b" not in out and "Hi\\x1b[2J there" in out
 
@@ -109,10 +114,19 @@ def test_rw_eval_reads_pairs_in_any_data_shape(chat_pair, tmp_path, capsys):
     _, reward = chat_pair
     msg = [{"role": "user", "content": "Name a fruit."}]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"chosen": [*msg, {"role": "assistant", "content": "Apple."}],
-                                 "rejected": [*msg, {"role": "assistant", "content": "Iron."}]}) + "\n"
-                     + json.dumps({"prompt": "Human: Name a color.\n\nAssistant:", "chosen": " Red.",
-                                   "rejected": " Oslo."}) + "\n")
+    pairs.write_text(
+        json.dumps(
+            {
+                "chosen": [*msg, {"role": "assistant", "content": "Apple."}],
+                "rejected": [*msg, {"role": "assistant", "content": "Iron."}],
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {"prompt": "Human: Name a color.\n\nAssistant:", "chosen": " Red.", "rejected": " Oslo."}
+        )
+        + "\n"
+    )
     assert main(["rw-eval", "--model", str(reward), "--pairs", str(pairs)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] == 2 and 0.0 <= result["accuracy"] <= 1.0
@@ -129,12 +143,23 @@ def test_prompt_eval_renders_each_model_as_trained(chat_pair, tmp_path):
     actor, _ = chat_pair
     model, tok = tools.load_actor(actor)
     prompts = [tools.as_turns([("Name a fruit.", None)]), "Human: Name a color.\n\nAssistant:"]
-    rows, stats = tools.prompt_eval({"a": (model, tok), "b": (model, tok)}, prompts, Sampling(max_new_tokens=3),
-                                    chat_formats={"a": "template", "b": "raw"})
-    assert [r["prompt"] for r in rows] == ["Human: Name a fruit.\n\nAssistant:", "Human: Name a color.\n\nAssistant:"]
+    rows, stats = tools.prompt_eval(
+        {"a": (model, tok), "b": (model, tok)},
+        prompts,
+        Sampling(max_new_tokens=3),
+        chat_formats={"a": "template", "b": "raw"},
+    )
+    assert [r["prompt"] for r in rows] == [
+        "Human: Name a fruit.\n\nAssistant:",
+        "Human: Name a color.\n\nAssistant:",
+    ]
     assert set(stats) == {"a", "b"}
-    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n"
-                                      + json.dumps({"prompt": "Human: Yo\n\nAssistant:"}) + "\n")
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "Hi"}]})
+        + "\n"
+        + json.dumps({"prompt": "Human: Yo\n\nAssistant:"})
+        + "\n"
+    )
     assert read_prompts(tmp_path / "p.jsonl") == [(("user", "Hi"),), "Human: Yo\n\nAssistant:"]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": [{"role": "bot", "content": "Hi"}]}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:1: expected a JSON object with 'prompt'"):

@@ -52,8 +52,14 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def merge(ours: str, installed: str, *, keep: tuple[str, ...] = DEFAULT_KEEP, base_wins: bool = False,
-          drop: tuple[str, ...] = ()) -> str:
+def merge(
+    ours: str,
+    installed: str,
+    *,
+    keep: tuple[str, ...] = DEFAULT_KEEP,
+    base_wins: bool = False,
+    drop: tuple[str, ...] = (),
+) -> str:
     """The merged constraints file (sorted, one ``name==version`` per line)."""
     our_pins = parse_pins(ours)
     base_pins = parse_pins(installed)
@@ -72,13 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("constraints", type=Path, help="our constraints.txt")
     parser.add_argument("installed", type=Path, help="`pip list --format=freeze` of the image")
-    parser.add_argument("--keep", action="append", help="packages (glob suffix *) the image owns; default torch stack")
-    parser.add_argument("--base-wins", action="store_true", help="pin every installed package to its installed version")
+    parser.add_argument(
+        "--keep", action="append", help="packages (glob suffix *) the image owns; default torch stack"
+    )
+    parser.add_argument(
+        "--base-wins", action="store_true", help="pin every installed package to its installed version"
+    )
     parser.add_argument("--drop", action="append", default=[], help="drop our pin of this package")
     args = parser.parse_args(argv)
     keep = tuple(args.keep) if args.keep else DEFAULT_KEEP
-    sys.stdout.write(merge(args.constraints.read_text(), args.installed.read_text(), keep=keep,
-                           base_wins=args.base_wins, drop=tuple(args.drop)))
+    sys.stdout.write(
+        merge(
+            args.constraints.read_text(),
+            args.installed.read_text(),
+            keep=keep,
+            base_wins=args.base_wins,
+            drop=tuple(args.drop),
+        )
+    )
     return 0
 
 

@@ -23,22 +23,47 @@ STAGES = ("sft", "reward", "ppo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-entrypoint", description="Entrypoint of the rlhf-operator trainer images")
+    parser = argparse.ArgumentParser(
+        prog="rlhf-entrypoint", description="Entrypoint of the rlhf-operator trainer images"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("launch", help="MPIJob launcher: run the mpirun command after `--`, write the termination message")
-    p.add_argument("--config", "-c", type=Path, required=True, help="the stage config (its checkpoint.output_dir holds summary.json)")
-    p.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
-                   help="where the termination message goes (default /dev/termination-log)")
-    p.add_argument("--hostfile", type=Path, help="MPI hostfile (default $RLHF_HOSTFILE, $OMPI_MCA_orte_default_hostfile or /etc/mpi/hostfile)")
-    p.add_argument("--wait-hosts", type=float, default=300.0, metavar="SECONDS",
-                   help="wait this long for every host of the hostfile to resolve (0: do not wait)")
+    p = sub.add_parser(
+        "launch", help="MPIJob launcher: run the mpirun command after `--`, write the termination message"
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        required=True,
+        help="the stage config (its checkpoint.output_dir holds summary.json)",
+    )
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path("/dev/termination-log"),
+        help="where the termination message goes (default /dev/termination-log)",
+    )
+    p.add_argument(
+        "--hostfile",
+        type=Path,
+        help="MPI hostfile (default $RLHF_HOSTFILE, $OMPI_MCA_orte_default_hostfile or /etc/mpi/hostfile)",
+    )
+    p.add_argument(
+        "--wait-hosts",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wait this long for every host of the hostfile to resolve (0: do not wait)",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- mpirun ...")
 
     p = sub.add_parser("stage", help="one rank: map the MPI environment, then `rlhf train STAGE`")
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--config", "-c", type=Path, required=True)
-    p.add_argument("--dry-run", action="store_true", help="print the variables it would set and the command, then exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the variables it would set and the command, then exit"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     p = sub.add_parser("sshd", help="MPIJob worker: run sshd in the foreground as this (non-root) user")
@@ -51,7 +76,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     try:
-        return launch(args.config, cmd, args.termination_log, hostfile=args.hostfile, wait_hosts=args.wait_hosts)
+        return launch(
+            args.config, cmd, args.termination_log, hostfile=args.hostfile, wait_hosts=args.wait_hosts
+        )
     except LaunchError as e:
         print(f"rlhf-entrypoint: {e}", file=sys.stderr)
         return 2

@@ -49,12 +49,16 @@ def output_dir(config: str | Path, cmd: Sequence[str]) -> Path:
         data = read_yaml(config)
     except ConfigError as e:
         raise LaunchError(str(e)) from None
-    value = (data.get("checkpoint") or {}).get("output_dir") if isinstance(data.get("checkpoint"), dict) else None
+    value = (
+        (data.get("checkpoint") or {}).get("output_dir") if isinstance(data.get("checkpoint"), dict) else None
+    )
     for arg in cmd:
         if arg.startswith("checkpoint.output_dir="):
             value = arg.partition("=")[2]
     if not value:
-        raise LaunchError(f"{config}: checkpoint.output_dir is not set; the launcher reads summary.json from it")
+        raise LaunchError(
+            f"{config}: checkpoint.output_dir is not set; the launcher reads summary.json from it"
+        )
     return Path(str(value))
 
 
@@ -75,8 +79,12 @@ def forward_env(cmd: Sequence[str], environ: Mapping[str, str], extra: Mapping[s
     return [cmd[0], *options, *cmd[1:]]
 
 
-def wait_for_hosts(hosts: Sequence[str], timeout: float, resolve: Callable[[str], Any] = socket.gethostbyname,
-                   sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_hosts(
+    hosts: Sequence[str],
+    timeout: float,
+    resolve: Callable[[str], Any] = socket.gethostbyname,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Block until every host resolves; LaunchError naming the missing ones after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     pending = list(dict.fromkeys(hosts))
@@ -158,9 +166,17 @@ def read_summary(out_dir: Path, wait: float, sleep: Callable[[float], None] = ti
             sleep(0.5)
 
 
-def launch(config: str | Path, cmd: Sequence[str], termination_log: str | Path, *,
-           hostfile: str | Path | None = None, wait_hosts: float = 300.0, wait_summary: float = 5.0,
-           environ: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> int:
+def launch(
+    config: str | Path,
+    cmd: Sequence[str],
+    termination_log: str | Path,
+    *,
+    hostfile: str | Path | None = None,
+    wait_hosts: float = 300.0,
+    wait_summary: float = 5.0,
+    environ: Mapping[str, str] | None = None,
+    out: BinaryIO | None = None,
+) -> int:
     """Run the launcher command for the stage config ``config``; return the exit status to use.
 
     Success (exit 0 and a readable summary.json): the compacted summary is the termination
@@ -195,5 +211,7 @@ def launch(config: str | Path, cmd: Sequence[str], termination_log: str | Path, 
             return 1
         termination.write(termination_log, message)
         return 0
-    termination.write(termination_log, termination.failure_message(_reason(full_cmd, code, list(tail)), code, list(tail)))
+    termination.write(
+        termination_log, termination.failure_message(_reason(full_cmd, code, list(tail)), code, list(tail))
+    )
     return code

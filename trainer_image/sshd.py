@@ -30,12 +30,26 @@ DEFAULT_PORT = 2222
 #: Host key types the image generates at build time (``ssh-keygen -t TYPE -f ~/.sshd/ssh_host_TYPE_key``).
 KEY_TYPES = ("ed25519", "rsa")
 #: Variables that describe the login, not the container: sshd sets them itself.
-_NOT_FORWARDED = {"HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "MAIL",
-                  "HOSTNAME", "LS_COLORS"}
+_NOT_FORWARDED = {
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "TERM",
+    "MAIL",
+    "HOSTNAME",
+    "LS_COLORS",
+}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Kubernetes service links (FOO_SERVICE_HOST, FOO_PORT_80_TCP_ADDR, FOO_PORT=tcp://...): one set per
 # Service in the namespace, useless to the ranks, and they can make the SetEnv line very long.
-_SERVICE_LINK = re.compile(r"^[A-Z0-9_]+_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
+_SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$"
+)
 
 
 def state_dir(home: Path) -> Path:
@@ -54,7 +68,9 @@ def state_dir(home: Path) -> Path:
 def host_keys(home: Path, state: Path, keygen: str = "ssh-keygen") -> list[Path]:
     """The host keys to offer: the job's mounted key, the image's build-time keys, else a new one."""
     keys = [p for p in (home / ".ssh" / "id_rsa",) if p.is_file()]
-    keys += [state / f"ssh_host_{kind}_key" for kind in KEY_TYPES if (state / f"ssh_host_{kind}_key").is_file()]
+    keys += [
+        state / f"ssh_host_{kind}_key" for kind in KEY_TYPES if (state / f"ssh_host_{kind}_key").is_file()
+    ]
     if not keys:
         key = state / "ssh_host_ed25519_key"
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -90,8 +106,9 @@ def current_user() -> str | None:
         return None
 
 
-def sshd_config(*, port: int, keys: list[Path], state: Path, home: Path, user: str | None,
-                environ: Mapping[str, str]) -> tuple[str, list[str]]:
+def sshd_config(
+    *, port: int, keys: list[Path], state: Path, home: Path, user: str | None, environ: Mapping[str, str]
+) -> tuple[str, list[str]]:
     """The sshd_config text for a foreground, non-root sshd, and the variables it could not pass."""
     lines = [
         "# Written by `rlhf-entrypoint sshd` at start; see rlhf_entrypoint/sshd.py.",
@@ -119,20 +136,26 @@ def sshd_config(*, port: int, keys: list[Path], state: Path, home: Path, user: s
     return "\n".join(lines) + "\n", skipped
 
 
-def prepare(port: int = DEFAULT_PORT, environ: Mapping[str, str] | None = None,
-            home: Path | None = None) -> list[str]:
+def prepare(
+    port: int = DEFAULT_PORT, environ: Mapping[str, str] | None = None, home: Path | None = None
+) -> list[str]:
     """Write the config (and a host key if needed); return the sshd command line to exec."""
     environ = dict(os.environ if environ is None else environ)
     home = Path(home or environ.get("HOME") or Path.home())
-    sshd = shutil.which("sshd", path=os.pathsep.join([environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
+    sshd = shutil.which(
+        "sshd", path=os.pathsep.join([environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    )
     if not sshd:
         raise FileNotFoundError("sshd is not installed (the trainer images install openssh-server)")
     state = state_dir(home)
-    config, skipped = sshd_config(port=port, keys=host_keys(home, state), state=state, home=home,
-                                  user=current_user(), environ=environ)
+    config, skipped = sshd_config(
+        port=port, keys=host_keys(home, state), state=state, home=home, user=current_user(), environ=environ
+    )
     if skipped:
-        print(f"rlhf-entrypoint sshd: not passed to ssh sessions (value not representable): {', '.join(skipped)}",
-              file=sys.stderr)
+        print(
+            f"rlhf-entrypoint sshd: not passed to ssh sessions (value not representable): {', '.join(skipped)}",
+            file=sys.stderr,
+        )
     path = state / "sshd_config"
     path.write_text(config)
     path.chmod(0o600)

@@ -57,8 +57,11 @@ def compact_summary(summary: dict[str, Any], limit: int = MAX_BYTES) -> dict[str
     if fits(message, limit):
         return message
     message["truncated"] = True
-    optional = sorted((k for k in message if k not in ESSENTIAL and k != "truncated"),
-                      key=lambda k: len(encode({k: message[k]})), reverse=True)
+    optional = sorted(
+        (k for k in message if k not in ESSENTIAL and k != "truncated"),
+        key=lambda k: len(encode({k: message[k]})),
+        reverse=True,
+    )
     for key in optional:
         del message[key]
         if fits(message, limit):
@@ -97,7 +100,7 @@ def error_line(lines: Iterable[str]) -> str | None:
         found = match.group(1).strip()
         if found.endswith(":"):
             details = []
-            for follow in lines[i + 1:i + 1 + DETAIL_LINES]:
+            for follow in lines[i + 1 : i + 1 + DETAIL_LINES]:
                 if not follow[:1].isspace():
                     break
                 details.append(follow.strip())
@@ -106,10 +109,13 @@ def error_line(lines: Iterable[str]) -> str | None:
     return found
 
 
-def failure_message(reason: str, exit_code: int | None, tail: list[str], limit: int = MAX_BYTES) -> dict[str, Any]:
+def failure_message(
+    reason: str, exit_code: int | None, tail: list[str], limit: int = MAX_BYTES
+) -> dict[str, Any]:
     """``{"status": "failed", ...}`` with as many of the last log lines as fit under ``limit`` bytes."""
     message: dict[str, Any] = StageFailure(reason=_truncate(reason, 1024), exit_code=exit_code).model_dump(
-        exclude_none=True, exclude={"log_tail"})
+        exclude_none=True, exclude={"log_tail"}
+    )
     lines = [_truncate(line.rstrip("\r\n"), MAX_LINE) for line in tail]
     message["log_tail"] = ""
     if not fits(message, limit):

@@ -54,7 +54,9 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_operator(config, liveness=args.liveness, metrics_port=args.metrics_port, metrics_address=args.metrics_address)
+    run_operator(
+        config, liveness=args.liveness, metrics_port=args.metrics_port, metrics_address=args.metrics_address
+    )
     return 0
 
 

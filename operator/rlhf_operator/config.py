@@ -35,8 +35,16 @@ from rlhf.api.pools import DEFAULT_TAG, Pool, PoolPolicy, TrainerImages, policy_
 
 ENV_VAR = "RLHF_OPERATOR_CONFIG"
 DEFAULT_PATH = "/etc/rlhf-operator/config.yaml"
-__all__ = ["DEFAULT_TAG", "ConfigError", "OperatorConfig", "Pool", "PrepareResources", "TrainerImages",
-           "load_config", "parse_config"]
+__all__ = [
+    "DEFAULT_TAG",
+    "ConfigError",
+    "OperatorConfig",
+    "Pool",
+    "PrepareResources",
+    "TrainerImages",
+    "load_config",
+    "parse_config",
+]
 
 
 class ConfigError(ValueError):
@@ -76,8 +84,13 @@ class OperatorConfig(PoolPolicy):
         for i, pool in enumerate(self.pools):
             for j, ns in enumerate(pool.namespaces):
                 if ns not in self.namespaces:
-                    failures.append((f"pools[{i}].namespaces[{j}]", f"{ns!r} is not one of the namespaces the "
-                                     f"operator watches ({', '.join(self.namespaces)})"))
+                    failures.append(
+                        (
+                            f"pools[{i}].namespaces[{j}]",
+                            f"{ns!r} is not one of the namespaces the "
+                            f"operator watches ({', '.join(self.namespaces)})",
+                        )
+                    )
         if failures:
             raise RuleViolation(failures)
         return self

@@ -31,10 +31,12 @@ RETRY_REFUSED_SECONDS = 10.0
 
 def _latest(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest pod (creation time, then resourceVersion for pods created the same second)."""
+
     def key(pod: dict[str, Any]) -> tuple[str, int]:
         meta = pod.get("metadata") or {}
         rv = str(meta.get("resourceVersion") or "0")
         return meta.get("creationTimestamp") or "", int(rv) if rv.isdigit() else 0
+
     pods = sorted(pods, key=key)
     return pods[-1] if pods else None
 
@@ -42,8 +44,13 @@ def _latest(pods: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
 class Controller:
     """Reconciles RLHFRuns against the API server behind ``kube``."""
 
-    def __init__(self, kube_client: kube.Kube, config: OperatorConfig, metrics: Metrics | None = None,
-                 clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        kube_client: kube.Kube,
+        config: OperatorConfig,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
         self.kube = kube_client
         self.config = config
         self.metrics = metrics or Metrics()
@@ -179,14 +186,19 @@ class Controller:
         found = await asyncio.gather(*(self.kube.get(kube.BY_KIND[kind], namespace, n) for kind, n in keys))
         return {key: obj for key, obj in zip(keys, found, strict=True) if obj is not None}
 
-    async def _finished_pods(self, body: dict[str, Any], objects: dict[Key, dict[str, Any]]
-                             ) -> dict[str, dict[str, Any]]:
+    async def _finished_pods(
+        self, body: dict[str, Any], objects: dict[Key, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         """The latest pod of each finished step whose result the status does not record yet
         (:func:`rlhf_operator.reconcile.pods_needed`): its termination message has the result."""
         meta = body["metadata"]
         namespace, run = meta["namespace"], meta["name"]
-        wanted = {step: f"job-name={names.job_name(run, step)}" if step == names.PREPARE
-                  else names.launcher_selector(names.job_name(run, step)) for step in pods_needed(body, objects)}
+        wanted = {
+            step: f"job-name={names.job_name(run, step)}"
+            if step == names.PREPARE
+            else names.launcher_selector(names.job_name(run, step))
+            for step in pods_needed(body, objects)
+        }
         found = await asyncio.gather(*(self.kube.list(kube.PODS, namespace, sel) for sel in wanted.values()))
         out = {}
         for step, pods in zip(wanted, found, strict=True):
@@ -195,8 +207,9 @@ class Controller:
                 out[step] = pod
         return out
 
-    async def _diagnose(self, namespace: str, run: str, body: dict[str, Any],
-                        objects: dict[Key, dict[str, Any]]) -> dict[str, Blocked]:
+    async def _diagnose(
+        self, namespace: str, run: str, body: dict[str, Any], objects: dict[Key, dict[str, Any]]
+    ) -> dict[str, Blocked]:
         """Why the pods of each created-but-not-running step do not run
         (:func:`rlhf_operator.reconcile.diagnostics_needed`): its pods and the Warning events of
         its jobs. Best effort: an API error here only leaves the message less precise."""
@@ -205,11 +218,14 @@ class Controller:
             kind = "Job" if step == names.PREPARE else "MPIJob"
             job = objects[(kind, names.job_name(run, step))]
             try:
-                pods = await self.kube.list(kube.PODS, namespace, f"{names.RUN_LABEL}={run},{names.STAGE_LABEL}={step}")
+                pods = await self.kube.list(
+                    kube.PODS, namespace, f"{names.RUN_LABEL}={run},{names.STAGE_LABEL}={step}"
+                )
                 events: list[dict[str, Any]] = []
                 for obj in involved:
-                    events += await self.kube.list(kube.EVENTS, namespace,
-                                                   field_selector=f"involvedObject.name={obj},type=Warning")
+                    events += await self.kube.list(
+                        kube.EVENTS, namespace, field_selector=f"involvedObject.name={obj},type=Warning"
+                    )
             except kube.ApiError as e:
                 logger.info("cannot diagnose %s of %s/%s: %s", step, namespace, run, e)
                 continue
@@ -224,8 +240,13 @@ class Controller:
         if old == status:
             return True
         meta = body["metadata"]
-        patched = await self.kube.patch(kube.RUNS, meta["namespace"], meta["name"],
-                                        {"status": merge_patch(old, status)}, subresource="status")
+        patched = await self.kube.patch(
+            kube.RUNS,
+            meta["namespace"],
+            meta["name"],
+            {"status": merge_patch(old, status)},
+            subresource="status",
+        )
         if patched is None:
             return False
         version = (patched.get("metadata") or {}).get("resourceVersion")
@@ -247,7 +268,9 @@ class Controller:
                 assert action.body is not None
                 await self.kube.patch(resource, namespace, action.name, action.body)
             else:
-                await self.kube.delete(resource, namespace, action.name, uid=action.uid, foreground=action.foreground)
+                await self.kube.delete(
+                    resource, namespace, action.name, uid=action.uid, foreground=action.foreground
+                )
         except kube.ApiError as e:
             self.metrics.errors.inc()
             logger.warning("cannot %s %s %s/%s: %s", action.verb, action.kind, namespace, action.name, e)
@@ -261,13 +284,24 @@ class Controller:
         now = timestamp(self._clock())
         for type_, reason, message in events:
             event = {
-                "apiVersion": "v1", "kind": "Event",
+                "apiVersion": "v1",
+                "kind": "Event",
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": names.RUN_API_VERSION, "kind": names.RUN_KIND,
-                                   "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-                "type": type_, "reason": reason, "message": message[:1024],
-                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                "source": {"component": names.OPERATOR_NAME}, "reportingComponent": names.OPERATOR_NAME,
+                "involvedObject": {
+                    "apiVersion": names.RUN_API_VERSION,
+                    "kind": names.RUN_KIND,
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta.get("uid"),
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message[:1024],
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "source": {"component": names.OPERATOR_NAME},
+                "reportingComponent": names.OPERATOR_NAME,
             }
             try:
                 await self.kube.create(kube.EVENTS, meta["namespace"], event)

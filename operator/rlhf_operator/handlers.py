@@ -27,9 +27,12 @@ logger = logging.getLogger("rlhf_operator")
 CHILD_RESOURCES = (("kubeflow.org", "v2beta1", "mpijobs"), ("batch", "v1", "jobs"))
 
 
-def build_registry(controller: Controller, connection: Connection,
-                   tune: Callable[[kopf.OperatorSettings], None] | None = None,
-                   registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+def build_registry(
+    controller: Controller,
+    connection: Connection,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+    registry: kopf.OperatorRegistry | None = None,
+) -> kopf.OperatorRegistry:
     """A Kopf registry (a new one, or ``registry``) with the operator's handlers bound to
     ``controller``. ``tune`` may adjust Kopf's settings (the tests shorten timeouts)."""
     registry = registry if registry is not None else kopf.OperatorRegistry()
@@ -47,7 +50,8 @@ def build_registry(controller: Controller, connection: Connection,
         if tune is not None:
             tune(settings)
         state["resync"] = asyncio.create_task(
-            controller.resync_forever(controller.config.namespaces, controller.config.resync_seconds))
+            controller.resync_forever(controller.config.namespaces, controller.config.resync_seconds)
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -71,8 +75,13 @@ def build_registry(controller: Controller, connection: Connection,
 
     def child_handler(group: str, version: str, plural: str) -> None:
         # Kopf types `namespace` as str | None (for cluster-scoped objects); our children are namespaced.
-        @kopf.on.event(group, version, plural, registry=registry,  # type: ignore[arg-type]
-                       labels={names.MANAGED_BY: names.OPERATOR_NAME, names.RUN_LABEL: kopf.PRESENT})
+        @kopf.on.event(
+            group,
+            version,
+            plural,
+            registry=registry,  # type: ignore[arg-type]
+            labels={names.MANAGED_BY: names.OPERATOR_NAME, names.RUN_LABEL: kopf.PRESENT},
+        )
         async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
             await controller.request(namespace, labels[names.RUN_LABEL])
 

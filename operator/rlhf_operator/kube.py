@@ -112,8 +112,14 @@ class Connection:
                     return str(item.get("value") or "").removeprefix("Bearer ").strip() or None
             return None
 
-        return cls(server=cfg.host, token=token, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-                   cert_path=cfg.cert_file, key_path=cfg.key_file)
+        return cls(
+            server=cfg.host,
+            token=token,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            cert_path=cfg.cert_file,
+            key_path=cfg.key_file,
+        )
 
     def current_token(self) -> str | None:
         return self.token() if callable(self.token) else self.token
@@ -123,8 +129,12 @@ class Connection:
         import kopf
 
         return kopf.ConnectionInfo(
-            server=self.server, ca_path=self.ca_path, insecure=self.insecure, token=self.current_token(),
-            certificate_path=self.cert_path, private_key_path=self.key_path,
+            server=self.server,
+            ca_path=self.ca_path,
+            insecure=self.insecure,
+            token=self.current_token(),
+            certificate_path=self.cert_path,
+            private_key_path=self.key_path,
         )
 
     def ssl_context(self) -> ssl.SSLContext | bool:
@@ -169,8 +179,15 @@ class Kube:
                 self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             return self._session
 
-    async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                       body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
         session = await self._get_session()
         headers = {"Accept": "application/json"}
         token = self.connection.current_token()
@@ -189,8 +206,9 @@ class Kube:
                 payload = {"message": text}
             if rsp.status >= 400 and rsp.status not in (404, 409):
                 info = payload if isinstance(payload, dict) else {}
-                raise ApiError(rsp.status, str(info.get("reason") or rsp.reason),
-                               str(info.get("message") or text)[:1000])
+                raise ApiError(
+                    rsp.status, str(info.get("reason") or rsp.reason), str(info.get("message") or text)[:1000]
+                )
             return rsp.status, payload
 
     async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
@@ -198,8 +216,13 @@ class Kube:
         status, payload = await self._request("GET", resource.path(namespace, name))
         return None if status == 404 else payload
 
-    async def list(self, resource: Resource, namespace: str | None, label_selector: str | None = None,
-                   field_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Objects in ``namespace`` (None: all namespaces) matching the selectors."""
         params = {}
         if label_selector:
@@ -211,8 +234,9 @@ class Kube:
             raise ApiError(404, "NotFound", not_served(resource))
         return list((payload or {}).get("items") or [])
 
-    async def create(self, resource: Resource, namespace: str, body: dict[str, Any]
-                     ) -> tuple[dict[str, Any] | None, bool]:
+    async def create(
+        self, resource: Resource, namespace: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, bool]:
         """Create ``body``; returns (object, True), or (None, False) when the name is taken."""
         status, payload = await self._request("POST", resource.path(namespace), body=body)
         if status == 409:
@@ -224,19 +248,28 @@ class Kube:
             raise ApiError(404, "NotFound", not_served(resource))
         return payload, True
 
-    async def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any],
-                    subresource: str | None = None) -> dict[str, Any] | None:
+    async def patch(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any] | None:
         """JSON merge-patch the object (or its ``status`` subresource); None when it is gone."""
         status, payload = await self._request(
-            "PATCH", resource.path(namespace, name, subresource), body=patch,
+            "PATCH",
+            resource.path(namespace, name, subresource),
+            body=patch,
             content_type="application/merge-patch+json",
         )
         if status == 409:
             raise ApiError(409, "Conflict", str((payload or {}).get("message", "conflict")))
         return None if status == 404 else payload
 
-    async def delete(self, resource: Resource, namespace: str, name: str,
-                     uid: str | None = None, foreground: bool = False) -> bool:
+    async def delete(
+        self, resource: Resource, namespace: str, name: str, uid: str | None = None, foreground: bool = False
+    ) -> bool:
         """Delete the object, its dependents in the background (or, ``foreground``, before the
         object itself goes); False when it was already gone. With ``uid``, only that incarnation
         of the name is deleted (precondition)."""

@@ -17,22 +17,40 @@ from rlhf_operator.kube import Connection, Kube
 from rlhf_operator.metrics import Metrics
 
 
-async def operator(config: OperatorConfig, connection: Connection, *, metrics: Metrics | None = None,
-                   liveness: str | None = None, stop_flag: Any = None, ready_flag: Any = None,
-                   tune: Callable[[kopf.OperatorSettings], None] | None = None) -> None:
+async def operator(
+    config: OperatorConfig,
+    connection: Connection,
+    *,
+    metrics: Metrics | None = None,
+    liveness: str | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set."""
     controller = Controller(Kube(connection), config, metrics)
     registry = build_registry(controller, connection, tune)
     namespaces = list(config.namespaces)
     await kopf.operator(
-        registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces,
-        liveness_endpoint=liveness, stop_flag=stop_flag, ready_flag=ready_flag,
+        registry=registry,
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
     )
 
 
-def run_operator(config: OperatorConfig, *, liveness: str | None = "http://0.0.0.0:8080/healthz",
-                 metrics_port: int = 9090, metrics_address: str = "0.0.0.0", connection: Connection | None = None,
-                 stop_flag: threading.Event | None = None) -> None:
+def run_operator(
+    config: OperatorConfig,
+    *,
+    liveness: str | None = "http://0.0.0.0:8080/healthz",
+    metrics_port: int = 9090,
+    metrics_address: str = "0.0.0.0",
+    connection: Connection | None = None,
+    stop_flag: threading.Event | None = None,
+) -> None:
     """``rlhf-operator run``: the process's main loop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()

@@ -16,16 +16,27 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.runs = Gauge("rlhf_operator_runs", "RLHFRuns known to the operator, by phase", ["phase"],
-                          registry=self.registry)
-        self.reconcile_seconds = Histogram(
-            "rlhf_operator_reconcile_duration_seconds", "Duration of one reconcile of a run",
-            registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        self.runs = Gauge(
+            "rlhf_operator_runs",
+            "RLHFRuns known to the operator, by phase",
+            ["phase"],
+            registry=self.registry,
         )
-        self.errors = Counter("rlhf_operator_reconcile_errors_total", "Reconciles that raised an error",
-                              registry=self.registry)
-        self.actions = Counter("rlhf_operator_actions_total", "Changes made to children", ["verb", "kind"],
-                               registry=self.registry)
+        self.reconcile_seconds = Histogram(
+            "rlhf_operator_reconcile_duration_seconds",
+            "Duration of one reconcile of a run",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.errors = Counter(
+            "rlhf_operator_reconcile_errors_total", "Reconciles that raised an error", registry=self.registry
+        )
+        self.actions = Counter(
+            "rlhf_operator_actions_total",
+            "Changes made to children",
+            ["verb", "kind"],
+            registry=self.registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {}
         for phase in PHASES:

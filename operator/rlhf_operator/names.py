@@ -30,6 +30,7 @@ def stages_of(body: Mapping[str, Any]) -> list[str]:
         pipeline = list(DEFAULT_PIPELINE)
     return [s for s in STAGE_NAMES if s in pipeline]
 
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR_NAME = "rlhf-operator"
 RUN_LABEL = "rlhf.dev/run"
@@ -66,8 +67,11 @@ STAGE_CONFIG_SUFFIX = "-trainer"
 #: controller's pods of a Job (``<job>-<5 random characters>``). tests/cluster/test_names.py checks
 #: this table against the MPI operator's source and that no two runs' objects can share a name.
 MPI_OPERATOR_CHILDREN = {
-    "ConfigMap": ("-config",), "Secret": ("-ssh",), "Job": ("-launcher",),
-    "Service": ("", "-worker"), "Pod": ("-worker-",),
+    "ConfigMap": ("-config",),
+    "Secret": ("-ssh",),
+    "Job": ("-launcher",),
+    "Service": ("", "-worker"),
+    "Pod": ("-worker-",),
 }
 _LONGEST_SUFFIX = "-reward" + STAGE_CONFIG_SUFFIX
 assert MAX_NAME_LENGTH + len(_LONGEST_SUFFIX) <= 63
@@ -107,6 +111,10 @@ def launcher_selector(mpijob: str) -> str:
 def owner_reference(name: str, uid: str) -> dict[str, object]:
     """The ownerReference every child carries: deleting the run deletes them."""
     return {
-        "apiVersion": RUN_API_VERSION, "kind": RUN_KIND, "name": name, "uid": uid,
-        "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": RUN_API_VERSION,
+        "kind": RUN_KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
     }

@@ -50,8 +50,14 @@ def mpijob_state(job: dict[str, Any]) -> tuple[str, str]:
     """(state, message) of an MPIJob from its v2beta1 conditions: Succeeded, Failed, Suspended,
     Running (also while Restarting) or Pending (Created, or nothing yet)."""
     conds = _true_conditions(job)
-    for type_, state in (("Succeeded", "Succeeded"), ("Failed", "Failed"), ("Suspended", "Suspended"),
-                         ("Restarting", "Running"), ("Running", "Running"), ("Created", "Pending")):
+    for type_, state in (
+        ("Succeeded", "Succeeded"),
+        ("Failed", "Failed"),
+        ("Suspended", "Suspended"),
+        ("Restarting", "Running"),
+        ("Running", "Running"),
+        ("Created", "Pending"),
+    ):
         if type_ in conds:
             return state, str(conds[type_].get("message") or conds[type_].get("reason") or type_)
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
@@ -100,7 +106,9 @@ def recorded_prepare_failure(status: dict[str, Any]) -> tuple[str, str] | None:
     return (step, run) if step and run else None
 
 
-def recorded_stage_failure(status: dict[str, Any], stage: str, entry: dict[str, Any], attempt: int) -> str | None:
+def recorded_stage_failure(
+    status: dict[str, Any], stage: str, entry: dict[str, Any], attempt: int
+) -> str | None:
     """The message of ``stage``'s final failure at ``attempt`` if the status (its stage ``entry``
     and condition) already records it; then its launcher pod need not be read again."""
     if entry["state"] == "Failed" and entry["retries"] >= attempt:
@@ -128,9 +136,13 @@ def pods_needed(body: dict[str, Any], objects: dict[Key, dict[str, Any]]) -> lis
     prepare = names.job_name(run, names.PREPARE)
     job = objects.get(("Job", prepare))
     prepared = get_condition(status.get("conditions") or [], graph.condition_type(names.PREPARE)) or {}
-    if (job is not None and prepared.get("status") != "True" and owned_by(job, uid)
-            and batch_job_state(job)[0] == "Failed"
-            and not recorded_prepare_failure(status)):
+    if (
+        job is not None
+        and prepared.get("status") != "True"
+        and owned_by(job, uid)
+        and batch_job_state(job)[0] == "Failed"
+        and not recorded_prepare_failure(status)
+    ):
         out.append(names.PREPARE)
     for stage in names.stages_of(body):
         job = objects.get(("MPIJob", names.job_name(run, stage)))
@@ -191,15 +203,26 @@ def diagnose(job: dict[str, Any], events: list[dict[str, Any]], pods: list[dict[
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 pod_name = (pod.get("metadata") or {}).get("name")
-                return Blocked("Unschedulable", f"pod {pod_name} cannot be scheduled: {cond.get('message') or cond.get('reason')}")
+                return Blocked(
+                    "Unschedulable",
+                    f"pod {pod_name} cannot be scheduled: {cond.get('message') or cond.get('reason')}",
+                )
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
                 pod_name = (pod.get("metadata") or {}).get("name")
-                return Blocked("ContainerWaiting", f"pod {pod_name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+                return Blocked(
+                    "ContainerWaiting",
+                    f"pod {pod_name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "),
+                )
     since = (job.get("metadata") or {}).get("creationTimestamp") or ""
-    warnings = [e for e in events if e.get("type") == "Warning" and e.get("reason") in BLOCKING_EVENTS
-                and (e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "") >= since]
+    warnings = [
+        e
+        for e in events
+        if e.get("type") == "Warning"
+        and e.get("reason") in BLOCKING_EVENTS
+        and (e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "") >= since
+    ]
     if warnings:
         latest = max(warnings, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         involved = (latest.get("involvedObject") or {}).get("name")
@@ -215,8 +238,9 @@ def termination_message(pod: dict[str, Any] | None) -> Outcome | None:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     statuses = sorted(statuses, key=lambda s: s.get("name") != "launcher")
     for cs in statuses:
-        terminated = ((cs.get("state") or {}).get("terminated")
-                      or (cs.get("lastState") or {}).get("terminated") or {})
+        terminated = (
+            (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        )
         outcome = parse_outcome(terminated.get("message"))
         if outcome is not None:
             return outcome
@@ -249,6 +273,8 @@ def suspend_patch(kind: str, obj: dict[str, Any], suspend: bool) -> dict[str, An
         flag, note = False, None
     else:
         return None
-    body: dict[str, Any] = {"spec": {"runPolicy": {"suspend": flag}} if kind == "MPIJob" else {"suspend": flag}}
+    body: dict[str, Any] = {
+        "spec": {"runPolicy": {"suspend": flag}} if kind == "MPIJob" else {"suspend": flag}
+    }
     body["metadata"] = {"annotations": {names.SUSPENDED_BY_RUN: note}}
     return body

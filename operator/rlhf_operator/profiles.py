@@ -41,19 +41,26 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "nvidia": Profile(
-        "nvidia", DEVICE_RESOURCES["nvidia"],
+        "nvidia",
+        DEVICE_RESOURCES["nvidia"],
         shm_volume=True,
     ),
     "habana": Profile(
-        "habana", DEVICE_RESOURCES["habana"],
-        host_ipc=True, add_capabilities=("SYS_NICE",), hugepages="95000Mi",
+        "habana",
+        DEVICE_RESOURCES["habana"],
+        host_ipc=True,
+        add_capabilities=("SYS_NICE",),
+        hugepages="95000Mi",
     ),
     "cpu": Profile("cpu", DEVICE_RESOURCES["cpu"], shm_volume=True),
 }
+
 
 def profile(accelerator: str) -> Profile:
     """The profile of ``accelerator`` (nvidia, habana or cpu)."""
     try:
         return PROFILES[accelerator]
     except KeyError:
-        raise KeyError(f"unknown accelerator {accelerator!r}; expected one of {', '.join(PROFILES)}") from None
+        raise KeyError(
+            f"unknown accelerator {accelerator!r}; expected one of {', '.join(PROFILES)}"
+        ) from None

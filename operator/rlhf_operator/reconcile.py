@@ -137,8 +137,11 @@ def _ensure_static_children(ctx: _Ctx) -> set[str]:
     object names are taken by someone else."""
     blocked = set()
     wanted: list[tuple[str, dict[str, Any], str]] = [
-        (step, render.config_map(ctx.admitted, step, ctx.uid), "data") for step in ctx.admitted.steps]
-    wanted += [(stage, render.network_policy(ctx.admitted, stage, ctx.uid), "spec") for stage in ctx.admitted.stages]
+        (step, render.config_map(ctx.admitted, step, ctx.uid), "data") for step in ctx.admitted.steps
+    ]
+    wanted += [
+        (stage, render.network_policy(ctx.admitted, stage, ctx.uid), "spec") for stage in ctx.admitted.stages
+    ]
     for step, desired, content in wanted:
         kind, name = desired["kind"], desired["metadata"]["name"]
         obj = ctx.objects.get((kind, name))
@@ -149,8 +152,11 @@ def _ensure_static_children(ctx: _Ctx) -> set[str]:
             ctx.steps[step] = StepCondition("False", "NameConflict", _conflict(kind, name))
         elif obj.get(content) != desired[content]:
             # A merge patch that also removes what someone added (a plain merge would keep it).
-            ctx.actions.append(Action("patch", kind, name, {content: merge_patch(obj.get(content), desired[content])},
-                                      step=step))
+            ctx.actions.append(
+                Action(
+                    "patch", kind, name, {content: merge_patch(obj.get(content), desired[content])}, step=step
+                )
+            )
     return blocked
 
 
@@ -229,8 +235,9 @@ def _prepare(ctx: _Ctx, blocked: set[str]) -> bool:
     return False
 
 
-def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_for: str,
-           blocked: set[str]) -> None:
+def _stage(
+    ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_for: str, blocked: set[str]
+) -> None:
     """Drive one stage's MPIJob; updates ``entry`` (its status.stages item) in place."""
     title = graph.title(stage)
     name = names.job_name(ctx.admitted.name, stage)
@@ -272,7 +279,9 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         body = render.mpijob(ctx.admitted, ctx.config, stage, ctx.uid, attempt=attempt)
         ctx.actions.append(Action("create", "MPIJob", name, body, step=stage))
         entry.update(jobName=name, state="Pending")
-        ctx.steps[stage] = StepCondition("False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}")
+        ctx.steps[stage] = StepCondition(
+            "False", "Created", f"MPIJob {name} (attempt {attempt}): {MPIJOB_PENDING}"
+        )
         ctx.started = True
         ctx.running.append(stage)
         return
@@ -284,15 +293,22 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     meta, job_status = job.get("metadata") or {}, job.get("status") or {}
     if meta.get("deletionTimestamp"):
         entry["state"] = "Pending"
-        ctx.steps[stage] = StepCondition("False", "Retrying", f"MPIJob {name} (attempt {attempt}) is being deleted")
+        ctx.steps[stage] = StepCondition(
+            "False", "Retrying", f"MPIJob {name} (attempt {attempt}) is being deleted"
+        )
         return
     state, detail = mpijob_state(job)
     if state in ("Running", "Succeeded", "Failed") and not entry.get("startTime"):
-        entry["startTime"] = job_status.get("startTime") or meta.get("creationTimestamp") or timestamp(ctx.now)
+        entry["startTime"] = (
+            job_status.get("startTime") or meta.get("creationTimestamp") or timestamp(ctx.now)
+        )
     if state == "Succeeded":
-        entry.update(state="Succeeded", retries=max(entry["retries"], attempt - 1),
-                     completionTime=job_status.get("completionTime") or timestamp(ctx.now),
-                     metrics=metrics_of(message))
+        entry.update(
+            state="Succeeded",
+            retries=max(entry["retries"], attempt - 1),
+            completionTime=job_status.get("completionTime") or timestamp(ctx.now),
+            metrics=metrics_of(message),
+        )
         ctx.steps[stage] = StepCondition.succeeded(stage, entry["metrics"])
         _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
         return
@@ -302,16 +318,24 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
         reason = failure_reason(message, detail)
         entry["retries"] = failures
         if failures <= limit:
-            ctx.actions.append(Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage, foreground=True))
+            ctx.actions.append(
+                Action("delete", "MPIJob", name, uid=meta.get("uid"), step=stage, foreground=True)
+            )
             entry["state"] = "Pending"
-            ctx.steps[stage] = StepCondition("False", "Retrying", f"attempt {attempt} failed ({reason}); retry "
-                                     f"{failures} of {limit} resumes from the latest checkpoint")
+            ctx.steps[stage] = StepCondition(
+                "False",
+                "Retrying",
+                f"attempt {attempt} failed ({reason}); retry "
+                f"{failures} of {limit} resumes from the latest checkpoint",
+            )
         else:
             if recorded:  # this very failure is in the status already: no pod read (pods_needed)
                 text = recorded
             else:
                 text = f"{title} failed after {failures} attempt{'s' if failures > 1 else ''}: {reason}"
-            entry.update(state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now))
+            entry.update(
+                state="Failed", completionTime=job_status.get("completionTime") or timestamp(ctx.now)
+            )
             ctx.steps[stage] = StepCondition("False", "Failed", text)
             ctx.failure = ctx.failure or text
             _expire(ctx, "MPIJob", job, entry["completionTime"], stage)
@@ -325,9 +349,13 @@ def _stage(ctx: _Ctx, stage: str, entry: dict[str, Any], ready: bool, waiting_fo
     entry["state"] = "Running" if state == "Running" else "Pending"
     why = ctx.blocked.get(stage) if state == "Pending" else None
     if why is not None:
-        ctx.steps[stage] = StepCondition("False", why.reason, f"MPIJob {name} (attempt {attempt}): {why.message}")
+        ctx.steps[stage] = StepCondition(
+            "False", why.reason, f"MPIJob {name} (attempt {attempt}): {why.message}"
+        )
     else:
-        ctx.steps[stage] = StepCondition("False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}")
+        ctx.steps[stage] = StepCondition(
+            "False", _reason(state), f"MPIJob {name} (attempt {attempt}): {detail}"
+        )
 
 
 def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
@@ -345,10 +373,15 @@ def _stop_others(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> None:
             continue
         job = ctx.job("MPIJob", stage)
         if job is not None and owned_by(job, ctx.uid) and ("MPIJob", job["metadata"]["name"]) not in planned:
-            ctx.actions.append(Action("delete", "MPIJob", job["metadata"]["name"],
-                                      uid=job["metadata"].get("uid"), step=stage))
+            ctx.actions.append(
+                Action(
+                    "delete", "MPIJob", job["metadata"]["name"], uid=job["metadata"].get("uid"), step=stage
+                )
+            )
         entry.update(state="Stopped", completionTime=entry.get("completionTime") or timestamp(ctx.now))
-        ctx.steps[stage] = StepCondition("False", "Stopped", f"{graph.title(stage)} was stopped: the run failed ({ctx.failure})")
+        ctx.steps[stage] = StepCondition(
+            "False", "Stopped", f"{graph.title(stage)} was stopped: the run failed ({ctx.failure})"
+        )
     ctx.running = []
 
 
@@ -356,7 +389,9 @@ def _current_steps(ctx: _Ctx, entries: dict[str, dict[str, Any]]) -> str | None:
     """``status.stage``: the steps running now, or else the last one that ran."""
     if ctx.running:
         return ",".join(ctx.running)
-    started = [s for s in ctx.admitted.stages if entries[s].get("jobName") or entries[s]["state"] != "Pending"]
+    started = [
+        s for s in ctx.admitted.stages if entries[s].get("jobName") or entries[s]["state"] != "Pending"
+    ]
     if started:
         return started[-1]
     return names.PREPARE if ctx.job("Job", names.PREPARE) is not None else ctx.old.get("stage")
@@ -378,9 +413,16 @@ def _report_refusals(ctx: _Ctx, refusals: dict[str, Refusal]) -> None:
             ctx.refused.add(action.step)
 
 
-def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: OperatorConfig,
-           objects: dict[Key, dict[str, Any]], pods: dict[str, dict[str, Any]], now: datetime,
-           failures: dict[str, Refusal] | None = None, blocked: dict[str, Blocked] | None = None) -> Decision:
+def decide(
+    body: dict[str, Any],
+    admission: Admitted | AdmissionError,
+    config: OperatorConfig,
+    objects: dict[Key, dict[str, Any]],
+    pods: dict[str, dict[str, Any]],
+    now: datetime,
+    failures: dict[str, Refusal] | None = None,
+    blocked: dict[str, Blocked] | None = None,
+) -> Decision:
     """Decide one reconcile of the run ``body`` (as read from the API server).
 
     ``objects`` are its existing children by (kind, name); ``pods`` the latest pod of each
@@ -404,15 +446,29 @@ def decide(body: dict[str, Any], admission: Admitted | AdmissionError, config: O
         for stage in wave:
             succeeded = [s for s, e in entries.items() if e["state"] == "Succeeded"]
             ready = prepared and graph.ready(stage, succeeded, stages)
-            waiting_for = "the prepare Job" if not graph.needs(stage, stages) else graph.waiting_for(stage, stages)
+            waiting_for = (
+                "the prepare Job" if not graph.needs(stage, stages) else graph.waiting_for(stage, stages)
+            )
             _stage(ctx, stage, entries[stage], ready, waiting_for, conflicts)
 
     _report_refusals(ctx, failures or {})
     if ctx.failure:
         _stop_others(ctx, entries)
     status = run_status(
-        old, steps=ctx.steps, entries=entries, succeeded=all(e["state"] == "Succeeded" for e in entries.values()),
-        failure=ctx.failure, suspended=ctx.suspend, started=ctx.started, current=_current_steps(ctx, entries),
-        generation=generation, now=now)
-    return Decision(status, ctx.actions, condition_events(old.get("conditions") or [], status["conditions"]),
-                    requeue_after=min(ctx.expiring) if ctx.expiring else None)
+        old,
+        steps=ctx.steps,
+        entries=entries,
+        succeeded=all(e["state"] == "Succeeded" for e in entries.values()),
+        failure=ctx.failure,
+        suspended=ctx.suspend,
+        started=ctx.started,
+        current=_current_steps(ctx, entries),
+        generation=generation,
+        now=now,
+    )
+    return Decision(
+        status,
+        ctx.actions,
+        condition_events(old.get("conditions") or [], status["conditions"]),
+        requeue_after=min(ctx.expiring) if ctx.expiring else None,
+    )

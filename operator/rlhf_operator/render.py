@@ -92,8 +92,14 @@ def render_template(name: str, context: dict[str, Any]) -> dict[str, Any]:
 # The pieces every child shares.
 
 
-def _meta(admitted: Admitted, step: str, name: str, uid: str | None,
-          annotations: dict[str, str] | None = None, queued: bool = True) -> dict[str, Any]:
+def _meta(
+    admitted: Admitted,
+    step: str,
+    name: str,
+    uid: str | None,
+    annotations: dict[str, str] | None = None,
+    queued: bool = True,
+) -> dict[str, Any]:
     """Metadata of a child; ``queued`` children (the jobs) carry the run's Kueue queue label."""
     labels = names.labels(admitted.name, step)
     queue = admitted.run.spec.scheduling.queue_name
@@ -167,11 +173,14 @@ def config_map(admitted: Admitted, step: str, uid: str | None) -> dict[str, Any]
     else:
         file_name = names.STAGE_CONFIG_FILE
         content = config_text(admitted.configs[step])
-    return render_template("configmap.yaml.j2", {
-        "meta": _meta(admitted, step, names.config_map_name(admitted.name, step), uid, queued=False),
-        "file_name": file_name,
-        "content": content,
-    })
+    return render_template(
+        "configmap.yaml.j2",
+        {
+            "meta": _meta(admitted, step, names.config_map_name(admitted.name, step), uid, queued=False),
+            "file_name": file_name,
+            "content": content,
+        },
+    )
 
 
 def run_manifest_text(admitted: Admitted) -> str:
@@ -190,8 +199,9 @@ def _suspend_annotations(suspend: bool) -> dict[str, str]:
     return {names.SUSPENDED_BY_RUN: "true"} if suspend else {}
 
 
-def prepare_job(admitted: Admitted, config: OperatorConfig, uid: str | None,
-                suspend: bool = False) -> dict[str, Any]:
+def prepare_job(
+    admitted: Admitted, config: OperatorConfig, uid: str | None, suspend: bool = False
+) -> dict[str, Any]:
     """The batch/v1 Job running ``rlhf prepare /etc/rlhf/run.yaml`` on the run's storage.
 
     No ``ttlSecondsAfterFinished``: the operator deletes finished jobs itself once their result is
@@ -200,25 +210,46 @@ def prepare_job(admitted: Admitted, config: OperatorConfig, uid: str | None,
     spec = admitted.run.spec
     env: list[dict[str, Any]] = _env({"TOKENIZERS_PARALLELISM": "false"})
     if spec.hub_token_secret:
-        env.append({"name": "HF_TOKEN", "valueFrom": {
-            "secretKeyRef": {"name": spec.hub_token_secret, "key": "HF_TOKEN"}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": spec.hub_token_secret, "key": "HF_TOKEN"}},
+            }
+        )
     res = config.prepare
-    meta = _meta(admitted, names.PREPARE, names.job_name(admitted.name, names.PREPARE), uid,
-                 _suspend_annotations(suspend))
-    return render_template("prepare-job.yaml.j2", {
-        **_pod_context(admitted, config, names.PREPARE),
-        "meta": meta,
-        "backoff_limit": PREPARE_BACKOFF_LIMIT,
-        "suspend": suspend,
-        "active_deadline_seconds": spec.run_policy.active_deadline_seconds,
-        "pod": {
-            "labels": names.labels(admitted.name, names.PREPARE), "container": "prepare",
-            "command": ["rlhf", "prepare", f"{names.CONFIG_DIR}/{names.RUN_MANIFEST_FILE}"], "env": env,
-            "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": {"memory": res.memory}},
-            "host_ipc": False, "add_capabilities": [], "shm": None, "ports": [], "probes": None,
-            "restart_policy": "Never",
+    meta = _meta(
+        admitted,
+        names.PREPARE,
+        names.job_name(admitted.name, names.PREPARE),
+        uid,
+        _suspend_annotations(suspend),
+    )
+    return render_template(
+        "prepare-job.yaml.j2",
+        {
+            **_pod_context(admitted, config, names.PREPARE),
+            "meta": meta,
+            "backoff_limit": PREPARE_BACKOFF_LIMIT,
+            "suspend": suspend,
+            "active_deadline_seconds": spec.run_policy.active_deadline_seconds,
+            "pod": {
+                "labels": names.labels(admitted.name, names.PREPARE),
+                "container": "prepare",
+                "command": ["rlhf", "prepare", f"{names.CONFIG_DIR}/{names.RUN_MANIFEST_FILE}"],
+                "env": env,
+                "resources": {
+                    "requests": {"cpu": res.cpu, "memory": res.memory},
+                    "limits": {"memory": res.memory},
+                },
+                "host_ipc": False,
+                "add_capabilities": [],
+                "shm": None,
+                "ports": [],
+                "probes": None,
+                "restart_policy": "Never",
+            },
         },
-    })
+    )
 
 
 def _pod_context(admitted: Admitted, config: OperatorConfig, step: str) -> dict[str, Any]:
@@ -241,11 +272,28 @@ def mpirun_command(admitted: Admitted, stage: str) -> list[str]:
     config_file = f"{names.CONFIG_DIR}/{names.STAGE_CONFIG_FILE}"
     forwarded = [arg for name in ["PATH", *trainer_env(admitted)] for arg in ("-x", name)]
     return [
-        ENTRYPOINT, "launch", "--config", config_file, "--",
-        "mpirun", "-np", str(stage_spec.nodes * stage_spec.devices_per_node),
-        "--hostfile", names.HOSTFILE, "-wdir", PVC_MOUNT_PATH,
-        "--bind-to", "none", "--map-by", "slot", *forwarded,
-        ENTRYPOINT, "stage", stage, "--config", config_file,
+        ENTRYPOINT,
+        "launch",
+        "--config",
+        config_file,
+        "--",
+        "mpirun",
+        "-np",
+        str(stage_spec.nodes * stage_spec.devices_per_node),
+        "--hostfile",
+        names.HOSTFILE,
+        "-wdir",
+        PVC_MOUNT_PATH,
+        "--bind-to",
+        "none",
+        "--map-by",
+        "slot",
+        *forwarded,
+        ENTRYPOINT,
+        "stage",
+        stage,
+        "--config",
+        config_file,
     ]
 
 
@@ -321,8 +369,14 @@ def shm_size(memory: str | None) -> str:
     return f"{max(64, int(quantity_bytes(memory) / 2 / 2**20))}Mi"
 
 
-def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | None,
-           attempt: int = 1, suspend: bool = False) -> dict[str, Any]:
+def mpijob(
+    admitted: Admitted,
+    config: OperatorConfig,
+    stage: str,
+    uid: str | None,
+    attempt: int = 1,
+    suspend: bool = False,
+) -> dict[str, Any]:
     """The MPIJob of ``stage`` (its ``attempt``-th try), owned by the run.
 
     No ``ttlSecondsAfterFinished`` in its runPolicy: see :func:`prepare_job`."""
@@ -332,46 +386,67 @@ def mpijob(admitted: Admitted, config: OperatorConfig, stage: str, uid: str | No
     stage_spec = spec.stages.get(stage)
     prof = profile(spec.accelerator)
     run_policy: dict[str, Any] = {
-        "backoffLimit": MPIJOB_BACKOFF_LIMIT, "cleanPodPolicy": "Running", "suspend": suspend,
+        "backoffLimit": MPIJOB_BACKOFF_LIMIT,
+        "cleanPodPolicy": "Running",
+        "suspend": suspend,
     }
     if spec.run_policy.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
     annotations = {names.ATTEMPT_ANNOTATION: str(attempt), **_suspend_annotations(suspend)}
     pod_labels = names.labels(admitted.name, stage)
     env = _env(trainer_env(admitted))
-    return render_template("mpijob.yaml.j2", {
-        **_pod_context(admitted, config, stage),
-        "meta": _meta(admitted, stage, names.job_name(admitted.name, stage), uid, annotations),
-        "slots_per_worker": stage_spec.devices_per_node,
-        "ssh_auth_mount_path": names.SSH_AUTH_MOUNT_PATH,
-        "run_policy": run_policy,
-        "workers": stage_spec.nodes,
-        "launcher": {
-            "labels": pod_labels, "container": "launcher", "command": mpirun_command(admitted, stage),
-            "env": env, "resources": LAUNCHER_RESOURCES, "host_ipc": False, "add_capabilities": [],
-            "shm": None, "ports": [], "probes": None,
-            "restart_policy": None,  # the MPI operator sets it from the replica spec (and warns otherwise)
+    return render_template(
+        "mpijob.yaml.j2",
+        {
+            **_pod_context(admitted, config, stage),
+            "meta": _meta(admitted, stage, names.job_name(admitted.name, stage), uid, annotations),
+            "slots_per_worker": stage_spec.devices_per_node,
+            "ssh_auth_mount_path": names.SSH_AUTH_MOUNT_PATH,
+            "run_policy": run_policy,
+            "workers": stage_spec.nodes,
+            "launcher": {
+                "labels": pod_labels,
+                "container": "launcher",
+                "command": mpirun_command(admitted, stage),
+                "env": env,
+                "resources": LAUNCHER_RESOURCES,
+                "host_ipc": False,
+                "add_capabilities": [],
+                "shm": None,
+                "ports": [],
+                "probes": None,
+                "restart_policy": None,  # the MPI operator sets it from the replica spec (and warns otherwise)
+            },
+            "worker": {
+                "labels": pod_labels,
+                "container": "worker",
+                "command": [ENTRYPOINT, "sshd"],
+                "env": env,
+                "resources": worker_resources(admitted, config, stage),
+                "host_ipc": host_ipc(admitted),
+                "add_capabilities": added_capabilities(admitted),
+                "shm": shm_size(stage_spec.resources.memory) if prof.shm_volume else None,
+                "ports": [{"name": "sshd", "containerPort": SSHD_PORT, "protocol": "TCP"}],
+                "probes": SSHD_PROBES,
+                "restart_policy": None,
+            },
         },
-        "worker": {
-            "labels": pod_labels, "container": "worker", "command": [ENTRYPOINT, "sshd"], "env": env,
-            "resources": worker_resources(admitted, config, stage), "host_ipc": host_ipc(admitted),
-            "add_capabilities": added_capabilities(admitted),
-            "shm": shm_size(stage_spec.resources.memory) if prof.shm_volume else None,
-            "ports": [{"name": "sshd", "containerPort": SSHD_PORT, "protocol": "TCP"}],
-            "probes": SSHD_PROBES,
-            "restart_policy": None,
-        },
-    })
+    )
 
 
 def network_policy(admitted: Admitted, stage: str, uid: str | None) -> dict[str, Any]:
     """The NetworkPolicy of ``stage``'s pods: reachable only from the same stage's pods. Named
     like the stage's MPIJob (a different kind; nothing else creates NetworkPolicies for it)."""
     pod_labels = names.labels(admitted.name, stage)
-    return render_template("networkpolicy.yaml.j2", {
-        "meta": _meta(admitted, stage, names.network_policy_name(admitted.name, stage), uid, queued=False),
-        "pod_labels": pod_labels,
-    })
+    return render_template(
+        "networkpolicy.yaml.j2",
+        {
+            "meta": _meta(
+                admitted, stage, names.network_policy_name(admitted.name, stage), uid, queued=False
+            ),
+            "pod_labels": pod_labels,
+        },
+    )
 
 
 def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None) -> list[dict[str, Any]]:

@@ -104,7 +104,12 @@ def _config_field(key: str) -> FieldInfo:
 
 
 _CONSTRAINTS = {
-    at.Ge: "ge", at.Gt: "gt", at.Le: "le", at.Lt: "lt", at.MinLen: "min_length", at.MaxLen: "max_length",
+    at.Ge: "ge",
+    at.Gt: "gt",
+    at.Le: "le",
+    at.Lt: "lt",
+    at.MinLen: "min_length",
+    at.MaxLen: "max_length",
 }
 
 
@@ -135,6 +140,7 @@ def section(factory: Callable[[], BaseModel], description: str) -> Any:
     written out in full (every nested default filled in), not ``{}``: the API server validates a
     ``default`` against the CEL rules of its schema node as it stands, without applying the nested
     defaults first, and a rule reading ``self.offload`` fails on ``{}`` ("no such key")."""
+
     def full_default(schema: dict[str, Any]) -> None:
         schema["default"] = factory().model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -154,11 +160,13 @@ def _quantity(value: Any) -> Any:
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
-    WithJsonSchema({
-        "anyOf": [{"type": "integer"}, {"type": "string"}],
-        "pattern": QUANTITY,
-        "x-kubernetes-int-or-string": True,
-    }),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
 ]
 
 #: A free-form object kept verbatim by the API server (e.g. a Pod affinity).
@@ -173,6 +181,17 @@ def no_dotdot(path: str | None) -> bool:
 
 
 __all__ = [
-    "DNS_1035_LABEL", "DNS_LABEL", "DNS_SUBDOMAIN", "QUANTITY", "FreeObject", "Quantity", "Rule", "RuleViolation",
-    "SpecModel", "no_dotdot", "section", "trainer_field", "trainer_key",
+    "DNS_1035_LABEL",
+    "DNS_LABEL",
+    "DNS_SUBDOMAIN",
+    "QUANTITY",
+    "FreeObject",
+    "Quantity",
+    "Rule",
+    "RuleViolation",
+    "SpecModel",
+    "no_dotdot",
+    "section",
+    "trainer_field",
+    "trainer_key",
 ]

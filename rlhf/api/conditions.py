@@ -43,11 +43,33 @@ STEP_REASONS = {
 #: Reasons of the run's own conditions: Valid (Admitted, InvalidSpec), Suspended (Suspended,
 #: NotSuspended), Succeeded (Succeeded, or the phase while not), Failed (StageFailed, InvalidSpec,
 #: NoFailure).
-RUN_REASONS = ("Admitted", "InvalidSpec", "Suspended", "NotSuspended", "Succeeded", "Pending", "Running",
-               "Failed", "StageFailed", "NoFailure")
+RUN_REASONS = (
+    "Admitted",
+    "InvalidSpec",
+    "Suspended",
+    "NotSuspended",
+    "Succeeded",
+    "Pending",
+    "Running",
+    "Failed",
+    "StageFailed",
+    "NoFailure",
+)
 #: Step reasons that a Warning Event announces.
-WARNING_REASONS = frozenset({"Failed", "Retrying", "NameConflict", "Stopped", "Unschedulable",
-                             "ContainerWaiting", "Blocked", "CreateFailed", "PatchFailed", "DeleteFailed"})
+WARNING_REASONS = frozenset(
+    {
+        "Failed",
+        "Retrying",
+        "NameConflict",
+        "Stopped",
+        "Unschedulable",
+        "ContainerWaiting",
+        "Blocked",
+        "CreateFailed",
+        "PatchFailed",
+        "DeleteFailed",
+    }
+)
 
 
 def timestamp(now: datetime) -> str:
@@ -62,15 +84,30 @@ def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any
 _ORDER = {t: i for i, t in enumerate((*SUMMARY_CONDITIONS, *(condition_type(s) for s in STEPS)))}
 
 
-def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
-                  generation: int | None, now: datetime) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
     """A copy of ``conditions`` with ``type_`` set; its transition time kept unless status changes."""
     out = [c for c in conditions if c.get("type") != type_]
     old = get_condition(conditions, type_)
-    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get(
-        "lastTransitionTime") else timestamp(now)
-    cond: dict[str, Any] = {"type": type_, "status": status, "reason": reason,
-                            "message": message[:MAX_MESSAGE], "lastTransitionTime": since}
+    since = (
+        old["lastTransitionTime"]
+        if old and old.get("status") == status and old.get("lastTransitionTime")
+        else timestamp(now)
+    )
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "lastTransitionTime": since,
+    }
     if generation is not None:
         cond["observedGeneration"] = generation
     out.append(cond)
@@ -128,9 +165,20 @@ def phase_of(*, failure: str | None, succeeded: bool, suspended: bool, started: 
     return "Running" if started else "Pending"
 
 
-def run_status(old: dict[str, Any], *, steps: dict[str, StepCondition], entries: dict[str, dict[str, Any]],
-               succeeded: bool, failure: str | None, suspended: bool, started: bool, current: str | None,
-               generation: int | None, now: datetime, start_time: str | None = None) -> dict[str, Any]:
+def run_status(
+    old: dict[str, Any],
+    *,
+    steps: dict[str, StepCondition],
+    entries: dict[str, dict[str, Any]],
+    succeeded: bool,
+    failure: str | None,
+    suspended: bool,
+    started: bool,
+    current: str | None,
+    generation: int | None,
+    now: datetime,
+    start_time: str | None = None,
+) -> dict[str, Any]:
     """The whole new status of an admitted run.
 
     ``old``: the status as it is; ``steps``: each step's condition as decided; ``entries``: the
@@ -147,17 +195,26 @@ def run_status(old: dict[str, Any], *, steps: dict[str, StepCondition], entries:
     for step, decided in steps.items():
         cond(condition_type(step), decided.status, decided.reason, decided.message)
     phase = phase_of(failure=failure, succeeded=succeeded, suspended=suspended, started=started)
-    cond(SUSPENDED, "True" if suspended else "False", "Suspended" if suspended else "NotSuspended",
-         "spec.runPolicy.suspend is true" if suspended else "spec.runPolicy.suspend is false")
-    cond(SUCCEEDED, "True" if succeeded else "False", "Succeeded" if succeeded else phase,
-         "all stages succeeded" if succeeded else "")
+    cond(
+        SUSPENDED,
+        "True" if suspended else "False",
+        "Suspended" if suspended else "NotSuspended",
+        "spec.runPolicy.suspend is true" if suspended else "spec.runPolicy.suspend is false",
+    )
+    cond(
+        SUCCEEDED,
+        "True" if succeeded else "False",
+        "Succeeded" if succeeded else phase,
+        "all stages succeeded" if succeeded else "",
+    )
     cond(FAILED, "True" if failure else "False", "StageFailed" if failure else "NoFailure", failure or "")
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
         "stage": current,
         "startTime": old.get("startTime") or start_time or (timestamp(now) if started else None),
-        "completionTime": (old.get("completionTime") or timestamp(now)) if phase in ("Succeeded", "Failed")
+        "completionTime": (old.get("completionTime") or timestamp(now))
+        if phase in ("Succeeded", "Failed")
         else None,
         "conditions": conditions,
         "stages": ordered_stages(entries),
@@ -165,12 +222,17 @@ def run_status(old: dict[str, Any], *, steps: dict[str, StepCondition], entries:
     return {k: v for k, v in status.items() if v is not None}
 
 
-def invalid_status(old: dict[str, Any], problems: list[str], generation: int | None, now: datetime) -> dict[str, Any]:
+def invalid_status(
+    old: dict[str, Any], problems: list[str], generation: int | None, now: datetime
+) -> dict[str, Any]:
     """The status of a run that failed admission: Valid False naming the fields, Failed."""
     text = "; ".join(problems)
     conditions = list(old.get("conditions") or [])
-    for type_, value, reason, message in ((VALID, "False", "InvalidSpec", text), (FAILED, "True", "InvalidSpec", text),
-                                          (SUCCEEDED, "False", "InvalidSpec", "the run is invalid")):
+    for type_, value, reason, message in (
+        (VALID, "False", "InvalidSpec", text),
+        (FAILED, "True", "InvalidSpec", text),
+        (SUCCEEDED, "False", "InvalidSpec", "the run is invalid"),
+    ):
         conditions = set_condition(conditions, type_, value, reason, message, generation, now)
     status = {**old, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
     status.setdefault("completionTime", timestamp(now))

@@ -1,7 +1,7 @@
 """Generate the RLHFRun CustomResourceDefinition from the typed spec.
 
-    python -m rlhf.api.crd > crds/rlhfrun.yaml      # regenerate
-    python -m rlhf.api.crd --check crds/rlhfrun.yaml  # exit 1 if the file is stale
+python -m rlhf.api.crd > crds/rlhfrun.yaml      # regenerate
+python -m rlhf.api.crd --check crds/rlhfrun.yaml  # exit 1 if the file is stale
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ from rlhf.api.status import RLHFRunStatus
 HEADER = "# Generated from rlhf/api by `python -m rlhf.api.crd > crds/rlhfrun.yaml`; do not edit.\n"
 
 PRINTER_COLUMNS = [
-    {"name": "Stage", "type": "string", "jsonPath": ".status.stage",
-     "description": "Stage running now, or last run"},
+    {
+        "name": "Stage",
+        "type": "string",
+        "jsonPath": ".status.stage",
+        "description": "Stage running now, or last run",
+    },
     {"name": "State", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the run"},
     {"name": "Accelerator", "type": "string", "jsonPath": ".spec.accelerator", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -75,18 +79,24 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND, "listKind": LIST_KIND, "plural": PLURAL, "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES), "categories": list(CATEGORIES),
+                "kind": KIND,
+                "listKind": LIST_KIND,
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
             },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
         },
     }
 

@@ -31,6 +31,12 @@ def known_format(path: str) -> str | None:
     candidates = {path.strip("/").lower(), f"{p.parent.name}/{stem}".lower(), stem.lower()}
     for name, fmt in KNOWN_FORMATS.items():
         owner, short = name.lower().split("/")
-        if candidates & {f"{owner}/{short}", short, f"{owner}_{short}", f"{owner}--{short}", f"{owner}___{short}"}:
+        if candidates & {
+            f"{owner}/{short}",
+            short,
+            f"{owner}_{short}",
+            f"{owner}--{short}",
+            f"{owner}___{short}",
+        }:
             return fmt
     return None

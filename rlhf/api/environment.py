@@ -15,8 +15,12 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PA
 #: devices numbered as nvidia-smi does. Gaudi: lazy mode (the trainer marks steps), Habana's logs
 #: in a writable place.
 ACCELERATOR_ENV: dict[str, dict[str, str]] = {
-    "cuda": {"DS_ACCELERATOR": "cuda", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN",
-             "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+    "cuda": {
+        "DS_ACCELERATOR": "cuda",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "WARN",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    },
     "hpu": {"DS_ACCELERATOR": "hpu", "PT_HPU_LAZY_MODE": "1", "HABANA_LOGS": "/tmp/habana_logs"},
     "cpu": {"DS_ACCELERATOR": "cpu"},
 }

@@ -49,13 +49,27 @@ PREPARE_TITLE = "Prepare"
 
 SFT = StageKind("sft", "SFT", 0, (), "Supervised fine-tuning of the actor")
 REWARD = StageKind("reward", "Reward", 1, (), "The reward model, trained on chosen/rejected pairs")
-PPO = StageKind("ppo", "PPO", 2, (Input("actor", "sft", "actor"), Input("critic", "reward", "critic")),
-                "PPO of the SFT actor against the reward model, with a critic from it")
-DPO = StageKind("dpo", "DPO", 1, (Input("policy", "sft", "model"),),
-                "DPO of the SFT model on the preference pairs, against itself as the reference")
-GRPO = StageKind("grpo", "GRPO", 2, (Input("actor", "sft", "actor"),
-                                     Input("reward model", "reward", "reward_model", required=False)),
-                 "GRPO or RLOO of the SFT actor: groups of answers, rewards from a reward model and/or code")
+PPO = StageKind(
+    "ppo",
+    "PPO",
+    2,
+    (Input("actor", "sft", "actor"), Input("critic", "reward", "critic")),
+    "PPO of the SFT actor against the reward model, with a critic from it",
+)
+DPO = StageKind(
+    "dpo",
+    "DPO",
+    1,
+    (Input("policy", "sft", "model"),),
+    "DPO of the SFT model on the preference pairs, against itself as the reference",
+)
+GRPO = StageKind(
+    "grpo",
+    "GRPO",
+    2,
+    (Input("actor", "sft", "actor"), Input("reward model", "reward", "reward_model", required=False)),
+    "GRPO or RLOO of the SFT actor: groups of answers, rewards from a reward model and/or code",
+)
 
 #: Every stage kind, by name (the order stages are listed in when a run names them).
 KINDS: dict[str, StageKind] = {k.name: k for k in (SFT, REWARD, PPO, DPO, GRPO)}
@@ -113,8 +127,10 @@ def problems(pipeline: Iterable[str], where: str = "spec.pipeline") -> list[str]
             continue
         for inp in kind(stage).inputs:
             if inp.required and inp.stage not in stages:
-                out.append(f"{where}: {stage} starts its {inp.role} from the {inp.stage} stage's model; "
-                           f"add {inp.stage} to {where}")
+                out.append(
+                    f"{where}: {stage} starts its {inp.role} from the {inp.stage} stage's model; "
+                    f"add {inp.stage} to {where}"
+                )
     return out
 
 

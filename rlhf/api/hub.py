@@ -31,8 +31,27 @@ from rlhf.api.datasets import is_local_jsonfile, known_format
 
 #: Suffixes that make a string a file path, never a Hub id.
 FILE_SUFFIXES = (
-    ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".yaml", ".yml", ".gz", ".bz2",
-    ".xz", ".zst", ".zip", ".tar", ".bin", ".pt", ".pth", ".safetensors", ".gguf", ".git",
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".tsv",
+    ".parquet",
+    ".arrow",
+    ".txt",
+    ".yaml",
+    ".yml",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".zip",
+    ".tar",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".safetensors",
+    ".gguf",
+    ".git",
 )
 _PART = r"[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"(?:{_PART}/)?{_PART}", re.ASCII)

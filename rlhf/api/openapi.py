@@ -17,8 +17,23 @@ from rlhf.api.base import TRAINER_KEY
 _NULL = {"type": "null"}
 _DROPPED = {"title", "$defs", TRAINER_KEY}
 #: Key order in the output, for readable YAML; other keys follow in their original order.
-_ORDER = ("description", "type", "format", "enum", "default", "minimum", "exclusiveMinimum", "maximum",
-          "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "required")
+_ORDER = (
+    "description",
+    "type",
+    "format",
+    "enum",
+    "default",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "required",
+)
 
 
 def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

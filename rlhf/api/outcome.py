@@ -18,8 +18,11 @@ def finite_metrics(raw: Any) -> dict[str, float]:
     """The numeric, finite metrics of a ``metrics`` mapping (booleans, strings, NaN dropped)."""
     if not isinstance(raw, dict):
         return {}
-    return {str(k): float(v) for k, v in raw.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 class StageSummary(BaseModel):

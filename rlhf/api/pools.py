@@ -64,7 +64,9 @@ LABEL_VALUE = re.compile(rf"^({_NAME})?$")
 
 # Image references (the distribution reference grammar): [domain[:port]/]path[:tag][@digest].
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
 _PATH = rf"{_COMPONENT}(?:/{_COMPONENT})*"
 IMAGE_REFERENCE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_PATH}(?::[\w][\w.-]{{0,127}})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{{32,}})?$"
@@ -194,7 +196,9 @@ class PolicyError(ConfigError):
     def __init__(self, problems: list[str], source: str = ""):
         self.problems = list(problems)
         where = f" {source}" if source else ""
-        super().__init__(f"invalid operator configuration{where}:\n" + "\n".join(f"  {p}" for p in self.problems))
+        super().__init__(
+            f"invalid operator configuration{where}:\n" + "\n".join(f"  {p}" for p in self.problems)
+        )
 
 
 class PolicyModel(BaseModel):
@@ -216,8 +220,11 @@ class TrainerImages(PolicyModel):
 
     @model_validator(mode="after")
     def _check_references(self) -> TrainerImages:
-        failures = [(name, f"{value!r} is not an image reference (registry/repository:tag or @sha256:...)")
-                    for name, value in self.model_dump().items() if not IMAGE_REFERENCE.match(value)]
+        failures = [
+            (name, f"{value!r} is not an image reference (registry/repository:tag or @sha256:...)")
+            for name, value in self.model_dump().items()
+            if not IMAGE_REFERENCE.match(value)
+        ]
         if failures:
             raise RuleViolation(failures)
         return self
@@ -233,21 +240,29 @@ class Pool(PolicyModel):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="What spec.pool names")
     accelerator: Accelerator = Field(description="nvidia, habana or cpu: the runs this pool takes")
     devices_per_node: int = Field(
-        ge=1, description="Devices one node offers (GPUs, Gaudi cards; CPU cores for cpu): the most a stage's "
+        ge=1,
+        description="Devices one node offers (GPUs, Gaudi cards; CPU cores for cpu): the most a stage's "
         "devicesPerNode may ask",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of every pod on the pool")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of every pod on the pool")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels of every pod on the pool"
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations of every pod on the pool"
+    )
     hugepages2_mi: Quantity | None = Field(
-        None, alias="hugepages2Mi",
+        None,
+        alias="hugepages2Mi",
         description="habana: hugepages-2Mi of each worker pod (default 95000Mi; '0': none)",
     )
     privileged: bool = Field(
-        False, description="habana: allow the hostIPC and SYS_NICE that Gaudi training needs (the namespace then "
+        False,
+        description="habana: allow the hostIPC and SYS_NICE that Gaudi training needs (the namespace then "
         "needs the PodSecurity level privileged). Off: habana runs are refused on this pool",
     )
     namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
-        default_factory=list, description="Namespaces whose runs may use the pool; empty: every namespace",
+        default_factory=list,
+        description="Namespaces whose runs may use the pool; empty: every namespace",
     )
     allowed_images: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
         default_factory=list,
@@ -256,18 +271,21 @@ class Pool(PolicyModel):
         "digest of it and repositories below it) or one exact image (with :tag or @digest)",
     )
     allowed_priority_classes: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
-        default_factory=list, description="PriorityClasses a run may name (spec.scheduling.priorityClassName)",
+        default_factory=list,
+        description="PriorityClasses a run may name (spec.scheduling.priorityClassName)",
     )
     allowed_hub_token_secrets: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(
-        default_factory=list, description="Secret names a run may give as spec.hubTokenSecret",
+        default_factory=list,
+        description="Secret names a run may give as spec.hubTokenSecret",
     )
     allowed_node_label_keys: list[str] = Field(
-        default_factory=list, description="Node label keys a run may select on, in spec.scheduling.nodeSelector "
+        default_factory=list,
+        description="Node label keys a run may select on, in spec.scheduling.nodeSelector "
         "and the nodeAffinity of spec.scheduling.affinity (the pool's own nodeSelector always applies too)",
     )
     allowed_tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations a run may add, each matched exactly (a wildcard only when "
-        "listed verbatim)",
+        default_factory=list,
+        description="Tolerations a run may add, each matched exactly (a wildcard only when listed verbatim)",
     )
 
     @model_validator(mode="after")
@@ -277,15 +295,24 @@ class Pool(PolicyModel):
             failures += _label_failures(f"nodeSelector.{key}", key, value)
         for i, key in enumerate(self.allowed_node_label_keys):
             failures += _label_failures(f"allowedNodeLabelKeys[{i}]", key)
-        for where, tols in (("tolerations", self.tolerations), ("allowedTolerations", self.allowed_tolerations)):
+        for where, tols in (
+            ("tolerations", self.tolerations),
+            ("allowedTolerations", self.allowed_tolerations),
+        ):
             for i, tol in enumerate(tols):
                 failures += _label_failures(f"{where}[{i}]", tol.key or None, tol.value)
         for i, prefix in enumerate(self.allowed_images):
             if not IMAGE_PREFIX.match(prefix):
-                failures.append((f"allowedImages[{i}]", f"{prefix!r} is not a registry, registry path "
-                                 "(ending in '/'), repository or image"))
+                failures.append(
+                    (
+                        f"allowedImages[{i}]",
+                        f"{prefix!r} is not a registry, registry path (ending in '/'), repository or image",
+                    )
+                )
         if self.accelerator not in PRIVILEGED_NEEDS and self.privileged:
-            failures.append(("privileged", f"only habana pools use it ({self.accelerator} pods never need it)"))
+            failures.append(
+                ("privileged", f"only habana pools use it ({self.accelerator} pods never need it)")
+            )
         if self.accelerator != "habana" and self.hugepages2_mi is not None:
             failures.append(("hugepages2Mi", f"only habana pools use it, not {self.accelerator}"))
         if failures:
@@ -302,8 +329,15 @@ class Pool(PolicyModel):
 
 def _pool(name: str, accelerator: str, devices: int, taint: str | None = None, **extra: Any) -> Pool:
     tolerations = [{"key": taint, "operator": "Exists", "effect": "NoSchedule"}] if taint else []
-    return Pool.model_validate({"name": name, "accelerator": accelerator, "devicesPerNode": devices,
-                                "tolerations": tolerations, **extra})
+    return Pool.model_validate(
+        {
+            "name": name,
+            "accelerator": accelerator,
+            "devicesPerNode": devices,
+            "tolerations": tolerations,
+            **extra,
+        }
+    )
 
 
 def default_pools() -> list[Pool]:
@@ -343,7 +377,9 @@ class PoolPolicy(PolicyModel):
         failures: list[tuple[str | None, str]] = []
         for i, pool in enumerate(self.pools):
             if pool.name in seen:
-                failures.append((f"pools[{i}].name", f"{pool.name!r} is already the name of pools[{seen[pool.name]}]"))
+                failures.append(
+                    (f"pools[{i}].name", f"{pool.name!r} is already the name of pools[{seen[pool.name]}]")
+                )
             seen.setdefault(pool.name, i)
         if failures:
             raise RuleViolation(failures)
@@ -369,18 +405,24 @@ class PoolPolicy(PolicyModel):
         accelerator open to ``namespace``; or None and the problem."""
         spec = run.spec
         usable = self.open_pools(spec.accelerator, namespace)
-        choices = f'{spec.accelerator} pools open to namespace "{namespace}": {_listing(p.name for p in usable)}'
+        choices = (
+            f'{spec.accelerator} pools open to namespace "{namespace}": {_listing(p.name for p in usable)}'
+        )
         if spec.pool is None:
             if usable:
                 return usable[0], []
-            return None, [f"spec.accelerator: no {spec.accelerator} pool of this cluster is open to namespace "
-                          f'"{namespace}" (pools: {_listing(f"{p.name} ({p.accelerator})" for p in self.pools)})']
+            return None, [
+                f"spec.accelerator: no {spec.accelerator} pool of this cluster is open to namespace "
+                f'"{namespace}" (pools: {_listing(f"{p.name} ({p.accelerator})" for p in self.pools)})'
+            ]
         pool = self.pool(spec.pool)
         if pool is None:
             return None, [f'spec.pool: no pool "{spec.pool}" in this cluster ({choices})']
         if pool.accelerator != spec.accelerator:
-            return None, [f'spec.pool: pool "{pool.name}" is for {pool.accelerator}, not spec.accelerator '
-                          f"{spec.accelerator} ({choices})"]
+            return None, [
+                f'spec.pool: pool "{pool.name}" is for {pool.accelerator}, not spec.accelerator '
+                f"{spec.accelerator} ({choices})"
+            ]
         if not pool.open_to(namespace):
             return None, [f'spec.pool: pool "{pool.name}" is not open to namespace "{namespace}" ({choices})']
         return pool, []
@@ -392,7 +434,9 @@ class PoolPolicy(PolicyModel):
         spec = run.spec
         problems = []
         if spec.storage.pvc is None:
-            problems.append("spec.storage.pvc: required on a cluster (spec.storage.localDir is for `rlhf run`)")
+            problems.append(
+                "spec.storage.pvc: required on a cluster (spec.storage.localDir is for `rlhf run`)"
+            )
         problems += _syntax_problems(run)
         pool, selection = self.select(run, namespace)
         problems += selection
@@ -496,24 +540,33 @@ def _pool_problems(run: RLHFRun, pool: Pool, index: int, default_image: str) -> 
         elif not pool.allows_image(spec.image):
             problems.append(
                 f"spec.image: {spec.image} is not allowed by {name} (allowed: the default {default_image}"
-                + (f"; under {', '.join(pool.allowed_images)}" if pool.allowed_images else "") + ")"
+                + (f"; under {', '.join(pool.allowed_images)}" if pool.allowed_images else "")
+                + ")"
             )
     priority = scheduling.priority_class_name
     if priority is not None and priority not in pool.allowed_priority_classes:
-        problems.append(f"spec.scheduling.priorityClassName: {priority} is not allowed by {name} "
-                        f"(allowed: {_listing(pool.allowed_priority_classes)})")
+        problems.append(
+            f"spec.scheduling.priorityClassName: {priority} is not allowed by {name} "
+            f"(allowed: {_listing(pool.allowed_priority_classes)})"
+        )
     if spec.hub_token_secret is not None and spec.hub_token_secret not in pool.allowed_hub_token_secrets:
-        problems.append(f"spec.hubTokenSecret: {spec.hub_token_secret} is not allowed by {name} "
-                        f"(allowed: {_listing(pool.allowed_hub_token_secrets)})")
+        problems.append(
+            f"spec.hubTokenSecret: {spec.hub_token_secret} is not allowed by {name} "
+            f"(allowed: {_listing(pool.allowed_hub_token_secrets)})"
+        )
     allowed_keys = f"(allowed keys: {_listing(pool.allowed_node_label_keys)})"
     for key, value in scheduling.node_selector.items():
         if key in pool.node_selector:
             if pool.node_selector[key] != value:
-                problems.append(f"spec.scheduling.nodeSelector.{key}: {value!r} conflicts with {name}'s "
-                                f"{pool.node_selector[key]!r}")
+                problems.append(
+                    f"spec.scheduling.nodeSelector.{key}: {value!r} conflicts with {name}'s "
+                    f"{pool.node_selector[key]!r}"
+                )
         elif key not in pool.allowed_node_label_keys:
-            problems.append(f"spec.scheduling.nodeSelector.{key}: node label {key} is not allowed by {name} "
-                            f"{allowed_keys}")
+            problems.append(
+                f"spec.scheduling.nodeSelector.{key}: node label {key} is not allowed by {name} "
+                f"{allowed_keys}"
+            )
     affinity = scheduling.affinity or {}
     if "nodeAffinity" in affinity:
         found, shape = _node_affinity_keys(affinity["nodeAffinity"], "spec.scheduling.affinity.nodeAffinity")
@@ -530,7 +583,11 @@ def _pool_problems(run: RLHFRun, pool: Pool, index: int, default_image: str) -> 
         tol_key = _toleration_key(tol)
         if tol_key in own or tol_key in allowed:
             continue
-        what = "a wildcard toleration, which tolerates every taint," if is_wildcard(tol) else toleration_text(tol)
+        what = (
+            "a wildcard toleration, which tolerates every taint,"
+            if is_wildcard(tol)
+            else toleration_text(tol)
+        )
         problems.append(f"spec.scheduling.tolerations[{i}]: {what} is not allowed by {name} {may_add}")
     return problems
 
@@ -579,7 +636,22 @@ def load_policy(path: str | os.PathLike[str]) -> PoolPolicy:
 
 
 __all__ = [
-    "AFFINITY_KEYS", "DEFAULT_NAMESPACE", "DEFAULT_TAG", "PRIVILEGED_NEEDS", "Pool", "PolicyError", "PoolPolicy", "TrainerImages",
-    "default_pools", "image_allowed", "is_wildcard", "label_problems", "load_policy", "normalize_image",
-    "parse_policy", "policy_errors", "read_config", "toleration_text",
+    "AFFINITY_KEYS",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TAG",
+    "PRIVILEGED_NEEDS",
+    "Pool",
+    "PolicyError",
+    "PoolPolicy",
+    "TrainerImages",
+    "default_pools",
+    "image_allowed",
+    "is_wildcard",
+    "label_problems",
+    "load_policy",
+    "normalize_image",
+    "parse_policy",
+    "policy_errors",
+    "read_config",
+    "toleration_text",
 ]

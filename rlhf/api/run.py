@@ -28,7 +28,9 @@ from rlhf.config import DataConfig, DataSource
 Accelerator = Literal["nvidia", "habana", "cpu"]
 #: Extended resource a worker pod requests per device, by accelerator (cpu requests none).
 DEVICE_RESOURCES: dict[str, str | None] = {
-    "nvidia": "nvidia.com/gpu", "habana": "habana.ai/gaudi", "cpu": None,
+    "nvidia": "nvidia.com/gpu",
+    "habana": "habana.ai/gaudi",
+    "cpu": None,
 }
 #: Value of RLHF_ACCELERATOR for the trainer (:func:`rlhf.engine.accelerator.detect`), by accelerator.
 TRAINER_ACCELERATORS = {"nvidia": "cuda", "habana": "hpu", "cpu": "cpu"}
@@ -68,7 +70,8 @@ class ModelsSpec(SpecModel):
         "step) or a directory. The reward stage trains it; PPO's critic starts from its output",
     )
     tokenizer: PathStr | None = Field(
-        None, description="Tokenizer of both models (Hub id or directory); default each model's own. "
+        None,
+        description="Tokenizer of both models (Hub id or directory); default each model's own. "
         "PPO scores the actor's tokens with the reward model, so they must share a vocabulary",
     )
 
@@ -77,7 +80,8 @@ class DataSpec(SpecModel):
     """The preference data, split across the three stages the same way in every stage."""
 
     datasets: list[Source] = Field(
-        min_length=1, max_length=64,
+        min_length=1,
+        max_length=64,
         description="Preference datasets (prompt/chosen/rejected), split across SFT, reward and PPO. "
         "A path that is a Hub id (Dahoas/rm-static: 'name' or 'org/name', no file suffix) is saved by "
         "the prepare step to <storage>/hub/datasets/<org>--<name> and read from there in the format it "
@@ -85,11 +89,14 @@ class DataSpec(SpecModel):
         "working directory (on a cluster: the storage root)",
     )
     sft_only_datasets: list[Source] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Datasets used whole, by SFT only; Hub ids and paths as in datasets",
     )
     split: str = Field(
-        _DEFAULT_SPLIT, max_length=64, json_schema_extra={"pattern": SPLIT_PATTERN},
+        _DEFAULT_SPLIT,
+        max_length=64,
+        json_schema_extra={"pattern": SPLIT_PATTERN},
         description="Relative shares of each dataset for SFT, reward and PPO, e.g. '2,4,4' (--data_split)",
     )
     eval_fraction: float = trainer_field("data.eval_fraction")
@@ -123,15 +130,21 @@ class PVCStorage(SpecModel):
     several nodes)."""
 
     cel_rules = (
-        Rule("!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')",
-             "subPath must not contain '..'", lambda m: no_dotdot(m.sub_path), "subPath"),
+        Rule(
+            "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')",
+            "subPath must not contain '..'",
+            lambda m: no_dotdot(m.sub_path),
+            "subPath",
+        ),
     )
 
     claim_name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the PersistentVolumeClaim"
     )
     sub_path: str | None = Field(
-        None, pattern=r"^[^/]", max_length=1024,
+        None,
+        pattern=r"^[^/]",
+        max_length=1024,
         description="Directory inside the volume to use as the storage root",
     )
 
@@ -141,9 +154,11 @@ class StorageSpec(SpecModel):
     (<root>/data_cache) go. Immutable once the run exists."""
 
     cel_rules = (
-        Rule("has(self.pvc) != has(self.localDir)",
-             "exactly one of pvc (on a cluster) or localDir (with rlhf run) must be set",
-             lambda m: (m.pvc is None) != (m.local_dir is None)),
+        Rule(
+            "has(self.pvc) != has(self.localDir)",
+            "exactly one of pvc (on a cluster) or localDir (with rlhf run) must be set",
+            lambda m: (m.pvc is None) != (m.local_dir is None),
+        ),
         Rule("self == oldSelf", "storage is immutable", None),
     )
 
@@ -195,7 +210,10 @@ class RunPolicySpec(SpecModel):
         None, ge=1, le=INT32_MAX, description="Time limit of each stage's job"
     )
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, le=INT32_MAX, description="Delete a finished stage's job (not its outputs) after this many seconds"
+        None,
+        ge=0,
+        le=INT32_MAX,
+        description="Delete a finished stage's job (not its outputs) after this many seconds",
     )
 
 
@@ -221,10 +239,14 @@ def _input_rules() -> tuple[Rule, ...]:
         for inp in kind.inputs:
             if not inp.required:
                 continue
-            rules.append(Rule(
-                f"!self.pipeline.exists(s, s == '{kind.name}') || self.pipeline.exists(s, s == '{inp.stage}')",
-                f"{kind.name} starts its {inp.role} from the {inp.stage} stage's model; add {inp.stage} to spec.pipeline",
-                None, "pipeline"))
+            rules.append(
+                Rule(
+                    f"!self.pipeline.exists(s, s == '{kind.name}') || self.pipeline.exists(s, s == '{inp.stage}')",
+                    f"{kind.name} starts its {inp.role} from the {inp.stage} stage's model; add {inp.stage} to spec.pipeline",
+                    None,
+                    "pipeline",
+                )
+            )
     return tuple(rules)
 
 
@@ -236,14 +258,18 @@ class RLHFRunSpec(SpecModel):
     """What to train and where: the three DeepSpeed-Chat stages, SFT -> reward model -> PPO."""
 
     cel_rules = (
-        Rule("self.accelerator != 'cpu' || " + _every_stage("s.dtype != 'fp16'"),
-             "accelerator cpu does not train in fp16; use bf16 or fp32",
-             lambda m: m.accelerator != "cpu" or all(m.stages.get(s).dtype != "fp16" for s in STAGE_NAMES),
-             "accelerator"),
-        Rule("self.accelerator != 'cpu' || " + _every_stage("!s.offload"),
-             "accelerator cpu has no device memory to offload from; set offload: false",
-             lambda m: m.accelerator != "cpu" or not any(m.stages.get(s).offload for s in STAGE_NAMES),
-             "accelerator"),
+        Rule(
+            "self.accelerator != 'cpu' || " + _every_stage("s.dtype != 'fp16'"),
+            "accelerator cpu does not train in fp16; use bf16 or fp32",
+            lambda m: m.accelerator != "cpu" or all(m.stages.get(s).dtype != "fp16" for s in STAGE_NAMES),
+            "accelerator",
+        ),
+        Rule(
+            "self.accelerator != 'cpu' || " + _every_stage("!s.offload"),
+            "accelerator cpu has no device memory to offload from; set offload: false",
+            lambda m: m.accelerator != "cpu" or not any(m.stages.get(s).offload for s in STAGE_NAMES),
+            "accelerator",
+        ),
         *_input_rules(),
     )
 
@@ -256,7 +282,9 @@ class RLHFRunSpec(SpecModel):
         return self
 
     pipeline: list[StageName] = Field(
-        default_factory=lambda: list(DEFAULT_PIPELINE), min_length=1, max_length=len(STAGE_NAMES),
+        default_factory=lambda: list(DEFAULT_PIPELINE),
+        min_length=1,
+        max_length=len(STAGE_NAMES),
         json_schema_extra={"default": list(DEFAULT_PIPELINE), "x-kubernetes-list-type": "set"},
         description="The run's stages, in any order: each starts once the stages it reads from succeeded "
         "(sft and reward side by side, then ppo). Default DeepSpeed-Chat's three, [sft, reward, ppo]; also "
@@ -271,18 +299,24 @@ class RLHFRunSpec(SpecModel):
 
     accelerator: Accelerator = Field(description="Device family: nvidia (CUDA GPUs), habana (Gaudi) or cpu")
     pool: str | None = Field(
-        None, pattern=DNS_LABEL, max_length=63,
+        None,
+        pattern=DNS_LABEL,
+        max_length=63,
         description="Node pool of the cluster to run on, by name, as the platform team defined it in the "
         "operator's configuration (its nodes, tolerations, devices, and what a run on it may choose: images, "
         "PriorityClasses, Hub-token Secrets, extra node labels and tolerations). Default: the first pool for "
         "the accelerator that the run's namespace may use. Ignored by `rlhf run`",
     )
     image: str | None = Field(
-        None, min_length=1, max_length=1024,
+        None,
+        min_length=1,
+        max_length=1024,
         description="Trainer image; default the operator's for the accelerator",
     )
     hub_token_secret: str | None = Field(
-        None, pattern=DNS_SUBDOMAIN, max_length=253,
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
         description="Secret in the run's namespace whose HF_TOKEN key is given to the trainers "
         "(gated Hub models)",
     )
@@ -311,4 +345,3 @@ class RLHFRun(SpecModel):
         out = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"metadata"})
         api_version, kind = out.pop("apiVersion"), out.pop("kind")
         return {"apiVersion": api_version, "kind": kind, "metadata": self.metadata.dump(), **out}
-

@@ -34,12 +34,19 @@ class LoraSpec(SpecModel):
     """LoRA adapters (peft); dim 0 trains the full model."""
 
     cel_rules = (
-        Rule("!self.onlyOptimizeLora || self.dim > 0", "onlyOptimizeLora needs dim > 0",
-             lambda m: not m.only_optimize_lora or m.dim > 0, "onlyOptimizeLora"),
-        Rule("!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear')",
-             "'all-linear' is not a module name: leave targetModules out for the model family's projections, or list "
-             "the module names to adapt",
-             lambda m: "all-linear" not in (m.target_modules or ()), "targetModules"),
+        Rule(
+            "!self.onlyOptimizeLora || self.dim > 0",
+            "onlyOptimizeLora needs dim > 0",
+            lambda m: not m.only_optimize_lora or m.dim > 0,
+            "onlyOptimizeLora",
+        ),
+        Rule(
+            "!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear')",
+            "'all-linear' is not a module name: leave targetModules out for the model family's projections, or list "
+            "the module names to adapt",
+            lambda m: "all-linear" not in (m.target_modules or ()),
+            "targetModules",
+        ),
     )
 
     dim: int = trainer_field("lora.dim", le=MAX_COUNT)
@@ -49,7 +56,8 @@ class LoraSpec(SpecModel):
         "lora.target_modules",
         "Module name suffixes to adapt (peft target_modules); default the model family's attention and MLP "
         "projections (every linear layer for a family the trainer does not know)",
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
     )
     learning_rate: float | None = trainer_field("lora.learning_rate")
     only_optimize_lora: bool = trainer_field("lora.only_optimize_lora")
@@ -59,15 +67,21 @@ class StageSpec(SpecModel):
     """One stage: its MPIJob's shape and the main training settings."""
 
     cel_rules = (
-        Rule("!self.offload || self.zeroStage >= 1", "offload needs zeroStage >= 1",
-             lambda m: not m.offload or m.zero_stage >= 1, "offload"),
+        Rule(
+            "!self.offload || self.zeroStage >= 1",
+            "offload needs zeroStage >= 1",
+            lambda m: not m.offload or m.zero_stage >= 1,
+            "offload",
+        ),
     )
 
     nodes: int = Field(
         1, ge=1, le=MAX_NODES, description="Nodes the stage runs on: MPIJob worker pods, one per node"
     )
     devices_per_node: int = Field(
-        1, ge=1, le=MAX_DEVICES_PER_NODE,
+        1,
+        ge=1,
+        le=MAX_DEVICES_PER_NODE,
         description="Accelerator devices per node, one training process each (accelerator cpu: processes)",
     )
     resources: ResourcesSpec = section(ResourcesSpec, "CPU and memory requested by each worker pod")
@@ -77,13 +91,17 @@ class StageSpec(SpecModel):
     gradient_checkpointing: bool = trainer_field("model.gradient_checkpointing")
     per_device_train_batch_size: int = trainer_field(
         "optim.per_device_train_batch_size",
-        "Micro-batch size of each process (--per_device_train_batch_size)", le=MAX_COUNT,
+        "Micro-batch size of each process (--per_device_train_batch_size)",
+        le=MAX_COUNT,
     )
     learning_rate: float = trainer_field("optim.learning_rate")
     epochs: int = trainer_field("optim.epochs", le=MAX_COUNT)
     lora: LoraSpec = section(LoraSpec, "LoRA adapters (peft); dim 0 trains the full model")
     retries: int = Field(
-        2, ge=0, le=MAX_RETRIES, description="Retries of a failed stage: the operator recreates its MPIJob (whose own "
+        2,
+        ge=0,
+        le=MAX_RETRIES,
+        description="Retries of a failed stage: the operator recreates its MPIJob (whose own "
         "backoffLimit is 0), and the retry resumes from the stage's latest checkpoint",
     )
     trainer_options: dict[str, Any] = Field(
@@ -119,7 +137,9 @@ def _section(name: str) -> tuple[Any, Any]:
 #: (rlhf.api.graph.KINDS), so a new kind needs no edit here. (mypy matches the ``**`` field definitions
 #: against create_model's own ``__base__``/``__doc__`` keywords too, and finds no overload.)
 StagesSpec = create_model(  # type: ignore[call-overload]
-    "StagesSpec", __base__=_StagesBase, __doc__="How each stage of the run's pipeline runs and trains; a stage "
+    "StagesSpec",
+    __base__=_StagesBase,
+    __doc__="How each stage of the run's pipeline runs and trains; a stage "
     "left out runs as one process with the trainer's defaults. Settings of a stage that is not in spec.pipeline "
     "are ignored.",
     **{name: _section(name) for name in STAGE_NAMES},

@@ -42,7 +42,9 @@ class Condition(SpecModel):
     )
     last_transition_time: datetime = Field(strict=False, description="When status last changed")
     reason: str = Field(
-        pattern=CONDITION_REASON, min_length=1, max_length=1024,
+        pattern=CONDITION_REASON,
+        min_length=1,
+        max_length=1024,
         description="Machine-readable CamelCase reason for the last transition",
     )
     message: str = Field(max_length=32768, description="Human-readable details; may be empty")
@@ -70,16 +72,20 @@ class RLHFRunStatus(SpecModel):
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation last acted on")
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded, Failed or Suspended")
     stage: str | None = Field(
-        None, pattern=CURRENT_STEPS, max_length=64,
+        None,
+        pattern=CURRENT_STEPS,
+        max_length=64,
         description="The steps running now, comma-separated (prepare; sft,reward; ppo), or the last one that ran",
     )
     start_time: datetime | None = _time("When the first stage started")
     completion_time: datetime | None = _time("When the run succeeded or failed for good")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Latest observations of the run's state",
+        default_factory=list,
+        description="Latest observations of the run's state",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     stages: list[StageStatus] = Field(
-        default_factory=list, description="One entry per stage that has started",
+        default_factory=list,
+        description="One entry per stage that has started",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )

@@ -48,8 +48,11 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
     kind = graph.kind(stage)
     if kind.inputs:
         present = set(run.spec.pipeline)
-        keys = {f"{inp.section}.name_or_path": (f"{root}/{inp.stage}/{MODEL_DIR}", "spec.storage")
-                for inp in kind.inputs if inp.required or inp.stage in present}
+        keys = {
+            f"{inp.section}.name_or_path": (f"{root}/{inp.stage}/{MODEL_DIR}", "spec.storage")
+            for inp in kind.inputs
+            if inp.required or inp.stage in present
+        }
         return kind.inputs[0].section, keys
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
     # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.api.hub); paths as given.
@@ -108,7 +111,7 @@ def _compose(run: RLHFRun, stage: str) -> tuple[dict[str, Any], dict[str, str], 
     section, model_keys = _model_keys(run, stage, root)
     keys.update(model_keys)
     for key, item in _spec_keys(stage_spec, f"spec.stages.{stage}").items():
-        keys[section + key[len("model"):] if key.startswith("model.") else key] = item
+        keys[section + key[len("model") :] if key.startswith("model.") else key] = item
 
     config: dict[str, Any] = {}
     origins = {key: field for key, (_, field) in keys.items()}
@@ -123,8 +126,10 @@ def _compose(run: RLHFRun, stage: str) -> tuple[dict[str, Any], dict[str, str], 
             continue
         inner = next((k for k in keys if k.startswith(key + ".")), None)
         if inner is not None:
-            problems.append(f"{options}: {key}: would replace {inner}, set by {origins[inner]}; "
-                            f"give dotted keys instead, e.g. {key}.<name>")
+            problems.append(
+                f"{options}: {key}: would replace {inner}, set by {origins[inner]}; "
+                f"give dotted keys instead, e.g. {key}.<name>"
+            )
             continue
         try:
             _set(config, key, value)
@@ -169,8 +174,11 @@ _SECTION_FIELDS = {"data": "spec.data", "model": "spec.models"}
 
 def _in_manifest_terms(message: str, origins: dict[str, str]) -> str:
     """Name trainer keys by the spec fields that set them: data.paths -> spec.data.datasets."""
-    names = {k: f for k, f in origins.items() if "." in k and f.startswith("spec.") and not f.endswith(
-        ("trainerOptions", "spec.storage"))}
+    names = {
+        k: f
+        for k, f in origins.items()
+        if "." in k and f.startswith("spec.") and not f.endswith(("trainerOptions", "spec.storage"))
+    }
     if not names:
         return message
     pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
@@ -188,8 +196,10 @@ def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
     if stage not in STAGE_NAMES:
         raise KeyError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
     if stage not in STAGES:
-        raise SpecError([f"spec.pipeline: this trainer has no {stage} stage (it has {', '.join(STAGES)})"],
-                        f"{run.metadata.name!r} (stage {stage})")
+        raise SpecError(
+            [f"spec.pipeline: this trainer has no {stage} stage (it has {', '.join(STAGES)})"],
+            f"{run.metadata.name!r} (stage {stage})",
+        )
     config, origins, problems = _compose(run, stage)
     problems += _check(stage, config, origins)
     if problems:

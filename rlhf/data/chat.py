@@ -32,7 +32,9 @@ def conversation(value: Any, name: str) -> Conversation:
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            raise ChatError(f"{name}[{i}]: expected a {{role, content}} mapping, got {type(message).__name__}")
+            raise ChatError(
+                f"{name}[{i}]: expected a {{role, content}} mapping, got {type(message).__name__}"
+            )
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise ChatError(f"{name}[{i}].role: expected one of {', '.join(ROLES)}, got {role!r}")
@@ -58,7 +60,7 @@ def parse_transcript(text: str) -> Conversation | None:
     if head:
         turns.append(("system", head))
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
-        content = text[mark.end(): following.start() if following else len(text)].strip()
+        content = text[mark.end() : following.start() if following else len(text)].strip()
         turns.append((_SPEAKERS[mark.group(1)], content))
     if turns[-1] == ("assistant", ""):
         turns.pop()

@@ -28,8 +28,10 @@ def read_prompts(path: str | Path) -> list[Prompt]:
             value = json.loads(line)["prompt"]
             out.append(value if isinstance(value, str) else conversation(value, "prompt"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{n}: expected a JSON object with 'prompt', a string or a list of "
-                             f"{{role, content}} messages ({e})") from None
+            raise ValueError(
+                f"{path}:{n}: expected a JSON object with 'prompt', a string or a list of "
+                f"{{role, content}} messages ({e})"
+            ) from None
     return out
 
 

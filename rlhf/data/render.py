@@ -31,8 +31,10 @@ def resolve_chat_format(tokenizer: Any, chat_format: str) -> str:
         return "template" if has_template else "raw"
     if chat_format == "template" and not has_template:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise DataError(f"data.chat_format is 'template' but the tokenizer {name} has no chat template; "
-                        "use 'raw' (Human:/Assistant: text) or a tokenizer with a chat_template")
+        raise DataError(
+            f"data.chat_format is 'template' but the tokenizer {name} has no chat template; "
+            "use 'raw' (Human:/Assistant: text) or a tokenizer with a chat_template"
+        )
     if chat_format not in ("template", "raw"):
         raise ValueError(f"chat_format must be auto, template or raw, got {chat_format!r}")
     return chat_format
@@ -65,9 +67,12 @@ class Renderer:
     def _apply(self, turns: Conversation, generation_prompt: bool) -> str:
         try:
             return self.tokenizer.apply_chat_template(
-                messages(turns), tokenize=False, add_generation_prompt=generation_prompt)
+                messages(turns), tokenize=False, add_generation_prompt=generation_prompt
+            )
         except Exception as e:  # jinja errors (e.g. roles must alternate) and template bugs alike
-            raise DataError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"the chat template cannot render this conversation ({type(e).__name__}: {e})"
+            ) from None
 
     def prompt(self, prompt: Prompt) -> str:
         """The text the model reads before answering."""
@@ -84,9 +89,11 @@ class Renderer:
         before = self._apply(turns, generation_prompt=True)
         whole = self._apply((*turns, ("assistant", answer.strip())), generation_prompt=False)
         if not whole.startswith(before):
-            raise DataError("the chat template renders the conversation differently once the answer is added "
-                            "(the prompt is not a prefix of prompt + answer); use data.chat_format: raw")
-        return whole[len(before):]
+            raise DataError(
+                "the chat template renders the conversation differently once the answer is added "
+                "(the prompt is not a prefix of prompt + answer); use data.chat_format: raw"
+            )
+        return whole[len(before) :]
 
     def question(self, question: str) -> Conversation:
         """A single question as a prompt."""

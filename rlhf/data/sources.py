@@ -101,7 +101,9 @@ class SourceData:
     source: ResolvedSource
     train: list[Record]
     eval: list[Record] | None
-    skipped: dict[str, int] = field(default_factory=dict)  # where (file, or name[split]) -> bad records skipped
+    skipped: dict[str, int] = field(
+        default_factory=dict
+    )  # where (file, or name[split]) -> bad records skipped
 
 
 # --------------------------------------------------------------------------------------------- resolution
@@ -226,7 +228,10 @@ def _json_rows(path: Path) -> Iterator[tuple[str, RawRow]]:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         for i, row in enumerate(rows):
             where = f"record {i}"
-            yield where, row if isinstance(row, dict) else _Bad(where, None, f"not an object ({type(row).__name__})")
+            yield (
+                where,
+                row if isinstance(row, dict) else _Bad(where, None, f"not an object ({type(row).__name__})"),
+            )
         return
     if path.suffix != ".jsonl" and len([line for line in text.splitlines() if line.strip()]) > 1:
         try:  # a multi-line .json that is one JSON value (not a list) is neither format
@@ -234,7 +239,9 @@ def _json_rows(path: Path) -> Iterator[tuple[str, RawRow]]:
         except json.JSONDecodeError:
             whole = None  # JSON lines
         if whole is not None:
-            raise DataError(f"{path}: expected a JSON list of objects or JSON lines, got a {type(whole).__name__}")
+            raise DataError(
+                f"{path}: expected a JSON list of objects or JSON lines, got a {type(whole).__name__}"
+            )
     index = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -246,7 +253,10 @@ def _json_rows(path: Path) -> Iterator[tuple[str, RawRow]]:
         except json.JSONDecodeError as e:
             yield where, _Bad(where, None, f"not valid JSON ({e.msg})")
             continue
-        yield where, row if isinstance(row, dict) else _Bad(where, None, f"not an object ({type(row).__name__})")
+        yield (
+            where,
+            row if isinstance(row, dict) else _Bad(where, None, f"not an object ({type(row).__name__})"),
+        )
 
 
 def _dataset_rows(ds: Any) -> Iterator[tuple[str, RawRow]]:
@@ -300,8 +310,12 @@ def _map_row(fmt: str, row: dict[str, Any], where: str, require_rejected: bool) 
 
 def _turns(row: dict[str, Any], name: str, where: str) -> Conversation:
     if not isinstance(row[name], list):
-        raise _Bad(where, name, f"wrong type: expected a string or a list of {{role, content}} messages, "
-                                f"got {type(row[name]).__name__}")
+        raise _Bad(
+            where,
+            name,
+            f"wrong type: expected a string or a list of {{role, content}} messages, "
+            f"got {type(row[name]).__name__}",
+        )
     try:
         return conversation(row[name], name)
     except ChatError as e:
@@ -317,7 +331,9 @@ def _answer_of(row: dict[str, Any], name: str, where: str) -> tuple[Conversation
             return None, _text(row, name, where) or ""
         turns = parse_transcript(value)  # a whole transcript (hh-rlhf raw)
         if turns is None:
-            raise _Bad(where, "prompt", f"missing (and {name!r} is not a 'Human: ... Assistant: ...' transcript)")
+            raise _Bad(
+                where, "prompt", f"missing (and {name!r} is not a 'Human: ... Assistant: ...' transcript)"
+            )
     else:
         turns = _turns(row, name, where)
     if turns[-1][0] != "assistant":
@@ -360,15 +376,27 @@ def _generic_row(row: dict[str, Any], where: str, require_rejected: bool) -> Rec
         value = row.get("prompt")
         if value is None:
             raise _Bad(where, "prompt", "missing")
-        before = (("user", _text(row, "prompt", where) or ""),) if isinstance(value, str) else _turns(row, "prompt", where)
+        before = (
+            (("user", _text(row, "prompt", where) or ""),)
+            if isinstance(value, str)
+            else _turns(row, "prompt", where)
+        )
     if before[-1][0] != "user":
-        raise _Bad(where, "prompt", f"the conversation before the answer must end with the user's turn, not {before[-1][0]!r}")
+        raise _Bad(
+            where,
+            "prompt",
+            f"the conversation before the answer must end with the user's turn, not {before[-1][0]!r}",
+        )
     return Record(before, chosen, rejected)
 
 
 def _records(
-    rows: Iterator[tuple[str, RawRow]], origin: str, fmt: str, require_rejected: bool,
-    on_bad_record: str, skipped: dict[str, int],
+    rows: Iterator[tuple[str, RawRow]],
+    origin: str,
+    fmt: str,
+    require_rejected: bool,
+    on_bad_record: str,
+    skipped: dict[str, int],
 ) -> list[Record]:
     out = []
     for where, row in rows:
@@ -379,7 +407,9 @@ def _records(
             out.append(replace(record, where=f"{origin}: {where}"))
         except _Bad as bad:
             if on_bad_record == "error":
-                raise DataError(bad.message(origin) + " (set data.on_bad_record=skip to drop such records)") from None
+                raise DataError(
+                    bad.message(origin) + " (set data.on_bad_record=skip to drop such records)"
+                ) from None
             skipped[origin] = skipped.get(origin, 0) + 1
     return out
 
@@ -410,12 +440,20 @@ def load_source(
             loaded = datasets.DatasetDict({"train": loaded})
         train_split = next((s for s in TRAIN_NAMES if s in loaded), None)
         if train_split is None:
-            raise DataError(f"{src.spec}: no training split (none of {', '.join(TRAIN_NAMES)}; splits: {sorted(loaded)})")
+            raise DataError(
+                f"{src.spec}: no training split (none of {', '.join(TRAIN_NAMES)}; splits: {sorted(loaded)})"
+            )
         eval_split = next((s for s in EVAL_NAMES if s in loaded), None)
         train = read(lambda: _dataset_rows(loaded[train_split]), f"{src.spec}[{train_split}]")
-        evals = read(lambda: _dataset_rows(loaded[eval_split]), f"{src.spec}[{eval_split}]") if eval_split else None
+        evals = (
+            read(lambda: _dataset_rows(loaded[eval_split]), f"{src.spec}[{eval_split}]")
+            if eval_split
+            else None
+        )
     if not train:
-        raise DataError(f"{src.spec}: no usable training records ({sum(skipped.values())} bad records skipped)")
+        raise DataError(
+            f"{src.spec}: no usable training records ({sum(skipped.values())} bad records skipped)"
+        )
     return SourceData(src, train, evals, skipped)
 
 

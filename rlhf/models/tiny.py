@@ -200,7 +200,13 @@ def build_tiny_assets(
 
 
 def build_family(
-    out_dir: str | Path, family: str, texts: Iterable[str], *, vocab_size: int = 512, seed: int = 0, **shape,
+    out_dir: str | Path,
+    family: str,
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 512,
+    seed: int = 0,
+    **shape,
 ) -> Path:
     """A ``family`` model with a tokenizer of the family's conventions trained on ``texts``, saved to
     ``out_dir`` (``shape``: n_layers, hidden, heads, ffn, max_positions; default the "nano" preset)."""

@@ -48,17 +48,31 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "opt": Style(("<s>", "<pad>", "</s>", "<unk>"), eos="</s>", bos="</s>", pad="<pad>", unk="<unk>", add_bos=True),
+    "opt": Style(
+        ("<s>", "<pad>", "</s>", "<unk>"), eos="</s>", bos="</s>", pad="<pad>", unk="<unk>", add_bos=True
+    ),
     "bloom": Style(("<unk>", "<s>", "</s>", "<pad>"), eos="</s>", bos="<s>", pad="<pad>", unk="<unk>"),
     "gpt-neox": Style(("<|endoftext|>",), eos="<|endoftext|>", bos="<|endoftext|>", unk="<|endoftext|>"),
     "gpt2": Style(("<|endoftext|>",), eos="<|endoftext|>", bos="<|endoftext|>", unk="<|endoftext|>"),
-    "llama": Style(("<unk>", "<s>", "</s>"), eos="</s>", bos="<s>", unk="<unk>", add_bos=True,
-                   chat_template=LLAMA2_CHAT),
+    "llama": Style(
+        ("<unk>", "<s>", "</s>"), eos="</s>", bos="<s>", unk="<unk>", add_bos=True, chat_template=LLAMA2_CHAT
+    ),
     "mistral": Style(("<unk>", "<s>", "</s>"), eos="</s>", bos="<s>", unk="<unk>", add_bos=True),
-    "qwen2": Style(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), eos="<|im_end|>", pad="<|endoftext|>",
-                   chat_template=CHATML),
-    "gemma": Style(("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"), eos="<eos>",
-                   bos="<bos>", pad="<pad>", unk="<unk>", add_bos=True, chat_template=GEMMA_CHAT),
+    "qwen2": Style(
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=CHATML,
+    ),
+    "gemma": Style(
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        eos="<eos>",
+        bos="<bos>",
+        pad="<pad>",
+        unk="<unk>",
+        add_bos=True,
+        chat_template=GEMMA_CHAT,
+    ),
 }
 
 
@@ -72,17 +86,22 @@ def family_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(style.specials),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(style.specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
     if style.add_bos:
         assert style.bos is not None
         bos = (style.bos, tok.token_to_id(style.bos))
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{style.bos} $A", pair=f"{style.bos} $A {style.bos} $B", special_tokens=[bos])
+            single=f"{style.bos} $A", pair=f"{style.bos} $A {style.bos} $B", special_tokens=[bos]
+        )
     named = {"bos_token": style.bos, "eos_token": style.eos, "pad_token": style.pad, "unk_token": style.unk}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="right", chat_template=style.chat_template,
+        tokenizer_object=tok,
+        padding_side="right",
+        chat_template=style.chat_template,
         **{k: v for k, v in named.items() if v is not None},
     )

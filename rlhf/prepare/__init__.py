@@ -37,10 +37,13 @@ class Prepared:
     @property
     def did_work(self) -> bool:
         return any(c.fetched for c in self.copies) or any(
-            not stats.get("reused") for d in self.data for stats in d.caches.values())
+            not stats.get("reused") for d in self.data for stats in d.caches.values()
+        )
 
 
-def prepare(run: RLHFRun, stages: list[str] | None = None, *, echo: Callable[[str], None] = print) -> Prepared:
+def prepare(
+    run: RLHFRun, stages: list[str] | None = None, *, echo: Callable[[str], None] = print
+) -> Prepared:
     """Copy the run's Hub models and datasets into its storage, then build the data caches of
     ``stages`` (default all). ``echo`` receives one line per item."""
     root = Path(storage_root(run))

@@ -27,8 +27,20 @@ from rlhf.prepare.needs import ModelKind
 
 MARKER = ".rlhf-prepared.json"
 #: Never needed to train with PyTorch: other frameworks' weights and export formats.
-NEVER = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "*.mlmodel", "*.gguf",
-         "onnx/*", "coreml/*", "openvino/*", "original/*"]
+NEVER = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.onnx",
+    "*.onnx_data",
+    "*.tflite",
+    "*.mlmodel",
+    "*.gguf",
+    "onnx/*",
+    "coreml/*",
+    "openvino/*",
+    "original/*",
+]
 #: PyTorch pickles, skipped when the repository also has safetensors weights.
 PICKLES = ["*.bin", "*.pt", "*.pth"]
 #: What a tokenizer needs (its config, vocabulary/merges, sentencepiece model, custom code).
@@ -104,15 +116,20 @@ def ensure_model(root: Path, repo_id: str, kind: ModelKind) -> Copied:
     start = time.monotonic()
     try:
         files = huggingface_hub.list_repo_files(repo_id, token=_token())
-        huggingface_hub.snapshot_download(repo_id, local_dir=str(partial), token=_token(),
-                                          **model_patterns(files, kind))
+        huggingface_hub.snapshot_download(
+            repo_id, local_dir=str(partial), token=_token(), **model_patterns(files, kind)
+        )
     except Exception as e:  # network, auth, missing repo: one clear line naming the repository
-        raise PrepareError(f"{kind} {repo_id}: download failed ({type(e).__name__}: {e}); "
-                           "a gated or private model needs HF_TOKEN (spec.hubTokenSecret)") from e
+        raise PrepareError(
+            f"{kind} {repo_id}: download failed ({type(e).__name__}: {e}); "
+            "a gated or private model needs HF_TOKEN (spec.hubTokenSecret)"
+        ) from e
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
     n_files = sum(1 for p in partial.rglob("*") if p.is_file())
     _publish(partial, final, {"repo_id": repo_id, "kind": kind, "files": n_files, "prepared_at": time.time()})
-    return Copied(repo_id, kind, final, fetched=True, seconds=time.monotonic() - start, detail=f"{n_files} files")
+    return Copied(
+        repo_id, kind, final, fetched=True, seconds=time.monotonic() - start, detail=f"{n_files} files"
+    )
 
 
 def ensure_dataset(root: Path, repo_id: str, fmt: str) -> Copied:
@@ -134,12 +151,24 @@ def ensure_dataset(root: Path, repo_id: str, fmt: str) -> Copied:
         loaded.save_to_disk(str(partial))
     except Exception as e:  # network, auth, missing repo, disk: one clear line naming the dataset
         raise PrepareError(f"dataset {repo_id}: download failed ({type(e).__name__}: {e})") from e
-    splits = {name: ds.num_rows for name, ds in loaded.items()} if isinstance(loaded, dict) else {
-        "train": loaded.num_rows}
+    splits = (
+        {name: ds.num_rows for name, ds in loaded.items()}
+        if isinstance(loaded, dict)
+        else {"train": loaded.num_rows}
+    )
     del loaded
-    _publish(partial, final, {"repo_id": repo_id, "kind": "dataset", "format": fmt, "splits": splits,
-                              "prepared_at": time.time()})
+    _publish(
+        partial,
+        final,
+        {"repo_id": repo_id, "kind": "dataset", "format": fmt, "splits": splits, "prepared_at": time.time()},
+    )
     shutil.rmtree(cache, ignore_errors=True)
     rows = ", ".join(f"{name} {n}" for name, n in splits.items())
-    return Copied(repo_id, "dataset", final, fetched=True, seconds=time.monotonic() - start,
-                  detail=f"format {fmt}; {rows}")
+    return Copied(
+        repo_id,
+        "dataset",
+        final,
+        fetched=True,
+        seconds=time.monotonic() - start,
+        detail=f"format {fmt}; {rows}",
+    )

@@ -42,6 +42,14 @@ def convert_gguf_folders(run: RLHFRun) -> list[Copied]:
             result = convert(gguf, folder)
         except GGUFError as e:
             raise PrepareError(f"{field}: {e}") from None
-        done.append(Copied(gguf.name, "GGUF model", folder, fetched=result.converted, seconds=result.seconds,
-                           detail="converted to safetensors"))
+        done.append(
+            Copied(
+                gguf.name,
+                "GGUF model",
+                folder,
+                fetched=result.converted,
+                seconds=result.seconds,
+                detail="converted to safetensors",
+            )
+        )
     return done

@@ -54,7 +54,9 @@ class RunInputs:
         """One line per missing or unusable local input of ``stage``, each naming the stage and key."""
         out: list[str] = []
         for section, model in cfg.model_sections():
-            if self._made_by_run(model.name_or_path) or (model.tokenizer and self._made_by_run(model.tokenizer)):
+            if self._made_by_run(model.name_or_path) or (
+                model.tokenizer and self._made_by_run(model.tokenizer)
+            ):
                 continue
             try:
                 check_local_sources(model, section)

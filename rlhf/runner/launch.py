@@ -15,17 +15,39 @@ from rlhf.engine.distributed import available_cpus, torch_env
 from rlhf.runner.plan import Machine, StagePlan
 
 #: Variables of an enclosing launcher that must not leak into a stage's own process group.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                 "GROUP_RANK", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                 "OMPI_COMM_WORLD_LOCAL_RANK")
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+)
 
 
 def train_command(plan: StagePlan, config_file: Path) -> list[str]:
     """``python -m rlhf train STAGE --config FILE``; several processes: under ``torchrun --standalone``."""
     if plan.processes == 1:
         return [sys.executable, "-m", "rlhf", "train", plan.stage, "--config", str(config_file)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(plan.processes),
-            "-m", "rlhf.cli", "train", plan.stage, "--config", str(config_file)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(plan.processes),
+        "-m",
+        "rlhf.cli",
+        "train",
+        plan.stage,
+        "--config",
+        str(config_file),
+    ]
 
 
 def stage_env(plan: StagePlan, accelerator: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -35,8 +57,13 @@ def stage_env(plan: StagePlan, accelerator: str, base: Mapping[str, str] | None 
     # The API's table, as the operator gives it to the pods; what the user set wins.
     for key, value in stage_process_env(accelerator).items():
         env.setdefault(key, value)
-    env.update(OMP_NUM_THREADS=str(plan.threads), RLHF_ACCELERATOR=TRAINER_ACCELERATORS[accelerator],
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(
+        OMP_NUM_THREADS=str(plan.threads),
+        RLHF_ACCELERATOR=TRAINER_ACCELERATORS[accelerator],
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     if plan.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.devices)
     if plan.processes == 1:  # a world of one on a free port; torchrun sets these for several

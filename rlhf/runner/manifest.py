@@ -49,13 +49,15 @@ def parse_stages(value: str | None) -> list[str] | None:
     names = [s.strip() for s in value.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGE_NAMES]
     if unknown or not names:
-        raise SpecError([f"--stages: unknown stage {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"expected a comma-separated subset of {', '.join(STAGE_NAMES)}"])
+        raise SpecError(
+            [
+                f"--stages: unknown stage {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"expected a comma-separated subset of {', '.join(STAGE_NAMES)}"
+            ]
+        )
     return [s for s in STAGE_NAMES if s in names]
 
 
 def root_of(run: RLHFRun) -> Path:
     """The run's storage root (a local directory here)."""
     return Path(storage_root(run))
-
-

@@ -103,16 +103,26 @@ def threads_for(shape: StageShape, cores: int) -> int:
 
 def _check_gpus(stage: str, shape: StageShape, machine: Machine) -> None:
     if not machine.gpus:
-        raise PlanError(f"spec.accelerator: nvidia needs CUDA GPUs, and none is visible here "
-                        f"(CUDA_VISIBLE_DEVICES / nvidia-smi); stage {stage} cannot run")
+        raise PlanError(
+            f"spec.accelerator: nvidia needs CUDA GPUs, and none is visible here "
+            f"(CUDA_VISIBLE_DEVICES / nvidia-smi); stage {stage} cannot run"
+        )
     if shape.processes > len(machine.gpus):
         raise PlanError(
             f"spec.stages.{stage}: {shape.nodes} node(s) x {shape.devices_per_node} device(s) = "
-            f"{shape.processes} GPUs, but {len(machine.gpus)} are visible here")
+            f"{shape.processes} GPUs, but {len(machine.gpus)} are visible here"
+        )
 
 
-def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine, stages: Iterable[str],
-              pipeline: Iterable[str] | None = None, *, sequential: bool = False) -> Plan:
+def make_plan(
+    shapes: dict[str, StageShape],
+    accelerator: str,
+    machine: Machine,
+    stages: Iterable[str],
+    pipeline: Iterable[str] | None = None,
+    *,
+    sequential: bool = False,
+) -> Plan:
     """Lay out ``stages`` on ``machine`` following the module's rule: the stage graph's waves
     (:func:`rlhf.api.graph.waves`) of the run's ``pipeline`` (default ``stages``), a wave's stages
     side by side when they fit, else one after the other."""
@@ -137,8 +147,15 @@ def make_plan(shapes: dict[str, StageShape], accelerator: str, machine: Machine,
     return Plan(tuple(waves), "; then ".join(notes) or ", ".join(todo))
 
 
-def _side_by_side(wave: list[str], shapes: dict[str, StageShape], accelerator: str, machine: Machine, cores: int,
-                  sequential: bool, alone: Callable[[str], StagePlan]) -> tuple[tuple[StagePlan, ...] | None, str]:
+def _side_by_side(
+    wave: list[str],
+    shapes: dict[str, StageShape],
+    accelerator: str,
+    machine: Machine,
+    cores: int,
+    sequential: bool,
+    alone: Callable[[str], StagePlan],
+) -> tuple[tuple[StagePlan, ...] | None, str]:
     """The wave's stages laid out together if they fit (None: one after the other), and why."""
     names = " and ".join(wave) if len(wave) == 2 else ", ".join(wave)
     one_by_one = ", then ".join(wave)
@@ -151,19 +168,30 @@ def _side_by_side(wave: list[str], shapes: dict[str, StageShape], accelerator: s
         used = [p.cores for p in plans]
         if sum(used) <= cores:
             return plans, f"{names} side by side ({' + '.join(map(str, used))} of {cores} cores)"
-        return None, (f"{one_by_one}: {' + '.join(map(str, used))} cores do not fit in {cores} "
-                      "(set spec.stages.*.resources.cpu to share the machine)")
+        return None, (
+            f"{one_by_one}: {' + '.join(map(str, used))} cores do not fit in {cores} "
+            "(set spec.stages.*.resources.cpu to share the machine)"
+        )
     if accelerator == "nvidia":
         wanted = [shapes[s].processes for s in wave]
         if sum(wanted) > len(machine.gpus):
-            return None, f"{one_by_one}: {' + '.join(map(str, wanted))} GPUs do not fit in {len(machine.gpus)}"
+            return (
+                None,
+                f"{one_by_one}: {' + '.join(map(str, wanted))} GPUs do not fit in {len(machine.gpus)}",
+            )
         split: list[StagePlan] = []
         first_gpu, first_core = 0, 0
         for i, (stage, n) in enumerate(zip(wave, wanted, strict=True)):
             share = cores - first_core if i == len(wave) - 1 else cores * n // sum(wanted)
-            split.append(StagePlan(stage, n, threads_for(shapes[stage], share), machine.gpus[first_gpu:first_gpu + n]))
+            split.append(
+                StagePlan(
+                    stage, n, threads_for(shapes[stage], share), machine.gpus[first_gpu : first_gpu + n]
+                )
+            )
             first_gpu, first_core = first_gpu + n, first_core + share
-        return tuple(split), f"{names} side by side ({' + '.join(map(str, wanted))} of {len(machine.gpus)} GPUs)"
+        return tuple(
+            split
+        ), f"{names} side by side ({' + '.join(map(str, wanted))} of {len(machine.gpus)} GPUs)"
     return None, f"{one_by_one} (accelerator {accelerator}: devices are not split between stages)"
 
 
@@ -187,8 +215,13 @@ class Selection:
     others: dict[str, tuple[str, str]]
 
 
-def select_stages(pipeline: list[str], selected: list[str] | None, available: Iterable[str], done: Iterable[str],
-                  storage: str = "the run's storage") -> Selection:
+def select_stages(
+    pipeline: list[str],
+    selected: list[str] | None,
+    available: Iterable[str],
+    done: Iterable[str],
+    storage: str = "the run's storage",
+) -> Selection:
     """The stages of the run's ``pipeline`` to run given ``--stages`` (None: all), the stages this
     trainer has and those that completed already (in ``storage``, for messages). Raises
     :class:`PlanError` for a selected stage not in the pipeline or this trainer, or one that needs
@@ -196,17 +229,23 @@ def select_stages(pipeline: list[str], selected: list[str] | None, available: It
     available, done = set(available), set(done)
     outside = [s for s in selected or () if s not in pipeline]
     if outside:
-        raise PlanError(f"--stages: {', '.join(outside)} not in this run's spec.pipeline ({', '.join(pipeline)})")
+        raise PlanError(
+            f"--stages: {', '.join(outside)} not in this run's spec.pipeline ({', '.join(pipeline)})"
+        )
     chosen = list(selected or pipeline)
     missing = [s for s in chosen if s not in available]
     if selected and missing:
-        raise PlanError(f"--stages: this trainer has no {', '.join(missing)} stage "
-                        f"(it has {', '.join(s for s in graph.STAGE_NAMES if s in available)})")
+        raise PlanError(
+            f"--stages: this trainer has no {', '.join(missing)} stage "
+            f"(it has {', '.join(s for s in graph.STAGE_NAMES if s in available)})"
+        )
     for stage in chosen:
         for dep in graph.needs(stage, pipeline):
             if dep not in chosen and dep not in done:
-                raise PlanError(f"--stages: {stage} needs {dep} completed first, and {storage}/{dep} holds no "
-                                f"completed {dep} with this manifest's config; add {dep} to --stages")
+                raise PlanError(
+                    f"--stages: {stage} needs {dep} completed first, and {storage}/{dep} holds no "
+                    f"completed {dep} with this manifest's config; add {dep} to --stages"
+                )
     others: dict[str, tuple[str, str]] = {}
     for stage in pipeline:
         if stage not in available:

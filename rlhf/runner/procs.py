@@ -20,8 +20,9 @@ from pathlib import Path
 class StageProcess:
     """One command (a stage, or the prepare step) running in its own process group."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
-                 log_path: Path):
+    def __init__(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path
+    ):
         self.name, self.argv, self.env, self.cwd, self.log_path = name, list(argv), dict(env), cwd, log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = self.ended = 0.0
@@ -33,8 +34,15 @@ class StageProcess:
             stamp = datetime.now().astimezone().isoformat(timespec="seconds")
             log.write(f"===== rlhf run: {self.name} started {stamp}: {' '.join(self.argv)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         self.started = time.monotonic()
 
     @property
@@ -82,14 +90,19 @@ def group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
 
 
-def stop_all(procs: Sequence[StageProcess], grace: float, *, hurry: Callable[[], bool] = lambda: False,
-             echo: Callable[[str], None] = lambda _: None) -> None:
+def stop_all(
+    procs: Sequence[StageProcess],
+    grace: float,
+    *,
+    hurry: Callable[[], bool] = lambda: False,
+    echo: Callable[[str], None] = lambda _: None,
+) -> None:
     """Stop every group: SIGINT, then SIGTERM, then SIGKILL, each after ``grace`` seconds (or at once
     when ``hurry()`` turns true, e.g. on a second Ctrl-C); returns when no process is left."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):

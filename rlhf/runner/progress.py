@@ -81,8 +81,9 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def stage_line(stage: str, state: str, progress: Progress | None = None, elapsed: float | None = None,
-               note: str = "") -> str:
+def stage_line(
+    stage: str, state: str, progress: Progress | None = None, elapsed: float | None = None, note: str = ""
+) -> str:
     """``sft     running  step 40/300  loss 1.234  eval/perplexity 3.2  1m05s``."""
     parts = [f"{stage:<7}", f"{state:<8}"]
     if progress is not None:

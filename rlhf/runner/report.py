@@ -25,14 +25,29 @@ from rlhf.runner.progress import duration
 
 #: States of a stage in ``rlhf run``.
 PENDING, RUNNING, DONE, SKIPPED, FAILED, STOPPED, NOT_RUN = (
-    "pending", "running", "done", "skipped", "failed", "stopped", "not run")
+    "pending",
+    "running",
+    "done",
+    "skipped",
+    "failed",
+    "stopped",
+    "not run",
+)
 #: Metrics shown first in the table, per stage (others follow up to a few).
 KEY_METRICS = {
     "sft": ("eval/perplexity", "eval/loss"),
     "reward": ("eval/accuracy", "eval/margin", "eval/loss"),
-    "ppo": ("eval/reward_mean", "baseline/reward_mean", "eval/property_rate", "baseline/property_rate",
-            "eval/content_rate", "baseline/content_rate"),
+    "ppo": (
+        "eval/reward_mean",
+        "baseline/reward_mean",
+        "eval/property_rate",
+        "baseline/property_rate",
+        "eval/content_rate",
+        "baseline/content_rate",
+    ),
 }
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -94,23 +109,47 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_summary(path: Path, *, run: str, manifest: str, root: Path, status: str, reason: str | None,
-                  exit_code: int, started: datetime, plan: dict[str, Any], results: list[StageResult]) -> None:
+def write_summary(
+    path: Path,
+    *,
+    run: str,
+    manifest: str,
+    root: Path,
+    status: str,
+    reason: str | None,
+    exit_code: int,
+    started: datetime,
+    plan: dict[str, Any],
+    results: list[StageResult],
+) -> None:
     """``run_summary.json``: the run's outcome and every stage's state, metrics and outputs."""
     finished = now()
     stages = {}
     for r in results:
         stages[r.stage] = {
-            "state": r.state, "note": r.note or None, "exit_code": r.exit_code, "seconds": r.seconds,
+            "state": r.state,
+            "note": r.note or None,
+            "exit_code": r.exit_code,
+            "seconds": r.seconds,
             "global_step": r.summary.get("global_step", r.reached[0]),
             "total_steps": r.summary.get("total_steps", r.reached[1]),
-            "metrics": r.metrics, "model_dir": r.summary.get("model_dir") if r.state in (DONE, SKIPPED) else None,
-            "log": r.log, "config": r.config,
+            "metrics": r.metrics,
+            "model_dir": r.summary.get("model_dir") if r.state in (DONE, SKIPPED) else None,
+            "log": r.log,
+            "config": r.config,
         }
     content = {
-        "run": run, "manifest": manifest, "storage": str(root), "status": status, "reason": reason,
-        "exit_code": exit_code, "started_at": started.isoformat(), "finished_at": finished.isoformat(),
-        "seconds": round((finished - started).total_seconds(), 1), "plan": plan, "stages": stages,
+        "run": run,
+        "manifest": manifest,
+        "storage": str(root),
+        "status": status,
+        "reason": reason,
+        "exit_code": exit_code,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "seconds": round((finished - started).total_seconds(), 1),
+        "plan": plan,
+        "stages": stages,
     }
     _write_atomic(path, json.dumps(content, indent=2) + "\n")
 
@@ -124,8 +163,13 @@ class StatusWriter:
         self.path, self.started = path, started
         self._status: dict[str, Any] = {}
 
-    def write(self, results: list[StageResult], phase: str, failure: str | None = None,
-              prepare: tuple[str, str] | None = None) -> None:
+    def write(
+        self,
+        results: list[StageResult],
+        phase: str,
+        failure: str | None = None,
+        prepare: tuple[str, str] | None = None,
+    ) -> None:
         """Write the status for ``results``; ``phase`` is Running, Succeeded or Failed (``failure``
         says why); ``prepare``: the prepare step's (state, note) once it started."""
         steps: dict[str, StepCondition] = {}
@@ -142,7 +186,9 @@ class StatusWriter:
             steps[r.stage] = _step_condition(r.stage, r.state, r.note, r.metrics)
             entries[r.stage] = {
                 # retries counts failed attempts, as on a cluster; rlhf run makes one attempt per run
-                "name": r.stage, "state": _STAGE_STATES.get(r.state, "Pending"), "retries": int(r.state == FAILED),
+                "name": r.stage,
+                "state": _STAGE_STATES.get(r.state, "Pending"),
+                "retries": int(r.state == FAILED),
                 "metrics": r.metrics,
                 "startTime": timestamp(r.started_at) if r.started_at else None,
                 "completionTime": timestamp(r.finished_at) if r.finished_at else None,
@@ -151,18 +197,33 @@ class StatusWriter:
                 running.append(r.stage)
         started = [r.stage for r in results if r.started_at is not None]
         status = run_status(
-            self._status, steps=steps, entries=entries, succeeded=phase == "Succeeded",
-            failure=(failure or "failed") if phase == "Failed" else None, suspended=False,
+            self._status,
+            steps=steps,
+            entries=entries,
+            succeeded=phase == "Succeeded",
+            failure=(failure or "failed") if phase == "Failed" else None,
+            suspended=False,
             started=prepare is not None or bool(started),
-            current=",".join(running) if running else (started[-1] if started else (PREPARE if prepare else None)),
-            generation=None, now=now(), start_time=timestamp(self.started))
+            current=",".join(running)
+            if running
+            else (started[-1] if started else (PREPARE if prepare else None)),
+            generation=None,
+            now=now(),
+            start_time=timestamp(self.started),
+        )
         self._status = status
         data = RLHFRunStatus.model_validate(status).model_dump(mode="json", by_alias=True, exclude_none=True)
         _write_atomic(self.path, yaml.safe_dump(data, sort_keys=False))
 
 
 #: A local stage's state -> its ``status.stages`` state (NOT_RUN stages are not reported).
-_STAGE_STATES = {RUNNING: "Running", DONE: "Succeeded", SKIPPED: "Succeeded", FAILED: "Failed", STOPPED: "Stopped"}
+_STAGE_STATES = {
+    RUNNING: "Running",
+    DONE: "Succeeded",
+    SKIPPED: "Succeeded",
+    FAILED: "Failed",
+    STOPPED: "Stopped",
+}
 
 
 def _step_condition(step: str, state: str, note: str, metrics: dict[str, float]) -> StepCondition:
@@ -170,8 +231,9 @@ def _step_condition(step: str, state: str, note: str, metrics: dict[str, float])
     if state in (DONE, SKIPPED):
         return StepCondition.succeeded(step, metrics)
     if state == RUNNING:
-        return StepCondition("False", "Running", "rlhf prepare: Hub copies and data caches" if step == PREPARE
-                             else "running")
+        return StepCondition(
+            "False", "Running", "rlhf prepare: Hub copies and data caches" if step == PREPARE else "running"
+        )
     if state == FAILED:
         return StepCondition("False", "Failed", note)
     if state == STOPPED:

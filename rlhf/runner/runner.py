@@ -54,7 +54,9 @@ class RunOptions:
     stage_command: StageCommand = launch.train_command
     prepare_command: PrepareCommand | None = None  # default: `python -m rlhf prepare MANIFEST ...`
     available: Collection[str] = field(default_factory=lambda: tuple(STAGES))  # stages the trainer has
-    finished: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None  # default: finished_summary
+    finished: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = (
+        None  # default: finished_summary
+    )
     out: TextIO = sys.stdout
 
 
@@ -95,7 +97,9 @@ class Runner:
             if summary is not None:
                 self.done[stage] = summary
         try:
-            selection = plan.select_stages(self.stages, opts.stages, opts.available, self.done, str(self.root))
+            selection = plan.select_stages(
+                self.stages, opts.stages, opts.available, self.done, str(self.root)
+            )
         except plan.PlanError as e:
             raise RunError(str(e)) from None
         self.results = {s: StageResult(s) for s in self.stages}
@@ -107,20 +111,45 @@ class Runner:
                 r.summary = self.done.get(stage, {})
         self.todo = list(selection.todo)
         models = self.run.spec.models
-        inputs = RunInputs(self.root, list(self.stages), gguf_only_folders([models.actor, models.reward, models.tokenizer]))
-        problems = [line for stage in self.todo
-                    for line in inputs.problems(stage, build(STAGES[stage], self.configs[stage], f"stage {stage}"))]
+        inputs = RunInputs(
+            self.root, list(self.stages), gguf_only_folders([models.actor, models.reward, models.tokenizer])
+        )
+        problems = [
+            line
+            for stage in self.todo
+            for line in inputs.problems(stage, build(STAGES[stage], self.configs[stage], f"stage {stage}"))
+        ]
         if problems:
-            raise RunError("inputs missing or unusable, so no stage was started:\n"
-                           + "\n".join(f"  {line}" for line in problems))
+            raise RunError(
+                "inputs missing or unusable, so no stage was started:\n"
+                + "\n".join(f"  {line}" for line in problems)
+            )
         machine = opts.machine or launch.detect_machine(self.accelerator)
-        self.plan = plan.make_plan(plan.shapes_of(self.run), self.accelerator, machine, self.todo, self.stages,
-                                   sequential=opts.sequential)
+        self.plan = plan.make_plan(
+            plan.shapes_of(self.run),
+            self.accelerator,
+            machine,
+            self.todo,
+            self.stages,
+            sequential=opts.sequential,
+        )
 
     def _plan_json(self) -> dict[str, Any]:
-        return {"note": self.plan.note, "waves": [[
-            {"stage": p.stage, "processes": p.processes, "threads": p.threads, "devices": list(p.devices)}
-            for p in wave] for wave in self.plan.waves]}
+        return {
+            "note": self.plan.note,
+            "waves": [
+                [
+                    {
+                        "stage": p.stage,
+                        "processes": p.processes,
+                        "threads": p.threads,
+                        "devices": list(p.devices),
+                    }
+                    for p in wave
+                ]
+                for wave in self.plan.waves
+            ],
+        }
 
     # ---- signals --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -166,8 +195,12 @@ class Runner:
             time.sleep(0.1)
 
     def _stop(self, group: dict[str, procs.StageProcess]) -> None:
-        procs.stop_all(list(group.values()), self.opts.grace, hurry=lambda: len(self.signals) > 1,
-                       echo=self.display.message)
+        procs.stop_all(
+            list(group.values()),
+            self.opts.grace,
+            hurry=lambda: len(self.signals) > 1,
+            echo=self.display.message,
+        )
 
     def _fail(self, what: str, reason: str, log: Path) -> None:
         self.display.message(f"\n{what} failed: {reason}. Last lines of {log}:")
@@ -205,14 +238,21 @@ class Runner:
         r = self.results[stage]
         config_file = Path(r.config or "")
         argv = self.opts.stage_command(stage_plan, config_file)
-        p = procs.StageProcess(stage, argv, env=launch.stage_env(stage_plan, self.accelerator), cwd=None,
-                               log_path=Path(r.log or ""))
+        p = procs.StageProcess(
+            stage,
+            argv,
+            env=launch.stage_env(stage_plan, self.accelerator),
+            cwd=None,
+            log_path=Path(r.log or ""),
+        )
         self._started_wall[stage] = time.time()
         p.start()
         r.state, r.started_at = RUNNING, report.now()
         devices = f", devices {','.join(stage_plan.devices)}" if stage_plan.devices else ""
-        self.display.message(f"{stage}: started, {stage_plan.processes} process(es) x {stage_plan.threads} "
-                             f"thread(s){devices} (log: {r.log})")
+        self.display.message(
+            f"{stage}: started, {stage_plan.processes} process(es) x {stage_plan.threads} "
+            f"thread(s){devices} (log: {r.log})"
+        )
         return p
 
     def _summary_of_this_run(self, stage: str) -> dict[str, Any]:
@@ -292,8 +332,9 @@ class Runner:
         self._prepared = None
         for stage in self.todo:
             (self.root / f"{stage}.config.yaml").write_text(config_text(self.configs[stage]))
-        self.display.message(f"rlhf run {self.run.metadata.name}: storage {self.root}; "
-                             f"{self.plan.note or 'nothing to run'}")
+        self.display.message(
+            f"rlhf run {self.run.metadata.name}: storage {self.root}; {self.plan.note or 'nothing to run'}"
+        )
         for r in self.results.values():
             if r.state in (SKIPPED, NOT_RUN):
                 self.display.message(progress.stage_line(r.stage, r.state, note=r.note))
@@ -312,8 +353,10 @@ class Runner:
                     code, reason = self._waves()
         except KeyboardInterrupt:
             sig = signal.Signals(self.signals[0]).name if self.signals else "SIGINT"
-            self.display.message(f"\n{sig}: stopping {', '.join(self._active) or 'nothing'} "
-                                 "(checkpoints are kept; rerun to resume)")
+            self.display.message(
+                f"\n{sig}: stopping {', '.join(self._active) or 'nothing'} "
+                "(checkpoints are kept; rerun to resume)"
+            )
             self._stop(self._active)
             for stage, p in self._active.items():
                 if stage in self.results:
@@ -334,13 +377,25 @@ class Runner:
                 r.state, r.note = NOT_RUN, "run stopped before it"
         outcome = {0: "succeeded", INTERRUPTED: "interrupted"}.get(code, "failed")
         self._status("Succeeded" if code == 0 else "Failed", reason or outcome)
-        report.write_summary(self.root / "run_summary.json", run=self.run.metadata.name, manifest=self.manifest,
-                             root=self.root, status=outcome, reason=reason, exit_code=code,
-                             started=self.started, plan=self._plan_json(), results=results)
+        report.write_summary(
+            self.root / "run_summary.json",
+            run=self.run.metadata.name,
+            manifest=self.manifest,
+            root=self.root,
+            status=outcome,
+            reason=reason,
+            exit_code=code,
+            started=self.started,
+            plan=self._plan_json(),
+            results=results,
+        )
         self.display.close()
         self.display.message("\n" + report.table(results))
-        self.display.message(f"\nrun {outcome}" + (f": {reason}" if reason else "") +
-                             f"; summary: {self.root / 'run_summary.json'}, status: {self.root / 'status.yaml'}")
+        self.display.message(
+            f"\nrun {outcome}"
+            + (f": {reason}" if reason else "")
+            + f"; summary: {self.root / 'run_summary.json'}, status: {self.root / 'status.yaml'}"
+        )
 
 
 def run_manifest(manifest_path: str | Path, options: RunOptions | None = None) -> int:

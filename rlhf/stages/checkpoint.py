@@ -100,7 +100,12 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def save(
-    engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], rank: int, keep_last: int | None,
+    engine,
+    ckpt_dir: Path,
+    step: int,
+    client_state: dict[str, Any],
+    rank: int,
+    keep_last: int | None,
     files: dict[str, Any] | None = None,
 ) -> str:
     """Save checkpoint ``step-N`` (collective) and mark it complete; then, unless ``keep_last`` is None

@@ -21,14 +21,18 @@ def data_warnings(name: str, stats: dict[str, Any], *, eval_expected: bool = Tru
     skipped = stats.get("skipped_bad_records") or {}
     if skipped:
         where = ", ".join(f"{k}: {v}" for k, v in skipped.items())
-        lines.append(f"data ({name}): skipped {skipped_total(stats)} bad records (data.on_bad_record: skip) — {where}")
+        lines.append(
+            f"data ({name}): skipped {skipped_total(stats)} bad records (data.on_bad_record: skip) — {where}"
+        )
     for split, counts in (stats.get("dropped") or {}).items():
         if counts and sum(counts.values()):
             detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
             lines.append(f"data ({name}): dropped {sum(counts.values())} {split} samples ({detail})")
     if eval_expected and not stats.get("eval_samples"):
-        lines.append(f"data ({name}): the eval split is empty, so this stage reports no eval metrics "
-                     "(set data.eval_fraction above 0, or give datasets with an eval split)")
+        lines.append(
+            f"data ({name}): the eval split is empty, so this stage reports no eval metrics "
+            "(set data.eval_fraction above 0, or give datasets with an eval split)"
+        )
     return lines
 
 

@@ -34,22 +34,43 @@ def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
 
 
 def completed_summary(
-    stage: str, rt: Runtime, *, step: int, total_steps: int, resumed_from: int, metrics: dict[str, float],
-    samples: int, seconds: float, rates: dict[str, float | None], model_dir: Path, data_stats: dict[str, Any],
+    stage: str,
+    rt: Runtime,
+    *,
+    step: int,
+    total_steps: int,
+    resumed_from: int,
+    metrics: dict[str, float],
+    samples: int,
+    seconds: float,
+    rates: dict[str, float | None],
+    model_dir: Path,
+    data_stats: dict[str, Any],
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """A finished stage's ``summary.json`` (the operator and ``rlhf run`` read it): the same keys for
     every stage; ``samples`` are this rank's, ``rates`` the stage's throughput figures, ``warnings``
     what the stage warned about at its start (skipped records, an empty eval split, ...)."""
     return StageSummary(
-        stage=stage, global_step=step, total_steps=total_steps, resumed_from_step=resumed_from,
-        world_size=rt.dist.world_size, accelerator=rt.accel.name, metrics=metrics,
-        train_samples=samples * rt.dist.world_size, train_seconds=round(seconds, 3), **rates,
-        model_dir=str(model_dir), data=summary_data(data_stats), warnings=list(warnings or []),
+        stage=stage,
+        global_step=step,
+        total_steps=total_steps,
+        resumed_from_step=resumed_from,
+        world_size=rt.dist.world_size,
+        accelerator=rt.accel.name,
+        metrics=metrics,
+        train_samples=samples * rt.dist.world_size,
+        train_seconds=round(seconds, 3),
+        **rates,
+        model_dir=str(model_dir),
+        data=summary_data(data_stats),
+        warnings=list(warnings or []),
     ).to_json()
 
 
-def resume_point(cfg: StageConfig, ckpt_dirs: list[Path], settings: dict[str, Any]) -> tuple[str | None, list[str]]:
+def resume_point(
+    cfg: StageConfig, ckpt_dirs: list[Path], settings: dict[str, Any]
+) -> tuple[str | None, list[str]]:
     """(the checkpoint tag to resume from — the newest step complete in every one of ``ckpt_dirs`` —,
     the differences of its settings allowed by checkpoint.allow_changed_config); (None, []) for a
     fresh start. Raises ConfigError when the data or settings changed and that is not allowed."""

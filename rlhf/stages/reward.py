@@ -52,7 +52,13 @@ class RewardStage(Stage):
         values = engine(ids, mask)
         half = ids.size(0) // 2
         return losses.pairwise_reward_loss(
-            values[:half], values[half:], ids[:half], ids[half:], mask[:half], mask[half:], self.cfg.pairwise_loss,
+            values[:half],
+            values[half:],
+            ids[:half],
+            ids[half:],
+            mask[:half],
+            mask[half:],
+            self.cfg.pairwise_loss,
         )
 
     def train_loss(self, engine, batch: Batch):

@@ -19,7 +19,7 @@ class SkipSampler(Sampler[int]):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self.sampler)[self.skip:])
+        return iter(list(self.sampler)[self.skip :])
 
     def __len__(self) -> int:
         # torch's Sampler declares no __len__; every sampler wrapped here (Distributed, Random, ours) has one.

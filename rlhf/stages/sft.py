@@ -37,7 +37,9 @@ class SFTStage(Stage):
 
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
         longest = max(len(r["input_ids"]) for r in rows)
-        return sft_batch(rows, self.tokenizer.pad_token_id, self.padded_length(longest), self.cfg.loss_on_prompt)
+        return sft_batch(
+            rows, self.tokenizer.pad_token_id, self.padded_length(longest), self.cfg.loss_on_prompt
+        )
 
     def _loss(self, engine, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

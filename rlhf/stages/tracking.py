@@ -12,8 +12,17 @@ from typing import Any
 class Tracker:
     """Writes metrics rows ``{"step", "split", ...}``; a no-op on non-main ranks."""
 
-    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard_dir: Path | None, progress: bool,
-                 total_steps: int, start_step: int, desc: str):
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        enabled: bool,
+        tensorboard_dir: Path | None,
+        progress: bool,
+        total_steps: int,
+        start_step: int,
+        desc: str,
+    ):
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self._tb = None
@@ -31,8 +40,14 @@ class Tracker:
 
             # In a pod's log (no terminal) a bar redrawn every 0.1 s is noise: update every 30 s there.
             interval = 0.1 if sys.stderr.isatty() else 30.0
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, file=sys.stderr,
-                             mininterval=interval)
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc=desc,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=interval,
+            )
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop rows newer than the checkpoint (they will be written again)."""
@@ -51,7 +66,9 @@ class Tracker:
         if not self.enabled:
             return
         row: dict[str, Any] = {"step": step, "split": split}
-        row.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()})
+        row.update(
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        )
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

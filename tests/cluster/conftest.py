@@ -45,28 +45,66 @@ def prepare_cluster(cluster: Cluster) -> None:
     """Two fake 8-GPU nodes (tainted like a GPU pool), a CPU node, the tenant namespace at the
     PodSecurity level `restricted`, and a PersistentVolume for the runs' storage."""
     for i in range(2):
-        cluster.add_node(f"gpu-{i}", capacity={"nvidia.com/gpu": "8"},
-                         taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
+        cluster.add_node(
+            f"gpu-{i}",
+            capacity={"nvidia.com/gpu": "8"},
+            taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+        )
     cluster.add_node("cpu-0")
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}})
-    cluster.apply([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "rlhf-storage"},
-         "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
-                  "storageClassName": "manual", "hostPath": {"path": "/tmp/rlhf-storage"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "rlhf-storage", "namespace": NS},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual",
-                  "resources": {"requests": {"storage": "10Gi"}}}},
-    ])
-    eventually(lambda: (cluster.get("pvc", "rlhf-storage", NS) or {}).get("status", {}).get("phase") == "Bound",
-               timeout=60, what="the PVC to bind")
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": NS,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            },
+        }
+    )
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": "rlhf-storage"},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "manual",
+                    "hostPath": {"path": "/tmp/rlhf-storage"},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "rlhf-storage", "namespace": NS},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "manual",
+                    "resources": {"requests": {"storage": "10Gi"}},
+                },
+            },
+        ]
+    )
+    eventually(
+        lambda: (cluster.get("pvc", "rlhf-storage", NS) or {}).get("status", {}).get("phase") == "Bound",
+        timeout=60,
+        what="the PVC to bind",
+    )
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     from k8s_tools import ensure_tools
 
-    proc = subprocess.run([str(ensure_tools().helm), f"--kubeconfig={cluster.admin_kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(ensure_tools().helm), f"--kubeconfig={cluster.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
     return proc
@@ -87,10 +125,25 @@ class OperatorProcess:
         handle = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "rlhf_operator.cli", "run", "--config", str(self.config),
-             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
-             "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"],
-            stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                PYTHON,
+                "-m",
+                "rlhf_operator.cli",
+                "run",
+                "--config",
+                str(self.config),
+                "--liveness",
+                f"http://127.0.0.1:{self.health_port}/healthz",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--metrics-address",
+                "127.0.0.1",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         handle.close()
 
     def stop(self) -> None:
@@ -113,14 +166,28 @@ class OperatorProcess:
 def install_chart(cluster: Cluster, *extra: str) -> None:
     """helm install the chart into rlhf-system (it installs the CRD from its crds/), with the
     tier's pools (tests/cluster/values.yaml)."""
-    helm(cluster, "install", RELEASE, str(ROOT / "charts" / "rlhf-operator"), "-n", SYSTEM_NS,
-         "--create-namespace", "--wait=false", "-f", str(Path(__file__).with_name("values.yaml")), *extra)
+    helm(
+        cluster,
+        "install",
+        RELEASE,
+        str(ROOT / "charts" / "rlhf-operator"),
+        "-n",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--wait=false",
+        "-f",
+        str(Path(__file__).with_name("values.yaml")),
+        *extra,
+    )
 
 
 def chart_operator(cluster: Cluster) -> OperatorProcess:
     """The operator with the installed chart's configuration and ServiceAccount."""
-    configmap = eventually(lambda: cluster.get("configmap", f"{RELEASE}-rlhf-operator-config", SYSTEM_NS),
-                           timeout=30, what="the chart's ConfigMap")
+    configmap = eventually(
+        lambda: cluster.get("configmap", f"{RELEASE}-rlhf-operator-config", SYSTEM_NS),
+        timeout=30,
+        what="the chart's ConfigMap",
+    )
     config = cluster.folder / "operator-config.yaml"
     config.write_text(configmap["data"]["config.yaml"])
     token = cluster.token(SYSTEM_NS, f"{RELEASE}-rlhf-operator")

@@ -64,8 +64,10 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 3600) -> str:
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise BuildError(f"`{' '.join(cmd)}` in {cwd} failed (exit {proc.returncode}) after "
-                         f"{time.monotonic() - started:.0f}s:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise BuildError(
+            f"`{' '.join(cmd)}` in {cwd} failed (exit {proc.returncode}) after "
+            f"{time.monotonic() - started:.0f}s:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc.stdout
 
 
@@ -87,8 +89,9 @@ def _fetch_go_mod(module: str, version: str) -> str:
 
 
 def local_go_version() -> tuple[int, ...]:
-    text = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, env=_go_env(),
-                          check=True).stdout.strip()
+    text = subprocess.run(
+        ["go", "env", "GOVERSION"], capture_output=True, text=True, env=_go_env(), check=True
+    ).stdout.strip()
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
 
 
@@ -98,8 +101,10 @@ def _check_go_line(go_mod: str, what: str) -> str:
         raise BuildError(f"{what}: go.mod has no go line")
     wanted = tuple(int(x) for x in re.findall(r"\d+", match.group(1))[:3])
     if wanted > local_go_version():
-        raise BuildError(f"{what} needs Go {match.group(1)}; this machine has "
-                         f"{'.'.join(map(str, local_go_version()))} (GOTOOLCHAIN=local on purpose)")
+        raise BuildError(
+            f"{what} needs Go {match.group(1)}; this machine has "
+            f"{'.'.join(map(str, local_go_version()))} (GOTOOLCHAIN=local on purpose)"
+        )
     return match.group(1)
 
 
@@ -115,12 +120,23 @@ class Built:
 
 def _stamped(folder: Path, key: str, binaries: tuple[str, ...]) -> bool:
     stamp = folder / ".built"
-    return (stamp.is_file() and stamp.read_text().strip() == key
-            and all(os.access(folder / b, os.X_OK) for b in binaries))
+    return (
+        stamp.is_file()
+        and stamp.read_text().strip() == key
+        and all(os.access(folder / b, os.X_OK) for b in binaries)
+    )
 
 
-def _build_module(folder: Path, key: str, go_mod: str, main_imports: list[str], packages: list[str],
-                  binaries: tuple[str, ...], ldflags: str = "", main_go: str | None = None) -> Built:
+def _build_module(
+    folder: Path,
+    key: str,
+    go_mod: str,
+    main_imports: list[str],
+    packages: list[str],
+    binaries: tuple[str, ...],
+    ldflags: str = "",
+    main_go: str | None = None,
+) -> Built:
     """Build ``packages`` of a wrapper module (``go_mod``) into ``folder``, atomically. The wrapper's
     own ``main.go`` imports ``main_imports`` (so that ``go mod tidy`` keeps them), or is ``main_go``."""
     if _stamped(folder, key, binaries):
@@ -134,8 +150,19 @@ def _build_module(folder: Path, key: str, go_mod: str, main_imports: list[str], 
         _run(["go", "mod", "tidy"], work)
         out = work / "bin"
         out.mkdir()
-        _run(["go", "build", "-trimpath", "-ldflags", f"-s -w {ldflags}".strip(), "-o", str(out) + "/",
-              *packages], work)
+        _run(
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                f"-s -w {ldflags}".strip(),
+                "-o",
+                str(out) + "/",
+                *packages,
+            ],
+            work,
+        )
         for name in binaries:
             if not (out / name).is_file():
                 raise BuildError(f"go build made no {name} in {out}")
@@ -161,15 +188,22 @@ def kubernetes(version: str) -> Built:
     if not staging:
         raise BuildError(f"k8s.io/kubernetes v{version}: no staging replace lines in its go.mod")
     replaces = "\n".join(f"\t{m} => {m} v0.{minor}.{patch}" for m in staging)
-    go_mod = (f"module rlhf-operator.test/kubernetes\n\ngo {go_line}\n\n"
-              f"require k8s.io/kubernetes v{version}\n\nreplace (\n{replaces}\n)\n")
+    go_mod = (
+        f"module rlhf-operator.test/kubernetes\n\ngo {go_line}\n\n"
+        f"require k8s.io/kubernetes v{version}\n\nreplace (\n{replaces}\n)\n"
+    )
     version_vars = []
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        version_vars += [f"-X {pkg}.gitVersion=v{version}", f"-X {pkg}.gitMajor={major}",
-                         f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
+        version_vars += [
+            f"-X {pkg}.gitVersion=v{version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
     cmds = [f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES]
-    return _build_module(folder, version, go_mod, [f"{c}/app" for c in cmds], cmds, KUBE_BINARIES,
-                         " ".join(version_vars))
+    return _build_module(
+        folder, version, go_mod, [f"{c}/app" for c in cmds], cmds, KUBE_BINARIES, " ".join(version_vars)
+    )
 
 
 def _single(module: str, version: str, package: str, binary: str) -> Built:
@@ -191,8 +225,12 @@ def _importable(module: str, package: str) -> str:
 
 def mpi_operator() -> Built:
     """The Kubeflow MPI operator binary."""
-    return _single("github.com/kubeflow/mpi-operator", MPI_OPERATOR_VERSION,
-                   "github.com/kubeflow/mpi-operator/cmd/mpi-operator", "mpi-operator")
+    return _single(
+        "github.com/kubeflow/mpi-operator",
+        MPI_OPERATOR_VERSION,
+        "github.com/kubeflow/mpi-operator/cmd/mpi-operator",
+        "mpi-operator",
+    )
 
 
 def mpijob_crd() -> Path:
@@ -250,15 +288,21 @@ def etcd() -> Path:
     module = "go.etcd.io/etcd/server/v3"
     go_line = _check_go_line(_fetch_go_mod(module, ETCD_VERSION), f"{module} {ETCD_VERSION}")
     go_mod = f"module etcd\n\ngo {go_line}\n\nrequire {module} {ETCD_VERSION}\n"
-    main_go = ('package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
-               "func main() { etcdmain.Main(os.Args) }\n")
+    main_go = (
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n"
+    )
     return _build_module(folder, ETCD_VERSION, go_mod, [], ["."], ("etcd",), main_go=main_go) / "etcd"
 
 
 def main(argv: list[str]) -> int:
     versions = argv or list(KUBERNETES_VERSIONS)
-    for step, build in [*((f"kubernetes {v}", lambda v=v: kubernetes(v)) for v in versions),
-                        ("mpi-operator", mpi_operator), ("kwok", kwok), ("etcd", etcd)]:
+    for step, build in [
+        *((f"kubernetes {v}", lambda v=v: kubernetes(v)) for v in versions),
+        ("mpi-operator", mpi_operator),
+        ("kwok", kwok),
+        ("etcd", etcd),
+    ]:
         started = time.monotonic()
         built = build()
         print(f"{step}: {getattr(built, 'folder', built)} ({time.monotonic() - started:.0f}s)", flush=True)

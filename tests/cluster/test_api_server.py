@@ -29,7 +29,9 @@ def crd_installed(k8s: Cluster) -> Cluster:
 def server_dry_run(cluster: Cluster, manifest: dict) -> tuple[bool, str]:
     doc = copy.deepcopy(manifest)
     doc.setdefault("metadata", {})["namespace"] = NS
-    proc = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(doc), check=False)
+    proc = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(doc), check=False
+    )
     return proc.returncode == 0, proc.stderr + proc.stdout
 
 
@@ -75,8 +77,9 @@ def test_examples_are_created_for_real(crd_installed: Cluster):
     crd_installed.kubectl("delete", "namespace", "examples", "--wait=false")
 
 
-@pytest.mark.parametrize("mutate, field, words, enforced", [i[1:] for i in test_crd.INVALID],
-                         ids=[i[0] for i in test_crd.INVALID])
+@pytest.mark.parametrize(
+    "mutate, field, words, enforced", [i[1:] for i in test_crd.INVALID], ids=[i[0] for i in test_crd.INVALID]
+)
 def test_the_api_server_refuses_what_validate_refuses(crd_installed: Cluster, mutate, field, words, enforced):
     """Every invalid manifest of the CRD unit tests: refused by the real API server exactly when
     the table says the schema or a CEL rule enforces it (the rest is admission's: the operator

@@ -29,8 +29,16 @@ def test_installing_over_an_existing_crd_as_the_readme_says(bare: Cluster):
     older = yaml.safe_load((ROOT / "crds" / "rlhfrun.yaml").read_text())
     older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["description"] = "older"
     bare.apply(older)
-    plain = helm(bare, "install", RELEASE, str(ROOT / "charts" / "rlhf-operator"), "-n", SYSTEM_NS,
-                 "--create-namespace", check=False)
+    plain = helm(
+        bare,
+        "install",
+        RELEASE,
+        str(ROOT / "charts" / "rlhf-operator"),
+        "-n",
+        SYSTEM_NS,
+        "--create-namespace",
+        check=False,
+    )
     assert plain.returncode != 0 and "conflict" in plain.stderr, plain.stderr  # what the README warns of
     helm(bare, "uninstall", RELEASE, "-n", SYSTEM_NS, check=False)
     bare.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "rlhfrun.yaml"))
@@ -41,12 +49,33 @@ def test_installing_over_an_existing_crd_as_the_readme_says(bare: Cluster):
 
 
 def test_a_namespaced_install_needs_its_namespaces(bare: Cluster):
-    missing = helm(bare, "install", "tenant", str(ROOT / "charts" / "rlhf-operator"), "-n", "tenant-system",
-                   "--create-namespace", "--skip-crds", "--set", "watchNamespaces={no-such-ns}", check=False)
+    missing = helm(
+        bare,
+        "install",
+        "tenant",
+        str(ROOT / "charts" / "rlhf-operator"),
+        "-n",
+        "tenant-system",
+        "--create-namespace",
+        "--skip-crds",
+        "--set",
+        "watchNamespaces={no-such-ns}",
+        check=False,
+    )
     assert missing.returncode != 0
     assert "no-such-ns" in missing.stderr and "does not exist" in missing.stderr, missing.stderr
-    helm(bare, "install", "tenant", str(ROOT / "charts" / "rlhf-operator"), "-n", "tenant-system",
-         "--create-namespace", "--skip-crds", "--set", f"watchNamespaces={{{NS}}}")
+    helm(
+        bare,
+        "install",
+        "tenant",
+        str(ROOT / "charts" / "rlhf-operator"),
+        "-n",
+        "tenant-system",
+        "--create-namespace",
+        "--skip-crds",
+        "--set",
+        f"watchNamespaces={{{NS}}}",
+    )
     role = bare.get("role", "tenant-rlhf-operator", NS)
     assert role is not None and bare.get("clusterrole", "tenant-rlhf-operator") is None
     helm(bare, "uninstall", "tenant", "-n", "tenant-system")
@@ -62,8 +91,16 @@ def test_without_the_mpi_operator_the_run_says_so(bare: Cluster):
             script.set("lonely", "prepare", Exit(0))
             bare.apply(manifest("lonely"))
             status = eventually(
-                lambda: (st := run_status(bare, "lonely")) and "MPI Operator" in condition(st, "SFTSucceeded").get("message", "") and st,
-                timeout=120, what=lambda: f"SFT to say the MPI operator is missing: {run_status(bare, 'lonely')}\n{op.tail()}")
+                lambda: (
+                    (st := run_status(bare, "lonely"))
+                    and "MPI Operator" in condition(st, "SFTSucceeded").get("message", "")
+                    and st
+                ),
+                timeout=120,
+                what=lambda: (
+                    f"SFT to say the MPI operator is missing: {run_status(bare, 'lonely')}\n{op.tail()}"
+                ),
+            )
             assert condition(status, "SFTSucceeded")["reason"] == "CreateFailed"
             assert status["phase"] == "Running"  # the platform team may still install it
     finally:

@@ -13,14 +13,22 @@ from rlhf_operator import names
 from rlhf.api import MAX_NAME_LENGTH, STAGE_NAMES
 
 #: The suffix constants in mpi_job_controller.go and what kind each names.
-SOURCE_SUFFIXES = {"configSuffix": "ConfigMap", "sshAuthSecretSuffix": "Secret", "launcherSuffix": "Job",
-                   "workerSuffix": "Service"}
+SOURCE_SUFFIXES = {
+    "configSuffix": "ConfigMap",
+    "sshAuthSecretSuffix": "Secret",
+    "launcherSuffix": "Job",
+    "workerSuffix": "Service",
+}
 
 
 @pytest.fixture(scope="module")
 def mpi_suffixes() -> dict[str, str]:
-    source = (components._module_dir("github.com/kubeflow/mpi-operator", components.MPI_OPERATOR_VERSION)
-              / "pkg" / "controller" / "mpi_job_controller.go").read_text()
+    source = (
+        components._module_dir("github.com/kubeflow/mpi-operator", components.MPI_OPERATOR_VERSION)
+        / "pkg"
+        / "controller"
+        / "mpi_job_controller.go"
+    ).read_text()
     found = dict(re.findall(r'^\s*(\w+Suffix)\s*=\s*"([^"]*)"', source, re.M))
     return {name: found[name] for name in SOURCE_SUFFIXES}
 
@@ -49,13 +57,26 @@ def objects_of(run: str) -> list[tuple[str, str]]:
 def _same(a: str, b: str) -> bool:
     """Whether two name patterns can name the same object (``*``: 5 random characters of the Job
     controller's alphabet, ``#``: a worker index)."""
+
     def regex(pattern: str) -> str:
-        return re.escape(pattern).replace(r"\*", "[bcdfghjklmnpqrstvwxz2456789]{5}").replace("\\#", "[0-9]{1,4}")
+        return (
+            re.escape(pattern).replace(r"\*", "[bcdfghjklmnpqrstvwxz2456789]{5}").replace("\\#", "[0-9]{1,4}")
+        )
+
     return bool(re.fullmatch(regex(a), b.replace("*", "bbbbb").replace("#", "0"))) or a == b
 
 
 #: Run names that share prefixes with each other's children.
-TRICKY = ["a", "a-sft", "a-sft-trainer", "a-prepare", "a-run", "a-sft-launcher", "a-reward-worker", "a-ppo-config"]
+TRICKY = [
+    "a",
+    "a-sft",
+    "a-sft-trainer",
+    "a-prepare",
+    "a-run",
+    "a-sft-launcher",
+    "a-reward-worker",
+    "a-ppo-config",
+]
 
 
 def test_no_two_runs_objects_share_a_name():

@@ -30,10 +30,15 @@ NS = "team-a"
 T = TypeVar("T")
 #: The platform team's pool that examples/multi-tenant-kueue.yaml (the runs of these tests) names.
 TEAM_POOL = {
-    "name": "team-a-gpus", "accelerator": "nvidia", "devicesPerNode": 8, "namespaces": [NS],
+    "name": "team-a-gpus",
+    "accelerator": "nvidia",
+    "devicesPerNode": 8,
+    "namespaces": [NS],
     "nodeSelector": {"node.kubernetes.io/pool": "team-a-gpu"},
-    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                    {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"}],
+    "tolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"},
+    ],
     "allowedPriorityClasses": ["ml-batch-low"],
 }
 
@@ -90,8 +95,17 @@ class OperatorThread:
             settings.networking.request_timeout = 10
 
         try:
-            asyncio.run(operator(self.config, Connection(server=self.url), metrics=self.metrics,
-                                 liveness=self.liveness, stop_flag=self._stop, ready_flag=self._ready, tune=tune))
+            asyncio.run(
+                operator(
+                    self.config,
+                    Connection(server=self.url),
+                    metrics=self.metrics,
+                    liveness=self.liveness,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                    tune=tune,
+                )
+            )
         except BaseException as e:  # surfaced by stop()
             self.error = e
 
@@ -166,22 +180,46 @@ class Cluster:
 
     # -- writing, as the MPI operator, the Job controller and the kubelet ----------------------
 
-    async def set_job_conditions(self, resource: kube.Resource, name: str, *types: str,
-                                 status_extra: dict[str, Any] | None = None, message: str = "") -> None:
-        conditions = [{"type": t, "status": "True", "reason": t, "message": message or t,
-                       "lastTransitionTime": "2026-01-01T00:00:00Z"} for t in types]
+    async def set_job_conditions(
+        self,
+        resource: kube.Resource,
+        name: str,
+        *types: str,
+        status_extra: dict[str, Any] | None = None,
+        message: str = "",
+    ) -> None:
+        conditions = [
+            {
+                "type": t,
+                "status": "True",
+                "reason": t,
+                "message": message or t,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+            for t in types
+        ]
         status: dict[str, Any] = {"conditions": conditions, **(status_extra or {})}
         assert await self.api.patch(resource, NS, name, {"status": status}, subresource="status") is not None
 
-    async def add_pod(self, name: str, labels: dict[str, str], container: str, message: dict[str, Any],
-                      exit_code: int) -> None:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
-               "spec": {"containers": [{"name": container, "image": "x"}]}}
+    async def add_pod(
+        self, name: str, labels: dict[str, str], container: str, message: dict[str, Any], exit_code: int
+    ) -> None:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": container, "image": "x"}]},
+        }
         await self.api.create(kube.PODS, NS, pod)
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "message": json.dumps(message)}
-        status = {"phase": "Succeeded" if exit_code == 0 else "Failed",
-                  "containerStatuses": [{"name": container, "state": {"terminated": terminated}}]}
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": json.dumps(message),
+        }
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [{"name": container, "state": {"terminated": terminated}}],
+        }
         assert await self.api.patch(kube.PODS, NS, name, {"status": status}, subresource="status")
 
     async def finish_prepare(self, run: str = "demo") -> None:
@@ -189,22 +227,44 @@ class Cluster:
         await self.set_job_conditions(kube.JOBS, f"{run}-prepare", "Complete", status_extra={"succeeded": 1})
 
     async def run_stage(self, run: str, stage: str) -> None:
-        await self.set_job_conditions(kube.MPIJOBS, f"{run}-{stage}", "Created", "Running",
-                                      status_extra={"startTime": "2026-01-01T00:00:00Z"})
+        await self.set_job_conditions(
+            kube.MPIJOBS,
+            f"{run}-{stage}",
+            "Created",
+            "Running",
+            status_extra={"startTime": "2026-01-01T00:00:00Z"},
+        )
 
-    async def finish_stage(self, run: str, stage: str, ok: bool = True, attempt: int = 1,
-                           metrics: dict[str, float] | None = None, reason: str = "") -> None:
+    async def finish_stage(
+        self,
+        run: str,
+        stage: str,
+        ok: bool = True,
+        attempt: int = 1,
+        metrics: dict[str, float] | None = None,
+        reason: str = "",
+    ) -> None:
         job = f"{run}-{stage}"
         labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/job-role": "launcher"}
         if ok:
-            message: dict[str, Any] = {"stage": stage, "status": "completed", "global_step": 10,
-                                       "metrics": metrics or {}, "model_dir": f"/mnt/rlhf/{stage}/model"}
+            message: dict[str, Any] = {
+                "stage": stage,
+                "status": "completed",
+                "global_step": 10,
+                "metrics": metrics or {},
+                "model_dir": f"/mnt/rlhf/{stage}/model",
+            }
         else:
             message = {"status": "failed", "reason": reason or "exit code 1", "log_tail": ["boom"]}
         await self.add_pod(f"{job}-launcher-a{attempt}", labels, "launcher", message, 0 if ok else 1)
-        await self.set_job_conditions(kube.MPIJOBS, job, "Created", "Running", "Succeeded" if ok else "Failed",
-                                      status_extra={"startTime": "2026-01-01T00:00:00Z",
-                                                    "completionTime": "2026-01-01T01:00:00Z"})
+        await self.set_job_conditions(
+            kube.MPIJOBS,
+            job,
+            "Created",
+            "Running",
+            "Succeeded" if ok else "Failed",
+            status_extra={"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T01:00:00Z"},
+        )
 
 
 def free_port() -> int:
@@ -214,8 +274,9 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def cluster(config: OperatorConfig | None = None, start: bool = True, liveness: str | None = None
-                  ) -> AsyncIterator[tuple[Cluster, OperatorThread | None]]:
+async def cluster(
+    config: OperatorConfig | None = None, start: bool = True, liveness: str | None = None
+) -> AsyncIterator[tuple[Cluster, OperatorThread | None]]:
     """An emulated cluster and (unless ``start`` is False) a running operator."""
     config = config or operator_config(resyncSeconds=30)
     async with RealisticKubernetes() as emulator, kmock.Server(emulator) as server:

@@ -149,7 +149,10 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         for path, kind, namespaced, status in RESOURCES:
             res = kmock.resource(path)
             self.resources[res] = kmock.ResourceInfo(
-                kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=VERBS,
+                kind=kind,
+                singular=kind.lower(),
+                namespaced=namespaced,
+                verbs=VERBS,
                 subresources={"status"} if status else set(),
             )
             self._kinds[res] = (kind, namespaced, status)
@@ -163,10 +166,17 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         # the operator may not list them (Kopf then assumes its configured namespaces exist).
         if raw_request.path.rstrip("/") == "/api/v1/namespaces":
             await raw_request.read()
-            return aiohttp.web.json_response({
-                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
-                "message": 'namespaces is forbidden: cannot list resource "namespaces" at the cluster scope',
-            }, status=403)
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": 'namespaces is forbidden: cannot list resource "namespaces" at the cluster scope',
+                },
+                status=403,
+            )
         return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -175,8 +185,13 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
 
     def _info(self, request: rendering.Request) -> tuple[Any, str, bool]:
         wanted = request.resource
-        res = self._by_gvp.get((getattr(wanted, "group", None), getattr(wanted, "version", None),
-                                getattr(wanted, "plural", None)))
+        res = self._by_gvp.get(
+            (
+                getattr(wanted, "group", None),
+                getattr(wanted, "version", None),
+                getattr(wanted, "plural", None),
+            )
+        )
         if res is not None:
             kind, _, status = self._kinds[res]
             return res, kind, status
@@ -211,8 +226,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             self._logs.setdefault(res, []).append((self._rv, event))
             self._changed.notify_all()
 
-    def _objects_of(self, res: Any, namespace: str | None, reqs: list[Any] | None = None,
-                    name: str | None = None) -> list[Json]:
+    def _objects_of(
+        self, res: Any, namespace: str | None, reqs: list[Any] | None = None, name: str | None = None
+    ) -> list[Json]:
         """Copies of the live objects of ``res`` in ``namespace`` (None: all) that match ``reqs``
         (and ``name``), in the order they first appeared."""
         out = []
@@ -221,7 +237,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             if namespace is not None and ns != namespace or key not in self._objects:
                 continue
             obj = self._objects[key]
-            if not obj.deleted and (not reqs and name is None or self._visible(obj.raw, None, reqs or [], name)):
+            if not obj.deleted and (
+                not reqs and name is None or self._visible(obj.raw, None, reqs or [], name)
+            ):
                 out.append(copy.deepcopy(obj.raw))
         return out
 
@@ -240,8 +258,12 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         res, kind, _ = self._info(request)
         obj = self._live((res, request.namespace, request.name))
         if obj is None:
-            raise _status(404, "NotFound", f'{kind.lower()} "{request.name}" not found',
-                          {"name": request.name, "kind": kind})
+            raise _status(
+                404,
+                "NotFound",
+                f'{kind.lower()} "{request.name}" not found',
+                {"name": request.name, "kind": kind},
+            )
         return obj
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
@@ -250,8 +272,12 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         async with self._lock:
             items = self._objects_of(res, request.namespace, reqs)
             rv = self._rv
-        return {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": str(rv)},
-                "items": items}
+        return {
+            "apiVersion": "v1",
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(rv)},
+            "items": items,
+        }
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         res, kind, has_status = self._info(request)
@@ -268,17 +294,24 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         key = (res, namespace, meta["name"])
         async with self._lock:
             if self._live(key) is not None:
-                raise _status(409, "AlreadyExists", f'{kind.lower()} "{meta["name"]}" already exists',
-                              {"name": meta["name"], "kind": kind})
-            meta.update(namespace=namespace, uid=str(uuid.uuid4()), generation=1,
-                        creationTimestamp=now_rfc3339())
+                raise _status(
+                    409,
+                    "AlreadyExists",
+                    f'{kind.lower()} "{meta["name"]}" already exists',
+                    {"name": meta["name"], "kind": kind},
+                )
+            meta.update(
+                namespace=namespace, uid=str(uuid.uuid4()), generation=1, creationTimestamp=now_rfc3339()
+            )
             if has_status:
                 body.pop("status", None)
             await self._record(res, key, "ADDED", body)
             created = self._live(key)
             owners = [ref.get("uid") for ref in meta.get("ownerReferences") or []]
             if owners and not any(uid in self._uids for uid in owners):
-                task = asyncio.get_running_loop().create_task(self._collect_orphan(res, key, created["metadata"]["uid"]))
+                task = asyncio.get_running_loop().create_task(
+                    self._collect_orphan(res, key, created["metadata"]["uid"])
+                )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         return rendering.Response(status=201, payload=created)
@@ -316,7 +349,8 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             if new != old:
                 strip = ("metadata", "status") if has_status else ("metadata",)
                 if {k: v for k, v in new.items() if k not in strip} != {
-                        k: v for k, v in old.items() if k not in strip}:
+                    k: v for k, v in old.items() if k not in strip
+                }:
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
                 meta = new["metadata"]
                 if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -373,7 +407,10 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         yield b""  # start streaming at once
         async with self._lock:
             if since == "0":
-                initial = [{"type": "ADDED", "object": o} for o in self._objects_of(res, request.namespace, reqs, name)]
+                initial = [
+                    {"type": "ADDED", "object": o}
+                    for o in self._objects_of(res, request.namespace, reqs, name)
+                ]
                 cursor = self._rv
             else:
                 initial, cursor = [], int(since)
@@ -384,7 +421,7 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         while True:
             async with self._changed:
                 log = self._logs.get(res, [])
-                pending = log[bisect.bisect_right(log, cursor, key=lambda entry: entry[0]):]
+                pending = log[bisect.bisect_right(log, cursor, key=lambda entry: entry[0]) :]
                 if not pending:
                     remaining = None if deadline is None else deadline - loop.time()
                     if remaining is not None and remaining <= 0:

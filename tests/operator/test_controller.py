@@ -48,8 +48,13 @@ async def test_resync_reconciles_every_run_and_writes_status_only_on_change():
 def pod_lists(c) -> int:
     """LISTs of finished steps' pods (by job-name or launcher selector), not the diagnosis of
     pending steps (by run and stage labels)."""
-    return sum(1 for r in c.emulator if r.method == "GET" and str(r.url.path) == f"/api/v1/namespaces/{NS}/pods"
-               and "rlhf.dev/run" not in (r.params.get("labelSelector") or ""))
+    return sum(
+        1
+        for r in c.emulator
+        if r.method == "GET"
+        and str(r.url.path) == f"/api/v1/namespaces/{NS}/pods"
+        and "rlhf.dev/run" not in (r.params.get("labelSelector") or "")
+    )
 
 
 @pytest.mark.asyncio
@@ -60,8 +65,13 @@ async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory()
         await controller.resync([NS])
         await c.finish_prepare("one")
         await c.set_job_conditions(kube.JOBS, "two-prepare", "Failed", message="pod failed")
-        await c.add_pod("two-prepare-x", {"job-name": "two-prepare"}, "prepare",
-                        {"status": "failed", "reason": "no space left on device"}, 1)
+        await c.add_pod(
+            "two-prepare-x",
+            {"job-name": "two-prepare"},
+            "prepare",
+            {"status": "failed", "reason": "no space left on device"},
+            1,
+        )
         await controller.resync([NS])
         assert await c.mpijob("one-sft") and await c.mpijob("one-reward")
         assert pod_lists(c) == 1  # the failed prepare Job's pod; a succeeded one says nothing new
@@ -82,7 +92,9 @@ async def test_finished_steps_pods_are_read_once_then_the_status_is_the_memory()
         assert pod_lists(c) == 4 and status_writes(c) == writes  # recorded: no reads, no writes
         body = await c.run("one")
         assert body["status"]["phase"] == "Succeeded"
-        assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [{"eval/reward": 2.0}]
+        assert [s["metrics"] for s in body["status"]["stages"]] == [{"eval/x": 1.0}] * 2 + [
+            {"eval/reward": 2.0}
+        ]
         assert await c.condition("two", "Prepared") == failed
 
 
@@ -135,6 +147,10 @@ async def test_event_driven_reconciles_in_flight_are_bounded():
 def test_child_names_fit_kubernetes_limits():
     run = "r" * MAX_NAME_LENGTH
     for step in names.steps(graph.DEFAULT_PIPELINE):
-        for name in (names.job_name(run, step), names.config_map_name(run, step),
-                     names.job_name(run, step) + "-launcher", names.job_name(run, step) + "-worker-9999"):
+        for name in (
+            names.job_name(run, step),
+            names.config_map_name(run, step),
+            names.job_name(run, step) + "-launcher",
+            names.job_name(run, step) + "-worker-9999",
+        ):
             assert len(name) <= 63, name

@@ -23,11 +23,14 @@ async def test_create_get_patch_status_and_conflicts():
         assert run["metadata"]["generation"] == 1 and run["metadata"]["uid"] and "status" not in run
         assert (await http.post(RUNS, json={"metadata": {"name": "r"}})).status == 409
         merge = {"Content-Type": "application/merge-patch+json"}
-        rsp = await http.patch(f"{RUNS}/r", data=json.dumps({"spec": {"a": 2}, "status": {"x": 2}}), headers=merge)
+        rsp = await http.patch(
+            f"{RUNS}/r", data=json.dumps({"spec": {"a": 2}, "status": {"x": 2}}), headers=merge
+        )
         run2 = await rsp.json()
         assert run2["spec"] == {"a": 2} and "status" not in run2 and run2["metadata"]["generation"] == 2
-        rsp = await http.patch(f"{RUNS}/r/status", data=json.dumps({"status": {"x": 3}, "spec": {"a": 9}}),
-                               headers=merge)
+        rsp = await http.patch(
+            f"{RUNS}/r/status", data=json.dumps({"status": {"x": 3}, "spec": {"a": 9}}), headers=merge
+        )
         run3 = await rsp.json()
         assert run3["status"] == {"x": 3} and run3["spec"] == {"a": 2} and run3["metadata"]["generation"] == 2
         rv = run3["metadata"]["resourceVersion"]
@@ -46,7 +49,12 @@ async def test_watch_from_a_resource_version_and_label_selectors():
         rv = listing["metadata"]["resourceVersion"]
         await http.post(CMS, json={"metadata": {"name": "b", "labels": {"app": "y"}}})
         await http.post(CMS, json={"metadata": {"name": "c", "labels": {"app": "x"}}})
-        params = {"watch": "true", "resourceVersion": rv, "labelSelector": "app in (x)", "timeoutSeconds": "1"}
+        params = {
+            "watch": "true",
+            "resourceVersion": rv,
+            "labelSelector": "app in (x)",
+            "timeoutSeconds": "1",
+        }
         async with http.get(CMS, params=params) as rsp:
             lines = [json.loads(line) for line in (await rsp.text()).splitlines() if line.strip()]
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in lines] == [("ADDED", "c")]
@@ -57,8 +65,13 @@ async def test_deleting_an_owner_deletes_its_dependents_and_preconditions_hold()
     async with RealisticKubernetes() as emu, kmock.Server(emu) as srv:
         http = srv.client
         run = await (await http.post(RUNS, json={"metadata": {"name": "r"}})).json()
-        ref = {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "name": "r", "uid": run["metadata"]["uid"],
-               "controller": True}
+        ref = {
+            "apiVersion": "rlhf.dev/v1alpha1",
+            "kind": "RLHFRun",
+            "name": "r",
+            "uid": run["metadata"]["uid"],
+            "controller": True,
+        }
         await http.post(CMS, json={"metadata": {"name": "child", "ownerReferences": [ref]}})
         await http.post(CMS, json={"metadata": {"name": "other"}})
         wrong = await http.delete(f"{RUNS}/r", json={"preconditions": {"uid": "nope"}})

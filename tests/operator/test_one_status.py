@@ -28,7 +28,11 @@ FAILURE = [
     ("done", {"sft": "running", "reward": "running"}),
     ("done", {"sft": "running", "reward": "failed"}),
 ]
-METRICS = {"sft": {"eval/perplexity": 3.5}, "reward": {"eval/accuracy": 0.75}, "ppo": {"eval/reward_mean": 1.5}}
+METRICS = {
+    "sft": {"eval/perplexity": 3.5},
+    "reward": {"eval/accuracy": 0.75},
+    "ppo": {"eval/reward_mean": 1.5},
+}
 
 
 def operator_statuses(events: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
@@ -37,13 +41,23 @@ def operator_statuses(events: list[tuple[str, dict[str, str]]]) -> list[dict[str
     out = []
     for i, (prepare, stages) in enumerate(events):
         conds = {"prepare": ["Complete"] if prepare == "done" else []}
-        conds |= {s: {"running": ["Created", "Running"], "done": ["Succeeded"], "failed": ["Failed"]}[st]
-                  for s, st in stages.items()}
+        conds |= {
+            s: {"running": ["Created", "Running"], "done": ["Succeeded"], "failed": ["Failed"]}[st]
+            for s, st in stages.items()
+        }
         objects = observed(data, conds)
         if prepare == "running":
             objects[("Job", "demo-prepare")]["status"] = {"active": 1, "ready": 1}
-        pods = {s: launcher({"status": "completed", "metrics": METRICS[s]}) for s, st in stages.items() if st == "done"}
-        pods |= {s: launcher({"status": "failed", "reason": "bad data"}) for s, st in stages.items() if st == "failed"}
+        pods = {
+            s: launcher({"status": "completed", "metrics": METRICS[s]})
+            for s, st in stages.items()
+            if st == "done"
+        }
+        pods |= {
+            s: launcher({"status": "failed", "reason": "bad data"})
+            for s, st in stages.items()
+            if st == "failed"
+        }
         _, data = step(data, objects, pods, now=T0 + timedelta(minutes=i))
         out.append(data["status"])
     return out
@@ -66,9 +80,14 @@ def runner_statuses(events: list[tuple[str, dict[str, str]]], tmp: Path) -> list
                 for other in results.values():
                     if other.state == RUNNING:
                         other.state, other.note = STOPPED, f"{s} failed"
-        phase = "Failed" if failure else ("Succeeded" if all(r.state == DONE for r in results.values()) else "Running")
-        writer.write(list(results.values()), phase, failure,
-                     prepare=(RUNNING if prepare == "running" else DONE, ""))
+        phase = (
+            "Failed"
+            if failure
+            else ("Succeeded" if all(r.state == DONE for r in results.values()) else "Running")
+        )
+        writer.write(
+            list(results.values()), phase, failure, prepare=(RUNNING if prepare == "running" else DONE, "")
+        )
         out.append(yaml.safe_load((tmp / "status.yaml").read_text()))
     return out
 
@@ -79,7 +98,10 @@ def shape(status: dict[str, Any]) -> dict[str, Any]:
         "phase": status["phase"],
         "stage": status.get("stage"),
         "conditions": {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]},
-        "stages": [(s["name"], s["state"], s.get("retries", 0), s.get("metrics") or {}) for s in status.get("stages", [])],
+        "stages": [
+            (s["name"], s["state"], s.get("retries", 0), s.get("metrics") or {})
+            for s in status.get("stages", [])
+        ],
     }
 
 

@@ -18,9 +18,11 @@ from rlhf.cli import main as rlhf_main
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The pool examples/multi-tenant-kueue.yaml names, as a platform team would define it.
-TEAM_POOL = ("- {name: team-a-gpus, accelerator: nvidia, devicesPerNode: %d, namespaces: [team-a],\n"
-             "   nodeSelector: {node.kubernetes.io/pool: team-a-gpu}, allowedPriorityClasses: [ml-batch-low],\n"
-             "   tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]}\n")
+TEAM_POOL = (
+    "- {name: team-a-gpus, accelerator: nvidia, devicesPerNode: %d, namespaces: [team-a],\n"
+    "   nodeSelector: {node.kubernetes.io/pool: team-a-gpu}, allowedPriorityClasses: [ml-batch-low],\n"
+    "   tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]}\n"
+)
 
 
 def test_render_prints_exactly_the_children(capsys, tmp_path):
@@ -44,24 +46,28 @@ def test_render_refuses_an_invalid_run_with_the_admission_message(capsys, tmp_pa
     with pytest.raises(AdmissionError) as info:
         admit(read_manifest(path), load_config(config), source=str(path))
     assert err.strip() == f"error: {info.value}"
-    assert "spec.stages.sft.devicesPerNode: 4 is more than the 2 devices per node of pool \"team-a-gpus\"" in err
+    assert (
+        'spec.stages.sft.devicesPerNode: 4 is more than the 2 devices per node of pool "team-a-gpus"' in err
+    )
 
 
 def test_render_refuses_gaudi_until_the_platform_team_allows_privileged_pods(capsys):
     """The chart's and the code's default: Gaudi's hostIPC/SYS_NICE are off; the message says what to set."""
     assert main(["render", str(ROOT / "examples" / "gaudi-bloom.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "spec.accelerator: pool \"habana\" does not allow privileged Gaudi pods" in err
+    assert 'spec.accelerator: pool "habana" does not allow privileged Gaudi pods' in err
     assert "privileged: true on the pool (Helm value pools[1].privileged)" in err
 
 
 def test_the_operator_imports_no_torch(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("pools: [{name: gaudi2, accelerator: habana, devicesPerNode: 8, privileged: true}]\n")
-    code = ("import sys; from rlhf_operator.cli import main; import rlhf_operator.main; "
-            f"rc = main(['render', 'examples/gaudi-bloom.yaml', '--config', {str(config)!r}]); "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'transformers')]; "
-            "sys.exit(rc)")
+    code = (
+        "import sys; from rlhf_operator.cli import main; import rlhf_operator.main; "
+        f"rc = main(['render', 'examples/gaudi-bloom.yaml', '--config', {str(config)!r}]); "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'transformers')]; "
+        "sys.exit(rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "habana.ai/gaudi: 8" in out.stdout
@@ -71,17 +77,26 @@ def test_config_defaults_env_and_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("RLHF_OPERATOR_CONFIG", raising=False)
     assert load_config().pool("nvidia").devices_per_node == 8  # no file anywhere: defaults
     path = tmp_path / "c.yaml"
-    path.write_text("namespaces: [team-a]\npools: [{name: g, accelerator: habana, devicesPerNode: 4}]\n"
-                    "resyncSeconds: 5\n")
+    path.write_text(
+        "namespaces: [team-a]\npools: [{name: g, accelerator: habana, devicesPerNode: 4}]\nresyncSeconds: 5\n"
+    )
     monkeypatch.setenv("RLHF_OPERATOR_CONFIG", str(path))
     config = load_config()
-    assert config.namespaces == ["team-a"] and [(p.name, p.devices_per_node) for p in config.pools] == [("g", 4)]
+    assert config.namespaces == ["team-a"] and [(p.name, p.devices_per_node) for p in config.pools] == [
+        ("g", 4)
+    ]
     assert config.resync_seconds == 5 and config.image("nvidia").startswith("rlhf-trainer-cuda:")
     path.write_text("pools: [{name: g, accelerator: nvidia, devicesPerNod: 4}]\n")
-    with pytest.raises(ConfigError, match=r"pools\[0\]\.devicesPerNod: unknown field \(did you mean 'devicesPerNode'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"pools\[0\]\.devicesPerNod: unknown field \(did you mean 'devicesPerNode'\?\)"
+    ):
         load_config(path)
-    path.write_text("namespaces: [team-a]\npools: [{name: g, accelerator: cpu, devicesPerNode: 4, namespaces: [team-b]}]\n")
-    with pytest.raises(ConfigError, match=r"pools\[0\]\.namespaces\[0\]: 'team-b' is not one of the namespaces"):
+    path.write_text(
+        "namespaces: [team-a]\npools: [{name: g, accelerator: cpu, devicesPerNode: 4, namespaces: [team-b]}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"pools\[0\]\.namespaces\[0\]: 'team-b' is not one of the namespaces"
+    ):
         load_config(path)
     path.write_text("namespaces: [Team_A]\n")
     with pytest.raises(ConfigError, match=r"namespaces\[0\]"):
@@ -140,6 +155,11 @@ def test_rlhf_validate_and_render_agree_on_the_pool_policy(name, data, tmp_path,
     assert rendered == validated, (render_err, validate_err)
     problems = lambda err: sorted(line.strip() for line in err.splitlines() if line.startswith("  "))  # noqa: E731
     assert problems(render_err) == problems(validate_err)
-    expected_ok = {"multi-tenant-kueue.yaml", "llama2-7b-lora-2x8.yaml", "opt-1.3b-single-node.yaml", "ok-image",
-                   "zone"}
+    expected_ok = {
+        "multi-tenant-kueue.yaml",
+        "llama2-7b-lora-2x8.yaml",
+        "opt-1.3b-single-node.yaml",
+        "ok-image",
+        "zone",
+    }
     assert (rendered == 0) == (name in expected_ok), render_err

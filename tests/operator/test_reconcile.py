@@ -77,17 +77,28 @@ def _admission(data):
 
 
 def launcher(message: dict[str, Any]) -> dict[str, Any]:
-    return {"status": {"containerStatuses": [{"name": "launcher", "state": {"terminated": {
-        "exitCode": 0, "message": json.dumps(message)}}}]}}
+    return {
+        "status": {
+            "containerStatuses": [
+                {"name": "launcher", "state": {"terminated": {"exitCode": 0, "message": json.dumps(message)}}}
+            ]
+        }
+    }
 
 
 def test_a_new_run_creates_config_maps_and_the_prepare_job_only():
     decision, _ = step(body(), {})
     created = [(a.kind, a.name) for a in decision.actions]
-    assert created == [("ConfigMap", "demo-run"), ("ConfigMap", "demo-sft-trainer"),
-                       ("ConfigMap", "demo-reward-trainer"), ("ConfigMap", "demo-ppo-trainer"),
-                       ("NetworkPolicy", "demo-sft"), ("NetworkPolicy", "demo-reward"),
-                       ("NetworkPolicy", "demo-ppo"), ("Job", "demo-prepare")]
+    assert created == [
+        ("ConfigMap", "demo-run"),
+        ("ConfigMap", "demo-sft-trainer"),
+        ("ConfigMap", "demo-reward-trainer"),
+        ("ConfigMap", "demo-ppo-trainer"),
+        ("NetworkPolicy", "demo-sft"),
+        ("NetworkPolicy", "demo-reward"),
+        ("NetworkPolicy", "demo-ppo"),
+        ("Job", "demo-prepare"),
+    ]
     assert decision.status["phase"] == "Running"
 
 
@@ -110,7 +121,9 @@ def test_transition_time_changes_only_with_status():
     before = {c["type"]: c for c in data["status"]["conditions"]}
     after = {c["type"]: c for c in later["status"]["conditions"]}
     assert after["SFTSucceeded"]["reason"] == "Running" != before["SFTSucceeded"]["reason"]
-    assert after["SFTSucceeded"]["lastTransitionTime"] == before["SFTSucceeded"]["lastTransitionTime"]  # still False
+    assert (
+        after["SFTSucceeded"]["lastTransitionTime"] == before["SFTSucceeded"]["lastTransitionTime"]
+    )  # still False
 
 
 def test_a_failed_attempt_is_counted_once_even_if_seen_twice():
@@ -131,7 +144,9 @@ def test_a_failed_attempt_is_counted_once_even_if_seen_twice():
 def test_a_succeeded_stage_whose_job_was_cleaned_up_is_not_run_again():
     data = body()
     objects = observed(data, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Running"]})
-    pods = {"sft": launcher({"status": "completed", "metrics": {"eval/loss": 0.5, "note": "x", "flag": True}})}
+    pods = {
+        "sft": launcher({"status": "completed", "metrics": {"eval/loss": 0.5, "note": "x", "flag": True}})
+    }
     _, data = step(data, objects, pods)
     del objects[("MPIJob", "demo-sft")], objects[("Job", "demo-prepare")]  # ttlSecondsAfterFinished
     decision, data = step(data, objects)
@@ -166,8 +181,9 @@ def test_a_recorded_failure_needs_no_pod_and_keeps_its_reason():
     assert again.status == first.status and again.events == []
     # a stage's last attempt failed (retries: 1, so attempt 2 fails the run)
     data = body()
-    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
-                       attempt={"sft": 2})
+    objects = observed(
+        data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]}, attempt={"sft": 2}
+    )
     assert pods_needed(data, objects) == ["sft"]
     first, data = step(data, objects, {"sft": launcher(failed)})
     assert data["status"]["phase"] == "Failed"
@@ -176,8 +192,9 @@ def test_a_recorded_failure_needs_no_pod_and_keeps_its_reason():
     again, _ = step(data, objects)
     assert again.status == first.status and again.events == []
     # a new attempt that fails is not the recorded failure: its pod is read
-    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
-                       attempt={"sft": 3})
+    objects = observed(
+        data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]}, attempt={"sft": 3}
+    )
     assert pods_needed(data, objects) == ["sft"]
 
 
@@ -206,7 +223,10 @@ def test_resume_leaves_jobs_suspended_by_someone_else_alone():
 def test_config_map_drift_is_patched_and_foreign_objects_block_their_step():
     data = body()
     objects = observed(data, {})
-    objects[("ConfigMap", "demo-sft-trainer")]["data"] = {"config.yaml": "edited: by hand\n", "extra": "added"}
+    objects[("ConfigMap", "demo-sft-trainer")]["data"] = {
+        "config.yaml": "edited: by hand\n",
+        "extra": "added",
+    }
     objects[("ConfigMap", "demo-run")]["metadata"]["ownerReferences"] = []
     decision, new = step(data, objects)
     assert [(a.verb, a.name) for a in decision.actions] == [("patch", "demo-sft-trainer")]
@@ -228,17 +248,46 @@ def test_invalid_run_has_no_actions_and_names_the_field():
 def test_termination_messages_and_job_states():
     summary = StageSummary(stage="sft", metrics={"a": 1, "b": float("nan"), "c": "x"})
     assert metrics_of(summary) == {"a": 1.0} and metrics_of(StageFailure(reason="x")) == {}
-    assert termination_message({"status": {"containerStatuses": [{"name": "launcher", "state": {
-        "terminated": {"message": "Traceback...\nRuntimeError: boom"}}}]}}).reason == "RuntimeError: boom"
+    assert (
+        termination_message(
+            {
+                "status": {
+                    "containerStatuses": [
+                        {
+                            "name": "launcher",
+                            "state": {"terminated": {"message": "Traceback...\nRuntimeError: boom"}},
+                        }
+                    ]
+                }
+            }
+        ).reason
+        == "RuntimeError: boom"
+    )
     assert termination_message(None) is None
-    assert mpijob_state({"status": {"conditions": [{"type": "Created", "status": "True"},
-                                                   {"type": "Running", "status": "False"}]}})[0] == "Pending"
-    assert mpijob_state({"status": {"conditions": [{"type": "Restarting", "status": "True"}]}})[0] == "Running"
+    assert (
+        mpijob_state(
+            {
+                "status": {
+                    "conditions": [
+                        {"type": "Created", "status": "True"},
+                        {"type": "Running", "status": "False"},
+                    ]
+                }
+            }
+        )[0]
+        == "Pending"
+    )
+    assert (
+        mpijob_state({"status": {"conditions": [{"type": "Restarting", "status": "True"}]}})[0] == "Running"
+    )
 
 
 def test_merge_patch_removes_keys_with_null():
     assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}, "e": [1]}) == {
-        "a": None, "b": {"d": None}, "e": [1]}
+        "a": None,
+        "b": {"d": None},
+        "e": [1],
+    }
 
 
 def test_every_status_fits_the_rlhfrun_crd_schema():
@@ -270,13 +319,21 @@ def test_every_status_fits_the_rlhfrun_crd_schema():
 def test_the_operator_creates_exactly_what_render_prints():
     data = body()
     created = []
-    worlds = [{}, {"prepare": ["Complete"]}, {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"]}]
+    worlds = [
+        {},
+        {"prepare": ["Complete"]},
+        {"prepare": ["Complete"], "sft": ["Succeeded"], "reward": ["Succeeded"]},
+    ]
     for steps in worlds:
         decision, data = step(data, observed(data, steps) if steps else {})
         created += [a.body for a in decision.actions if a.verb == "create"]
-    created = [c for c in created if c["kind"] != "ConfigMap"] + [c for c in created if c["kind"] == "ConfigMap"]
+    created = [c for c in created if c["kind"] != "ConfigMap"] + [
+        c for c in created if c["kind"] == "ConfigMap"
+    ]
     expected = render.children(admit(body(), CONFIG), CONFIG, uid=UID)
-    expected = [c for c in expected if c["kind"] != "ConfigMap"] + [c for c in expected if c["kind"] == "ConfigMap"]
+    expected = [c for c in expected if c["kind"] != "ConfigMap"] + [
+        c for c in expected if c["kind"] == "ConfigMap"
+    ]
     assert created == expected
 
 
@@ -295,7 +352,9 @@ def test_a_finished_job_is_deleted_by_the_operator_only_after_its_result_is_reco
     assert not [a for a in first.actions if a.verb == "delete"]
     assert first.requeue_after == 540  # the soonest TTL to run out: SFT's
     later, data = step(data, objects, now=T0 + timedelta(seconds=601))
-    assert [(a.verb, a.kind, a.name, a.uid) for a in later.actions] == [("delete", "MPIJob", "demo-sft", "sft-uid")]
+    assert [(a.verb, a.kind, a.name, a.uid) for a in later.actions] == [
+        ("delete", "MPIJob", "demo-sft", "sft-uid")
+    ]
     del objects[("MPIJob", "demo-sft")]
     gone, data = step(data, objects, now=T0 + timedelta(seconds=602))
     assert not [a for a in gone.actions if a.kind == "MPIJob"]  # never run again
@@ -312,14 +371,17 @@ def test_a_retry_deletes_the_failed_attempt_in_the_foreground():
 
 def test_a_final_failure_stops_the_running_sibling_and_starts_nothing():
     data = body()
-    objects = observed(data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]},
-                       attempt={"sft": 2})
+    objects = observed(
+        data, {"prepare": ["Complete"], "sft": ["Failed"], "reward": ["Running"]}, attempt={"sft": 2}
+    )
     decision, data = step(data, objects, {"sft": launcher({"status": "failed", "reason": "bad data"})})
     assert [(a.verb, a.name) for a in decision.actions] == [("delete", "demo-reward")]
     states = {s["name"]: s["state"] for s in data["status"]["stages"]}
     assert states == {"sft": "Failed", "reward": "Stopped"}
     conds = {c["type"]: c for c in data["status"]["conditions"]}
-    assert conds["RewardSucceeded"]["reason"] == "Stopped" and "bad data" in conds["RewardSucceeded"]["message"]
+    assert (
+        conds["RewardSucceeded"]["reason"] == "Stopped" and "bad data" in conds["RewardSucceeded"]["message"]
+    )
     assert ("Warning", "RewardStopped") in [(t, r) for t, r, _ in decision.events]
     del objects[("MPIJob", "demo-reward")]
     again, _ = step(data, objects)
@@ -329,8 +391,10 @@ def test_a_final_failure_stops_the_running_sibling_and_starts_nothing():
 def test_a_job_the_api_server_refuses_as_invalid_fails_the_run():
     data = body()
     objects = observed(data, {"prepare": ["Complete"]})
-    refusal = Refusal("cannot create MPIJob demo-sft: 422 Invalid: spec.mpiReplicaSpecs[Worker].replicas: "
-                      "Invalid value", permanent=True)
+    refusal = Refusal(
+        "cannot create MPIJob demo-sft: 422 Invalid: spec.mpiReplicaSpecs[Worker].replicas: Invalid value",
+        permanent=True,
+    )
     decision, data = step(data, objects, failures={"demo-sft": refusal})
     assert data["status"]["phase"] == "Failed"
     conds = {c["type"]: c for c in data["status"]["conditions"]}
@@ -338,32 +402,62 @@ def test_a_job_the_api_server_refuses_as_invalid_fails_the_run():
     assert not [a for a in decision.actions if a.verb == "create" and a.kind == "MPIJob"]
     # a refusal that may pass later (quota, webhook) keeps the run going and says why
     data = body()
-    decision, data = step(data, objects, failures={"demo-sft": Refusal("cannot create MPIJob demo-sft: 403 Forbidden: "
-                                                                      "exceeded quota")})
+    decision, data = step(
+        data,
+        objects,
+        failures={"demo-sft": Refusal("cannot create MPIJob demo-sft: 403 Forbidden: exceeded quota")},
+    )
     assert data["status"]["phase"] == "Running"
     assert [a.name for a in decision.actions if a.kind == "MPIJob"] == ["demo-sft", "demo-reward"]
 
 
 def test_why_pods_do_not_start():
     job = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}}
-    unschedulable = {"metadata": {"name": "demo-sft-worker-0"}, "status": {"conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
+    unschedulable = {
+        "metadata": {"name": "demo-sft-worker-0"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    }
     assert diagnose(job, [], [unschedulable]) == Blocked(
-        "Unschedulable", "pod demo-sft-worker-0 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
-    pull = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
-        {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}}
+        "Unschedulable",
+        "pod demo-sft-worker-0 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    )
+    pull = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+            ]
+        },
+    }
     assert diagnose(job, [], [pull]).reason == "ContainerWaiting"
-    creating = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
-        {"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    creating = {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }
     assert diagnose(job, [], [creating]) is None
 
     def event(reason: str, when: str, message: str = "x") -> dict[str, Any]:
-        return {"type": "Warning", "reason": reason, "message": message, "lastTimestamp": when,
-                "involvedObject": {"name": "demo-sft-launcher"}}
+        return {
+            "type": "Warning",
+            "reason": reason,
+            "message": message,
+            "lastTimestamp": when,
+            "involvedObject": {"name": "demo-sft-launcher"},
+        }
+
     forbidden = event("FailedCreate", "2026-01-01T00:00:05Z", 'pods "x" is forbidden: violates PodSecurity')
     assert diagnose(job, [forbidden], []) == Blocked(
-        "Blocked", 'demo-sft-launcher: FailedCreate: pods "x" is forbidden: violates PodSecurity')
+        "Blocked", 'demo-sft-launcher: FailedCreate: pods "x" is forbidden: violates PodSecurity'
+    )
     # a warning that blocks nothing, and one of an earlier attempt of the same name, say nothing
     benign = event("SetPodTemplateRestartPolicy", "2026-01-01T00:00:05Z")
     earlier = event("FailedCreate", "2025-12-31T23:59:00Z")
@@ -388,7 +482,9 @@ def test_a_diagnosed_step_says_why_and_is_not_running():
 
 def test_suspending_and_resuming_tell_it_once():
     data = body()
-    objects = observed(data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created", "Running"]})
+    objects = observed(
+        data, {"prepare": ["Complete"], "sft": ["Created", "Running"], "reward": ["Created", "Running"]}
+    )
     _, data = step(data, objects)
     data["spec"]["runPolicy"]["suspend"] = True
     suspended, data = step(data, objects)

@@ -26,36 +26,71 @@ UID = "6f0c1d2e-0000-4000-8000-000000000001"
 K8S_VERSION = "1.30.0"
 UPDATE = os.environ.get("RLHF_UPDATE_GOLDEN") == "1"
 #: Every example meant for a cluster (the local ones, run with `rlhf run`, use storage.localDir).
-CLUSTER_EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml")
-                          if "localDir" not in (yaml.safe_load(p.read_text())["spec"]["storage"]))
+CLUSTER_EXAMPLES = sorted(
+    p.name
+    for p in (ROOT / "examples").glob("*.yaml")
+    if "localDir" not in (yaml.safe_load(p.read_text())["spec"]["storage"])
+)
 
 #: What a run of the examples may choose (the variants below add a priority, a zone, a toleration,
 #: a custom image and a Hub-token Secret).
 _RUNS_MAY = {
-    "allowedImages": ["registry.example/"], "allowedPriorityClasses": ["high"], "allowedHubTokenSecrets": ["hf-token"],
+    "allowedImages": ["registry.example/"],
+    "allowedPriorityClasses": ["high"],
+    "allowedHubTokenSecrets": ["hf-token"],
     "allowedNodeLabelKeys": ["topology.kubernetes.io/zone"],
-    "allowedTolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute",
-                            "tolerationSeconds": 60}],
-}
-CONFIG = parse_config({
-    "images": {"nvidia": "registry.example/rlhf/trainer-cuda:1.0", "habana": "registry.example/rlhf/trainer-gaudi:1.0",
-               "cpu": "registry.example/rlhf/trainer-cuda:1.0"},
-    "pools": [
-        # examples/multi-tenant-kueue.yaml names this pool; only its namespace may use it.
-        {"name": "team-a-gpus", "accelerator": "nvidia", "devicesPerNode": 4, "namespaces": ["team-a"],
-         "nodeSelector": {"node.kubernetes.io/pool": "team-a-gpu"},
-         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                         {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"}],
-         "allowedPriorityClasses": ["ml-batch-low"]},
-        {"name": "nvidia", "accelerator": "nvidia", "nodeSelector": {"nvidia.com/gpu.present": "true"},
-         "devicesPerNode": 8, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-         **_RUNS_MAY},
-        {"name": "habana", "accelerator": "habana", "nodeSelector": {"habana.ai/gaudi.present": "true"},
-         "devicesPerNode": 8, "privileged": True,
-         "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"}], **_RUNS_MAY},
-        {"name": "cpu", "accelerator": "cpu", "devicesPerNode": 16, **_RUNS_MAY},
+    "allowedTolerations": [
+        {
+            "key": "dedicated",
+            "operator": "Equal",
+            "value": "ml",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        }
     ],
-})
+}
+CONFIG = parse_config(
+    {
+        "images": {
+            "nvidia": "registry.example/rlhf/trainer-cuda:1.0",
+            "habana": "registry.example/rlhf/trainer-gaudi:1.0",
+            "cpu": "registry.example/rlhf/trainer-cuda:1.0",
+        },
+        "pools": [
+            # examples/multi-tenant-kueue.yaml names this pool; only its namespace may use it.
+            {
+                "name": "team-a-gpus",
+                "accelerator": "nvidia",
+                "devicesPerNode": 4,
+                "namespaces": ["team-a"],
+                "nodeSelector": {"node.kubernetes.io/pool": "team-a-gpu"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "dedicated", "operator": "Equal", "value": "team-a", "effect": "NoSchedule"},
+                ],
+                "allowedPriorityClasses": ["ml-batch-low"],
+            },
+            {
+                "name": "nvidia",
+                "accelerator": "nvidia",
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "devicesPerNode": 8,
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                **_RUNS_MAY,
+            },
+            {
+                "name": "habana",
+                "accelerator": "habana",
+                "nodeSelector": {"habana.ai/gaudi.present": "true"},
+                "devicesPerNode": 8,
+                "privileged": True,
+                "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"}],
+                **_RUNS_MAY,
+            },
+            {"name": "cpu", "accelerator": "cpu", "devicesPerNode": 16, **_RUNS_MAY},
+        ],
+    }
+)
 
 
 def children(data: dict[str, Any], config=CONFIG) -> list[dict[str, Any]]:
@@ -82,10 +117,13 @@ def pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
 # Golden files: the exact MPIJobs (and prepare Job) for NVIDIA and Gaudi.
 
 
-@pytest.mark.parametrize("golden, source", [
-    ("nvidia-llama2-7b-lora-2x8", "llama2-7b-lora-2x8.yaml"),
-    ("gaudi-bloom", "gaudi-bloom.yaml"),
-])
+@pytest.mark.parametrize(
+    "golden, source",
+    [
+        ("nvidia-llama2-7b-lora-2x8", "llama2-7b-lora-2x8.yaml"),
+        ("gaudi-bloom", "gaudi-bloom.yaml"),
+    ],
+)
 def test_golden_jobs(golden, source):
     docs = [d for d in children(example(source)) if d["kind"] in ("MPIJob", "Job")]
     text = dump_yaml(docs)
@@ -138,15 +176,37 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
     """Every cluster example, plus suspended, scheduled (queue, priority, affinity) and CPU runs."""
     out = [(name, example(name)) for name in CLUSTER_EXAMPLES]
     sched = example("opt-1.3b-single-node.yaml")
-    sched["spec"]["runPolicy"] = {"suspend": True, "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 60}
+    sched["spec"]["runPolicy"] = {
+        "suspend": True,
+        "activeDeadlineSeconds": 7200,
+        "ttlSecondsAfterFinished": 60,
+    }
     sched["spec"]["scheduling"] = {
-        "queueName": "q", "priorityClassName": "high",
+        "queueName": "q",
+        "priorityClassName": "high",
         "nodeSelector": {"topology.kubernetes.io/zone": "z1"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute",
-                         "tolerationSeconds": 60}],
-        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                                             "labelSelector": {"matchLabels": {"rlhf.dev/run": "opt-1-3b"}}}}]}},
+        "tolerations": [
+            {
+                "key": "dedicated",
+                "operator": "Equal",
+                "value": "ml",
+                "effect": "NoExecute",
+                "tolerationSeconds": 60,
+            }
+        ],
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 1,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {"rlhf.dev/run": "opt-1-3b"}},
+                        },
+                    }
+                ]
+            }
+        },
     }
     out.append(("scheduled+suspended", sched))
     cpu = example("opt-1.3b-single-node.yaml")
@@ -174,8 +234,12 @@ def test_pods_jobs_and_config_maps_validate_strictly_against_kubernetes_1_30(nam
         if doc["kind"] in ("Job", "ConfigMap"):
             kv.validate(doc, K8S_VERSION, strict=True)
         for i, template in enumerate(pod_templates(doc)):
-            pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
-                            "metadata": {"name": f"{doc['metadata']['name']}-{i}"}, "template": template}
+            pod_template = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": f"{doc['metadata']['name']}-{i}"},
+                "template": template,
+            }
             kv.validate(pod_template, K8S_VERSION, strict=True)
 
 
@@ -183,8 +247,11 @@ def test_strict_validation_catches_an_unknown_pod_field():
     template = copy.deepcopy(pod_templates(of_kind(children(example("gaudi-bloom.yaml")), "MPIJob")[0])[1])
     template["spec"]["containers"][0]["privileged"] = True  # belongs in securityContext
     with pytest.raises(kv.ValidationError):
-        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": template},
-                    K8S_VERSION, strict=True)
+        kv.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": template},
+            K8S_VERSION,
+            strict=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,18 +264,34 @@ def _replicas(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_nvidia_mpijob():
-    jobs = {j["metadata"]["labels"]["rlhf.dev/stage"]: j for j in of_kind(
-        children(example("llama2-7b-lora-2x8.yaml")), "MPIJob")}
+    jobs = {
+        j["metadata"]["labels"]["rlhf.dev/stage"]: j
+        for j in of_kind(children(example("llama2-7b-lora-2x8.yaml")), "MPIJob")
+    }
     job = jobs["sft"]
     assert job["metadata"]["name"] == "llama2-7b-lora-sft" and job["metadata"]["namespace"] == "ml"
-    assert job["metadata"]["ownerReferences"] == [{
-        "apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "name": "llama2-7b-lora", "uid": UID,
-        "controller": True, "blockOwnerDeletion": True}]
-    assert job["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "rlhf-operator",
-                                         "rlhf.dev/run": "llama2-7b-lora", "rlhf.dev/stage": "sft"}
+    assert job["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "rlhf.dev/v1alpha1",
+            "kind": "RLHFRun",
+            "name": "llama2-7b-lora",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert job["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "rlhf-operator",
+        "rlhf.dev/run": "llama2-7b-lora",
+        "rlhf.dev/stage": "sft",
+    }
     spec = job["spec"]
-    assert (spec["slotsPerWorker"], spec["launcherCreationPolicy"], spec["mpiImplementation"],
-            spec["sshAuthMountPath"]) == (8, "WaitForWorkersReady", "OpenMPI", "/home/mpiuser/.ssh")
+    assert (
+        spec["slotsPerWorker"],
+        spec["launcherCreationPolicy"],
+        spec["mpiImplementation"],
+        spec["sshAuthMountPath"],
+    ) == (8, "WaitForWorkersReady", "OpenMPI", "/home/mpiuser/.ssh")
     assert spec["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": False}
     launcher, worker = _replicas(job)
     assert worker["replicas"] == 2 and launcher["replicas"] == 1
@@ -264,8 +347,12 @@ def test_scheduling_is_merged_with_the_pool_and_jobs_are_queued():
     job = of_kind(docs, "MPIJob")[0]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
     # No ttlSecondsAfterFinished: the operator deletes finished jobs itself, once it recorded them.
-    assert job["spec"]["runPolicy"] == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": False,
-                                        "activeDeadlineSeconds": 7200}
+    assert job["spec"]["runPolicy"] == {
+        "backoffLimit": 0,
+        "cleanPodPolicy": "Running",
+        "suspend": False,
+        "activeDeadlineSeconds": 7200,
+    }
     pod = _replicas(job)[1]["template"]["spec"]
     assert pod["priorityClassName"] == "high"
     assert pod["nodeSelector"] == {"topology.kubernetes.io/zone": "z1", "nvidia.com/gpu.present": "true"}
@@ -273,7 +360,9 @@ def test_scheduling_is_merged_with_the_pool_and_jobs_are_queued():
     assert "podAntiAffinity" in pod["affinity"]
     prepare = of_kind(docs, "Job")[0]
     assert prepare["spec"]["activeDeadlineSeconds"] == 7200
-    suspended = render.prepare_job(admit(dict(variants())["scheduled+suspended"], CONFIG), CONFIG, UID, suspend=True)
+    suspended = render.prepare_job(
+        admit(dict(variants())["scheduled+suspended"], CONFIG), CONFIG, UID, suspend=True
+    )
     assert suspended["spec"]["suspend"] is True
     assert suspended["metadata"]["annotations"] == {"rlhf.dev/suspended-by-run": "true"}
     assert prepare["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
@@ -285,17 +374,23 @@ def test_prepare_job_and_config_maps():
     prepare = of_kind(docs, "Job")[0]
     container = prepare["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["rlhf", "prepare", "/etc/rlhf/run.yaml"]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}} in container[
-        "env"]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
+    } in container["env"]
     assert container["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
     maps = {d["metadata"]["name"]: d for d in of_kind(docs, "ConfigMap")}
     run_yaml = yaml.safe_load(maps["opt-1-3b-run"]["data"]["run.yaml"])
     assert run_yaml["metadata"] == {"name": "opt-1-3b", "namespace": "ml"}
     assert run_yaml["spec"]["accelerator"] == "cpu"
-    assert load_manifest(run_yaml).spec == admit(dict(variants())["cpu"], CONFIG).run.spec  # what prepare reads
+    assert (
+        load_manifest(run_yaml).spec == admit(dict(variants())["cpu"], CONFIG).run.spec
+    )  # what prepare reads
     sft = yaml.safe_load(maps["opt-1-3b-sft-trainer"]["data"]["config.yaml"])
     assert sft["checkpoint"]["output_dir"] == "/mnt/rlhf/sft"
-    worker = of_kind(docs, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    worker = of_kind(docs, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"][
+        "containers"
+    ][0]
     assert "limits" in worker["resources"] and not any("/" in k for k in worker["resources"]["limits"])
 
 
@@ -303,15 +398,29 @@ def test_prepare_job_and_config_maps():
 # Admission problems the operator adds to the spec's own.
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda d: d["spec"]["stages"]["ppo"].update(devicesPerNode=9), "spec.stages.ppo.devicesPerNode"),
-    (lambda d: d["spec"].update(storage={"localDir": "runs/x"}), "spec.storage.pvc"),
-    (lambda d: d["spec"].update(scheduling={"nodeSelector": {"nvidia.com/gpu.present": "false"}}),
-     "spec.scheduling.nodeSelector.nvidia.com/gpu.present"),
-    (lambda d: d["spec"].update(scheduling={"nodeSelector": {"zone": "a b"}}), "spec.scheduling.nodeSelector.zone"),
-    (lambda d: d["spec"].update(scheduling={"affinity": {"hostNetwork": True}}), "spec.scheduling.affinity.hostNetwork"),
-    (lambda d: d["spec"]["stages"]["sft"].update(trainerOptions={"optim.bogus": 1}), "spec.stages.sft.trainerOptions"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d["spec"]["stages"]["ppo"].update(devicesPerNode=9), "spec.stages.ppo.devicesPerNode"),
+        (lambda d: d["spec"].update(storage={"localDir": "runs/x"}), "spec.storage.pvc"),
+        (
+            lambda d: d["spec"].update(scheduling={"nodeSelector": {"nvidia.com/gpu.present": "false"}}),
+            "spec.scheduling.nodeSelector.nvidia.com/gpu.present",
+        ),
+        (
+            lambda d: d["spec"].update(scheduling={"nodeSelector": {"zone": "a b"}}),
+            "spec.scheduling.nodeSelector.zone",
+        ),
+        (
+            lambda d: d["spec"].update(scheduling={"affinity": {"hostNetwork": True}}),
+            "spec.scheduling.affinity.hostNetwork",
+        ),
+        (
+            lambda d: d["spec"]["stages"]["sft"].update(trainerOptions={"optim.bogus": 1}),
+            "spec.stages.sft.trainerOptions",
+        ),
+    ],
+)
 def test_admission_names_the_field(change, field):
     data = example("opt-1.3b-single-node.yaml")
     change(data)
@@ -323,8 +432,10 @@ def test_admission_names_the_field(change, field):
 # ---------------------------------------------------------------------------------------------
 # Injection: every string a user can write stays one inert string.
 
-PAYLOAD = ("x\n  injected: true\nkind: Secret\n\"'` {{ 7*7 }} {% raw %}{% endraw %} &a *a !!python/object/apply:os.system "
-           "[id] --- \\n \u2028 \x85 \x07 \U0001F600 }} #")
+PAYLOAD = (
+    "x\n  injected: true\nkind: Secret\n\"'` {{ 7*7 }} {% raw %}{% endraw %} &a *a !!python/object/apply:os.system "
+    "[id] --- \\n \u2028 \x85 \x07 \U0001f600 }} #"
+)
 MARKER = "inert marker"  # not a Hub id either, like the payload
 
 
@@ -358,6 +469,7 @@ def put(data: Any, path: tuple, value: str) -> Any:
 
 def normalised(docs: list[dict[str, Any]], text: str) -> Any:
     """The docs with embedded YAML files parsed, and ``text`` replaced by the marker everywhere."""
+
     def walk(obj: Any) -> Any:
         if isinstance(obj, dict):
             return {walk(k): walk(v) for k, v in obj.items()}
@@ -366,6 +478,7 @@ def normalised(docs: list[dict[str, Any]], text: str) -> Any:
         if isinstance(obj, str):  # (the spec stores Hub ids in storage as org--name)
             return obj.replace(text, MARKER).replace(text.replace("/", "--"), MARKER)
         return obj
+
     docs = copy.deepcopy(docs)
     for doc in docs:
         if doc["kind"] == "ConfigMap":

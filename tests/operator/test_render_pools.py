@@ -19,20 +19,50 @@ from rlhf.api.pools import PRIVILEGED_NEEDS
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-CONFIG = parse_config({
-    "pools": [
-        {"name": "a100", "accelerator": "nvidia", "devicesPerNode": 8, "nodeSelector": {"pool": "a100"},
-         "tolerations": [GPU_TAINT], "allowedNodeLabelKeys": ["topology.kubernetes.io/zone"],
-         "allowedTolerations": [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]},
-        {"name": "h100", "accelerator": "nvidia", "devicesPerNode": 8, "nodeSelector": {"pool": "h100"},
-         "tolerations": [GPU_TAINT, {"key": "dedicated", "operator": "Equal", "value": "h100", "effect": "NoSchedule"}]},
-        {"name": "gaudi2", "accelerator": "habana", "devicesPerNode": 8, "privileged": True,
-         "nodeSelector": {"habana.ai/gaudi.product": "HL-225"}, "hugepages2Mi": "120000Mi"},
-        {"name": "gaudi-nohuge", "accelerator": "habana", "devicesPerNode": 8, "privileged": True, "hugepages2Mi": "0"},
-        {"name": "gaudi-locked", "accelerator": "habana", "devicesPerNode": 8},
-        {"name": "cpu", "accelerator": "cpu", "devicesPerNode": 16},
-    ],
-})
+CONFIG = parse_config(
+    {
+        "pools": [
+            {
+                "name": "a100",
+                "accelerator": "nvidia",
+                "devicesPerNode": 8,
+                "nodeSelector": {"pool": "a100"},
+                "tolerations": [GPU_TAINT],
+                "allowedNodeLabelKeys": ["topology.kubernetes.io/zone"],
+                "allowedTolerations": [
+                    {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+                ],
+            },
+            {
+                "name": "h100",
+                "accelerator": "nvidia",
+                "devicesPerNode": 8,
+                "nodeSelector": {"pool": "h100"},
+                "tolerations": [
+                    GPU_TAINT,
+                    {"key": "dedicated", "operator": "Equal", "value": "h100", "effect": "NoSchedule"},
+                ],
+            },
+            {
+                "name": "gaudi2",
+                "accelerator": "habana",
+                "devicesPerNode": 8,
+                "privileged": True,
+                "nodeSelector": {"habana.ai/gaudi.product": "HL-225"},
+                "hugepages2Mi": "120000Mi",
+            },
+            {
+                "name": "gaudi-nohuge",
+                "accelerator": "habana",
+                "devicesPerNode": 8,
+                "privileged": True,
+                "hugepages2Mi": "0",
+            },
+            {"name": "gaudi-locked", "accelerator": "habana", "devicesPerNode": 8},
+            {"name": "cpu", "accelerator": "cpu", "devicesPerNode": 16},
+        ],
+    }
+)
 
 
 def manifest(example: str = "opt-1.3b-single-node.yaml", **spec: Any) -> dict[str, Any]:
@@ -71,13 +101,22 @@ def test_every_pod_gets_the_chosen_pools_nodes_and_tolerations():
 
 
 def test_what_the_pool_lets_a_run_add_is_merged_after_the_pools_own():
-    data = manifest(pool="a100", scheduling={
-        "nodeSelector": {"topology.kubernetes.io/zone": "z1"},
-        "tolerations": [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}, GPU_TAINT]})
+    data = manifest(
+        pool="a100",
+        scheduling={
+            "nodeSelector": {"topology.kubernetes.io/zone": "z1"},
+            "tolerations": [
+                {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+                GPU_TAINT,
+            ],
+        },
+    )
     for name, pod in pods(children(data)).items():
         assert pod["nodeSelector"] == {"topology.kubernetes.io/zone": "z1", "pool": "a100"}, name
-        assert pod["tolerations"] == [GPU_TAINT, {"key": "spot", "operator": "Equal", "value": "true",
-                                                  "effect": "NoSchedule"}], name  # no duplicate
+        assert pod["tolerations"] == [
+            GPU_TAINT,
+            {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        ], name  # no duplicate
 
 
 def test_default_pool_is_the_first_for_the_accelerator():
@@ -117,10 +156,31 @@ def test_the_profiles_that_need_privileged_pools_are_the_apis():
 # PodSecurity Standards (kubernetes.io/docs/concepts/security/pod-security-standards): the checks
 # of the baseline and restricted levels that our pods could meet or miss.
 
-BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                      "projected", "secret"}
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def pod_security_level(pod: dict[str, Any]) -> str:
@@ -143,19 +203,25 @@ def pod_security_level(pod: dict[str, Any]) -> str:
         and all(sc.get("allowPrivilegeEscalation") is False for sc in contexts)
         and all(sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True for sc in contexts)
         and all(sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0 for sc in contexts)
-        and all((sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
-                in ("RuntimeDefault", "Localhost") for sc in contexts)
+        and all(
+            (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            in ("RuntimeDefault", "Localhost")
+            for sc in contexts
+        )
         and all("ALL" in sc.get("capabilities", {}).get("drop", []) for sc in contexts)
         and added <= {"NET_BIND_SERVICE"}
     )
     return "restricted" if restricted else "baseline"
 
 
-@pytest.mark.parametrize("example, accelerator, worker_level", [
-    ("opt-1.3b-single-node.yaml", "nvidia", "restricted"),
-    ("opt-1.3b-single-node.yaml", "cpu", "restricted"),
-    ("gaudi-bloom.yaml", "habana", "privileged"),
-])
+@pytest.mark.parametrize(
+    "example, accelerator, worker_level",
+    [
+        ("opt-1.3b-single-node.yaml", "nvidia", "restricted"),
+        ("opt-1.3b-single-node.yaml", "cpu", "restricted"),
+        ("gaudi-bloom.yaml", "habana", "privileged"),
+    ],
+)
 def test_pod_security_level_each_accelerator_needs(example, accelerator, worker_level):
     data = manifest(example, accelerator=accelerator)
     if accelerator == "cpu":
@@ -169,6 +235,8 @@ def test_pod_security_level_each_accelerator_needs(example, accelerator, worker_
 def test_pod_security_check_is_not_vacuous():
     pod = pods(children(manifest()))["sft/Worker"]
     assert pod_security_level({**pod, "hostNetwork": True}) == "privileged"
-    container = {**pod["containers"][0], "securityContext": {**pod["containers"][0]["securityContext"],
-                                                             "allowPrivilegeEscalation": True}}
+    container = {
+        **pod["containers"][0],
+        "securityContext": {**pod["containers"][0]["securityContext"], "allowPrivilegeEscalation": True},
+    }
     assert pod_security_level({**pod, "containers": [container]}) == "baseline"

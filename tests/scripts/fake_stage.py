@@ -20,8 +20,16 @@ import yaml
 
 
 def event(kind: str, stage: str, **extra) -> None:
-    row = {"event": kind, "stage": stage, "t": time.time(), "pid": os.getpid(), "pgid": os.getpgrp(),
-           "omp": os.environ.get("OMP_NUM_THREADS"), "rank": os.environ.get("RANK"), **extra}
+    row = {
+        "event": kind,
+        "stage": stage,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "pgid": os.getpgrp(),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "rank": os.environ.get("RANK"),
+        **extra,
+    }
     with open(os.environ["FAKE_EVENTS"], "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -59,8 +67,14 @@ def main() -> int:
 
     (out / "model").mkdir(exist_ok=True)
     (out / "config.yaml").write_text(dump(load(STAGES[stage], config_file)))
-    summary = {"stage": stage, "status": "completed", "global_step": steps, "total_steps": steps,
-               "metrics": {"eval/loss": 0.5, "eval/accuracy": 0.75}, "model_dir": str(out / "model")}
+    summary = {
+        "stage": stage,
+        "status": "completed",
+        "global_step": steps,
+        "total_steps": steps,
+        "metrics": {"eval/loss": 0.5, "eval/accuracy": 0.75},
+        "model_dir": str(out / "model"),
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     time.sleep(float(how.get("linger", 0)))  # tearing down after the summary, as a trainer's ranks do
     event("end", stage, code=0)

@@ -18,7 +18,11 @@ def fingerprint(module: torch.nn.Module) -> dict[str, str]:
 
     out = {}
     for name, param in module.named_parameters():
-        ctx = deepspeed.zero.GatheredParameters([param], modifier_rank=None) if hasattr(param, "ds_id") else None
+        ctx = (
+            deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+            if hasattr(param, "ds_id")
+            else None
+        )
         if ctx is not None:
             ctx.__enter__()
         out[name] = hashlib.sha256(param.detach().float().cpu().numpy().tobytes()).hexdigest()
@@ -40,8 +44,15 @@ def main() -> None:
     summary = trainer.run()
     rank = trainer.rt.dist.rank
     with open(f"{prefix}{rank}.json", "w") as f:
-        json.dump({"rank": rank, "world_size": trainer.rt.dist.world_size, "summary": summary,
-                   "params": fingerprint(trainer.engine.module)}, f)
+        json.dump(
+            {
+                "rank": rank,
+                "world_size": trainer.rt.dist.world_size,
+                "summary": summary,
+                "params": fingerprint(trainer.engine.module),
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":
