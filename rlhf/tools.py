@@ -45,7 +45,8 @@ def _is_reward_model(architectures: list[str]) -> bool:
 
 
 def trained_chat_format(model_dir: str | Path) -> str:
-    """``data.chat_format`` the model was trained with (the stage's ``config.yaml`` beside ``model/``), else auto."""
+    """``data.chat_format`` the model was trained with (the stage's ``config.yaml`` beside ``model/``),
+    else auto."""
     import yaml
 
     path = Path(model_dir).parent / "config.yaml"
@@ -74,7 +75,8 @@ def load_actor(model_dir: str | Path, device: str = "cpu"):
 
 
 def load_scorer(model_dir: str | Path):
-    """(reward model, tokenizer) saved by the reward stage; a causal LM is refused (its head would be random)."""
+    """(reward model, tokenizer) saved by the reward stage; a causal LM is refused (its head would be
+    random)."""
     from rlhf.config import RewardModelConfig
     from rlhf.models.loading import load_tokenizer
     from rlhf.models.reward import load_reward_model
@@ -191,7 +193,8 @@ def score_texts(
     chat_format: str = "auto",
 ) -> list[float]:
     """Reward-model score of each (prompt, answer), tokenized as in training (answer + end-of-text).
-    Answers are plain text: after a text prompt they follow it after one space, as in DeepSpeed-Chat's data."""
+    Answers are plain text: after a text prompt they follow it after one space, as in DeepSpeed-Chat's
+    data."""
     enc = Encoder(tokenizer, chat_format)
     eot = [tokenizer.eos_token_id if add_eot else None] * len(answers)
     answers = [

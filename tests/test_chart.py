@@ -470,11 +470,13 @@ def test_schema_rejects_bad_values(helm, setting, message):
             "pools[0].hugepages2Mi: only habana pools use it, not cpu",
         ),
         (
-            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8}, {name: a, accelerator: nvidia, devicesPerNode: 8}]",
+            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8}, "
+            "{name: a, accelerator: nvidia, devicesPerNode: 8}]",
             'pools[1].name: "a" is already the name of pools[0]',
         ),
         (
-            "{watchNamespaces: [team-a], pools: [{name: a, accelerator: cpu, devicesPerNode: 8, namespaces: [team-b]}]}",
+            "{watchNamespaces: [team-a], "
+            "pools: [{name: a, accelerator: cpu, devicesPerNode: 8, namespaces: [team-b]}]}",
             'pools[0].namespaces[0]: "team-b" is not in watchNamespaces (team-a)',
         ),
         ("pools: [{name: A, accelerator: tpu, devicesPerNode: 8}]", "/pools/0/accelerator"),

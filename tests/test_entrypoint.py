@@ -39,7 +39,10 @@ OMPI = {
 
 
 def test_hostfile_formats_and_errors(tmp_path):
-    text = "# MPI operator\nrun-worker-0.run-worker.ns.svc slots=8\n\nrun-worker-1.run-worker.ns.svc slots=8 max_slots=8\n"
+    text = (
+        "# MPI operator\nrun-worker-0.run-worker.ns.svc slots=8\n\n"
+        "run-worker-1.run-worker.ns.svc slots=8 max_slots=8\n"
+    )
     assert envmod.parse_hostfile(text) == ["run-worker-0.run-worker.ns.svc", "run-worker-1.run-worker.ns.svc"]
     assert envmod.parse_hostfile("a.svc:4\nb.svc:4\n") == ["a.svc", "b.svc"]  # Intel MPI / MPICH
     with pytest.raises(envmod.EnvError, match=r"hosts:2: cannot read a host name"):
@@ -375,8 +378,8 @@ def test_launch_forwards_sigterm_and_does_not_import_torch(tmp_path):
     )
     code = (
         "import sys; from rlhf_entrypoint.entrypoint import main\n"
-        f"rc = main(['launch', '--config', {str(cfg)!r}, '--termination-log', {str(log)!r}, '--wait-hosts', '0', "
-        f"'--', {sys.executable!r}, '-c', {child!r}])\n"
+        f"rc = main(['launch', '--config', {str(cfg)!r}, '--termination-log', {str(log)!r}, "
+        f"'--wait-hosts', '0', '--', {sys.executable!r}, '-c', {child!r}])\n"
         "print('torch imported:', 'torch' in sys.modules, flush=True); sys.exit(rc)\n"
     )
     proc = subprocess.Popen(
@@ -466,7 +469,8 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def test_sshd_accepts_the_job_key_and_passes_the_container_env(tmp_path):
-    """A real sshd started by `rlhf-entrypoint sshd`: key login works, the session sees the container's env."""
+    """A real sshd started by `rlhf-entrypoint sshd`: key login works, the session sees the container's
+    env."""
     if not (
         shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:" + os.environ.get("PATH", ""))
         and shutil.which("ssh")
@@ -525,7 +529,7 @@ def test_sshd_accepts_the_job_key_and_passes_the_container_env(tmp_path):
         proc.stderr.close()
 
 
-# ---------------------------------------------------------------- the real thing: mpirun through the entrypoint
+# ------------------------------------------------------------ the real thing: mpirun through the entrypoint
 
 ENV_KEYS = (
     "OMP_NUM_THREADS",

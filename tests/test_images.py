@@ -341,7 +341,10 @@ def test_operator_image_is_slim_and_multi_stage():
 
 # ---------------------------------------------------------------- constraints merge (run at image build time)
 
-OURS = "torch==2.13.0\nnumpy==2.4.6\ndeepspeed==0.19.8\nPyYAML==6.0.3\n# comment\nkopf==1.45.2 ; python_version>'3'\n"
+OURS = (
+    "torch==2.13.0\nnumpy==2.4.6\ndeepspeed==0.19.8\nPyYAML==6.0.3\n# comment\n"
+    "kopf==1.45.2 ; python_version>'3'\n"
+)
 IMAGE = "torch==2.13.0+cu128\nnvidia-nccl-cu12==2.27.3\nnumpy==1.26.4\npyyaml==6.0.1\nsetuptools==70.0.0\n"
 
 

@@ -478,7 +478,11 @@ namespaces: [team-a]            # the operator's own settings are the operator's
 resyncSeconds: 30
 images: {nvidia: registry.example.com/ml/trainer-cuda:1.0, habana: g:1, cpu: c:1}
 pools:
-- {name: a100, accelerator: nvidia, devicesPerNode: 8, namespaces: [team-a], allowedImages: [registry.example.com/ml/]}
+- name: a100
+  accelerator: nvidia
+  devicesPerNode: 8
+  namespaces: [team-a]
+  allowedImages: [registry.example.com/ml/]
 """
 
 

@@ -13,7 +13,7 @@ This script merges the two sets of versions:
 Usage (stdlib only, runs before anything is installed)::
 
     python -m pip list --format=freeze > /tmp/installed.txt
-    python build_constraints.py constraints.txt /tmp/installed.txt [--base-wins] [--drop deepspeed] > /tmp/c.txt
+    python build_constraints.py constraints.txt /tmp/installed.txt [--base-wins] [--drop NAME] > /tmp/c.txt
 """
 
 from __future__ import annotations

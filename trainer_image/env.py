@@ -1,4 +1,5 @@
-"""The environment of one training rank: OpenMPI's variables -> torch.distributed's, plus accelerator defaults.
+"""The environment of one training rank: OpenMPI's variables -> torch.distributed's, plus accelerator
+defaults.
 
 ``mpirun`` starts ``rlhf-entrypoint stage`` once per rank with OMPI_COMM_WORLD_* set. This module
 turns that into what torch.distributed and DeepSpeed read (RANK, WORLD_SIZE, LOCAL_RANK,

@@ -153,7 +153,8 @@ def prepare(
     )
     if skipped:
         print(
-            f"rlhf-entrypoint sshd: not passed to ssh sessions (value not representable): {', '.join(skipped)}",
+            "rlhf-entrypoint sshd: not passed to ssh sessions (value not representable): "
+            f"{', '.join(skipped)}",
             file=sys.stderr,
         )
     path = state / "sshd_config"

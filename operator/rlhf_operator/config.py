@@ -63,7 +63,8 @@ class PrepareResources(_Model):
 
 
 class OperatorConfig(PoolPolicy):
-    """The whole configuration file: the pool policy (``images``, ``pools``) and the operator's own settings."""
+    """The whole configuration file: the pool policy (``images``, ``pools``) and the operator's own
+    settings."""
 
     model_config = ConfigDict(strict=False)
 

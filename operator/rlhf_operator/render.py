@@ -415,7 +415,8 @@ def mpijob(
                 "shm": None,
                 "ports": [],
                 "probes": None,
-                "restart_policy": None,  # the MPI operator sets it from the replica spec (and warns otherwise)
+                # the MPI operator sets it from the replica spec (and warns otherwise)
+                "restart_policy": None,
             },
             "worker": {
                 "labels": pod_labels,
@@ -451,8 +452,9 @@ def network_policy(admitted: Admitted, stage: str, uid: str | None) -> dict[str,
 
 def children(admitted: Admitted, config: OperatorConfig, uid: str | None = None) -> list[dict[str, Any]]:
     """Every child the operator creates for the run, in creation order: the ConfigMaps, the
-    stages' NetworkPolicies, the prepare Job, then one MPIJob per stage (first attempt). A suspended run gets its jobs as
-    they are here once resumed (the operator starts no job while the run is suspended)."""
+    stages' NetworkPolicies, the prepare Job, then one MPIJob per stage (first attempt). A suspended
+    run gets its jobs as they are here once resumed (the operator starts no job while the run is
+    suspended)."""
     out = [config_map(admitted, step, uid) for step in admitted.steps]
     out += [network_policy(admitted, stage, uid) for stage in admitted.stages]
     out.append(prepare_job(admitted, config, uid))

@@ -1,4 +1,5 @@
-"""What a dataset's name tells without reading it (stdlib only: the API, the operator and the trainer agree on it).
+"""What a dataset's name tells without reading it (stdlib only: the API, the operator and the trainer
+agree on it).
 
 * :data:`KNOWN_FORMATS`: the record format of the Hub datasets DeepSpeed-Chat ships adapters for;
   :func:`known_format` matches a Hub name, or a local path whose last components spell one

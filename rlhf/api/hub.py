@@ -78,7 +78,8 @@ def local_name(repo_id: str) -> str:
 
 
 def prepared_model_dir(root: str, repo_id: str) -> str:
-    """Where ``rlhf prepare`` puts Hub model (or tokenizer) ``repo_id``: ``<root>/hub/models/<org>--<name>``."""
+    """Where ``rlhf prepare`` puts Hub model (or tokenizer) ``repo_id``:
+    ``<root>/hub/models/<org>--<name>``."""
     return posixpath.join(root, HUB_DIR, "models", local_name(repo_id))
 
 

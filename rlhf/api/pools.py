@@ -365,9 +365,9 @@ class PoolPolicy(PolicyModel):
     def _pools_are_a_list(cls, value: Any) -> Any:
         if isinstance(value, dict):
             raise ValueError(
-                "expected a list of named pools, e.g. [{name: nvidia, accelerator: nvidia, devicesPerNode: 8, "
-                "tolerations: [...]}] (the mapping per accelerator of earlier versions is gone: give each "
-                "entry a name and its accelerator)"
+                "expected a list of named pools, e.g. [{name: nvidia, accelerator: nvidia, "
+                "devicesPerNode: 8, tolerations: [...]}] (the mapping per accelerator of earlier versions "
+                "is gone: give each entry a name and its accelerator)"
             )
         return value
 
@@ -523,8 +523,9 @@ def _pool_problems(run: RLHFRun, pool: Pool, index: int, default_image: str) -> 
         field = "spec.pool" if spec.pool else "spec.accelerator"
         problems.append(
             f"{field}: {name} does not allow privileged Gaudi pods: {spec.accelerator} training needs "
-            f"{PRIVILEGED_NEEDS[spec.accelerator]}. A platform admin allows them by setting privileged: true on "
-            f"the pool (Helm value pools[{index}].privileged) and the PodSecurity level privileged on the "
+            f"{PRIVILEGED_NEEDS[spec.accelerator]}. A platform admin allows them by setting "
+            f"privileged: true on the pool (Helm value pools[{index}].privileged) and the PodSecurity level "
+            "privileged on the "
             "run's namespace (label pod-security.kubernetes.io/enforce=privileged)"
         )
     for stage in spec.stage_order:

@@ -241,8 +241,10 @@ def _input_rules() -> tuple[Rule, ...]:
                 continue
             rules.append(
                 Rule(
-                    f"!self.pipeline.exists(s, s == '{kind.name}') || self.pipeline.exists(s, s == '{inp.stage}')",
-                    f"{kind.name} starts its {inp.role} from the {inp.stage} stage's model; add {inp.stage} to spec.pipeline",
+                    f"!self.pipeline.exists(s, s == '{kind.name}') "
+                    f"|| self.pipeline.exists(s, s == '{inp.stage}')",
+                    f"{kind.name} starts its {inp.role} from the {inp.stage} stage's model; "
+                    f"add {inp.stage} to spec.pipeline",
                     None,
                     "pipeline",
                 )

@@ -42,8 +42,8 @@ class LoraSpec(SpecModel):
         ),
         Rule(
             "!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear')",
-            "'all-linear' is not a module name: leave targetModules out for the model family's projections, or list "
-            "the module names to adapt",
+            "'all-linear' is not a module name: leave targetModules out for the model family's "
+            "projections, or list the module names to adapt",
             lambda m: "all-linear" not in (m.target_modules or ()),
             "targetModules",
         ),
@@ -140,7 +140,7 @@ StagesSpec = create_model(  # type: ignore[call-overload]
     "StagesSpec",
     __base__=_StagesBase,
     __doc__="How each stage of the run's pipeline runs and trains; a stage "
-    "left out runs as one process with the trainer's defaults. Settings of a stage that is not in spec.pipeline "
-    "are ignored.",
+    "left out runs as one process with the trainer's defaults. Settings of a stage that is not in "
+    "spec.pipeline are ignored.",
     **{name: _section(name) for name in STAGE_NAMES},
 )

@@ -75,7 +75,8 @@ class RLHFRunStatus(SpecModel):
         None,
         pattern=CURRENT_STEPS,
         max_length=64,
-        description="The steps running now, comma-separated (prepare; sft,reward; ppo), or the last one that ran",
+        description="The steps running now, comma-separated (prepare; sft,reward; ppo), "
+        "or the last one that ran",
     )
     start_time: datetime | None = _time("When the first stage started")
     completion_time: datetime | None = _time("When the run succeeded or failed for good")

@@ -25,7 +25,8 @@ POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length
 
 
 def local_dir(value: str, key: str) -> Path | None:
-    """The directory ``value`` names, None for a Hub id; ConfigError when it is a path that cannot be a model."""
+    """The directory ``value`` names, None for a Hub id; ConfigError when it is a path that cannot be
+    a model."""
     from rlhf.api.hub import is_hub_id
 
     path = Path(value).expanduser()

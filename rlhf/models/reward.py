@@ -45,7 +45,8 @@ class RewardModel(nn.Module):
 
     @staticmethod
     def scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The score of each (right-padded) sequence: its value at the last real token of ``attention_mask``."""
+        """The score of each (right-padded) sequence: its value at the last real token of
+        ``attention_mask``."""
         return losses.gather_at(values, losses.last_index(attention_mask))
 
 

@@ -102,9 +102,9 @@ def _config(
         )  # fmt: skip
     if family == "llama":
         return LlamaConfig(
-            hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=heads,
-            intermediate_size=ffn, max_position_embeddings=max_positions, attention_dropout=dropout,
-            tie_word_embeddings=True, **ids,
+            hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads,
+            num_key_value_heads=heads, intermediate_size=ffn, max_position_embeddings=max_positions,
+            attention_dropout=dropout, tie_word_embeddings=True, **ids,
         )  # fmt: skip
     if family == "bloom":  # ALiBi positions (no limit) and a fixed 4 * hidden MLP: ffn is not used
         return BloomConfig(
@@ -121,8 +121,9 @@ def _config(
         extra = {"head_dim": hidden // heads} if family != "qwen2" else {}
         return llama_like[family](
             hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2), intermediate_size=ffn, max_position_embeddings=max_positions,
-            attention_dropout=dropout, tie_word_embeddings=True, **extra, **ids,
+            num_key_value_heads=max(1, heads // 2), intermediate_size=ffn,
+            max_position_embeddings=max_positions, attention_dropout=dropout, tie_word_embeddings=True,
+            **extra, **ids,
         )  # fmt: skip
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 

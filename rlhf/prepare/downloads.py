@@ -106,7 +106,8 @@ def model_patterns(repo_files: list[str], kind: ModelKind) -> Patterns:
 
 
 def ensure_model(root: Path, repo_id: str, kind: ModelKind) -> Copied:
-    """Hub model (or just its tokenizer) ``repo_id`` in ``<root>/hub/models``; fetched unless already there."""
+    """Hub model (or just its tokenizer) ``repo_id`` in ``<root>/hub/models``; fetched unless already
+    there."""
     final = Path(prepared_model_dir(str(root), repo_id))
     marker = read_marker(final)
     if marker and marker.get("repo_id") == repo_id and marker.get("kind") in ("model", kind):

@@ -14,7 +14,8 @@ ModelKind = Literal["model", "tokenizer"]
 
 @dataclass
 class HubNeeds:
-    """Hub repositories to copy into the run's storage: models (repo id -> kind) and datasets (repo id -> format)."""
+    """Hub repositories to copy into the run's storage: models (repo id -> kind) and datasets
+    (repo id -> format)."""
 
     models: dict[str, ModelKind] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)

@@ -173,7 +173,8 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                     "status": "Failure",
                     "code": 403,
                     "reason": "Forbidden",
-                    "message": 'namespaces is forbidden: cannot list resource "namespaces" at the cluster scope',
+                    "message": 'namespaces is forbidden: cannot list resource "namespaces" '
+                    "at the cluster scope",
                 },
                 status=403,
             )

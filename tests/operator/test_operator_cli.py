@@ -92,7 +92,8 @@ def test_config_defaults_env_and_errors(tmp_path, monkeypatch):
     ):
         load_config(path)
     path.write_text(
-        "namespaces: [team-a]\npools: [{name: g, accelerator: cpu, devicesPerNode: 4, namespaces: [team-b]}]\n"
+        "namespaces: [team-a]\n"
+        "pools: [{name: g, accelerator: cpu, devicesPerNode: 4, namespaces: [team-b]}]\n"
     )
     with pytest.raises(
         ConfigError, match=r"pools\[0\]\.namespaces\[0\]: 'team-b' is not one of the namespaces"

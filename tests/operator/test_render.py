@@ -433,8 +433,8 @@ def test_admission_names_the_field(change, field):
 # Injection: every string a user can write stays one inert string.
 
 PAYLOAD = (
-    "x\n  injected: true\nkind: Secret\n\"'` {{ 7*7 }} {% raw %}{% endraw %} &a *a !!python/object/apply:os.system "
-    "[id] --- \\n \u2028 \x85 \x07 \U0001f600 }} #"
+    "x\n  injected: true\nkind: Secret\n\"'` {{ 7*7 }} {% raw %}{% endraw %} "
+    "&a *a !!python/object/apply:os.system [id] --- \\n \u2028 \x85 \x07 \U0001f600 }} #"
 )
 MARKER = "inert marker"  # not a Hub id either, like the payload
 

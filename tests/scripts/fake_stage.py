@@ -1,7 +1,8 @@
 """A fast stand-in for `rlhf train STAGE --config FILE`, for the runner tests.
 
 Behaviour per stage from the JSON in env FAKE_STAGES ({"sft": {"seconds": 1, "exit": 0,
-"ignore_sigint": false, "child": false, "linger": 0}}; linger: seconds between writing the summary and exiting); events (start/end/interrupted, with pid, pgid and
+"ignore_sigint": false, "child": false, "linger": 0}}; linger: seconds between writing the summary
+and exiting); events (start/end/interrupted, with pid, pgid and
 OMP_NUM_THREADS) are appended as JSON lines to the file named by env FAKE_EVENTS. On success it
 leaves what the trainer leaves: model/, config.yaml (the resolved config), metrics.jsonl, summary.json.
 """
