@@ -75,11 +75,11 @@ def build_registry(
 
     def child_handler(group: str, version: str, plural: str) -> None:
         # Kopf types `namespace` as str | None (for cluster-scoped objects); our children are namespaced.
-        @kopf.on.event(
+        @kopf.on.event(  # type: ignore[arg-type]
             group,
             version,
             plural,
-            registry=registry,  # type: ignore[arg-type]
+            registry=registry,
             labels={names.MANAGED_BY: names.OPERATOR_NAME, names.RUN_LABEL: kopf.PRESENT},
         )
         async def child_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
