@@ -57,8 +57,19 @@ demo: setup $(DEMO_DIR)/models/actor/config.json
 	  HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
 	  $(PY) -m rlhf chat --model $(DEMO_DIR)/ppo/model --prompt "$$q" || exit 1; done
 
+# The static checks, run by `make lint` and first by `make test` (so by CI): lint, formatting (ruff,
+# line length 110), types (mypy over rlhf, rlhf_operator, rlhf_entrypoint; [tool.mypy]) and the
+# import contracts ([tool.importlinter]). Caches live in .cache/.
+LINT_PATHS := rlhf operator trainer_image tests bench
+define STATIC_CHECKS
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-logo --cache-dir .cache/import-linter
+endef
+
 test: setup cluster-tools
-	$(PY) -m ruff check rlhf operator trainer_image tests bench
+	$(STATIC_CHECKS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -71,7 +82,7 @@ bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: setup
-	$(PY) -m ruff check rlhf operator trainer_image tests bench
+	$(STATIC_CHECKS)
 
 # The Helm chart ships the generated CRD (tests/test_chart.py checks they match): run after
 # `python -m rlhf.api.crd > crds/rlhfrun.yaml`.
