@@ -16,15 +16,21 @@ def _ppo(tiny, out, *extra) -> list[str]:
     return [*mpirun(2), sys.executable, "-m", "rlhf", "train", "ppo", *tiny.ppo_overrides(out, *extra)]
 
 
-@pytest.mark.parametrize("train_batch", [4, 8])  # 8 = the rollout: the critic's values come from training
-def test_zero3_ppo_generates_in_lockstep(tiny, tmp_path, train_batch):
+@pytest.mark.parametrize("train_batch, extra", [
+    # EMA on the main rank only: every rank still takes part in gathering the actor's partitions
+    (4, ("engines.ema=true",)),
+    # 8 = the rollout: the critic's values come from training; the reference is the actor with
+    # its LoRA adapters disabled (a frozen partitioned base)
+    (8, ("lora.dim=4", "lora.only_optimize_lora=true")),
+])
+def test_zero3_ppo_generates_in_lockstep(tiny, tmp_path, train_batch, extra):
     # No live parameters kept: every forward pass gathers, so a rank generating alone would hang
     # (and time out after dist_timeout_seconds) instead of passing by luck.
     out = tmp_path / "ppo"
     cmd = _ppo(tiny, out, "deepspeed.zero_stage=3", "deepspeed.stage3_max_live_parameters=0",
                "deepspeed.stage3_param_persistence_threshold=0", "deepspeed.dist_timeout_seconds=120",
                "engines.critic_zero_stage=3", "ppo.max_iterations=2", "evaluation.max_prompts=5",
-               f"optim.per_device_train_batch_size={train_batch}")
+               f"optim.per_device_train_batch_size={train_batch}", *extra)
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -32,6 +38,7 @@ def test_zero3_ppo_generates_in_lockstep(tiny, tmp_path, train_batch):
     assert summary["metrics"]["eval/property_rate"] >= 0  # 5 prompts split unevenly across the ranks
     assert len((out / "eval_answers.jsonl").read_text().splitlines()) == 5
     assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "ema_model" / "model.safetensors").is_file() == ("engines.ema=true" in extra)
 
 
 def test_killed_ppo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):

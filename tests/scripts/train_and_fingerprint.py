@@ -33,6 +33,7 @@ def fingerprint(module: torch.nn.Module) -> dict[str, str]:
 
 def main() -> None:
     from rlhf.config import STAGES, load
+    from rlhf.stages.dpo import DPOStage
     from rlhf.stages.loop import Trainer
     from rlhf.stages.reward import RewardStage
     from rlhf.stages.sft import SFTStage
@@ -40,7 +41,7 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
     stage, prefix, *overrides = args
     cfg = load(STAGES[stage], None, overrides)
-    trainer = Trainer(cfg, {"sft": SFTStage, "reward": RewardStage}[stage])
+    trainer = Trainer(cfg, {"sft": SFTStage, "reward": RewardStage, "dpo": DPOStage}[stage])
     summary = trainer.run()
     rank = trainer.rt.dist.rank
     with open(f"{prefix}{rank}.json", "w") as f:
