@@ -68,13 +68,15 @@ def test_import_needs_no_torch():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_stage_configs_load_in_the_trainer(tmp_path, path):
     run = load_manifest(path)
-    for stage in ("sft", "reward"):
+    for stage in run.spec.stage_order:
         config_file = tmp_path / f"{stage}.yaml"
         config_file.write_text(yaml.safe_dump(stage_config(run, stage)))  # what the ConfigMap holds
         cfg = load(STAGES[stage], config_file)
         assert cfg.checkpoint.output_dir.endswith(f"/{stage}")
         assert cfg.data_cache_dir.endswith("/data_cache")
-    assert stage_config(run, "ppo")["checkpoint"]["output_dir"].endswith("/ppo")
+    other = next(s for s in STAGES if s not in run.spec.pipeline)
+    with pytest.raises(SpecError, match=f"spec.pipeline: the run has no {other} stage"):
+        stage_config(run, other)
 
 
 def test_storage_layout_and_models():
@@ -108,7 +110,7 @@ def test_data_and_seed_are_shared_by_every_stage():
             },
         )
     )
-    for stage in STAGE_NAMES:
+    for stage in run.spec.stage_order:
         config = stage_config(run, stage)
         assert config["seed"] == 7
         # A Hub dataset is read from its prepared copy, with the format it resolves to; paths as given.
@@ -499,3 +501,24 @@ def test_a_pipeline_that_cannot_run_is_refused_naming_spec_pipeline():
     # GRPO needs a reward source: the reward stage's model, or reward functions
     problems = errors_of(pipeline_run(["sft", "grpo"]))
     assert any(p.startswith("spec.stages.grpo") and "no reward source" in p for p in problems), problems
+
+
+def test_a_run_without_the_reward_stage_needs_no_reward_model():
+    for pipeline in (["sft", "dpo"], ["sft", "grpo"]):
+        data = pipeline_run(pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}})
+        data["spec"]["models"].pop("reward")
+        run = load_manifest(data)
+        assert run.spec.models.reward is None and run.spec.stage_order == pipeline
+
+
+def test_every_stage_kind_has_its_config_and_its_trainer():
+    """A stage kind is one entry in the graph, one config class and one module with train()."""
+    import importlib
+
+    from rlhf.api import graph
+    from rlhf.config import STAGES
+
+    assert list(STAGES) == list(graph.KINDS)
+    for name, cls in STAGES.items():
+        assert cls.name == name and cls.phase == graph.kind(name).phase, name
+        assert callable(importlib.import_module(f"rlhf.stages.{name}").train), name

@@ -377,6 +377,13 @@ INVALID = [
         "spec",
     ),
     (
+        "reward-stage-without-its-model",
+        _set("spec.models.reward", None),
+        "spec.models",
+        "the reward stage trains spec.models.reward",
+        "spec",
+    ),
+    (
         "dpo-alone",
         _set("spec.pipeline", ["dpo"]),
         "spec.pipeline",

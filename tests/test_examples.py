@@ -39,6 +39,9 @@ FAMILY = {
     "multi-tenant-kueue.yaml": "opt",
     "opt-1.3b-single-node.yaml": "opt",
     "quickstart.yaml": "opt",  # runs/quickstart/models: `rlhf tiny-models` builds OPT
+    "quickstart-dpo.yaml": "opt",
+    "quickstart-grpo.yaml": "opt",
+    "qwen2-7b-grpo.yaml": "qwen2",
     "smollm2-135m-local.yaml": "llama",  # SmolLM2 is a Llama
 }
 #: Toy scale: what changes per stage (everything else is the example's).
@@ -46,11 +49,25 @@ TOY = {
     "sft": {"optim.max_steps": 2, "logging.log_interval": 1},
     "reward": {"optim.max_steps": 2, "logging.log_interval": 1},
     "ppo": {"ppo.max_iterations": 1, "evaluation.max_prompts": 4, "logging.log_interval": 1},
+    "dpo": {"optim.max_steps": 2, "evaluation.max_prompts": 4, "logging.log_interval": 1},
+    "grpo": {"grpo.max_iterations": 1, "evaluation.max_prompts": 4, "logging.log_interval": 1},
+}
+#: The metrics each stage's training rows carry (its losses), beyond being finite.
+LOSSES = {
+    "sft": ("loss",),
+    "reward": ("loss",),
+    "ppo": ("actor_loss", "critic_loss"),
+    "dpo": ("loss",),
+    "grpo": ("policy_loss",),
 }
 
 
 def test_every_example_has_a_family():
     assert sorted(FAMILY) == [p.name for p in EXAMPLES], "add the new example's model family to FAMILY"
+
+
+def _pipeline(manifest: dict) -> list[str]:
+    return manifest["spec"].get("pipeline", ["sft", "reward", "ppo"])
 
 
 def _question(prompt: str) -> str:
@@ -113,7 +130,10 @@ def toy_manifest(path: Path, work: Path, models: tuple[Path, Path]) -> dict:
     manifest = yaml.safe_load(path.read_text())
     spec = manifest["spec"]
     spec["accelerator"] = "cpu"
-    spec["models"] = {"actor": str(models[0]), "reward": str(models[1])}
+    had_reward = "reward" in spec["models"]
+    spec["models"] = {"actor": str(models[0])}
+    if had_reward:
+        spec["models"]["reward"] = str(models[1])
     data_dir = work / "data"
     data_dir.mkdir()
     for key in ("datasets", "sftOnlyDatasets"):
@@ -123,7 +143,8 @@ def toy_manifest(path: Path, work: Path, models: tuple[Path, Path]) -> dict:
                 write_dataset(data_dir / f"{name.removesuffix('.jsonl')}.jsonl", name, seed=i)
             )
     heldout = generate(work / "heldout", seed=7, n_sft=1, n_pairs=1, n_heldout=8)["heldout"]
-    for stage, options in TOY.items():
+    for stage in _pipeline(manifest):
+        options = TOY[stage]
         s = spec["stages"].setdefault(stage, {})
         s.update(nodes=1, devicesPerNode=1, resources={"cpu": 1})
         if s.get("dtype") == "fp16":
@@ -161,7 +182,7 @@ def test_example_settings_run_at_toy_scale(example, families, tmp_path):
         f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((tmp_path / "out").glob("*/stage.log"))
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{logs}"
-    for stage in ("sft", "reward", "ppo"):
+    for stage in _pipeline(manifest):
         summary = json.loads((tmp_path / "out" / stage / "summary.json").read_text())
         assert summary["status"] == "completed", (stage, summary)
         assert not _finite(summary["metrics"]), (stage, summary["metrics"])
@@ -170,6 +191,5 @@ def test_example_settings_run_at_toy_scale(example, families, tmp_path):
         ]
         train = [r for r in rows if r["split"] == "train"]
         assert train and all(not _finite(r) for r in train), (stage, train)
+        assert any(all(k in r for k in LOSSES[stage]) for r in train), (stage, train)
         assert (tmp_path / "out" / stage / "model" / "config.json").is_file()
-    ppo = [json.loads(line) for line in (tmp_path / "out" / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert any("actor_loss" in r and "critic_loss" in r for r in ppo)

@@ -65,9 +65,11 @@ class ModelsSpec(SpecModel):
         description="Base of the actor: a Hub id (facebook/opt-1.3b, downloaded by the prepare step) "
         "or a directory (/models/opt, ./opt). SFT fine-tunes it; PPO starts from SFT's output",
     )
-    reward: PathStr = Field(
+    reward: PathStr | None = Field(
+        None,
         description="Base of the reward model: a Hub id (facebook/opt-350m, downloaded by the prepare "
-        "step) or a directory. The reward stage trains it; PPO's critic starts from its output",
+        "step) or a directory. The reward stage trains it (required when spec.pipeline has reward); PPO's "
+        "critic and GRPO's reward model start from its output",
     )
     tokenizer: PathStr | None = Field(
         None,
@@ -271,6 +273,12 @@ class RLHFRunSpec(SpecModel):
             "accelerator cpu has no device memory to offload from; set offload: false",
             lambda m: m.accelerator != "cpu" or not any(m.stages.get(s).offload for s in STAGE_NAMES),
             "accelerator",
+        ),
+        Rule(
+            "!self.pipeline.exists(s, s == 'reward') || has(self.models.reward)",
+            "the reward stage trains spec.models.reward; set it (or drop reward from spec.pipeline)",
+            lambda m: "reward" not in m.pipeline or m.models.reward is not None,
+            "models",
         ),
         *_input_rules(),
     )

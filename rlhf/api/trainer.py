@@ -55,6 +55,7 @@ def _model_keys(run: RLHFRun, stage: str, root: str) -> tuple[str, dict[str, tup
         }
         return kind.inputs[0].section, keys
     base, field = (models.actor, "actor") if stage == "sft" else (models.reward, "reward")
+    assert base is not None, "RLHFRunSpec's rule: a run with the reward stage sets spec.models.reward"
     # Hub ids load from the copies `rlhf prepare` put on the storage (rlhf.api.hub); paths as given.
     keys = {"model.name_or_path": (model_location(root, base), f"spec.models.{field}")}
     if models.tokenizer:
@@ -186,7 +187,7 @@ def _in_manifest_terms(message: str, origins: dict[str, str]) -> str:
 
 
 def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
-    """The trainer config of ``stage`` (sft, reward or ppo) for ``run``, checked.
+    """The trainer config of ``stage`` (one of the run's ``spec.pipeline``) for ``run``, checked.
 
     Outputs go to ``<storage>/<stage>``, the tokenized-data cache to ``<storage>/data_cache``
     (shared by the stages); SFT trains ``spec.models.actor``, the reward stage
@@ -198,6 +199,11 @@ def stage_config(run: RLHFRun, stage: str) -> dict[str, Any]:
     if stage not in STAGES:
         raise SpecError(
             [f"spec.pipeline: this trainer has no {stage} stage (it has {', '.join(STAGES)})"],
+            f"{run.metadata.name!r} (stage {stage})",
+        )
+    if stage not in run.spec.pipeline:
+        raise SpecError(
+            [f"spec.pipeline: the run has no {stage} stage (its stages: {', '.join(run.spec.stage_order)})"],
             f"{run.metadata.name!r} (stage {stage})",
         )
     config, origins, problems = _compose(run, stage)

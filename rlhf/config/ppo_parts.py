@@ -38,16 +38,30 @@ class GenerationConfig(Section):
     )
 
 
-class PPOAlgoConfig(Section):
+class PolicyRoundsConfig(Section):
+    """What PPO and GRPO share: rounds of generation then policy updates, the ratio clip of the
+    policy loss."""
+
+    max_iterations: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many iterations (rollouts: a round of generation, then training on "
+        "it); default: optim.epochs over the prompts",
+    )
+    cliprange: float = Field(
+        0.2,
+        gt=0,
+        description="Policy ratio clip: ratios outside [1 - cliprange, 1 + cliprange] stop moving the policy "
+        "(GRPO's upper bound: grpo.cliprange_high when set)",
+    )
+
+
+class PPOAlgoConfig(PolicyRoundsConfig):
     """The PPO algorithm (DeepSpeed-Chat's DeepSpeedPPOTrainer constants)."""
 
     ppo_epochs: int = Field(1, ge=1, description="Passes over each round of experience (--ppo_epochs)")
-    max_iterations: int | None = Field(
-        None, ge=1, description="Stop after this many iterations (generation rounds); default: optim.epochs over the prompts"
-    )
     kl_ctl: float = Field(0.1, ge=0, description="Weight of the per-token KL penalty to the reference model")
     clip_reward_value: float = Field(5.0, gt=0, description="Reward-model scores are clipped to +-this")
-    cliprange: float = Field(0.2, gt=0, description="PPO policy ratio clip")
     cliprange_value: float = Field(0.2, gt=0, description="Value clip around the rollout's values")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
@@ -105,7 +119,7 @@ class PPOEvalConfig(Section):
     baseline: bool = Field(True, description="Also evaluate the starting actor (the SFT model) once")
 
 
-class GRPOAlgoConfig(Section):
+class GRPOAlgoConfig(PolicyRoundsConfig):
     """GRPO and RLOO: a group of sampled answers per prompt, each answer's advantage its reward against
     the group's (no critic), a clipped policy loss and an optional KL term to the reference model."""
 
@@ -126,10 +140,6 @@ class GRPOAlgoConfig(Section):
     rollout_epochs: int = Field(
         1, ge=1, description="Passes over each rollout in mini-batches of optim.per_device_train_batch_size answers"
     )
-    max_iterations: int | None = Field(
-        None, ge=1, description="Stop after this many iterations (rollouts); default: optim.epochs over the prompts"
-    )
-    cliprange: float = Field(0.2, gt=0, description="Policy ratio clip: ratios outside [1 - this, 1 + cliprange_high]")
     cliprange_high: float | None = Field(
         None, gt=0, description="Upper ratio clip (DAPO's clip-higher); default cliprange"
     )

@@ -294,4 +294,6 @@ def deprecated_settings(cfg: StageConfig) -> list[str]:
     return lines
 
 
-STAGES: dict[str, type[StageConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
+#: Every stage kind's config class, by stage name (rlhf.api.graph.KINDS has the same names; each kind's
+#: trainer is the module rlhf.stages.<name>).
+STAGES: dict[str, type[StageConfig]] = {c.name: c for c in StageConfig.__subclasses__()}

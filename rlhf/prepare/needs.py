@@ -29,7 +29,7 @@ def hub_needs(run: RLHFRun) -> HubNeeds:
     needs = HubNeeds()
     models = run.spec.models
     for repo in (models.actor, models.reward):
-        if is_hub_id(repo):
+        if repo and is_hub_id(repo):
             needs.models[repo] = "model"
     if models.tokenizer and is_hub_id(models.tokenizer):
         needs.models.setdefault(models.tokenizer, "tokenizer")

@@ -1,10 +1,15 @@
-"""``rlhf train STAGE``: the stage kinds' trainers, by stage name."""
+"""``rlhf train STAGE``: the stage kind's trainer, found by name.
+
+Each stage kind is a module ``rlhf.stages.<name>`` with ``train(cfg) -> summary`` (its config class
+is :data:`rlhf.config.STAGES` ``[name]``): a new kind needs no entry here.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from rlhf.config.stages import GRPOConfig, PPOConfig, StageConfig
+from rlhf.config.stages import StageConfig
 from rlhf.stages.finished import finished_summary
 
 
@@ -14,23 +19,9 @@ def run_stage(cfg: StageConfig) -> dict[str, Any]:
     A stage that already completed with the same config is skipped; an interrupted one resumes
     from its latest checkpoint.
     """
-    from rlhf.stages.base import Stage
-    from rlhf.stages.dpo import DPOStage
-    from rlhf.stages.loop import Trainer
-    from rlhf.stages.reward import RewardStage
-    from rlhf.stages.sft import SFTStage
-
     done = finished_summary(cfg)
     if done is not None:
         return dict(done, skipped=True)
-    if isinstance(cfg, PPOConfig):
-        from rlhf.stages.ppo import PPOTrainer
-
-        return PPOTrainer(cfg).run()
-    if isinstance(cfg, GRPOConfig):
-        from rlhf.stages.grpo import GRPOTrainer
-
-        return GRPOTrainer(cfg).run()
-    stages: dict[str, type[Stage]] = {"sft": SFTStage, "reward": RewardStage, "dpo": DPOStage}
-    stage_cls = stages[cfg.name]
-    return Trainer(cfg, stage_cls).run()
+    module = importlib.import_module(f"rlhf.stages.{cfg.name}")
+    summary: dict[str, Any] = module.train(cfg)
+    return summary

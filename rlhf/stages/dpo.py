@@ -199,3 +199,10 @@ class DPOStage(Stage):
 def _write_rows(path: Path, rows: list[dict]) -> None:
     if rows:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(cfg: DPOConfig) -> dict[str, Any]:
+    """``rlhf train dpo``: train the stage to completion; its summary."""
+    from rlhf.stages.loop import Trainer
+
+    return Trainer(cfg, DPOStage).run()

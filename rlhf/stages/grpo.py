@@ -254,3 +254,8 @@ class GRPOTrainer:
         )
         publish_summary(self.out, summary, rt)
         return summary
+
+
+def train(cfg: GRPOConfig) -> dict[str, Any]:
+    """``rlhf train grpo``: train the stage to completion; its summary."""
+    return GRPOTrainer(cfg).run()

@@ -308,3 +308,8 @@ class PPOTrainer:
         )
         publish_summary(self.out, summary, rt)
         return summary
+
+
+def train(cfg: PPOConfig) -> dict[str, Any]:
+    """``rlhf train ppo``: train the stage to completion; its summary."""
+    return PPOTrainer(cfg).run()

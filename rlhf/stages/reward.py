@@ -91,3 +91,10 @@ class RewardStage(Stage):
 
     def real_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def train(cfg: RewardConfig) -> dict[str, Any]:
+    """``rlhf train reward``: train the stage to completion; its summary."""
+    from rlhf.stages.loop import Trainer
+
+    return Trainer(cfg, RewardStage).run()

@@ -60,3 +60,10 @@ class SFTStage(Stage):
 
     def real_tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    """``rlhf train sft``: train the stage to completion; its summary."""
+    from rlhf.stages.loop import Trainer
+
+    return Trainer(cfg, SFTStage).run()

@@ -160,6 +160,7 @@ def test_rlhf_validate_and_render_agree_on_the_pool_policy(name, data, tmp_path,
         "multi-tenant-kueue.yaml",
         "llama2-7b-lora-2x8.yaml",
         "opt-1.3b-single-node.yaml",
+        "qwen2-7b-grpo.yaml",
         "ok-image",
         "zone",
     }
