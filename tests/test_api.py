@@ -13,7 +13,6 @@ import yaml
 
 from rlhf.api import (
     PVC_MOUNT_PATH,
-    STAGE_NAMES,
     LoraSpec,
     RLHFRun,
     SpecError,
@@ -505,7 +504,9 @@ def test_a_pipeline_that_cannot_run_is_refused_naming_spec_pipeline():
 
 def test_a_run_without_the_reward_stage_needs_no_reward_model():
     for pipeline in (["sft", "dpo"], ["sft", "grpo"]):
-        data = pipeline_run(pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}})
+        data = pipeline_run(
+            pipeline, grpo={"trainerOptions": {"rewards.functions": ["rlhf.data.synthetic:reward"]}}
+        )
         data["spec"]["models"].pop("reward")
         run = load_manifest(data)
         assert run.spec.models.reward is None and run.spec.stage_order == pipeline
