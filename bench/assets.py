@@ -74,23 +74,38 @@ def _fit(tokenizer, words: list[str], rng: random.Random, target: int, make) -> 
         body.append(rng.choice(words))
 
 
-def make_pairs(tokenizer, n_pairs: int, seed: int = 0, prompt_tokens: tuple[int, int] = PROMPT_TOKENS,
-               answer_tokens: tuple[int, int] = ANSWER_TOKENS) -> list[dict[str, str]]:
+def make_pairs(
+    tokenizer,
+    n_pairs: int,
+    seed: int = 0,
+    prompt_tokens: tuple[int, int] = PROMPT_TOKENS,
+    answer_tokens: tuple[int, int] = ANSWER_TOKENS,
+) -> list[dict[str, str]]:
     """``n_pairs`` records {prompt, chosen, rejected} with token lengths as described above."""
     rng = random.Random(seed)
     words = _words()
     records = []
     for _ in range(n_pairs):
-        prompt = _fit(tokenizer, words, rng, rng.randint(*prompt_tokens), lambda b: f"Human: {b}\n\nAssistant:")
+        prompt = _fit(
+            tokenizer, words, rng, rng.randint(*prompt_tokens), lambda b: f"Human: {b}\n\nAssistant:"
+        )
         chosen = _fit(tokenizer, words, rng, rng.randint(*answer_tokens), lambda b: f" {b}.{CLOSING}")
         rejected = _fit(tokenizer, words, rng, rng.randint(*answer_tokens), lambda b: f" {b}.")
         records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return records
 
 
-def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("actor", "reward"),
-          vocab_size: int = 1024, seed: int = 0, shapes: str = "issue",
-          prompt_tokens: tuple[int, int] = PROMPT_TOKENS, answer_tokens: tuple[int, int] = ANSWER_TOKENS) -> dict[str, Path]:
+def build(
+    root: str | Path,
+    *,
+    n_pairs: int = 2000,
+    models: tuple[str, ...] = ("actor", "reward"),
+    vocab_size: int = 1024,
+    seed: int = 0,
+    shapes: str = "issue",
+    prompt_tokens: tuple[int, int] = PROMPT_TOKENS,
+    answer_tokens: tuple[int, int] = ANSWER_TOKENS,
+) -> dict[str, Path]:
     """Build (or reuse) the data and the models under ``root``; returns their paths.
 
     ``shapes="nano"`` gives every model the 2-layer, 64-wide "nano" shape (smoke tests)."""
@@ -126,7 +141,6 @@ def build(root: str | Path, *, n_pairs: int = 2000, models: tuple[str, ...] = ("
     return paths
 
 
-
 def length_stats(pairs: str | Path, tokenizer_dir: str | Path) -> dict[str, float]:
     """Token-length statistics of the pairs (to check they are as documented)."""
     from transformers import AutoTokenizer
@@ -139,6 +153,11 @@ def length_stats(pairs: str | Path, tokenizer_dir: str | Path) -> dict[str, floa
 
     prompts = [n(r["prompt"]) for r in rows]
     chosen = [n(r["chosen"]) for r in rows]
-    return {"pairs": len(rows), "prompt_min": min(prompts), "prompt_max": max(prompts),
-            "prompt_mean": sum(prompts) / len(rows), "chosen_mean": sum(chosen) / len(rows),
-            "sft_row_mean": sum(p + c + 1 for p, c in zip(prompts, chosen, strict=True)) / len(rows)}
+    return {
+        "pairs": len(rows),
+        "prompt_min": min(prompts),
+        "prompt_max": max(prompts),
+        "prompt_mean": sum(prompts) / len(rows),
+        "chosen_mean": sum(chosen) / len(rows),
+        "sft_row_mean": sum(p + c + 1 for p, c in zip(prompts, chosen, strict=True)) / len(rows),
+    }

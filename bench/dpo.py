@@ -60,6 +60,7 @@ def _peak():
 
 # ---- ours: one rank -----------------------------------------------------------------------------
 
+
 def ours(args) -> None:
     from bench.trainer import _probe_stage
     from rlhf.config import DPOConfig, load
@@ -69,16 +70,34 @@ def ours(args) -> None:
 
     peak = _peak()
     s = SETTINGS
-    cfg = load(DPOConfig, None, [
-        f"model.name_or_path={args.assets / 'actor'}", f"data.paths=[{args.pairs_file}]", "data.split=0,1,0",
-        "data.eval_fraction=0", f"data.max_seq_len={s['max_len']}", f"data.cache_dir={args.work / 'data_cache'}",
-        f"deepspeed.dtype={s['dtype']}", "deepspeed.zero_stage=2", f"optim.per_device_train_batch_size={s['batch']}",
-        f"optim.per_device_eval_batch_size={s['batch']}", "optim.lr_scheduler=constant",
-        f"optim.learning_rate={s['lr']}", "optim.weight_decay=0", f"optim.max_steps={args.steps}",
-        f"dpo.beta={s['beta']}", f"dpo.reference_logps={args.reference}", "evaluation.baseline=false",
-        f"checkpoint.output_dir={args.work}", "checkpoint.resume=false", "logging.progress_bar=false",
-        "logging.log_interval=1000", *args.extra,
-    ])
+    cfg = load(
+        DPOConfig,
+        None,
+        [
+            f"model.name_or_path={args.assets / 'actor'}",
+            f"data.paths=[{args.pairs_file}]",
+            "data.split=0,1,0",
+            "data.eval_fraction=0",
+            f"data.max_seq_len={s['max_len']}",
+            f"data.cache_dir={args.work / 'data_cache'}",
+            f"deepspeed.dtype={s['dtype']}",
+            "deepspeed.zero_stage=2",
+            f"optim.per_device_train_batch_size={s['batch']}",
+            f"optim.per_device_eval_batch_size={s['batch']}",
+            "optim.lr_scheduler=constant",
+            f"optim.learning_rate={s['lr']}",
+            "optim.weight_decay=0",
+            f"optim.max_steps={args.steps}",
+            f"dpo.beta={s['beta']}",
+            f"dpo.reference_logps={args.reference}",
+            "evaluation.baseline=false",
+            f"checkpoint.output_dir={args.work}",
+            "checkpoint.resume=false",
+            "logging.progress_bar=false",
+            "logging.log_interval=1000",
+            *args.extra,
+        ],
+    )
     marks: dict[str, float] = {}
     score = dpo_reference.score_pairs
 
@@ -94,15 +113,24 @@ def ours(args) -> None:
     trainer.run()
     records = trainer.stage.records
     rank = trainer.rt.dist.rank
-    Path(f"{args.out}{rank}.json").write_text(json.dumps({
-        "rank": rank, "world_size": trainer.rt.dist.world_size, "step_starts": [r["t"] for r in records],
-        "real_tokens": [r["real"] for r in records], "pairs": [r["samples"] for r in records],
-        "reference_seconds": marks.get("reference_seconds", 0.0), "before_mib": marks["before_mib"],
-        "peak_mib": peak.high() / MIB,
-    }))
+    Path(f"{args.out}{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world_size": trainer.rt.dist.world_size,
+                "step_starts": [r["t"] for r in records],
+                "real_tokens": [r["real"] for r in records],
+                "pairs": [r["samples"] for r in records],
+                "reference_seconds": marks.get("reference_seconds", 0.0),
+                "before_mib": marks["before_mib"],
+                "peak_mib": peak.high() / MIB,
+            }
+        )
+    )
 
 
 # ---- TRL: one rank ------------------------------------------------------------------------------
+
 
 def trl(args) -> None:
     import torch
@@ -119,12 +147,28 @@ def trl(args) -> None:
     dataset = load_from_disk(str(args.pairs_file))
     cuda = torch.cuda.is_available()
     config = DPOConfig(
-        output_dir=str(args.work), per_device_train_batch_size=s["batch"], gradient_accumulation_steps=1,
-        learning_rate=s["lr"], lr_scheduler_type="constant", weight_decay=0.0, max_steps=args.steps,
-        beta=s["beta"], loss_type=["sigmoid"], max_length=s["max_len"], bf16=s["dtype"] == "bf16",
-        use_cpu=not cuda, precompute_ref_log_probs=args.reference == "cached",
-        precompute_ref_batch_size=s["batch"], logging_steps=1000, save_strategy="no", report_to=[], seed=0,
-        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False,  # TRL's default is on; ours off ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        output_dir=str(args.work),
+        per_device_train_batch_size=s["batch"],
+        gradient_accumulation_steps=1,
+        learning_rate=s["lr"],
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_steps=args.steps,
+        beta=s["beta"],
+        loss_type=["sigmoid"],
+        max_length=s["max_len"],
+        bf16=s["dtype"] == "bf16",
+        use_cpu=not cuda,
+        precompute_ref_log_probs=args.reference == "cached",
+        precompute_ref_batch_size=s["batch"],
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,  # TRL's default is on; ours off
+        # ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
     model = AutoModelForCausalLM.from_pretrained(args.assets / "actor")
     ref = None if args.reference == "cached" else AutoModelForCausalLM.from_pretrained(args.assets / "actor")
@@ -135,11 +179,18 @@ def trl(args) -> None:
         def on_step_begin(self, *_a, **_k):
             starts.append(time.perf_counter())
 
-    trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=dataset, processing_class=tok,
-                         callbacks=[Clock()])
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=[Clock()],
+    )
     marks: dict[str, float] = {}
     precompute = getattr(trainer, "_precompute_ref_logps", None)
     if precompute is not None:
+
         def timed(*a, **k):
             t0 = time.perf_counter()
             out = precompute(*a, **k)
@@ -158,14 +209,25 @@ def trl(args) -> None:
     marks["before_mib"] = peak.now() / MIB
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
-    Path(f"{args.out}{rank}.json").write_text(json.dumps({
-        "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "step_starts": starts,
-        "real_tokens": tokens, "pairs": [s["batch"]] * len(tokens), "reference_seconds": marks.get("reference_seconds", 0.0),
-        "before_mib": marks["before_mib"], "peak_mib": peak.high() / MIB, "trl": __import__("trl").__version__,
-    }))
+    Path(f"{args.out}{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "step_starts": starts,
+                "real_tokens": tokens,
+                "pairs": [s["batch"]] * len(tokens),
+                "reference_seconds": marks.get("reference_seconds", 0.0),
+                "before_mib": marks["before_mib"],
+                "peak_mib": peak.high() / MIB,
+                "trl": __import__("trl").__version__,
+            }
+        )
+    )
 
 
 # ---- orchestration ------------------------------------------------------------------------------
+
 
 def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Steady-state figures of one run from its ranks' files: steps ``warmup..`` timed on rank 0."""
@@ -177,11 +239,17 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     seconds = starts[-1] - starts[warmup]
     pairs = sum(sum(r["pairs"][warmup : warmup + steps]) for r in ranks)
     real = sum(sum(r["real_tokens"][warmup : warmup + steps]) for r in ranks)
-    return {"steps": steps, "seconds": seconds, "pairs_per_second": pairs / seconds,
-            "seconds_per_step": seconds / steps, "real_tokens_per_pair": real / pairs,
-            "reference_seconds": max(r["reference_seconds"] for r in ranks),
-            "peak_mib": max(r["peak_mib"] for r in ranks), "before_mib": max(r["before_mib"] for r in ranks),
-            "world_size": lead["world_size"]}
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "pairs_per_second": pairs / seconds,
+        "seconds_per_step": seconds / steps,
+        "real_tokens_per_pair": real / pairs,
+        "reference_seconds": max(r["reference_seconds"] for r in ranks),
+        "peak_mib": max(r["peak_mib"] for r in ranks),
+        "before_mib": max(r["before_mib"] for r in ranks),
+        "world_size": lead["world_size"],
+    }
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -203,23 +271,53 @@ def _launch(side: str, ranks: int, threads: int, args, reference: str, work: Pat
 
         rows = [json.loads(x) for x in pairs.read_text().splitlines()]
         pairs = work / "pairs_arrow"
-        Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]).save_to_disk(str(pairs))
-    inner = ["-m", "bench.dpo", side, "--assets", str(args.assets), "--pairs-file", str(pairs), "--work",
-             str(work / "train"), "--out", str(prefix), "--steps", str(args.steps), "--reference", reference]
+        Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]).save_to_disk(
+            str(pairs)
+        )
+    inner = [
+        "-m",
+        "bench.dpo",
+        side,
+        "--assets",
+        str(args.assets),
+        "--pairs-file",
+        str(pairs),
+        "--work",
+        str(work / "train"),
+        "--out",
+        str(prefix),
+        "--steps",
+        str(args.steps),
+        "--reference",
+        reference,
+    ]
     if ranks == 1:
         cmd = [sys.executable, *inner]
     elif side == "ours":
         cmd = [*mpirun(ranks, free_port()), sys.executable, *inner]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(free_port()), *inner]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *inner,
+        ]
     log = work / "log.txt"
-    print(f"[bench.dpo] {side} {reference}, {ranks} rank(s) x {threads} thread(s)", file=sys.stderr, flush=True)
+    print(
+        f"[bench.dpo] {side} {reference}, {ranks} rank(s) x {threads} thread(s)", file=sys.stderr, flush=True
+    )
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
+        )
     if proc.returncode != 0:
-        raise RuntimeError(f"bench.dpo {side} {reference} on {ranks} rank(s) failed; log {log}:\n"
-                           f"{log.read_text()[-4000:]}")
+        raise RuntimeError(
+            f"bench.dpo {side} {reference} on {ranks} rank(s) failed; log {log}:\n{log.read_text()[-4000:]}"
+        )
     return [json.loads(Path(f"{prefix}{r}.json").read_text()) for r in range(ranks)]
 
 
@@ -234,46 +332,62 @@ def compare(args) -> dict[str, Any]:
     from bench.run import rank_layouts
 
     args.pairs_file = subset(args.assets, args.pairs, args.work / "pairs.jsonl")
-    out: dict[str, Any] = {"settings": {**SETTINGS, "steps": args.steps, "warmup": args.warmup, "pairs": args.pairs},
-                           "trl": __import__("importlib.metadata").metadata.version("trl"), "layouts": {}}
+    out: dict[str, Any] = {
+        "settings": {**SETTINGS, "steps": args.steps, "warmup": args.warmup, "pairs": args.pairs},
+        "trl": __import__("importlib.metadata").metadata.version("trl"),
+        "layouts": {},
+    }
     for ranks, threads in rank_layouts([int(r) for r in args.ranks.split(",")]):
         layout: dict[str, Any] = {"threads_per_rank": threads}
         for reference in args.references.split(","):
             for side in ("ours", "trl"):
-                files = _launch(side, ranks, threads, args, reference, args.work / f"{side}-{reference}-{ranks}r")
+                files = _launch(
+                    side, ranks, threads, args, reference, args.work / f"{side}-{reference}-{ranks}r"
+                )
                 layout[f"{side}_{reference}"] = summarize(files, args.warmup)
             a, b = layout[f"ours_{reference}"], layout[f"trl_{reference}"]
             layout[f"ratio_{reference}"] = a["pairs_per_second"] / b["pairs_per_second"]
-            epoch = {side: args.pairs / (x["reference_seconds"] + args.pairs / x["pairs_per_second"])
-                     for side, x in (("ours", a), ("trl", b))}
+            epoch = {
+                side: args.pairs / (x["reference_seconds"] + args.pairs / x["pairs_per_second"])
+                for side, x in (("ours", a), ("trl", b))
+            }
             layout[f"epoch_ratio_{reference}"] = epoch["ours"] / epoch["trl"]
         out["layouts"][str(ranks)] = layout
     return out
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| ranks | reference | ours pairs/s | TRL pairs/s | ratio | one epoch incl. reference pass | "
-             "ours / TRL peak MiB per rank | tokens per pair (ours / TRL) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ranks | reference | ours pairs/s | TRL pairs/s | ratio | one epoch incl. reference pass | "
+        "ours / TRL peak MiB per rank | tokens per pair (ours / TRL) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for ranks, layout in result["layouts"].items():
         for ref in REFERENCES:
             if f"ours_{ref}" not in layout:
                 continue
             a, b = layout[f"ours_{ref}"], layout[f"trl_{ref}"]
-            lines.append(f"| {ranks} | {ref} | {a['pairs_per_second']:.1f} | {b['pairs_per_second']:.1f} | "
-                         f"{layout[f'ratio_{ref}']:.2f}x | {layout[f'epoch_ratio_{ref}']:.2f}x | "
-                         f"{a['peak_mib']:.0f} / {b['peak_mib']:.0f} | {a['real_tokens_per_pair']:.1f} / "
-                         f"{b['real_tokens_per_pair']:.1f} |")
+            lines.append(
+                f"| {ranks} | {ref} | {a['pairs_per_second']:.1f} | {b['pairs_per_second']:.1f} | "
+                f"{layout[f'ratio_{ref}']:.2f}x | {layout[f'epoch_ratio_{ref}']:.2f}x | "
+                f"{a['peak_mib']:.0f} / {b['peak_mib']:.0f} | {a['real_tokens_per_pair']:.1f} / "
+                f"{b['real_tokens_per_pair']:.1f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("side", nargs="?", choices=("ours", "trl"), help=argparse.SUPPRESS)  # one run, one rank
+    parser.add_argument(
+        "side", nargs="?", choices=("ours", "trl"), help=argparse.SUPPRESS
+    )  # one run, one rank
     parser.add_argument("--assets", type=Path, default=ROOT / ".cache" / "bench" / "assets")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench" / "dpo")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=512, help="pairs in the data (the cached reference pass scores all)")
+    parser.add_argument(
+        "--pairs", type=int, default=512, help="pairs in the data (the cached reference pass scores all)"
+    )
     parser.add_argument("--ranks", default="1,2")
     parser.add_argument("--references", default="live,cached")
     parser.add_argument("--pairs-file", type=Path, help=argparse.SUPPRESS)

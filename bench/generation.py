@@ -10,9 +10,9 @@ out. Reported per decoder: generated tokens/s (answer tokens the batch produced,
 token nothing counts), ms per decode step, FLOP/s as a fraction of this process's matmul peak
 (``2 N`` per token, prefill + decode, N = parameters), and per repeat the ratio to ``transformers``
 of the same batches: the median and the spread (also in process CPU time, ``cpu_ratio_to_transformers``:
-with one thread on a shared machine it leaves out the time other processes held the core). Greedy answers are compared with transformers'
-(``same_answers``: the share of rows whose answer is identical; bf16 rounding can differ where two
-logits are close).
+with one thread on a shared machine it leaves out the time other processes held the core). Greedy answers
+are compared with transformers' (``same_answers``: the share of rows whose answer is identical; bf16
+rounding can differ where two logits are close).
 """
 
 from __future__ import annotations
@@ -47,8 +47,19 @@ def prompt_batches(assets: Path, tokenizer, batch: int, batches: int, max_prompt
     return [prompts[i * batch : (i + 1) * batch] for i in range(batches)]
 
 
-def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, batches: int = 4, repeats: int = 5,
-        max_prompt_len: int = 64, max_new_tokens: int = 64, decoders=DECODERS, peak_seconds: float = 2.0) -> dict:
+def run(
+    model_dir: Path,
+    assets: Path,
+    *,
+    dtype: str = "bf16",
+    batch: int = 8,
+    batches: int = 4,
+    repeats: int = 5,
+    max_prompt_len: int = 64,
+    max_new_tokens: int = 64,
+    decoders=DECODERS,
+    peak_seconds: float = 2.0,
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,8 +81,16 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
     def answer(decoder, prompts):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        gen = generate(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, sampling=sampling,
-                       device=device, decoder=decoder, cache_len=cache_len)
+        gen = generate(
+            model,
+            prompts,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+            sampling=sampling,
+            device=device,
+            decoder=decoder,
+            cache_len=cache_len,
+        )
         _sync(device)
         cpu_seconds[decoder] = cpu_seconds.get(decoder, 0.0) + time.process_time() - c0
         return gen, time.perf_counter() - t0
@@ -106,27 +125,47 @@ def run(model_dir: Path, assets: Path, *, dtype: str = "bf16", batch: int = 8, b
                 same[decoder] += [a == b for a, b in zip(gen.answers, reference[i], strict=True)]
         for decoder, t in totals.items():
             cpu_per[decoder].append(t["tokens"] / cpu_seconds[decoder])
-            per[decoder].append({"tokens_per_second": t["tokens"] / t["seconds"],
-                                 "ms_per_step": 1000 * t["seconds"] / t["steps"],
-                                 "flops_per_second": t["flops"] / t["seconds"]})
-    peak = max(matmul_gflops(dtype if dtype != "fp16" else "bf16", n, peak_seconds, device.type)
-               for n in ((2048, 4096) if device.type == "cpu" else (8192,)))
-    out: dict[str, Any] = {"model": str(model_dir), "params": params, "dtype": dtype, "device": device.type,
-                           "threads": torch.get_num_threads(), "batch": batch, "batches": batches, "repeats": repeats,
-                           "max_new_tokens": max_new_tokens, "peak_gflops": peak, "warmup_seconds": warm,
-                           "decoders": {}}
+            per[decoder].append(
+                {
+                    "tokens_per_second": t["tokens"] / t["seconds"],
+                    "ms_per_step": 1000 * t["seconds"] / t["steps"],
+                    "flops_per_second": t["flops"] / t["seconds"],
+                }
+            )
+    peak = max(
+        matmul_gflops(dtype if dtype != "fp16" else "bf16", n, peak_seconds, device.type)
+        for n in ((2048, 4096) if device.type == "cpu" else (8192,))
+    )
+    out: dict[str, Any] = {
+        "model": str(model_dir),
+        "params": params,
+        "dtype": dtype,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "batches": batches,
+        "repeats": repeats,
+        "max_new_tokens": max_new_tokens,
+        "peak_gflops": peak,
+        "warmup_seconds": warm,
+        "decoders": {},
+    }
     base = [r["tokens_per_second"] for r in per[decoders[0]]]
     for decoder in decoders:
         rates = [r["tokens_per_second"] for r in per[decoder]]
         ratios = [r / b for r, b in zip(rates, base, strict=True)]
         out["decoders"][decoder] = {
-            "tokens_per_second": statistics.median(rates), "tokens_per_second_all": rates,
+            "tokens_per_second": statistics.median(rates),
+            "tokens_per_second_all": rates,
             "ms_per_step": statistics.median(r["ms_per_step"] for r in per[decoder]),
             "fraction_of_peak": statistics.median(r["flops_per_second"] for r in per[decoder]) / 1e9 / peak,
-            "ratio_to_transformers": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_to_transformers": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
             "same_answers": sum(same[decoder]) / len(same[decoder]),
             "cpu_ratio_to_transformers": statistics.median(
-                c / b for c, b in zip(cpu_per[decoder], cpu_per[decoders[0]], strict=True)),
+                c / b for c, b in zip(cpu_per[decoder], cpu_per[decoders[0]], strict=True)
+            ),
         }
     return out
 
@@ -145,10 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
     assets = Path(args.assets)
-    result = run(assets / args.model, assets, dtype=args.dtype, batch=args.batch, batches=args.batches,
-                 repeats=args.repeats, max_new_tokens=args.max_new_tokens, max_prompt_len=args.max_prompt_len,
-                 decoders=tuple(args.decoders.split(",")),
-                 peak_seconds=args.peak_seconds)
+    result = run(
+        assets / args.model,
+        assets,
+        dtype=args.dtype,
+        batch=args.batch,
+        batches=args.batches,
+        repeats=args.repeats,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_len=args.max_prompt_len,
+        decoders=tuple(args.decoders.split(",")),
+        peak_seconds=args.peak_seconds,
+    )
     print(json.dumps(result))
     return 0
 

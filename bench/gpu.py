@@ -39,10 +39,30 @@ from bench.trainer import summarize_loop, summarize_ppo
 DATASHEET_BF16 = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.05, "B200": 2250.0}
 
 SETTINGS = {
-    "gpu": {"pairs": 1000, "shapes": "issue", "sft_steps": (20, 5), "ppo_iters": (6, 2), "gen_repeats": 3,
-            "step_repeats": 3, "max_seq_len": 512, "prompt": 256, "answer": 256, "peak_seconds": 2.0},
-    "toy": {"pairs": 400, "shapes": "nano", "sft_steps": (4, 1), "ppo_iters": (2, 1), "gen_repeats": 1,
-            "step_repeats": 1, "max_seq_len": 128, "prompt": 32, "answer": 32, "peak_seconds": 0.2},
+    "gpu": {
+        "pairs": 1000,
+        "shapes": "issue",
+        "sft_steps": (20, 5),
+        "ppo_iters": (6, 2),
+        "gen_repeats": 3,
+        "step_repeats": 3,
+        "max_seq_len": 512,
+        "prompt": 256,
+        "answer": 256,
+        "peak_seconds": 2.0,
+    },
+    "toy": {
+        "pairs": 400,
+        "shapes": "nano",
+        "sft_steps": (4, 1),
+        "ppo_iters": (2, 1),
+        "gen_repeats": 1,
+        "step_repeats": 1,
+        "max_seq_len": 128,
+        "prompt": 32,
+        "answer": 32,
+        "peak_seconds": 0.2,
+    },
 }
 LENGTHS = {"prompt_tokens": (64, 256), "answer_tokens": (64, 256)}
 
@@ -56,10 +76,14 @@ def datasheet_peak(gpu_name: str | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--toy", action="store_true", help="nano models on CPU: checks the script, figures meaningless")
+    parser.add_argument(
+        "--toy", action="store_true", help="nano models on CPU: checks the script, figures meaningless"
+    )
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench-gpu"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--parts", default="sft,ppo,generation,step", help="which of sft, ppo, generation, step")
+    parser.add_argument(
+        "--parts", default="sft,ppo,generation,step", help="which of sft, ppo, generation, step"
+    )
     args = parser.parse_args(argv)
     mode = SETTINGS["toy" if args.toy else "gpu"]
     parts = set(args.parts.split(","))
@@ -68,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.toy and info["accelerator"] != "cuda":
         print("[bench.gpu] no CUDA device: run with --toy to try the script on CPU", file=sys.stderr)
         return 2
-    result: dict[str, Any] = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                              "mode": "toy" if args.toy else "gpu", "machine": info}
+    result: dict[str, Any] = {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "toy" if args.toy else "gpu",
+        "machine": info,
+    }
     t0 = time.time()
-    paths = bench_assets.build(work / "assets", n_pairs=mode["pairs"], models=("sft1b", "rm350m"),
-                               shapes=mode["shapes"], **LENGTHS)
+    paths = bench_assets.build(
+        work / "assets", n_pairs=mode["pairs"], models=("sft1b", "rm350m"), shapes=mode["shapes"], **LENGTHS
+    )
     result["data"] = bench_assets.length_stats(paths["pairs"], paths["tokenizer"])
     result["assets_seconds"] = round(time.time() - t0, 1)
 
@@ -92,32 +120,63 @@ def main(argv: list[str] | None = None) -> int:
         result["sft"] = sft
     if "ppo" in parts:
         steps, warmup = mode["ppo_iters"]
-        extra = [*seq, f"critic.name_or_path={paths['rm350m']}", f"generation.max_prompt_len={mode['prompt']}",
-                 f"generation.max_answer_len={mode['answer']}", f"data.max_seq_len={mode['prompt'] + mode['answer']}",
-                 "generation.decoder=compiled"]
+        extra = [
+            *seq,
+            f"critic.name_or_path={paths['rm350m']}",
+            f"generation.max_prompt_len={mode['prompt']}",
+            f"generation.max_answer_len={mode['answer']}",
+            f"data.max_seq_len={mode['prompt'] + mode['answer']}",
+            "generation.decoder=compiled",
+        ]
         ranks = run_trainer("ppo", 1, threads, steps, work / "assets", work, model="sft1b", extra=extra)
         ppo = {**summarize_ppo(ranks, warmup), "warmup": warmup}
         ppo["mfu"] = {k: ppo["flops_per_second"] / 1e9 / v for k, v in peaks.items() if v}
         result["ppo"] = ppo
     result["same_process"] = {}
     for part, module, args_ in (
-        ("generation", "bench.generation", ["--model", "sft1b", "--repeats", str(mode["gen_repeats"]),
-                                            "--batches", "2", "--max-new-tokens", str(mode["answer"]),
-                                            "--max-prompt-len", str(mode["prompt"])]),
+        (
+            "generation",
+            "bench.generation",
+            [
+                "--model",
+                "sft1b",
+                "--repeats",
+                str(mode["gen_repeats"]),
+                "--batches",
+                "2",
+                "--max-new-tokens",
+                str(mode["answer"]),
+                "--max-prompt-len",
+                str(mode["prompt"]),
+            ],
+        ),
         ("step_sft", "bench.step", ["sft", "--actor", "sft1b", "--repeats", str(mode["step_repeats"])]),
-        ("step_ppo", "bench.step", ["ppo", "--actor", "sft1b", "--critic", "rm350m",
-                                    "--repeats", str(mode["step_repeats"])]),
+        (
+            "step_ppo",
+            "bench.step",
+            ["ppo", "--actor", "sft1b", "--critic", "rm350m", "--repeats", str(mode["step_repeats"])],
+        ),
     ):
         if part.split("_")[0] not in parts:
             continue
         import subprocess
 
-        cmd = [sys.executable, "-m", module, "--assets", str(work / "assets"), *args_,
-               "--peak-seconds", str(mode["peak_seconds"])]
+        cmd = [
+            sys.executable,
+            "-m",
+            module,
+            "--assets",
+            str(work / "assets"),
+            *args_,
+            "--peak-seconds",
+            str(mode["peak_seconds"]),
+        ]
         if module == "bench.step":
             cmd += ["--prompt", str(mode["prompt"]), "--answer", str(mode["answer"])]
         print(f"[bench.gpu] {part}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, env=base_env(threads), capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=base_env(threads), capture_output=True, text=True, timeout=3600
+        )
         if proc.returncode != 0:
             result["same_process"][part] = {"error": proc.stderr[-3000:]}
             continue
@@ -134,27 +193,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(result: dict[str, Any]) -> str:
-    lines = [f"device: {result['machine'].get('gpu', result['machine']['accelerator'])}, "
-             f"matmul peak {result['peak']['bf16']:.0f} GFLOP/s bf16"]
+    lines = [
+        f"device: {result['machine'].get('gpu', result['machine']['accelerator'])}, "
+        f"matmul peak {result['peak']['bf16']:.0f} GFLOP/s bf16"
+    ]
     if "sft" in result:
         s = result["sft"]
-        lines.append(f"SFT sft1b: {s['real_tokens_per_second']:.0f} real tok/s, MFU "
-                     + ", ".join(f"{v:.1%} of {k}" for k, v in s["mfu"].items()))
+        lines.append(
+            f"SFT sft1b: {s['real_tokens_per_second']:.0f} real tok/s, MFU "
+            + ", ".join(f"{v:.1%} of {k}" for k, v in s["mfu"].items())
+        )
     if "ppo" in result:
         p = result["ppo"]
-        lines.append(f"PPO sft1b+rm350m: {p['samples_per_second']:.2f} samples/s; per iteration generation "
-                     f"{p['generate_seconds_per_iteration']:.2f} s, experience {p['experience_seconds_per_iteration']:.2f} s, "
-                     f"training {p['train_seconds_per_iteration']:.2f} s")
+        lines.append(
+            f"PPO sft1b+rm350m: {p['samples_per_second']:.2f} samples/s; per iteration generation "
+            f"{p['generate_seconds_per_iteration']:.2f} s, "
+            f"experience {p['experience_seconds_per_iteration']:.2f} s, "
+            f"training {p['train_seconds_per_iteration']:.2f} s"
+        )
     for part, r in result.get("same_process", {}).items():
         if "error" in r:
             lines.append(f"{part}: FAILED")
         elif part == "generation":
-            lines.append("generation: " + ", ".join(f"{d} {v['tokens_per_second']:.0f} tok/s "
-                                                    f"(x{v['ratio_to_transformers']:.2f})"
-                                                    for d, v in r["decoders"].items()))
+            lines.append(
+                "generation: "
+                + ", ".join(
+                    f"{d} {v['tokens_per_second']:.0f} tok/s (x{v['ratio_to_transformers']:.2f})"
+                    for d, v in r["decoders"].items()
+                )
+            )
         else:
-            lines.append(f"{part}: ours/plain x{r['ratio_ours_to_plain']:.2f} "
-                         f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f})")
+            lines.append(
+                f"{part}: ours/plain x{r['ratio_ours_to_plain']:.2f} "
+                f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+            )
     return "\n".join(lines)
 
 

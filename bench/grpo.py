@@ -34,25 +34,49 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"prompts_per_rank": 4, "group_size": 4, "max_prompt_len": 64, "max_answer_len": 64, "kl_coef": 0.04,
-            "learning_rate": 1e-5, "temperature": 1.0}
+SETTINGS = {
+    "prompts_per_rank": 4,
+    "group_size": 4,
+    "max_prompt_len": 64,
+    "max_answer_len": 64,
+    "kl_coef": 0.04,
+    "learning_rate": 1e-5,
+    "temperature": 1.0,
+}
 
 
 def ours_overrides(assets: Path, work: Path, steps: int) -> list[str]:
     s = SETTINGS
     answers = s["prompts_per_rank"] * s["group_size"]
     return [
-        f"actor.name_or_path={assets / 'actor'}", f"reward_model.name_or_path={assets / 'reward'}",
-        f"data.paths=[{assets / 'data' / 'pairs.jsonl'}]", "data.split=0,0,1", "data.max_seq_len=128",
-        "data.eval_fraction=0.01", f"data.cache_dir={work / 'data_cache'}",
-        "deepspeed.dtype=bf16", "deepspeed.zero_stage=2", f"optim.per_device_train_batch_size={answers}",
-        "optim.lr_scheduler=constant", f"optim.learning_rate={s['learning_rate']}", "optim.weight_decay=0",
-        f"generation.max_prompt_len={s['max_prompt_len']}", f"generation.max_answer_len={s['max_answer_len']}",
-        f"generation.per_device_generation_batch_size={s['prompts_per_rank']}", f"generation.temperature={s['temperature']}",
-        f"grpo.group_size={s['group_size']}", f"grpo.kl_coef={s['kl_coef']}", "grpo.kl_estimator=k3",
-        "grpo.scale_rewards=group", "grpo.loss_aggregation=token", f"grpo.max_iterations={steps}",
-        "evaluation.baseline=false", "evaluation.max_prompts=4",
-        f"checkpoint.output_dir={work / 'out'}", "checkpoint.resume=false", "logging.progress_bar=false",
+        f"actor.name_or_path={assets / 'actor'}",
+        f"reward_model.name_or_path={assets / 'reward'}",
+        f"data.paths=[{assets / 'data' / 'pairs.jsonl'}]",
+        "data.split=0,0,1",
+        "data.max_seq_len=128",
+        "data.eval_fraction=0.01",
+        f"data.cache_dir={work / 'data_cache'}",
+        "deepspeed.dtype=bf16",
+        "deepspeed.zero_stage=2",
+        f"optim.per_device_train_batch_size={answers}",
+        "optim.lr_scheduler=constant",
+        f"optim.learning_rate={s['learning_rate']}",
+        "optim.weight_decay=0",
+        f"generation.max_prompt_len={s['max_prompt_len']}",
+        f"generation.max_answer_len={s['max_answer_len']}",
+        f"generation.per_device_generation_batch_size={s['prompts_per_rank']}",
+        f"generation.temperature={s['temperature']}",
+        f"grpo.group_size={s['group_size']}",
+        f"grpo.kl_coef={s['kl_coef']}",
+        "grpo.kl_estimator=k3",
+        "grpo.scale_rewards=group",
+        "grpo.loss_aggregation=token",
+        f"grpo.max_iterations={steps}",
+        "evaluation.baseline=false",
+        "evaluation.max_prompts=4",
+        f"checkpoint.output_dir={work / 'out'}",
+        "checkpoint.resume=false",
+        "logging.progress_bar=false",
     ]
 
 
@@ -73,9 +97,14 @@ def run_ours(assets: Path, work: Path, steps: int, extra: list[str]) -> dict[str
     trainer = Probe(cfg)
     trainer.run()
     times = [r["iteration_seconds"] for r in trainer.rows]
-    return {"rank": trainer.rt.dist.rank, "world_size": trainer.rt.dist.world_size, "seconds": times,
-            "answers_per_step": trainer.rows[0]["answers"], "lengths": [r["answer_tokens"] for r in trainer.rows],
-            "decoder": cfg.generation.decoder}
+    return {
+        "rank": trainer.rt.dist.rank,
+        "world_size": trainer.rt.dist.world_size,
+        "seconds": times,
+        "answers_per_step": trainer.rows[0]["answers"],
+        "lengths": [r["answer_tokens"] for r in trainer.rows],
+        "decoder": cfg.generation.decoder,
+    }
 
 
 def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
@@ -92,19 +121,40 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    prompts = [json.loads(line)["prompt"] for line in (assets / "data" / "pairs.jsonl").read_text().splitlines()]
+    prompts = [
+        json.loads(line)["prompt"] for line in (assets / "data" / "pairs.jsonl").read_text().splitlines()
+    ]
     random.Random(0).shuffle(prompts)
-    dataset = Dataset.from_list([{"prompt": p} for p in prompts[: s["prompts_per_rank"] * world * (steps + 2)]])
+    dataset = Dataset.from_list(
+        [{"prompt": p} for p in prompts[: s["prompts_per_rank"] * world * (steps + 2)]]
+    )
     reward = AutoModelForSequenceClassification.from_pretrained(assets / "reward", num_labels=1)
     reward.config.pad_token_id = tok.pad_token_id
     answers = s["prompts_per_rank"] * s["group_size"]
     args = GRPOConfig(
-        output_dir=str(work), per_device_train_batch_size=answers, num_generations=s["group_size"],
-        steps_per_generation=1, num_iterations=1, max_completion_length=s["max_answer_len"], beta=s["kl_coef"],
-        scale_rewards="group", loss_type="dapo", learning_rate=s["learning_rate"], lr_scheduler_type="constant",
-        weight_decay=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[], bf16=True,
-        use_cpu=not torch.cuda.is_available(), temperature=s["temperature"], top_p=1.0, seed=0,
-        dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(work),
+        per_device_train_batch_size=answers,
+        num_generations=s["group_size"],
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=s["max_answer_len"],
+        beta=s["kl_coef"],
+        scale_rewards="group",
+        loss_type="dapo",
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=True,
+        use_cpu=not torch.cuda.is_available(),
+        temperature=s["temperature"],
+        top_p=1.0,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     times: list[float] = []
 
@@ -115,15 +165,29 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
         def on_train_end(self, *_a, **_k):
             times.append(time.perf_counter())
 
-    trainer = GRPOTrainer(model=str(assets / "actor"), reward_funcs=reward, args=args, train_dataset=dataset,
-                          processing_class=tok, reward_processing_classes=tok, callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=str(assets / "actor"),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        reward_processing_classes=tok,
+        callbacks=[Clock()],
+    )
     trainer.train()
-    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    lengths = [
+        h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
+    ]
     import trl
 
-    return {"rank": int(os.environ.get("RANK", "0")), "world_size": world, "trl": trl.__version__,
-            "seconds": [b - a for a, b in zip(times, times[1:], strict=False)], "answers_per_step": answers,
-            "lengths": lengths}
+    return {
+        "rank": int(os.environ.get("RANK", "0")),
+        "world_size": world,
+        "trl": trl.__version__,
+        "seconds": [b - a for a, b in zip(times, times[1:], strict=False)],
+        "answers_per_step": answers,
+        "lengths": lengths,
+    }
 
 
 def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
@@ -134,59 +198,128 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         raise ValueError(f"no steps after {warmup} warm-up steps")
     world = main["world_size"]
     lengths = main["lengths"][warmup:] or main["lengths"]
-    return {"steps": len(counted), "seconds_per_step": statistics.median(counted),
-            "samples_per_second": round(main["answers_per_step"] * world * len(counted) / sum(counted), 3),
-            "answer_tokens_mean": round(statistics.mean(lengths), 2) if lengths else None, "world_size": world}
+    return {
+        "steps": len(counted),
+        "seconds_per_step": statistics.median(counted),
+        "samples_per_second": round(main["answers_per_step"] * world * len(counted) / sum(counted), 3),
+        "answer_tokens_mean": round(statistics.mean(lengths), 2) if lengths else None,
+        "world_size": world,
+    }
 
 
 def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "PYTHONPATH",
+    ):
         env.pop(key, None)
-    env.update(OMP_NUM_THREADS=str(threads), DS_ACCELERATOR=env.get("DS_ACCELERATOR", "cpu"), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        DS_ACCELERATOR=env.get("DS_ACCELERATOR", "cpu"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
+    )
     return env
 
 
-def _launch(side: str, ranks: int, threads: int, assets: Path, work: Path, steps: int, extra: list[str]) -> list[dict]:
+def _launch(
+    side: str, ranks: int, threads: int, assets: Path, work: Path, steps: int, extra: list[str]
+) -> list[dict]:
     from rlhf.engine.distributed import free_port
 
     out = work / f"{side}-{ranks}r"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    args = ["-m", "bench.grpo", side, "--assets", str(assets), "--work", str(out / "train"), "--out",
-            str(out / "result_rank"), "--steps", str(steps), *extra]
+    args = [
+        "-m",
+        "bench.grpo",
+        side,
+        "--assets",
+        str(assets),
+        "--work",
+        str(out / "train"),
+        "--out",
+        str(out / "result_rank"),
+        "--steps",
+        str(steps),
+        *extra,
+    ]
     if ranks == 1:
         cmd = [sys.executable, *args]
     elif side == "ours":
-        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), "--mca", "btl", "self,vader",
-               "--mca", "oob_tcp_if_include", "lo", "-x", f"MASTER_PORT={free_port()}"]
-        for key in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-                    "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM"):
+        cmd = [
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            str(ranks),
+            "--mca",
+            "btl",
+            "self,vader",
+            "--mca",
+            "oob_tcp_if_include",
+            "lo",
+            "-x",
+            f"MASTER_PORT={free_port()}",
+        ]
+        for key in (
+            "OMP_NUM_THREADS",
+            "DS_ACCELERATOR",
+            "HF_HUB_OFFLINE",
+            "HF_DATASETS_OFFLINE",
+            "TORCH_EXTENSIONS_DIR",
+            "TOKENIZERS_PARALLELISM",
+        ):
             cmd += ["-x", key]
         cmd += [sys.executable, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(free_port()), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *args,
+        ]
     print(f"[bench] grpo {side} {ranks} rank(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
     log = out / "log.txt"
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
+        )
     if proc.returncode != 0:
-        raise RuntimeError(f"grpo {side} on {ranks} rank(s) failed ({proc.returncode}); log {log}:\n{log.read_text()[-4000:]}")
+        raise RuntimeError(
+            f"grpo {side} on {ranks} rank(s) failed ({proc.returncode}); "
+            f"log {log}:\n{log.read_text()[-4000:]}"
+        )
     return [json.loads((out / f"result_rank{r}.json").read_text()) for r in range(ranks)]
 
 
-def compare(assets: Path, work: Path, ranks: list[int], steps: int, warmup: int, extra: list[str]) -> dict[str, Any]:
+def compare(
+    assets: Path, work: Path, ranks: list[int], steps: int, warmup: int, extra: list[str]
+) -> dict[str, Any]:
     cores = os.cpu_count() or 2
     out: dict[str, Any] = {"settings": {**SETTINGS, "steps": steps, "warmup": warmup, "overrides": extra}}
     for n in ranks:
         threads = max(1, min(cores, 2) // n)
         ours = summarize(_launch("ours", n, threads, assets, work, steps, extra), warmup)
         trl = summarize(_launch("trl", n, threads, assets, work, steps, []), warmup)
-        out[str(n)] = {"ours": ours, "trl": trl, "threads_per_rank": threads,
-                       "ratio": round(ours["samples_per_second"] / trl["samples_per_second"], 3)}
+        out[str(n)] = {
+            "ours": ours,
+            "trl": trl,
+            "threads_per_rank": threads,
+            "ratio": round(ours["samples_per_second"] / trl["samples_per_second"], 3),
+        }
     return out
 
 
@@ -199,14 +332,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ranks", default="1,2", help="compare: rank counts")
-    parser.add_argument("extra", nargs="*", help="ours: more KEY=VALUE overrides of our stage (an experiment)")
+    parser.add_argument(
+        "extra", nargs="*", help="ours: more KEY=VALUE overrides of our stage (an experiment)"
+    )
     args = parser.parse_intermixed_args(argv)
     assets, work = Path(args.assets), Path(args.work)
     if args.side == "compare":
-        print(json.dumps(compare(assets, work, [int(r) for r in args.ranks.split(",")], args.steps, args.warmup,
-                                 args.extra)))
+        print(
+            json.dumps(
+                compare(
+                    assets, work, [int(r) for r in args.ranks.split(",")], args.steps, args.warmup, args.extra
+                )
+            )
+        )
         return 0
-    result = run_ours(assets, work, args.steps, args.extra) if args.side == "ours" else run_trl(assets, work, args.steps)
+    result = (
+        run_ours(assets, work, args.steps, args.extra)
+        if args.side == "ours"
+        else run_trl(assets, work, args.steps)
+    )
     Path(f"{args.out}{result['rank']}.json").write_text(json.dumps(result))
     return 0
 

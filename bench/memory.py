@@ -75,7 +75,9 @@ class Peak:
         return max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def expected(params: dict[str, int], trainable: dict[str, int], dtype: str, lora: bool, ema: bool) -> dict[str, float]:
+def expected(
+    params: dict[str, int], trainable: dict[str, int], dtype: str, lora: bool, ema: bool
+) -> dict[str, float]:
     """Bytes each model should take (steady state; see the module docstring), in MiB."""
     w = BYTES[dtype]
     master = 0 if dtype == "fp32" else 4  # a float32 master copy only under mixed precision
@@ -84,14 +86,21 @@ def expected(params: dict[str, int], trainable: dict[str, int], dtype: str, lora
         return n * (w + master + 8 + w)
 
     actor = params["actor"] * w + trainable["actor"] * (master + 8 + w) if lora else trained(params["actor"])
-    out = {"actor": actor, "reference": 0 if lora else params["actor"] * w, "critic": trained(params["critic"]),
-           "reward": params["reward"] * w, "ema": 4 * params["actor"] if ema else 0}
+    out = {
+        "actor": actor,
+        "reference": 0 if lora else params["actor"] * w,
+        "critic": trained(params["critic"]),
+        "reward": params["reward"] * w,
+        "ema": 4 * params["actor"] if ema else 0,
+    }
     out["total"] = sum(out.values())
     out["optimizer_step_transient"] = 4 * (trainable["actor"] if lora else params["actor"])
     return {k: v / MIB for k, v in out.items()}
 
 
-def one(variant: str, assets: Path, work: Path, iterations: int, model: str, extra: list[str]) -> dict[str, Any]:
+def one(
+    variant: str, assets: Path, work: Path, iterations: int, model: str, extra: list[str]
+) -> dict[str, Any]:
     import torch
 
     from bench.trainer import overrides
@@ -100,7 +109,9 @@ def one(variant: str, assets: Path, work: Path, iterations: int, model: str, ext
 
     paths = {p.name: p for p in assets.iterdir() if p.is_dir()}
     paths["pairs"] = assets / "data" / "pairs.jsonl"
-    cfg = load(STAGES["ppo"], None, [*overrides("ppo", paths, work, iterations, model), *VARIANTS[variant], *extra])
+    cfg = load(
+        STAGES["ppo"], None, [*overrides("ppo", paths, work, iterations, model), *VARIANTS[variant], *extra]
+    )
     peak = Peak(torch.cuda.is_available())
     marks: dict[str, int] = {}
     built: dict[str, Any] = {}
@@ -120,22 +131,38 @@ def one(variant: str, assets: Path, work: Path, iterations: int, model: str, ext
     def count(module, trainable_only=False):
         return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
-    params = {"actor": count(m.actor.module), "critic": count(m.critic.module), "reward": count(m.reward.module)}
+    params = {
+        "actor": count(m.actor.module),
+        "critic": count(m.critic.module),
+        "reward": count(m.reward.module),
+    }
     trainable = {"actor": count(m.actor.module, True), "critic": count(m.critic.module, True)}
     lora = cfg.lora.enabled and cfg.lora.only_optimize_lora
     high = peak.high()
-    return {"variant": variant, "overrides": VARIANTS[variant] + extra, "device": "cuda" if peak.cuda else "cpu",
-            "dtype": cfg.deepspeed.dtype, "params": params, "trainable": trainable,
-            "reference_engine": type(m.reference).__name__,
-            "mib": {"before_models": marks["before_models"] / MIB, "after_models": marks["after_models"] / MIB,
-                    "peak": high / MIB, "models_after_build": (marks["after_models"] - marks["before_models"]) / MIB,
-                    "models_peak": (high - marks["before_models"]) / MIB},
-            "expected_mib": expected(params, trainable, cfg.deepspeed.dtype, lora, cfg.engines.ema)}
+    return {
+        "variant": variant,
+        "overrides": VARIANTS[variant] + extra,
+        "device": "cuda" if peak.cuda else "cpu",
+        "dtype": cfg.deepspeed.dtype,
+        "params": params,
+        "trainable": trainable,
+        "reference_engine": type(m.reference).__name__,
+        "mib": {
+            "before_models": marks["before_models"] / MIB,
+            "after_models": marks["after_models"] / MIB,
+            "peak": high / MIB,
+            "models_after_build": (marks["after_models"] - marks["before_models"]) / MIB,
+            "models_peak": (high - marks["before_models"]) / MIB,
+        },
+        "expected_mib": expected(params, trainable, cfg.deepspeed.dtype, lora, cfg.engines.ema),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--assets", required=True, help="directory written by bench.assets.build (with sft50m)")
+    parser.add_argument(
+        "--assets", required=True, help="directory written by bench.assets.build (with sft50m)"
+    )
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench" / "memory"))
     parser.add_argument("--model", default="sft50m", help="asset name of the actor")
     parser.add_argument("--variants", default="full,lora,full+ema")
@@ -150,8 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     for variant in args.variants.split(","):
-        cmd = [sys.executable, "-m", "bench.memory", "--one", variant, "--assets", str(assets), "--work", str(work),
-               "--model", args.model, "--iterations", str(args.iterations), *args.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            "--one",
+            variant,
+            "--assets",
+            str(assets),
+            "--work",
+            str(work),
+            "--model",
+            args.model,
+            "--iterations",
+            str(args.iterations),
+            *args.extra,
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"bench.memory {variant} failed:\n{proc.stderr[-3000:]}")

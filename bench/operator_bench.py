@@ -88,7 +88,9 @@ class TimedKubernetes(RealisticKubernetes):
             if version is None:
                 out.append((float("nan"), None))
             else:
-                out.append((self.times.get(int(version["metadata"]["resourceVersion"]), float("nan")), version))
+                out.append(
+                    (self.times.get(int(version["metadata"]["resourceVersion"]), float("nan")), version)
+                )
         return out
 
 
@@ -134,14 +136,18 @@ class Driver:
             if run not in self.background:
                 continue
             if res == "jobs" and name.endswith("-prepare"):
-                self._spawn(self.cluster.set_job_conditions(kube.JOBS, name, "Complete",
-                                                            status_extra={"succeeded": 1}))
+                self._spawn(
+                    self.cluster.set_job_conditions(
+                        kube.JOBS, name, "Complete", status_extra={"succeeded": 1}
+                    )
+                )
             elif res == "mpijobs" and name.rsplit("-", 1)[1] in STAGE_JOBS:
                 self._spawn(self._start(name))
 
     async def _start(self, name: str) -> None:
-        await self.cluster.set_job_conditions(kube.MPIJOBS, name, "Created", "Running",
-                                              status_extra={"startTime": "2026-01-01T00:00:00Z"})
+        await self.cluster.set_job_conditions(
+            kube.MPIJOBS, name, "Created", "Running", status_extra={"startTime": "2026-01-01T00:00:00Z"}
+        )
         self.running.add(name)
 
     def _spawn(self, coro) -> None:
@@ -183,8 +189,16 @@ async def _idle(process, timeout: float, window: float = 0.5, busy: float = 0.05
             return
 
 
-async def load_background(cluster: Cluster, emulator: TimedKubernetes, driver: Driver, process, count: int,
-                          start: int, concurrency: int = 16, timeout: float = 900) -> float:
+async def load_background(
+    cluster: Cluster,
+    emulator: TimedKubernetes,
+    driver: Driver,
+    process,
+    count: int,
+    start: int,
+    concurrency: int = 16,
+    timeout: float = 900,
+) -> float:
     """Create ``count`` background runs and wait until every one runs both stages; returns seconds."""
     t0 = time.perf_counter()
     names = [f"bg{i:04d}" for i in range(start, start + count)]
@@ -212,7 +226,9 @@ async def load_background(cluster: Cluster, emulator: TimedKubernetes, driver: D
     return time.perf_counter() - t0
 
 
-async def probe(cluster: Cluster, emulator: TimedKubernetes, name: str, timeout: float = 120) -> dict[str, float]:
+async def probe(
+    cluster: Cluster, emulator: TimedKubernetes, name: str, timeout: float = 120
+) -> dict[str, float]:
     """Measure one run through creation, prepare, MPIJobs and a condition change; then delete it."""
     await cluster.create_run(manifest(name))
     prepare = f"{name}-prepare"
@@ -220,6 +236,7 @@ async def probe(cluster: Cluster, emulator: TimedKubernetes, name: str, timeout:
     await cluster.set_job_conditions(kube.JOBS, prepare, "Complete", status_extra={"succeeded": 1})
     jobs = [f"{name}-{s}" for s in STAGE_JOBS]
     await _wait(lambda: all(emulator.versions(MPI_RES, j) for j in jobs), timeout, f"{name}'s MPIJobs")
+
     # Let the reconciles that the MPIJobs' creation caused finish, so that the condition change
     # below is observed on its own (no reconcile already in flight picks it up by chance).
     def listed() -> bool:
@@ -228,8 +245,9 @@ async def probe(cluster: Cluster, emulator: TimedKubernetes, name: str, timeout:
 
     await _wait(listed, timeout, f"{name}'s status to list its jobs")
     await _quiet(emulator, 0.2, timeout)
-    await cluster.set_job_conditions(kube.MPIJOBS, jobs[0], "Created", "Running",
-                                     status_extra={"startTime": "2026-01-01T00:00:00Z"})
+    await cluster.set_job_conditions(
+        kube.MPIJOBS, jobs[0], "Created", "Running", status_extra={"startTime": "2026-01-01T00:00:00Z"}
+    )
 
     def reflected() -> bool:
         return _stage_state(emulator.versions(RUNS_RES, name)[-1][1] or {}, "sft") == "Running"
@@ -239,17 +257,29 @@ async def probe(cluster: Cluster, emulator: TimedKubernetes, name: str, timeout:
     created = run_v[0][0]
     prep_v = emulator.versions(JOBS_RES, prepare)
     prep_added = prep_v[0][0]
-    prep_done = _first(prep_v, lambda b: any(c["type"] == "Complete" for c in (b.get("status") or {})
-                                             .get("conditions") or []))
+    prep_done = _first(
+        prep_v,
+        lambda b: any(c["type"] == "Complete" for c in (b.get("status") or {}).get("conditions") or []),
+    )
     mpi_added = max(emulator.versions(MPI_RES, j)[0][0] for j in jobs)
-    cond = _first(emulator.versions(MPI_RES, jobs[0]), lambda b: any(
-        c["type"] == "Running" for c in (b.get("status") or {}).get("conditions") or []))
+    cond = _first(
+        emulator.versions(MPI_RES, jobs[0]),
+        lambda b: any(c["type"] == "Running" for c in (b.get("status") or {}).get("conditions") or []),
+    )
     shown = _first(run_v, lambda b: _stage_state(b, "sft") == "Running")
     await cluster.api.delete(kube.RUNS, NS, name)
-    await _wait(lambda: not emulator.versions(MPI_RES, jobs[0])
-                or emulator.versions(MPI_RES, jobs[0])[-1][1] is None, timeout, f"{name}'s children deleted")
-    return {"at": created, "create_to_prepare": prep_added - created, "prepare_to_mpijobs": mpi_added - prep_done,
-            "create_to_mpijobs": mpi_added - created, "condition_to_status": shown - cond}
+    await _wait(
+        lambda: not emulator.versions(MPI_RES, jobs[0]) or emulator.versions(MPI_RES, jobs[0])[-1][1] is None,
+        timeout,
+        f"{name}'s children deleted",
+    )
+    return {
+        "at": created,
+        "create_to_prepare": prep_added - created,
+        "prepare_to_mpijobs": mpi_added - prep_done,
+        "create_to_mpijobs": mpi_added - created,
+        "condition_to_status": shown - cond,
+    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -259,13 +289,19 @@ def percentiles(values: list[float]) -> dict[str, float]:
     def rank(p: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
-    return {"p50": rank(50), "p99": rank(99), "max": ordered[-1], "mean": statistics.fmean(ordered),
-            "n": len(ordered)}
+    return {
+        "p50": rank(50),
+        "p99": rank(99),
+        "max": ordered[-1],
+        "mean": statistics.fmean(ordered),
+        "n": len(ordered),
+    }
 
 
 @contextlib.asynccontextmanager
-async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | None = None,
-                           wrap: str | None = None) -> AsyncIterator[Any]:
+async def operator_process(
+    url: str, workdir: Path, extra_env: dict[str, str] | None = None, wrap: str | None = None
+) -> AsyncIterator[Any]:
     """``rlhf-operator run`` against ``url`` (kubeconfig + config file); yields its psutil.Process.
 
     ``wrap`` replaces ``python`` in ``python -m rlhf_operator.cli run ...`` (``{python}`` in it is
@@ -275,12 +311,18 @@ async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | 
     import psutil
 
     kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": url}}],
-        "users": [{"name": "u", "user": {"token": "bench"}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emu",
+                "clusters": [{"name": "emu", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "bench"}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
+            }
+        )
+    )
     config = workdir / "operator.yaml"
     config.write_text(yaml.safe_dump(config_data(namespaces=[NS])))  # the pool the runs name
     live = free_port()
@@ -289,20 +331,39 @@ async def operator_process(url: str, workdir: Path, extra_env: dict[str, str] | 
     log = (workdir / "operator.log").open("wb")
     python = shlex.split(wrap.replace("{python}", sys.executable)) if wrap else [sys.executable]
     proc = await asyncio.create_subprocess_exec(
-        *python, "-m", "rlhf_operator.cli", "run", "--config", str(config),
-        "--liveness", f"http://127.0.0.1:{live}/healthz", "--metrics-port", "0",
-        env=env, stdout=log, stderr=log, cwd=str(workdir))
+        *python,
+        "-m",
+        "rlhf_operator.cli",
+        "run",
+        "--config",
+        str(config),
+        "--liveness",
+        f"http://127.0.0.1:{live}/healthz",
+        "--metrics-port",
+        "0",
+        env=env,
+        stdout=log,
+        stderr=log,
+        cwd=str(workdir),
+    )
     try:
+
         async def healthy() -> bool:
             try:
-                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{live}/healthz") as rsp:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{live}/healthz") as rsp,
+                ):
                     return rsp.status == 200
             except aiohttp.ClientConnectionError:
                 return False
+
         deadline = time.perf_counter() + 60
         while not await healthy():
             if proc.returncode is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"the operator did not start; log: {(workdir / 'operator.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the operator did not start; log: {(workdir / 'operator.log').read_text()[-2000:]}"
+                )
             await asyncio.sleep(0.1)
         yield psutil.Process(proc.pid)
     finally:
@@ -319,11 +380,21 @@ def _rss_mib(process) -> float:
     return process.memory_info().rss / 2**20
 
 
-async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[str, str] | None = None,
-                concurrency: int = 16, wrap: str | None = None) -> dict[str, Any]:
+async def bench(
+    levels: list[int],
+    probes: int,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    concurrency: int = 16,
+    wrap: str | None = None,
+) -> dict[str, Any]:
     """Every level in increasing order on one operator (background runs accumulate)."""
-    out: dict[str, Any] = {"levels": {}, "probes": probes, "operator_env": extra_env or {},
-                           "concurrency": concurrency}
+    out: dict[str, Any] = {
+        "levels": {},
+        "probes": probes,
+        "operator_env": extra_env or {},
+        "concurrency": concurrency,
+    }
     if wrap:
         out["operator_wrap"] = wrap
     async with TimedKubernetes() as emulator, kmock.Server(emulator) as server:
@@ -337,15 +408,25 @@ async def bench(levels: list[int], probes: int, workdir: Path, extra_env: dict[s
                 out["rss_mib_idle"] = _rss_mib(proc)
                 live = 0
                 for level in sorted(levels):
-                    load_seconds = await load_background(cluster, emulator, driver, proc, level - 1 - live, live,
-                                                          concurrency) \
-                        if level - 1 > live else 0.0
+                    load_seconds = (
+                        await load_background(
+                            cluster, emulator, driver, proc, level - 1 - live, live, concurrency
+                        )
+                        if level - 1 > live
+                        else 0.0
+                    )
                     live = max(live, level - 1)
                     samples = [await probe(cluster, emulator, f"probe{level}-{i:03d}") for i in range(probes)]
-                    row: dict[str, Any] = {key: percentiles([s[key] for s in samples]) for key in samples[0] if key != "at"}
+                    row: dict[str, Any] = {
+                        key: percentiles([s[key] for s in samples]) for key in samples[0] if key != "at"
+                    }
                     row["samples"] = samples
-                    row.update(live_runs=live + 1, load_seconds=load_seconds, rss_mib=_rss_mib(proc),
-                               cpu_seconds=sum(proc.cpu_times()[:2]))
+                    row.update(
+                        live_runs=live + 1,
+                        load_seconds=load_seconds,
+                        rss_mib=_rss_mib(proc),
+                        cpu_seconds=sum(proc.cpu_times()[:2]),
+                    )
                     out["levels"][str(level)] = row
                 out["rss_mib_peak"] = max(r["rss_mib"] for r in out["levels"].values())
                 out["emulator_objects"] = len(emulator.objects)
@@ -359,13 +440,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,100,1000", help="live runs, comma-separated")
     parser.add_argument("--probes", type=int, default=40, help="measured runs per level")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment of the operator process (an experiment, e.g. MALLOC_ARENA_MAX=2)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the operator process (an experiment, e.g. MALLOC_ARENA_MAX=2)",
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="background runs created at once")
-    parser.add_argument("--wrap", metavar="COMMAND",
-                        help="run the operator as COMMAND -m rlhf_operator.cli run ... ({python}: this "
-                             "interpreter), e.g. '{python} -m memray run --native -o /tmp/op.bin'")
-    parser.add_argument("--workdir", help="where the kubeconfig and the operator's log go (default: a temp dir)")
+    parser.add_argument(
+        "--wrap",
+        metavar="COMMAND",
+        help="run the operator as COMMAND -m rlhf_operator.cli run ... ({python}: this "
+        "interpreter), e.g. '{python} -m memray run --native -o /tmp/op.bin'",
+    )
+    parser.add_argument(
+        "--workdir", help="where the kubeconfig and the operator's log go (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:

@@ -57,33 +57,62 @@ def measure(seconds: float = 2.0, sizes: tuple[int, ...] = (2048, 4096)) -> dict
     """Peak of this process (its thread count), best over ``sizes``, for bf16 and fp32."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() and os.environ.get("RLHF_ACCELERATOR", "cuda") == "cuda" else "cpu"
+    device = (
+        "cuda"
+        if torch.cuda.is_available() and os.environ.get("RLHF_ACCELERATOR", "cuda") == "cuda"
+        else "cpu"
+    )
     if device == "cuda":
         sizes = tuple(max(s, 8192) for s in sizes)
     detail: dict[str, dict[str, float]] = {}
     for dtype in ("bf16", "fp32"):
         detail[dtype] = {str(n): round(matmul_gflops(dtype, n, seconds, device), 1) for n in sizes}
-    return {"threads": torch.get_num_threads(), "device": device,
-            "bf16": max(detail["bf16"].values()), "fp32": max(detail["fp32"].values()), "detail": detail}
+    return {
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "bf16": max(detail["bf16"].values()),
+        "fp32": max(detail["fp32"].values()),
+        "detail": detail,
+    }
 
 
-def measure_parallel(procs: int, threads: int, seconds: float = 2.0, sizes: tuple[int, ...] = (2048, 4096),
-                     env: dict[str, str] | None = None) -> dict:
+def measure_parallel(
+    procs: int,
+    threads: int,
+    seconds: float = 2.0,
+    sizes: tuple[int, ...] = (2048, 4096),
+    env: dict[str, str] | None = None,
+) -> dict:
     """Run ``procs`` measuring processes at once, ``threads`` threads each; the figures are summed."""
     env = {**(env or os.environ), "OMP_NUM_THREADS": str(threads)}
     env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, "-m", "bench.peak", "--seconds", str(seconds), "--sizes", ",".join(map(str, sizes))]
-    running = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(procs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.peak",
+        "--seconds",
+        str(seconds),
+        "--sizes",
+        ",".join(map(str, sizes)),
+    ]
+    running = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
     results = []
     for proc in running:
         out, err = proc.communicate(timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"bench.peak failed ({proc.returncode}): {err[-2000:]}")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    return {"procs": procs, "threads_per_proc": threads, "device": results[0]["device"],
-            "bf16": round(sum(r["bf16"] for r in results), 1), "fp32": round(sum(r["fp32"] for r in results), 1),
-            "per_proc": results}
+    return {
+        "procs": procs,
+        "threads_per_proc": threads,
+        "device": results[0]["device"],
+        "bf16": round(sum(r["bf16"] for r in results), 1),
+        "fp32": round(sum(r["fp32"] for r in results), 1),
+        "per_proc": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

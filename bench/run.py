@@ -30,27 +30,68 @@ from bench.peak import measure_parallel
 from bench.trainer import summarize_loop, summarize_ppo
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_KEYS = ("OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-            "TOKENIZERS_PARALLELISM", "RLHF_ACCELERATOR")
+ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "DS_ACCELERATOR",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TORCH_EXTENSIONS_DIR",
+    "TOKENIZERS_PARALLELISM",
+    "RLHF_ACCELERATOR",
+)
 
 #: steps (PPO: iterations) measured and warm-up steps skipped, per mode
 SETTINGS = {
-    "full": {"sft": (30, 5), "reward": (30, 5), "ppo": (10, 2), "sft_big": (20, 4), "pairs": 2000,
-             "peak_seconds": 3.0, "peak_sizes": (2048, 4096), "levels": "1,100,1000", "probes": 40,
-             "trl": (10, 2), "repeats": 5, "memory_iterations": 3},
-    "quick": {"sft": (4, 1), "reward": (4, 1), "ppo": (2, 1), "sft_big": (0, 0), "pairs": 200,
-              "peak_seconds": 0.2, "peak_sizes": (256, 512), "levels": "1", "probes": 3,
-              "trl": (2, 1), "repeats": 1, "memory_iterations": 1},
+    "full": {
+        "sft": (30, 5),
+        "reward": (30, 5),
+        "ppo": (10, 2),
+        "sft_big": (20, 4),
+        "pairs": 2000,
+        "peak_seconds": 3.0,
+        "peak_sizes": (2048, 4096),
+        "levels": "1,100,1000",
+        "probes": 40,
+        "trl": (10, 2),
+        "repeats": 5,
+        "memory_iterations": 3,
+    },
+    "quick": {
+        "sft": (4, 1),
+        "reward": (4, 1),
+        "ppo": (2, 1),
+        "sft_big": (0, 0),
+        "pairs": 200,
+        "peak_seconds": 0.2,
+        "peak_sizes": (256, 512),
+        "levels": "1",
+        "probes": 3,
+        "trl": (2, 1),
+        "repeats": 1,
+        "memory_iterations": 1,
+    },
 }
 
 
 def base_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
     env.setdefault("DS_ACCELERATOR", "cpu" if accelerator() == "cpu" else "cuda")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "PYTHONPATH",
+    ):
         env.pop(key, None)
     return env
 
@@ -68,15 +109,27 @@ def accelerator() -> str:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "accelerator": accelerator()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "accelerator": accelerator(),
+    }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in lscpu.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "Hypervisor vendor"):
+            if key.strip() in (
+                "Model name",
+                "CPU(s)",
+                "Thread(s) per core",
+                "Core(s) per socket",
+                "Hypervisor vendor",
+            ):
                 info[key.strip()] = value.strip()
-        flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
+        flags = next(
+            (line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), []
+        )
         info["bf16_isa"] = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
     except (OSError, subprocess.SubprocessError):
         pass
@@ -96,24 +149,49 @@ def wait_for_quiet(max_load: float, seconds: float) -> dict[str, Any]:
         load = os.getloadavg()[0]
         if load < max_load or time.time() - start >= seconds:
             return {"load_1min": load, "waited_seconds": round(time.time() - start), "quiet": load < max_load}
-        print(f"[bench] 1-minute load {load:.2f} >= {max_load}: waiting for a quiet machine", file=sys.stderr,
-              flush=True)
+        print(
+            f"[bench] 1-minute load {load:.2f} >= {max_load}: waiting for a quiet machine",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(20)
 
 
 def mpirun(n: int, port: int) -> list[str]:
     if not shutil.which("mpirun"):
         raise RuntimeError("mpirun (OpenMPI) is not installed: `make system-deps`")
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(n), "--mca", "btl", "self,vader",
-           "--mca", "oob_tcp_if_include", "lo", "-x", f"MASTER_PORT={port}"]
+    cmd = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        str(n),
+        "--mca",
+        "btl",
+        "self,vader",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+        "-x",
+        f"MASTER_PORT={port}",
+    ]
     for key in ENV_KEYS:
         if key in os.environ or key in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR"):
             cmd += ["-x", key]
     return cmd
 
 
-def run_trainer(stage: str, ranks: int, threads: int, steps: int, assets_dir: Path, work: Path,
-                model: str | None = None, extra: list[str] | None = None, log: Path | None = None) -> list[dict]:
+def run_trainer(
+    stage: str,
+    ranks: int,
+    threads: int,
+    steps: int,
+    assets_dir: Path,
+    work: Path,
+    model: str | None = None,
+    extra: list[str] | None = None,
+    log: Path | None = None,
+) -> list[dict]:
     """One trainer benchmark in fresh process(es); returns every rank's result."""
     from rlhf.engine.distributed import free_port
 
@@ -122,17 +200,29 @@ def run_trainer(stage: str, ranks: int, threads: int, steps: int, assets_dir: Pa
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     prefix = out_dir / "result_rank"
-    args = ["-m", "bench.trainer", stage, "--assets", str(assets_dir), "--work", str(out_dir / "train"),
-            "--out", str(prefix), "--steps", str(steps)]
+    args = [
+        "-m",
+        "bench.trainer",
+        stage,
+        "--assets",
+        str(assets_dir),
+        "--work",
+        str(out_dir / "train"),
+        "--out",
+        str(prefix),
+        "--steps",
+        str(steps),
+    ]
     if model:
         args += ["--model", model]
     args += list(extra or [])
     cmd = [*mpirun(ranks, free_port()), sys.executable, *args] if ranks > 1 else [sys.executable, *args]
     log = log or out_dir / "log.txt"
-    print(f"[bench] {tag}: {' '.join(cmd[-len(args) - 1:])}", file=sys.stderr, flush=True)
+    print(f"[bench] {tag}: {' '.join(cmd[-len(args) - 1 :])}", file=sys.stderr, flush=True)
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env=base_env(threads), stdout=fh, stderr=subprocess.STDOUT,
-                              timeout=3600)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=base_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
+        )
     if proc.returncode != 0:
         tail = log.read_text()[-4000:]
         raise RuntimeError(f"{tag} failed with exit code {proc.returncode}; log {log}:\n{tail}")
@@ -142,8 +232,14 @@ def run_trainer(stage: str, ranks: int, threads: int, steps: int, assets_dir: Pa
 def run_module(module: str, args: list[str], threads: int) -> Any:
     """``python -m MODULE ARGS`` in a fresh process; its last stdout line, parsed as JSON."""
     print(f"[bench] {module} {' '.join(args)}", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=base_env(threads), capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=base_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -161,32 +257,51 @@ def rank_layouts(requested: list[int]) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test), figures meaningless")
-    parser.add_argument("--only", default="peak,trainer,trl,dpo,generation,step,memory,operator",
-                        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, dpo, generation, "
-                        "step, memory, operator")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings (smoke test), figures meaningless"
+    )
+    parser.add_argument(
+        "--only",
+        default="peak,trainer,trl,dpo,generation,step,memory,operator",
+        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, dpo, generation, "
+        "step, memory, operator",
+    )
     parser.add_argument("--stages", default="sft,reward,ppo,sft_big", help="trainer benchmarks to run")
     parser.add_argument("--ranks", default="1,2", help="rank counts for the trainer benchmarks")
     parser.add_argument("--levels", help="operator: live-run levels (default 1,100,1000)")
     parser.add_argument("--probes", type=int, help="operator: measured runs per level (default 40)")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="assets and training outputs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the JSON results go")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra trainer config override for every trainer run (an experiment, e.g. "
-                        "deepspeed.dtype=fp32); recorded in the result")
-    parser.add_argument("--threads", type=int, help="threads per rank (default: the cores shared by the ranks); "
-                        "1 makes the CPU-time figures meaningful on a shared machine")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra trainer config override for every trainer run (an experiment, e.g. "
+        "deepspeed.dtype=fp32); recorded in the result",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per rank (default: the cores shared by the ranks); "
+        "1 makes the CPU-time figures meaningful on a shared machine",
+    )
     parser.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load below this")
-    parser.add_argument("--wait", type=float, default=600, help="seconds to wait for it at most (0: do not wait)")
+    parser.add_argument(
+        "--wait", type=float, default=600, help="seconds to wait for it at most (0: do not wait)"
+    )
     args = parser.parse_args(argv)
 
     mode = SETTINGS["quick" if args.quick else "full"]
     parts = set(args.only.split(","))
     stages = args.stages.split(",")
     work = Path(args.work)
-    result: dict[str, Any] = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                              "mode": "quick" if args.quick else "full", "machine": machine(),
-                              "overrides": list(args.set)}
+    result: dict[str, Any] = {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "overrides": list(args.set),
+    }
     result["load_before"] = wait_for_quiet(args.max_load, args.wait)
     layouts = rank_layouts([int(r) for r in args.ranks.split(",")])
     if args.threads:
@@ -198,14 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         result["peak"] = {}
         for ranks, threads in layouts:
             print(f"[bench] matmul peak, {ranks} x {threads} thread(s)", file=sys.stderr, flush=True)
-            result["peak"][str(ranks)] = measure_parallel(ranks, threads, mode["peak_seconds"],
-                                                          mode["peak_sizes"], env=base_env(threads))
+            result["peak"][str(ranks)] = measure_parallel(
+                ranks, threads, mode["peak_seconds"], mode["peak_sizes"], env=base_env(threads)
+            )
 
     if "trainer" in parts:
         big = "sft1b" if accelerator() == "cuda" else "sft50m"
         models = ("actor", "reward") if args.quick else ("actor", "reward", big)
-        paths = assets.build(work / ("assets-quick" if args.quick else "assets"), n_pairs=mode["pairs"],
-                             models=models, shapes="nano" if args.quick else "issue")
+        paths = assets.build(
+            work / ("assets-quick" if args.quick else "assets"),
+            n_pairs=mode["pairs"],
+            models=models,
+            shapes="nano" if args.quick else "issue",
+        )
         result["data"] = assets.length_stats(paths["pairs"], paths["tokenizer"])
         trainer: dict[str, Any] = {}
         for ranks, threads in layouts:
@@ -213,54 +333,141 @@ def main(argv: list[str] | None = None) -> int:
                 if stage not in stages:
                     continue
                 steps, warmup = mode[stage]
-                ranks_out = run_trainer(stage, ranks, threads, steps, work / ("assets-quick" if args.quick else "assets"),
-                                        work, extra=args.set)
-                summary = summarize_ppo(ranks_out, warmup) if stage == "ppo" else summarize_loop(ranks_out, warmup)
+                ranks_out = run_trainer(
+                    stage,
+                    ranks,
+                    threads,
+                    steps,
+                    work / ("assets-quick" if args.quick else "assets"),
+                    work,
+                    extra=args.set,
+                )
+                summary = (
+                    summarize_ppo(ranks_out, warmup) if stage == "ppo" else summarize_loop(ranks_out, warmup)
+                )
                 summary["warmup"] = warmup
                 trainer.setdefault(stage, {})[str(ranks)] = summary
         steps, warmup = mode["sft_big"]
         if "sft_big" in stages and steps:
-            ranks_out = run_trainer("sft", 1, layouts[0][1], steps, work / "assets", work, model=big, extra=args.set)
+            ranks_out = run_trainer(
+                "sft", 1, layouts[0][1], steps, work / "assets", work, model=big, extra=args.set
+            )
             trainer["sft_big"] = {big: {**summarize_loop(ranks_out, warmup), "warmup": warmup}}
         result["trainer"] = trainer
 
     assets_dir = work / ("assets-quick" if args.quick else "assets")
     if parts & {"trl", "dpo", "generation", "step", "memory"}:
-        assets.build(assets_dir, n_pairs=mode["pairs"], shapes="nano" if args.quick else "issue",
-                     models=("actor", "reward") if args.quick else ("actor", "reward", "sft50m"))
+        assets.build(
+            assets_dir,
+            n_pairs=mode["pairs"],
+            shapes="nano" if args.quick else "issue",
+            models=("actor", "reward") if args.quick else ("actor", "reward", "sft50m"),
+        )
     threads = layouts[0][1]
     if "trl" in parts and importlib.util.find_spec("trl") is None:
-        print("[bench] trl is not installed (pip install -c constraints.txt '.[bench]'): no TRL peer",
-              file=sys.stderr, flush=True)
+        print(
+            "[bench] trl is not installed (pip install -c constraints.txt '.[bench]'): no TRL peer",
+            file=sys.stderr,
+            flush=True,
+        )
     elif "trl" in parts:
         steps, warmup = mode["trl"]
-        result["trl"] = {"1": run_module("bench.trl_peer", ["--assets", str(assets_dir), "--work", str(work / "trl"),
-                                                             "--steps", str(steps), "--warmup", str(warmup)], threads)}
-    if "dpo" in parts and importlib.util.find_spec("trl") is not None:  # our DPO stage against TRL's DPOTrainer
+        result["trl"] = {
+            "1": run_module(
+                "bench.trl_peer",
+                [
+                    "--assets",
+                    str(assets_dir),
+                    "--work",
+                    str(work / "trl"),
+                    "--steps",
+                    str(steps),
+                    "--warmup",
+                    str(warmup),
+                ],
+                threads,
+            )
+        }
+    if (
+        "dpo" in parts and importlib.util.find_spec("trl") is not None
+    ):  # our DPO stage against TRL's DPOTrainer
         steps, warmup = (3, 1) if args.quick else (30, 5)
-        result["dpo"] = run_module("bench.dpo", [
-            "--assets", str(assets_dir), "--work", str(work / "dpo"), "--steps", str(steps), "--warmup", str(warmup),
-            "--pairs", "64" if args.quick else "512", "--ranks", args.ranks], threads)
+        result["dpo"] = run_module(
+            "bench.dpo",
+            [
+                "--assets",
+                str(assets_dir),
+                "--work",
+                str(work / "dpo"),
+                "--steps",
+                str(steps),
+                "--warmup",
+                str(warmup),
+                "--pairs",
+                "64" if args.quick else "512",
+                "--ranks",
+                args.ranks,
+            ],
+            threads,
+        )
     if "generation" in parts:
-        result["generation"] = run_module("bench.generation", [
-            "--assets", str(assets_dir), "--repeats", str(mode["repeats"]), "--peak-seconds", str(mode["peak_seconds"])],
-            threads)
+        result["generation"] = run_module(
+            "bench.generation",
+            [
+                "--assets",
+                str(assets_dir),
+                "--repeats",
+                str(mode["repeats"]),
+                "--peak-seconds",
+                str(mode["peak_seconds"]),
+            ],
+            threads,
+        )
     if "step" in parts:
-        result["step"] = {kind: run_module("bench.step", [kind, "--assets", str(assets_dir), "--repeats",
-                                                          str(mode["repeats"]), "--peak-seconds",
-                                                          str(mode["peak_seconds"])], threads)
-                          for kind in ("sft", "ppo")}
+        result["step"] = {
+            kind: run_module(
+                "bench.step",
+                [
+                    kind,
+                    "--assets",
+                    str(assets_dir),
+                    "--repeats",
+                    str(mode["repeats"]),
+                    "--peak-seconds",
+                    str(mode["peak_seconds"]),
+                ],
+                threads,
+            )
+            for kind in ("sft", "ppo")
+        }
     if "memory" in parts:
-        result["memory"] = run_module("bench.memory", [
-            "--assets", str(assets_dir), "--work", str(work / "memory"), "--iterations", str(mode["memory_iterations"]),
-            "--model", "actor" if args.quick else "sft50m"], threads)
+        result["memory"] = run_module(
+            "bench.memory",
+            [
+                "--assets",
+                str(assets_dir),
+                "--work",
+                str(work / "memory"),
+                "--iterations",
+                str(mode["memory_iterations"]),
+                "--model",
+                "actor" if args.quick else "sft50m",
+            ],
+            threads,
+        )
 
     if "operator" in parts:
         levels = args.levels or mode["levels"]
         probes = args.probes or mode["probes"]
         print(f"[bench] operator: levels {levels}, {probes} probes each", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, "-m", "bench.operator_bench", "--levels", levels, "--probes",
-                               str(probes)], cwd=ROOT, env=base_env(1), capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.operator_bench", "--levels", levels, "--probes", str(probes)],
+            cwd=ROOT,
+            env=base_env(1),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"operator benchmark failed:\n{proc.stderr[-4000:]}")
         operator = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -44,7 +44,9 @@ def sft_batch(assets: Path, tokenizer, rows: int, max_len: int) -> dict[str, tor
     ids, prompt_lens = [], []
     for r in records:
         prompt = tokenizer(r["prompt"])["input_ids"]
-        row = (prompt + tokenizer(r["chosen"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        row = (
+            prompt + tokenizer(r["chosen"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        )
         ids.append(row[:max_len])
         prompt_lens.append(len(prompt))
     input_ids, mask = pad_rows(ids, tokenizer.pad_token_id, max(map(len, ids)))
@@ -64,10 +66,19 @@ def fake_experience(rows: int, prompt: int, answer: int, vocab: int, seed: int =
     action[:, prompt - 1 :] = 1
     logprobs = -torch.rand(rows, width - 1, generator=g) * 5 * action
     values = torch.randn(rows, width - 1, generator=g) * action
-    return Experience(seqs, mask, action, logprobs, logprobs + 0.01, torch.randn(rows, width - 1) * action,
-                      torch.randn(rows), torch.zeros(rows, width - 1), values=values,
-                      advantages=torch.randn(rows, width - 1, generator=g) * action,
-                      returns=torch.randn(rows, width - 1, generator=g) * action)
+    return Experience(
+        seqs,
+        mask,
+        action,
+        logprobs,
+        logprobs + 0.01,
+        torch.randn(rows, width - 1) * action,
+        torch.randn(rows),
+        torch.zeros(rows, width - 1),
+        values=values,
+        advantages=torch.randn(rows, width - 1, generator=g) * action,
+        returns=torch.randn(rows, width - 1, generator=g) * action,
+    )
 
 
 class PlainSFT:
@@ -88,8 +99,9 @@ class PlainSFT:
         from rlhf import losses
 
         with self.autocast():
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                use_cache=False).logits
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
         loss, _ = losses.causal_lm_loss(logits, batch["labels"])
         loss.backward()
         self.opt.step()
@@ -129,8 +141,17 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: int, lr: float = 1e-5,
-          actor_name: str = "actor", critic_name: str = "reward"):
+def setup(
+    kind: str,
+    assets: Path,
+    dtype: str,
+    rows: int,
+    prompt: int,
+    answer: int,
+    lr: float = 1e-5,
+    actor_name: str = "actor",
+    critic_name: str = "reward",
+):
     """(ours: step callable, plain: step callable, parameters trained, tokens per step, device)."""
     from rlhf.config import PPOConfig, SFTConfig, load
     from rlhf.engine.ds_config import build_ds_config
@@ -138,20 +159,31 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
     from rlhf.models.loading import load_causal_lm, load_tokenizer
     from rlhf.models.reward import load_reward_model
 
-    common = [f"data.paths=[{assets / 'data' / 'pairs.jsonl'}]", f"deepspeed.dtype={dtype}", "deepspeed.zero_stage=2",
-              f"optim.per_device_train_batch_size={rows}", f"optim.learning_rate={lr}", "optim.lr_scheduler=constant",
-              f"data.max_seq_len={max(256, prompt + answer)}", "checkpoint.output_dir=/tmp/rlhf-bench-step"]
+    common = [
+        f"data.paths=[{assets / 'data' / 'pairs.jsonl'}]",
+        f"deepspeed.dtype={dtype}",
+        "deepspeed.zero_stage=2",
+        f"optim.per_device_train_batch_size={rows}",
+        f"optim.learning_rate={lr}",
+        "optim.lr_scheduler=constant",
+        f"data.max_seq_len={max(256, prompt + answer)}",
+        "checkpoint.output_dir=/tmp/rlhf-bench-step",
+    ]
     if kind == "sft":
         cfg = load(SFTConfig, None, [f"model.name_or_path={assets / actor_name}", *common])
         rt = init_runtime(cfg.deepspeed)
         tok = load_tokenizer(cfg.model, cfg.data)
         batch = {k: v.to(rt.device) for k, v in sft_batch(assets, tok, rows, prompt + answer).items()}
         ds = build_ds_config(cfg.deepspeed, cfg.optim, rt.dist.world_size)
-        engine = initialize_training(load_causal_lm(cfg.model, tok), rt, ds, cfg.deepspeed, cfg.optim, cfg.lora, 10**6)
+        engine = initialize_training(
+            load_causal_lm(cfg.model, tok), rt, ds, cfg.deepspeed, cfg.optim, cfg.lora, 10**6
+        )
         from rlhf import losses
 
         def ours():
-            logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            logits = engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).logits
             loss, _ = losses.causal_lm_loss(logits, batch["labels"], fp32=cfg.optim.compute_fp32_loss)
             engine.backward(loss)
             engine.step()
@@ -163,10 +195,19 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
     from rlhf.stages.ppo_models import build_models, load_tokenizers
     from rlhf.stages.ppo_train import train_minibatch
 
-    cfg = load(PPOConfig, None, [f"actor.name_or_path={assets / actor_name}", f"critic.name_or_path={assets / critic_name}",
-                                 *common, f"generation.max_prompt_len={prompt}", f"generation.max_answer_len={answer}",
-                                 f"generation.per_device_generation_batch_size={rows}",
-                                 f"critic_optim.learning_rate={lr}"])
+    cfg = load(
+        PPOConfig,
+        None,
+        [
+            f"actor.name_or_path={assets / actor_name}",
+            f"critic.name_or_path={assets / critic_name}",
+            *common,
+            f"generation.max_prompt_len={prompt}",
+            f"generation.max_answer_len={answer}",
+            f"generation.per_device_generation_batch_size={rows}",
+            f"critic_optim.learning_rate={lr}",
+        ],
+    )
     rt = init_runtime(cfg.deepspeed)
     tokenizers = load_tokenizers(cfg)
     models = build_models(cfg, rt, 10**6, tokenizers)
@@ -182,14 +223,27 @@ def setup(kind: str, assets: Path, dtype: str, rows: int, prompt: int, answer: i
     return ours, lambda: plain.step(mb), params, mb.sequences.numel(), rt.device
 
 
-def run(kind: str, assets: Path, *, dtype: str = "bf16", rows: int = 8, prompt: int = 40, answer: int = 64,
-        steps: int = 5, repeats: int = 5, warmup: int = 3, peak_seconds: float = 2.0, actor: str = "actor",
-        critic: str = "reward") -> dict[str, Any]:
+def run(
+    kind: str,
+    assets: Path,
+    *,
+    dtype: str = "bf16",
+    rows: int = 8,
+    prompt: int = 40,
+    answer: int = 64,
+    steps: int = 5,
+    repeats: int = 5,
+    warmup: int = 3,
+    peak_seconds: float = 2.0,
+    actor: str = "actor",
+    critic: str = "reward",
+) -> dict[str, Any]:
     """``prompt + answer`` is the PPO batch's width and the SFT rows' cut."""
     from bench.peak import matmul_gflops
 
-    ours, plain, params, tokens, device = setup(kind, assets, dtype, rows, prompt, answer, actor_name=actor,
-                                                critic_name=critic)
+    ours, plain, params, tokens, device = setup(
+        kind, assets, dtype, rows, prompt, answer, actor_name=actor, critic_name=critic
+    )
     for fn in (ours, plain):
         for _ in range(warmup):
             fn()
@@ -207,19 +261,35 @@ def run(kind: str, assets: Path, *, dtype: str = "bf16", rows: int = 8, prompt: 
             _sync(device)
             times[name].append((time.perf_counter() - t0) / steps)
             cpu[name].append((time.process_time() - c0) / steps)
-    peak = max(matmul_gflops("bf16" if dtype != "fp32" else "fp32", n, peak_seconds, device.type)
-               for n in ((2048, 4096) if device.type == "cpu" else (8192,)))
+    peak = max(
+        matmul_gflops("bf16" if dtype != "fp32" else "fp32", n, peak_seconds, device.type)
+        for n in ((2048, 4096) if device.type == "cpu" else (8192,))
+    )
     ratios = [o / p for o, p in zip(times["ours"], times["plain"], strict=True)]
     cpu_ratios = [o / p for o, p in zip(cpu["ours"], cpu["plain"], strict=True)]
     flops = 6 * params * tokens
-    return {"kind": kind, "dtype": dtype, "device": device.type, "threads": torch.get_num_threads(), "rows": rows,
-            "tokens_per_step": tokens, "params": params, "peak_gflops": peak, "repeats": repeats, "steps": steps,
-            "seconds_per_step": {k: statistics.median(v) for k, v in times.items()}, "seconds_all": times,
-            "ratio_ours_to_plain": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "cpu_seconds_per_step": {k: statistics.median(v) for k, v in cpu.items()},
-            "cpu_ratio_ours_to_plain": statistics.median(cpu_ratios), "cpu_ratio_min": min(cpu_ratios),
-            "cpu_ratio_max": max(cpu_ratios),
-            "fraction_of_peak": {k: flops / statistics.median(v) / 1e9 / peak for k, v in times.items()}}
+    return {
+        "kind": kind,
+        "dtype": dtype,
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "tokens_per_step": tokens,
+        "params": params,
+        "peak_gflops": peak,
+        "repeats": repeats,
+        "steps": steps,
+        "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
+        "seconds_all": times,
+        "ratio_ours_to_plain": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "cpu_seconds_per_step": {k: statistics.median(v) for k, v in cpu.items()},
+        "cpu_ratio_ours_to_plain": statistics.median(cpu_ratios),
+        "cpu_ratio_min": min(cpu_ratios),
+        "cpu_ratio_max": max(cpu_ratios),
+        "fraction_of_peak": {k: flops / statistics.median(v) / 1e9 / peak for k, v in times.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,12 +303,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-seconds", type=float, default=2.0)
     parser.add_argument("--actor", default="actor", help="asset name of the actor (SFT: the model)")
     parser.add_argument("--critic", default="reward", help="asset name of the critic")
-    parser.add_argument("--prompt", type=int, default=40, help="PPO: prompt tokens per row; SFT: rows cut at prompt + answer")
+    parser.add_argument(
+        "--prompt", type=int, default=40, help="PPO: prompt tokens per row; SFT: rows cut at prompt + answer"
+    )
     parser.add_argument("--answer", type=int, default=64, help="PPO: answer tokens per row")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.kind, Path(args.assets), dtype=args.dtype, rows=args.rows, steps=args.steps,
-                         repeats=args.repeats, peak_seconds=args.peak_seconds, actor=args.actor, critic=args.critic,
-                         prompt=args.prompt, answer=args.answer)))
+    print(
+        json.dumps(
+            run(
+                args.kind,
+                Path(args.assets),
+                dtype=args.dtype,
+                rows=args.rows,
+                steps=args.steps,
+                repeats=args.repeats,
+                peak_seconds=args.peak_seconds,
+                actor=args.actor,
+                critic=args.critic,
+                prompt=args.prompt,
+                answer=args.answer,
+            )
+        )
+    )
     return 0
 
 

@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 
-def run(assets: Path, work: Path, *, steps: int = 10, warmup: int = 2, max_prompt_len: int = 64,
-        max_completion: int = 64, dtype: str = "bf16") -> dict[str, Any]:
+def run(
+    assets: Path,
+    work: Path,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    max_prompt_len: int = 64,
+    max_completion: int = 64,
+    dtype: str = "bf16",
+) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
@@ -40,11 +48,25 @@ def run(assets: Path, work: Path, *, steps: int = 10, warmup: int = 2, max_promp
     reward.config.pad_token_id = tok.pad_token_id
     cuda = torch.cuda.is_available()
     args = RLOOConfig(
-        output_dir=str(work), per_device_train_batch_size=8, num_generations=2, generation_batch_size=8,
-        num_iterations=1, max_completion_length=max_completion, beta=0.05,
-        learning_rate=1e-5, max_steps=steps, logging_steps=1, save_strategy="no", report_to=[],
-        bf16=dtype == "bf16", use_cpu=not cuda, temperature=1.0, seed=0, dataloader_num_workers=0,
-        disable_tqdm=True, gradient_checkpointing=False,  # our PPO does not checkpoint either
+        output_dir=str(work),
+        per_device_train_batch_size=8,
+        num_generations=2,
+        generation_batch_size=8,
+        num_iterations=1,
+        max_completion_length=max_completion,
+        beta=0.05,
+        learning_rate=1e-5,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=dtype == "bf16",
+        use_cpu=not cuda,
+        temperature=1.0,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,  # our PPO does not checkpoint either
     )
     times: list[float] = []
     cpu: list[float] = []
@@ -58,18 +80,33 @@ def run(assets: Path, work: Path, *, steps: int = 10, warmup: int = 2, max_promp
             times.append(time.perf_counter())
             cpu.append(time.process_time())
 
-    trainer = RLOOTrainer(model=str(assets / "actor"), reward_funcs=reward, args=args, train_dataset=dataset,
-                          processing_class=tok, reward_processing_classes=tok, callbacks=[Clock()])
+    trainer = RLOOTrainer(
+        model=str(assets / "actor"),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        reward_processing_classes=tok,
+        callbacks=[Clock()],
+    )
     trainer.train()
     durations = [b - a for a, b in zip(times, times[1:], strict=False)][warmup:]
     cpu_durations = [b - a for a, b in zip(cpu, cpu[1:], strict=False)][warmup:]
-    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return {"trainer": "trl.RLOOTrainer", "trl": __import__("trl").__version__, "steps": len(durations),
-            "samples_per_step": 8, "seconds_per_step": statistics.median(durations),
-            "samples_per_second": 8 * len(durations) / sum(durations),
-            "samples_per_cpu_second": 8 * len(cpu_durations) / sum(cpu_durations),
-            "completion_mean_length": statistics.mean(lengths[warmup:] or lengths) if lengths else None,
-            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads()}
+    lengths = [
+        h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
+    ]
+    return {
+        "trainer": "trl.RLOOTrainer",
+        "trl": __import__("trl").__version__,
+        "steps": len(durations),
+        "samples_per_step": 8,
+        "seconds_per_step": statistics.median(durations),
+        "samples_per_second": 8 * len(durations) / sum(durations),
+        "samples_per_cpu_second": 8 * len(cpu_durations) / sum(cpu_durations),
+        "completion_mean_length": statistics.mean(lengths[warmup:] or lengths) if lengths else None,
+        "device": "cuda" if cuda else "cpu",
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,8 +77,16 @@ class StaticDecoder:
     ``max_len`` positions; ``compile`` puts each decode step through ``torch.compile``
     (``reduce-overhead``, i.e. CUDA graphs, on CUDA)."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, device: torch.device, *,
-                 compile: bool, check_every: int = 8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batch_size: int,
+        max_len: int,
+        device: torch.device,
+        *,
+        compile: bool,
+        check_every: int = 8,
+    ):
         from transformers import StaticCache
 
         self.model, self.batch_size, self.max_len, self.device = model, batch_size, max_len, device
@@ -98,12 +106,26 @@ class StaticDecoder:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # ``forward``, not ``__call__``: a DeepSpeed engine hooks its module's own call (timers, and
         # ZeRO-3's parameter discovery, which never runs here) and the timers break compiled graphs.
-        out = self.model.forward(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.model.forward(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1].float()
 
-    def _step(self, token: torch.Tensor, position: torch.Tensor, column: torch.Tensor, done: torch.Tensor,
-              choice: Choice, eos_id: int, pad_id: int):
+    def _step(
+        self,
+        token: torch.Tensor,
+        position: torch.Tensor,
+        column: torch.Tensor,
+        done: torch.Tensor,
+        choice: Choice,
+        eos_id: int,
+        pad_id: int,
+    ):
         """One token for every row: the step that compiles. Rows already done get ``pad_id``."""
         self.mask.index_fill_(1, column, 1)
         logits = self._forward(token[:, None], position[:, None])
@@ -114,21 +136,31 @@ class StaticDecoder:
         return nxt, logp, position + 1, column + 1, done
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, choice: Choice, eos_id: int,
-                 pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        max_new_tokens: int,
+        choice: Choice,
+        eos_id: int,
+        pad_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer left-padded prompts ``ids``/``mask`` [b <= batch_size, P]: (new tokens, their
         log-probabilities), each [b, n] with n <= ``max_new_tokens`` (fewer when every row ended
         sooner; a row that ended is padded with ``pad_id`` and log-probability 0)."""
         rows, width = ids.shape
         if rows > self.batch_size or width + max_new_tokens > self.max_len:
-            raise ValueError(f"{rows} x ({width} + {max_new_tokens}) does not fit the decoder's "
-                             f"{self.batch_size} x {self.max_len}")
+            raise ValueError(
+                f"{rows} x ({width} + {max_new_tokens}) does not fit the decoder's "
+                f"{self.batch_size} x {self.max_len}"
+            )
         if rows < self.batch_size:  # fill the fixed batch with copies of row 0 (dropped at the end)
             fill = self.batch_size - rows
             ids = torch.cat([ids, ids[:1].expand(fill, -1)])
             mask = torch.cat([mask, mask[:1].expand(fill, -1)])
-        tokens, logps = self._decode_all(ids.to(self.device), mask.to(self.device), max_new_tokens, choice, eos_id,
-                                         pad_id)
+        tokens, logps = self._decode_all(
+            ids.to(self.device), mask.to(self.device), max_new_tokens, choice, eos_id, pad_id
+        )
         return torch.stack(tokens, dim=1)[:rows], torch.stack(logps, dim=1)[:rows]
 
     def _decode_all(self, ids, mask, max_new_tokens, choice, eos_id, pad_id):
@@ -143,14 +175,19 @@ class StaticDecoder:
         position, column = positions[:, -1] + 1, torch.tensor([width], device=self.device)
         with attention(self.model, self.attention):
             for step in range(1, max_new_tokens):
-                if step % self.check_every == 0 and bool(done.all()):  # the only host read, every check_every tokens
+                if step % self.check_every == 0 and bool(
+                    done.all()
+                ):  # the only host read, every check_every tokens
                     break
                 if self.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                token, logp, position, column, done = self._decode(token, position, column, done, choice, eos_id,
-                                                                   pad_id)
+                token, logp, position, column, done = self._decode(
+                    token, position, column, done, choice, eos_id, pad_id
+                )
                 if self.cuda_graphs:  # outputs live in the graph's memory until its next replay
-                    token, logp, position, column, done = (t.clone() for t in (token, logp, position, column, done))
+                    token, logp, position, column, done = (
+                        t.clone() for t in (token, logp, position, column, done)
+                    )
                 tokens.append(token)
                 logps.append(logp)
         return tokens, logps
@@ -159,11 +196,18 @@ class StaticDecoder:
 _DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, StaticDecoder] = weakref.WeakKeyDictionary()
 
 
-def decoder_for(model: torch.nn.Module, rows: int, length: int, device: torch.device, *, compile: bool) -> StaticDecoder:
+def decoder_for(
+    model: torch.nn.Module, rows: int, length: int, device: torch.device, *, compile: bool
+) -> StaticDecoder:
     """The model's decoder, reused while the batch and the length fit it (a new shape compiles anew)."""
     current = _DECODERS.get(model)
-    if (current is not None and current.compiled == compile and current.device == device
-            and rows <= current.batch_size and length <= current.max_len):
+    if (
+        current is not None
+        and current.compiled == compile
+        and current.device == device
+        and rows <= current.batch_size
+        and length <= current.max_len
+    ):
         return current
     if current is not None:
         rows, length = max(rows, current.batch_size), max(length, current.max_len)

@@ -34,8 +34,12 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def kwargs(self) -> dict:
-        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-               "no_repeat_ngram_size": self.no_repeat_ngram_size, "repetition_penalty": self.repetition_penalty}
+        out = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if self.do_sample:
             out.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:  # the model's generation_config may carry sampling defaults that would only warn
@@ -76,7 +80,9 @@ class Generated:
         return self.prompt_lens + self.content_lens + self.ended.long()
 
 
-def left_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: list[list[int]], pad_id: int, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists to ``length`` (default the longest): (input_ids, attention_mask)."""
     length = max(map(len, rows)) if length is None else length
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
@@ -85,8 +91,8 @@ def left_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> t
         if len(row) > length:
             raise ValueError(f"prompt {i} has {len(row)} tokens, more than {length}")
         if row:
-            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, length - len(row):] = 1
+            ids[i, length - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, length - len(row) :] = 1
     return ids, mask
 
 
@@ -103,10 +109,15 @@ def cut_answer(tokens: list[int], eos_id: int, pad_id: int) -> tuple[list[int], 
 
 
 def pack(
-    prompts: list[list[int]], answers: list[list[int]], ends: list[int | None], eos_id: int, pad_id: int,
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    ends: list[int | None],
+    eos_id: int,
+    pad_id: int,
     length: int | None = None,
 ) -> Generated:
-    """Right-packed sequences of ``prompt + answer + ending token (if any)``, padded to ``length`` or the longest.
+    """Right-packed sequences of ``prompt + answer + ending token (if any)``, padded to ``length`` or the
+    longest.
 
     The attention mask comes from the lengths, so an ending pad token (or eos = pad) is a real token.
     """
@@ -123,11 +134,14 @@ def pack(
         mask[i, : len(row)] = 1
         action[i, len(prompts[i]) - 1 : len(row) - 1] = 1
     return Generated(
-        sequences=ids, attention_mask=mask, action_mask=action,
+        sequences=ids,
+        attention_mask=mask,
+        action_mask=action,
         prompt_lens=torch.tensor([len(p) for p in prompts]),
         answer_lens=torch.tensor([len(r) - len(p) for r, p in zip(rows, prompts, strict=True)]),
         content_lens=torch.tensor([len(a) for a in answers]),
-        ended=torch.tensor([e is not None and e == eos_id for e in ends]), answers=[list(a) for a in answers],
+        ended=torch.tensor([e is not None and e == eos_id for e in ends]),
+        answers=[list(a) for a in answers],
     )
 
 
@@ -167,10 +181,16 @@ def generate(
         new_ids, step_logprobs = run(ids, mask, sampling.max_new_tokens, choice, eos_id, pad_id)
     else:
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id, pad_token_id=pad_id,
-            synced_gpus=synced_gpus, output_logits=True, return_dict_in_generate=True, **sampling.kwargs(),
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            synced_gpus=synced_gpus,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **sampling.kwargs(),
         )
-        new_ids = out.sequences[:, ids.size(1):]
+        new_ids = out.sequences[:, ids.size(1) :]
         step_logits = getattr(out, "logits", None)
         step_logprobs = _picked_logprobs(step_logits, new_ids) if step_logits else None
     answers, ends = zip(*(cut_answer(row, eos_id, pad_id) for row in new_ids.tolist()), strict=True)
@@ -183,10 +203,13 @@ def generate(
 
 def _picked_logprobs(step_logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor) -> torch.Tensor:
     """[B, steps]: the log-probability (temperature 1, unwarped) of each generated token."""
-    return torch.stack([
-        torch.log_softmax(logits.float(), dim=-1).gather(-1, new_ids[:, t : t + 1]).squeeze(-1)
-        for t, logits in enumerate(step_logits)
-    ], dim=1)
+    return torch.stack(
+        [
+            torch.log_softmax(logits.float(), dim=-1).gather(-1, new_ids[:, t : t + 1]).squeeze(-1)
+            for t, logits in enumerate(step_logits)
+        ],
+        dim=1,
+    )
 
 
 def _answer_logprobs(picked: torch.Tensor, gen: Generated) -> torch.Tensor:

@@ -22,7 +22,9 @@ def sft_labels(
     return labels
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, fp32: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross entropy over labelled positions; returns (loss, number of tokens).
 
     ``logits[:, t]`` predicts ``labels[:, t + 1]``. With ``fp32`` the softmax runs in float32
@@ -94,7 +96,11 @@ def pairwise_reward_loss(
     chosen_scores = gather_at(chosen_values, c_last)
     rejected_scores = gather_at(rejected_values, r_last)
     if kind == "last_token":
-        return -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean(), chosen_scores, rejected_scores
+        return (
+            -F.logsigmoid(chosen_scores.float() - rejected_scores.float()).mean(),
+            chosen_scores,
+            rejected_scores,
+        )
     if kind != "divergence":
         raise ValueError(f"unknown pairwise loss {kind!r}")
     per_token = -F.logsigmoid(chosen_values.float() - rejected_values.float())
@@ -114,8 +120,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-    mean: torch.Tensor | float | None = None, var: torch.Tensor | float | None = None,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    mean: torch.Tensor | float | None = None,
+    var: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Normalise ``x`` to unit variance (and zero mean) over the masked positions; others become 0.
 
@@ -159,7 +168,9 @@ def shaped_rewards(
     rewards = -kl_ctl * kl
     clipped = scores.to(rewards.dtype).clamp(-clip_reward_value, clip_reward_value)
     end = last_index(mask)
-    rewards = rewards.scatter_add(1, end[:, None], (clipped * mask.gather(1, end[:, None]).squeeze(1))[:, None])
+    rewards = rewards.scatter_add(
+        1, end[:, None], (clipped * mask.gather(1, end[:, None]).squeeze(1))[:, None]
+    )
     return rewards, kl
 
 
@@ -187,7 +198,11 @@ def gae(
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate loss over answer tokens; returns (loss, {clipfrac, approx_kl})."""
     log_ratio = (logprobs - old_logprobs) * mask
@@ -204,9 +219,14 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)`` over answer tokens; returns (loss, {clipfrac})."""
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)`` over answer tokens; returns
+    (loss, {clipfrac})."""
     clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     unclipped_sq = (values - returns) ** 2
     clipped_sq = (clipped_values - returns) ** 2
@@ -220,7 +240,9 @@ def value_loss(
 # Shapes: chosen and rejected rows of B pairs, right-padded ``[B, T]``; per-action tensors ``[B, T-1]``.
 
 
-def answer_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Tensor:
+def answer_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+) -> torch.Tensor:
     """``[B, T-1]`` float mask of the actions that emit answer tokens: position ``t`` is 1 when token
     ``t + 1`` comes after the prompt and is real (the attention mask ends the sequence), as
     :func:`sft_labels` marks what SFT learns."""
@@ -235,8 +257,12 @@ def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Te
 
 
 def dpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float, label_smoothing: float = 0.0,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sigmoid DPO on sequence log-probs ``[B]``; returns (loss per pair, chosen rewards, rejected rewards).
 
@@ -255,7 +281,9 @@ def dpo_loss(
 # --------------------------------------------------------------------------- sampling
 
 
-def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def warp_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Logits as transformers' sampling warpers leave them, in their order: divided by
     ``temperature``, then all but the ``top_k`` largest set to ``-inf`` (0: off), then the smallest
     whose cumulative probability stays within ``1 - top_p`` set to ``-inf`` (1: off; the most likely
@@ -279,8 +307,12 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, baseline: str = "group", scale: str = "group",
-    eps: float = 1e-4, batch_std: torch.Tensor | float | None = None,
+    rewards: torch.Tensor,
+    group_size: int,
+    baseline: str = "group",
+    scale: str = "group",
+    eps: float = 1e-4,
+    batch_std: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Each answer's advantage, its reward against the rewards of its group; shape [N].
 
@@ -294,7 +326,9 @@ def group_advantages(
     if group_size < 2:
         raise ValueError(f"group_size must be at least 2, got {group_size}")
     if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be [N] with N a multiple of group_size ({group_size}), got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [N] with N a multiple of group_size ({group_size}), got {tuple(rewards.shape)}"
+        )
     groups = rewards.float().view(-1, group_size)
     centred = groups - groups.mean(dim=1, keepdim=True)
     if baseline == "leave_one_out":
@@ -326,9 +360,16 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
 
 
 def grpo_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    cliprange: float, cliprange_high: float | None = None, ref_logprobs: torch.Tensor | None = None,
-    kl_coef: float = 0.0, estimator: str = "k3", aggregation: str = "token",
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    estimator: str = "k3",
+    aggregation: str = "token",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO's loss over answer tokens: the clipped surrogate with each answer's (sequence-level)
     advantage ``advantages`` [B] on every one of its tokens, plus ``kl_coef`` times the per-token KL

@@ -39,11 +39,19 @@ from rlhf.errors import UserError
 RewardFn = Callable[[list[str], list[str], list[Mapping[str, Any]]], Sequence[float]]
 
 
-def row_of(prompt: str | Sequence[Sequence[str]], chosen: str | None = None, rejected: str | None = None,
-           source: str | None = None) -> dict[str, Any]:
+def row_of(
+    prompt: str | Sequence[Sequence[str]],
+    chosen: str | None = None,
+    rejected: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """The row a reward function gets for a prompt (text, or a conversation of ``(role, content)``
     turns) and the record's answers: JSON-ready, a conversation as ``{"role", "content"}`` dicts."""
-    value: Any = prompt if isinstance(prompt, str) else [{"role": role, "content": content} for role, content in prompt]
+    value: Any = (
+        prompt
+        if isinstance(prompt, str)
+        else [{"role": role, "content": content} for role, content in prompt]
+    )
     return {"prompt": value, "chosen": chosen, "rejected": rejected, "source": source}
 
 
@@ -75,7 +83,9 @@ def load_function(name: str, key: str) -> RewardFn:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or whatever the module raises while it is imported
-        raise RewardError(f"{key}: cannot import module {module_name!r} of {name!r}: {type(e).__name__}: {e}") from None
+        raise RewardError(
+            f"{key}: cannot import module {module_name!r} of {name!r}: {type(e).__name__}: {e}"
+        ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise RewardError(f"{key}: {module_name!r} has no attribute {attr!r} ({name!r})")
@@ -118,7 +128,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def call(f: RewardFunction, prompts: list[str], answers: list[str], rows: list[Mapping[str, Any]]) -> list[float]:
+def call(
+    f: RewardFunction, prompts: list[str], answers: list[str], rows: list[Mapping[str, Any]]
+) -> list[float]:
     """``f``'s value of every answer, as floats; a :class:`RewardError` naming ``f`` and the row when
     it raises (the first row that raises alone) or returns anything but one real number per answer."""
     if not (len(prompts) == len(answers) == len(rows)):
@@ -135,7 +147,8 @@ def call(f: RewardFunction, prompts: list[str], answers: list[str], rows: list[M
                     f"{who} raised {type(e).__name__}: {e}{_where_raised(e)} on {_describe_row(rows, i)}"
                 ) from e
         raise RewardError(
-            f"{who} raised {type(batch_error).__name__}: {batch_error}{_where_raised(batch_error)} on a batch of "
+            f"{who} raised {type(batch_error).__name__}: {batch_error}{_where_raised(batch_error)} "
+            "on a batch of "
             f"{len(answers)} rows (every row alone passed), from {_describe_row(rows, 0)}"
         ) from batch_error
     if hasattr(out, "tolist"):  # a numpy array or torch tensor
@@ -144,11 +157,18 @@ def call(f: RewardFunction, prompts: list[str], answers: list[str], rows: list[M
         raise RewardError(f"{who} returned a {type(out).__name__} ({out!r:.80}), not one number per answer")
     values = list(out)
     if len(values) != len(answers):
-        raise RewardError(f"{who} returned {len(values)} values for {len(answers)} answers (one number per answer)")
+        raise RewardError(
+            f"{who} returned {len(values)} values for {len(answers)} answers (one number per answer)"
+        )
     for i, value in enumerate(values):
         if not _is_number(value):
-            kind = "a boolean" if isinstance(value, bool) else "not a finite number" if isinstance(
-                value, numbers.Real) else f"a {type(value).__name__}, not a number"
+            kind = (
+                "a boolean"
+                if isinstance(value, bool)
+                else "not a finite number"
+                if isinstance(value, numbers.Real)
+                else f"a {type(value).__name__}, not a number"
+            )
             raise RewardError(f"{who} returned {value!r:.80} ({kind}) for {_describe_row(rows, i)}")
     return [float(v) for v in values]
 

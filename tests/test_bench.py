@@ -49,18 +49,30 @@ def test_trainer_hooks_exist():
     from rlhf.stages.reward import RewardStage
     from rlhf.stages.sft import SFTStage
 
-    assert callable(PPOTrainer._metrics) and callable(SFTStage.train_loss) and callable(RewardStage.train_loss)
+    assert (
+        callable(PPOTrainer._metrics) and callable(SFTStage.train_loss) and callable(RewardStage.train_loss)
+    )
     import inspect
 
     assert list(inspect.signature(PPOTrainer._metrics).parameters) == [
-        "self", "exp", "gen_stats", "train_stats", "t0", "t1", "t2", "models"]
+        "self",
+        "exp",
+        "gen_stats",
+        "train_stats",
+        "t0",
+        "t1",
+        "t2",
+        "models",
+    ]
 
 
 def test_loop_summary_counts_steady_steps_only():
     records = [{"t": t, "real": 50, "padded": 100, "samples": 8} for t in (0.0, 5.0, 6.0, 7.0, 8.0)]
     other = [{"t": t + 0.1, "real": 30, "padded": 100, "samples": 8} for t in (0.0, 5.0, 6.0, 7.0, 8.0)]
-    ranks = [{"records": records, "params": 1000, "world_size": 2, "threads": 1, "accelerator": "cpu"},
-             {"records": other, "params": 1000, "world_size": 2, "threads": 1, "accelerator": "cpu"}]
+    ranks = [
+        {"records": records, "params": 1000, "world_size": 2, "threads": 1, "accelerator": "cpu"},
+        {"records": other, "params": 1000, "world_size": 2, "threads": 1, "accelerator": "cpu"},
+    ]
     s = summarize_loop(ranks, warmup=1)  # steps 1..3 of both ranks, from t=5 to t=8
     assert s["steps"] == 3 and s["seconds"] == 3.0
     assert s["real_tokens_per_second"] == (3 * 50 + 3 * 30) / 3
@@ -72,15 +84,32 @@ def test_loop_summary_counts_steady_steps_only():
 
 def test_ppo_flops_and_summary():
     params = {"actor": 10, "reference": 10, "critic": 3, "reward": 3}
-    it = {"rows": 8, "packed_width": 128, "prompt_width": 64, "gen_steps": 64, "answer_tokens_mean": 64.0,
-          "ended_share": 0.0, "iteration_seconds": 2.0, "generate_seconds": 1.0, "experience_seconds": 0.5,
-          "train_seconds": 0.5, "experience_forwards": {"actor": 0, "reference": 1, "critic": 1}}
+    it = {
+        "rows": 8,
+        "packed_width": 128,
+        "prompt_width": 64,
+        "gen_steps": 64,
+        "answer_tokens_mean": 64.0,
+        "ended_share": 0.0,
+        "iteration_seconds": 2.0,
+        "generate_seconds": 1.0,
+        "experience_seconds": 0.5,
+        "train_seconds": 0.5,
+        "experience_forwards": {"actor": 0, "reference": 1, "critic": 1},
+    }
     f = ppo_iteration_flops(it, params)
     assert f["generate"] == 2 * 10 * 8 * 127
-    assert f["experience"] == 2 * (10 + 3) * 8 * 128 and f["score"] == 2 * 3 * 8 * 128  # only the forwards that ran
+    assert (
+        f["experience"] == 2 * (10 + 3) * 8 * 128 and f["score"] == 2 * 3 * 8 * 128
+    )  # only the forwards that ran
     assert f["train"] == 6 * 13 * 8 * 128
-    rank = {"iterations": [dict(it, iteration_seconds=9.0), it, it], "params": params, "world_size": 1,
-            "threads": 2, "accelerator": "cpu"}
+    rank = {
+        "iterations": [dict(it, iteration_seconds=9.0), it, it],
+        "params": params,
+        "world_size": 1,
+        "threads": 2,
+        "accelerator": "cpu",
+    }
     s = summarize_ppo([rank], warmup=1)
     assert s["iterations"] == 2 and s["samples_per_second"] == 16 / 4.0
     assert s["generate_tokens_per_second"] == 2 * 8 * 64 / 2.0
@@ -95,28 +124,77 @@ def test_percentiles_nearest_rank():
 
 
 def test_report_compares_with_same_run_references_and_marks_targets():
-    ppo = {"samples_per_second": 6.0, "generate_tokens_per_second": 500.0, "generate_seconds_per_iteration": 0.2,
-           "answer_tokens_mean": 64.0, "ended_share": 0.0, "experience_seconds_per_iteration": 0.1,
-           "train_seconds_per_iteration": 0.1, "flops_per_second": 30e9, "generate_flops_per_second": 10e9}
-    decoder = {"tokens_per_second": 900.0, "ms_per_step": 2.0, "fraction_of_peak": 0.1, "ratio_min": 2.5,
-               "ratio_max": 3.5, "same_answers": 1.0}
-    step = {"seconds_per_step": {"ours": 0.13, "plain": 0.1}, "ratio_min": 1.2, "ratio_max": 1.4,
-            "fraction_of_peak": {"ours": 0.3, "plain": 0.4}}
+    ppo = {
+        "samples_per_second": 6.0,
+        "generate_tokens_per_second": 500.0,
+        "generate_seconds_per_iteration": 0.2,
+        "answer_tokens_mean": 64.0,
+        "ended_share": 0.0,
+        "experience_seconds_per_iteration": 0.1,
+        "train_seconds_per_iteration": 0.1,
+        "flops_per_second": 30e9,
+        "generate_flops_per_second": 10e9,
+    }
+    decoder = {
+        "tokens_per_second": 900.0,
+        "ms_per_step": 2.0,
+        "fraction_of_peak": 0.1,
+        "ratio_min": 2.5,
+        "ratio_max": 3.5,
+        "same_answers": 1.0,
+    }
+    step = {
+        "seconds_per_step": {"ours": 0.13, "plain": 0.1},
+        "ratio_min": 1.2,
+        "ratio_max": 1.4,
+        "fraction_of_peak": {"ours": 0.3, "plain": 0.4},
+    }
     result = {
         "peak": {"1": {"bf16": 100.0}},
-        "trainer": {"ppo": {"1": ppo}, "sft": {"1": {"real_tokens_per_second": 1000.0,
-                                                     "padded_tokens_per_second": 2000.0, "real_share": 0.5,
-                                                     "flops_per_second": 40e9}}},
+        "trainer": {
+            "ppo": {"1": ppo},
+            "sft": {
+                "1": {
+                    "real_tokens_per_second": 1000.0,
+                    "padded_tokens_per_second": 2000.0,
+                    "real_share": 0.5,
+                    "flops_per_second": 40e9,
+                }
+            },
+        },
         "trl": {"1": {"samples_per_second": 3.0, "trl": "1.16.0", "completion_mean_length": 64.0}},
-        "generation": {"decoders": {"transformers": dict(decoder, tokens_per_second=300.0, ratio_to_transformers=1.0),
-                                    "compiled": dict(decoder, ratio_to_transformers=3.0)}},
+        "generation": {
+            "decoders": {
+                "transformers": dict(decoder, tokens_per_second=300.0, ratio_to_transformers=1.0),
+                "compiled": dict(decoder, ratio_to_transformers=3.0),
+            }
+        },
         "step": {"sft": dict(step, ratio_ours_to_plain=1.3), "ppo": dict(step, ratio_ours_to_plain=1.1)},
-        "memory": [{"variant": "lora", "mib": {"models_peak": 500.0},
-                    "expected_mib": {"total": 180.0, "optimizer_step_transient": 6.0, "actor": 120.0, "reference": 0.0,
-                                     "critic": 54.0, "reward": 7.0, "ema": 0.0}}],
-        "operator": {"levels": {"1000": {k: {"p50": 0.1, "p99": 1.5, "n": 40} for k in
-                                         ("create_to_mpijobs", "create_to_prepare", "condition_to_status")}},
-                     "rss_mib_peak": 150.0, "rss_mib_idle": 70.0},
+        "memory": [
+            {
+                "variant": "lora",
+                "mib": {"models_peak": 500.0},
+                "expected_mib": {
+                    "total": 180.0,
+                    "optimizer_step_transient": 6.0,
+                    "actor": 120.0,
+                    "reference": 0.0,
+                    "critic": 54.0,
+                    "reward": 7.0,
+                    "ema": 0.0,
+                },
+            }
+        ],
+        "operator": {
+            "levels": {
+                "1000": {
+                    k: {"p50": 0.1, "p99": 1.5, "n": 40}
+                    for k in ("create_to_mpijobs", "create_to_prepare", "condition_to_status")
+                }
+            },
+            "rss_mib_peak": 150.0,
+            "rss_mib_idle": 70.0,
+        },
     }
     rows = {(r["metric"], r["ranks"]): r for r in report.rows(result)}
     ppo_row = rows["PPO samples/s (end to end)", 1]
@@ -137,9 +215,31 @@ def test_peak_and_operator_smoke(tmp_path):
     """`python -m bench` end to end for the cheap parts: the table on screen and both JSON files."""
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "peak,operator", "--ranks", "1", "--levels", "1",
-         "--probes", "1", "--wait", "0", "--out", str(out), "--work", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "peak,operator",
+            "--ranks",
+            "1",
+            "--levels",
+            "1",
+            "--probes",
+            "1",
+            "--wait",
+            "0",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "operator create -> MPIJobs p99" in proc.stdout and "operator RSS (peak)" in proc.stdout
     latest = json.loads((out / "latest.json").read_text())
@@ -155,9 +255,29 @@ def test_trainer_smoke_one_rank(tmp_path):
     """SFT and PPO through the real trainer on nano models, 1 rank (slow tier: DeepSpeed start-up)."""
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "trainer", "--stages", "sft,ppo", "--ranks", "1",
-         "--wait", "0", "--out", str(out), "--work", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "trainer",
+            "--stages",
+            "sft,ppo",
+            "--ranks",
+            "1",
+            "--wait",
+            "0",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     latest = json.loads((out / "latest.json").read_text())
     sft, ppo = latest["trainer"]["sft"]["1"], latest["trainer"]["ppo"]["1"]

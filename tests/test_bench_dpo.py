@@ -10,9 +10,16 @@ from bench import dpo
 
 
 def _rank(rank: int, starts: list[float], tokens: int = 100) -> dict:
-    return {"rank": rank, "world_size": 2, "step_starts": starts, "real_tokens": [tokens] * len(starts),
-            "pairs": [8] * len(starts), "reference_seconds": 1.5 + rank, "before_mib": 500.0,
-            "peak_mib": 900.0 + rank}
+    return {
+        "rank": rank,
+        "world_size": 2,
+        "step_starts": starts,
+        "real_tokens": [tokens] * len(starts),
+        "pairs": [8] * len(starts),
+        "reference_seconds": 1.5 + rank,
+        "before_mib": 500.0,
+        "peak_mib": 900.0 + rank,
+    }
 
 
 def test_summarize_counts_the_steps_after_warmup_on_rank_0s_clock():
@@ -38,8 +45,12 @@ def test_the_pairs_subset_is_the_same_for_both_trainers(tmp_path):
 
 def test_the_table_shows_each_layout_and_reference():
     row = {"pairs_per_second": 30.0, "peak_mib": 900.0, "real_tokens_per_pair": 138.0}
-    layout = {"ours_live": row, "trl_live": {**row, "pairs_per_second": 20.0}, "ratio_live": 1.5,
-              "epoch_ratio_live": 1.5}
+    layout = {
+        "ours_live": row,
+        "trl_live": {**row, "pairs_per_second": 20.0},
+        "ratio_live": 1.5,
+        "epoch_ratio_live": 1.5,
+    }
     result = {"layouts": {"1": layout}}
     text = dpo.table(result)
     assert "| 1 | live | 30.0 | 20.0 | 1.50x | 1.50x | 900 / 900 | 138.0 / 138.0 |" in text

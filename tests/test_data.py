@@ -37,12 +37,18 @@ def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS, "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=[EOS, "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    text = ["Human: what is the capital of France?\n\nAssistant: Paris is the capital.",
-            "Human: tell me a joke\n\nAssistant: I am not funny, sorry."] * 20
+    text = [
+        "Human: what is the capital of France?\n\nAssistant: Paris is the capital.",
+        "Human: tell me a joke\n\nAssistant: I am not funny, sorry.",
+    ] * 20
     tok.train_from_iterator(text, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token="<pad>", padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token="<pad>", padding_side="right"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +68,21 @@ def write_json(path: Path, rows) -> Path:
 
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
 def pairs(tag: str, n: int) -> list[dict]:
-    return [{"prompt": f"Human: {tag}{i}?\n\nAssistant:", "chosen": f" good {tag}{i}", "rejected": f" bad {tag}{i}"}
-            for i in range(n)]
+    return [
+        {
+            "prompt": f"Human: {tag}{i}?\n\nAssistant:",
+            "chosen": f" good {tag}{i}",
+            "rejected": f" bad {tag}{i}",
+        }
+        for i in range(n)
+    ]
 
 
 def resolve_source_path(path: Path, fmt: str = "auto"):
@@ -85,10 +99,12 @@ def make_cfg(tmp_path: Path, **data) -> DataOnly:
 
 def test_hh_format_from_save_to_disk_dir_named_like_hub(tmp_path):
     row = {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello", "rejected": " go away"}
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_list([row] * 3),
-        "test": datasets.Dataset.from_list([{**row, "chosen": " hey"}]),
-    }).save_to_disk(str(tmp_path / "Dahoas" / "rm-static"))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([row] * 3),
+            "test": datasets.Dataset.from_list([{**row, "chosen": " hey"}]),
+        }
+    ).save_to_disk(str(tmp_path / "Dahoas" / "rm-static"))
     data = load_source(resolve_source_path(tmp_path / "Dahoas" / "rm-static"), require_rejected=True)
     assert data.source.format == "hh" and data.source.kind == "disk"
     assert data.train == [Record(row["prompt"], row["chosen"], row["rejected"])] * 3
@@ -96,21 +112,30 @@ def test_hh_format_from_save_to_disk_dir_named_like_hub(tmp_path):
 
 
 def test_gptj_pairwise_wraps_prompt_and_answers(tmp_path):
-    datasets.Dataset.from_list([{"prompt": "Name a fruit", "chosen": "Apple.", "rejected": "Car."}]).save_to_disk(
-        str(tmp_path / "Dahoas" / "synthetic-instruct-gptj-pairwise"))
-    data = load_source(resolve_source_path(tmp_path / "Dahoas" / "synthetic-instruct-gptj-pairwise"),
-                       require_rejected=True)
+    datasets.Dataset.from_list(
+        [{"prompt": "Name a fruit", "chosen": "Apple.", "rejected": "Car."}]
+    ).save_to_disk(str(tmp_path / "Dahoas" / "synthetic-instruct-gptj-pairwise"))
+    data = load_source(
+        resolve_source_path(tmp_path / "Dahoas" / "synthetic-instruct-gptj-pairwise"), require_rejected=True
+    )
     assert data.source.format == "gptj-pairwise"
     assert data.train == [Record("Human: Name a fruit\n\nAssistant:", " Apple.", " Car.")]
-    assert data.train[0].prompt == format_prompt("Name a fruit") and data.train[0].chosen == format_answer("Apple.")
+    assert data.train[0].prompt == format_prompt("Name a fruit") and data.train[0].chosen == format_answer(
+        "Apple."
+    )
     assert data.eval is None  # a bare Dataset ships no eval split
 
 
 def test_yitingxie_takes_text_after_last_assistant(tmp_path):
-    row = {"prompt": "\n\nHuman: hi\n\n", "chosen": "Assistant: ok\n\nHuman: more\n\nAssistant: sure",
-           "rejected": "Assistant: no"}
+    row = {
+        "prompt": "\n\nHuman: hi\n\n",
+        "chosen": "Assistant: ok\n\nHuman: more\n\nAssistant: sure",
+        "rejected": "Assistant: no",
+    }
     write_jsonl(tmp_path / "yitingxie" / "rlhf-reward-datasets" / "train.jsonl", [row])
-    data = load_source(resolve_source_path(tmp_path / "yitingxie" / "rlhf-reward-datasets"), require_rejected=True)
+    data = load_source(
+        resolve_source_path(tmp_path / "yitingxie" / "rlhf-reward-datasets"), require_rejected=True
+    )
     assert data.source.format == "yitingxie"
     assert data.train == [Record("\n\nHuman: hi\n\nAssistant:", " sure", " no")]
 
@@ -127,7 +152,9 @@ def test_json_dir_with_test_split_and_local_jsonfile(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "d" / "train.jsonl", pairs("t", 2))
     write_jsonl(tmp_path / "d" / "test.jsonl", pairs("e", 1))
     data = load_source(resolve_source_path(tmp_path / "d"), require_rejected=True)
-    assert [r.chosen for r in data.train] == [" good t0", " good t1"] and [r.chosen for r in data.eval] == [" good e0"]
+    assert [r.chosen for r in data.train] == [" good t0", " good t1"] and [r.chosen for r in data.eval] == [
+        " good e0"
+    ]
 
     write_json(tmp_path / "chat" / "data" / "train.json", pairs("a", 2))
     write_json(tmp_path / "chat" / "data" / "eval.json", pairs("b", 1))
@@ -149,8 +176,9 @@ def test_hub_dataset_and_unloadable_name(monkeypatch):
         calls.append(name)
         if name != "Dahoas/full-hh-rlhf":
             raise FileNotFoundError("not in the offline cache")
-        return datasets.DatasetDict({"train": datasets.Dataset.from_list([row]),
-                                     "test": datasets.Dataset.from_list([row])})
+        return datasets.DatasetDict(
+            {"train": datasets.Dataset.from_list([row]), "test": datasets.Dataset.from_list([row])}
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     sources_mod._load_hub.cache_clear()
@@ -159,8 +187,11 @@ def test_hub_dataset_and_unloadable_name(monkeypatch):
     assert data.train == [Record(**row)] and data.eval == [Record(**row)]
     fp = sources_mod.fingerprint(data.source)
     assert set(fp) == {"train", "test"} and all(fp.values())
-    with pytest.raises(DataError, match=r"someone/missing: neither a local file/directory nor a loadable dataset"
-                                        r".*not in the offline cache"):
+    with pytest.raises(
+        DataError,
+        match=r"someone/missing: neither a local file/directory nor a loadable dataset"
+        r".*not in the offline cache",
+    ):
         load_source(DataSource(path="someone/missing"), require_rejected=True)
     for path in ("./nowhere/data.jsonl", "pairs.parquet", "data/train.csv"):  # paths by rlhf.api.hub's rule
         with pytest.raises(DataError, match="no such file"):
@@ -191,8 +222,14 @@ def test_bad_json_record_error_names_file_index_field(tmp_path, bad, expected):
     assert len(data.train) == 3 and data.skipped == {str(path): 1}
 
 
-@pytest.mark.parametrize(("line", "expected"), [("{not json\n", "not valid JSON"), ("[1, 2]\n", "not an object"),
-                                                ('{"prompt": "p", "chosen": "c"}\n', "'rejected': missing")])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{not json\n", "not valid JSON"),
+        ("[1, 2]\n", "not an object"),
+        ('{"prompt": "p", "chosen": "c"}\n', "'rejected': missing"),
+    ],
+)
 def test_bad_jsonl_line_names_record_and_line(tmp_path, line, expected):
     rows = [*pairs("x", 1), "\n", line, *pairs("y", 2)]  # blank line 2 is not a record
     path = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -201,7 +238,9 @@ def test_bad_jsonl_line_names_record_and_line(tmp_path, line, expected):
     msg = str(err.value)
     assert str(path) in msg and "record 1 (line 3)" in msg and expected in msg
     data = load_source(resolve_source_path(path), require_rejected=True, on_bad_record="skip")
-    assert [r.chosen for r in data.train] == [" good x0", " good y0", " good y1"] and data.skipped == {str(path): 1}
+    assert [r.chosen for r in data.train] == [" good x0", " good y0", " good y1"] and data.skipped == {
+        str(path): 1
+    }
 
 
 def test_bad_record_in_saved_dataset_names_split(tmp_path):
@@ -219,11 +258,14 @@ def test_rejected_optional_for_sft_only(tmp_path):
         load_source(resolve_source_path(path), require_rejected=True)
 
 
-@pytest.mark.parametrize(("name", "content", "expected"), [
-    ("bad.jsonl", b'{"prompt": "\xff\xfe"}\n', "not valid UTF-8"),
-    ("bad.json", b'[{"prompt": "p", "chosen": "c"},', "not valid JSON"),
-    ("obj.json", b'{"prompt": "p",\n "chosen": "c"}', "expected a JSON list"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("bad.jsonl", b'{"prompt": "\xff\xfe"}\n', "not valid UTF-8"),
+        ("bad.json", b'[{"prompt": "p", "chosen": "c"},', "not valid JSON"),
+        ("obj.json", b'{"prompt": "p",\n "chosen": "c"}', "expected a JSON list"),
+    ],
+)
 def test_unreadable_file_is_never_skippable(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
@@ -271,28 +313,46 @@ def test_zero_share_gives_empty_part(shares):
 def test_hold_out_and_source_parts():
     records = list(range(40))
     train, evals = hold_out(records, 0.1, seed=3)
-    assert len(evals) == 4 and sorted(train + evals) == records and (train, evals) == hold_out(records, 0.1, 3)
+    assert (
+        len(evals) == 4 and sorted(train + evals) == records and (train, evals) == hold_out(records, 0.1, 3)
+    )
     t_parts, e_parts = source_parts(records, None, (1, 1, 2), 0.1, seed=3)
     assert sorted(x for p in e_parts for x in p) == sorted(evals)
     assert sorted(x for p in t_parts for x in p) == sorted(train)
     t_own, e_own = source_parts(records, ["e1", "e2", "e3", "e4"], (1, 1, 2), 0.5, seed=3)
     assert sorted(x for p in t_own for x in p) == records  # own eval split: nothing held out
     assert sorted(x for p in e_own for x in p) == ["e1", "e2", "e3", "e4"]
-    assert blend([[1, 2], [3]], seed=0) == blend([[1, 2], [3]], seed=0) and sorted(blend([[1, 2], [3]], 0)) == [1, 2, 3]
+    assert blend([[1, 2], [3]], seed=0) == blend([[1, 2], [3]], seed=0) and sorted(
+        blend([[1, 2], [3]], 0)
+    ) == [1, 2, 3]
 
 
 def decode_sft(tokenizer, ds) -> list[tuple[str, str]]:
-    return [(tokenizer.decode(x["input_ids"][: x["prompt_len"]]), tokenizer.decode(x["input_ids"][x["prompt_len"]:]))
-            for x in ds]
+    return [
+        (
+            tokenizer.decode(x["input_ids"][: x["prompt_len"]]),
+            tokenizer.decode(x["input_ids"][x["prompt_len"] :]),
+        )
+        for x in ds
+    ]
 
 
 def test_blending_two_sources_and_sft_only_phase0_only(tmp_path, tokenizer):
     a = write_jsonl(tmp_path / "a.jsonl", pairs("a", 20))
     write_json(tmp_path / "b" / "train.json", pairs("b", 10))
-    s = write_jsonl(tmp_path / "s.jsonl", [{"prompt": f"Human: s{i}?\n\nAssistant:", "chosen": f" good s{i}"}
-                                           for i in range(5)])
-    cfg = make_cfg(tmp_path, paths=[str(a), str(tmp_path / "b")], sft_only_paths=[str(s)], split="1,1,2",
-                   eval_fraction=0.0, add_eot_token=False, max_seq_len=512)
+    s = write_jsonl(
+        tmp_path / "s.jsonl",
+        [{"prompt": f"Human: s{i}?\n\nAssistant:", "chosen": f" good s{i}"} for i in range(5)],
+    )
+    cfg = make_cfg(
+        tmp_path,
+        paths=[str(a), str(tmp_path / "b")],
+        sft_only_paths=[str(s)],
+        split="1,1,2",
+        eval_fraction=0.0,
+        add_eot_token=False,
+        max_seq_len=512,
+    )
     p0 = prepare_phase_data(cfg, tokenizer, phase=0)
     p1 = prepare_phase_data(cfg, tokenizer, phase=1)
     p2 = prepare_phase_data(cfg, tokenizer, phase=2, max_prompt_len=64)
@@ -311,7 +371,9 @@ def test_blending_two_sources_and_sft_only_phase0_only(tmp_path, tokenizer):
     assert [x["path"] for x in p0.stats["sources"]] == [str(a), str(tmp_path / "b"), str(s)]
     assert p0.stats["sources"][0]["train_per_phase"] == [5, 5, 10]
     order = [a_ for _, a_ in sft]
-    assert order != sorted(order, key=lambda t: (t.split()[-1][0], int(t.split()[-1][1:])))  # blended, shuffled
+    assert order != sorted(
+        order, key=lambda t: (t.split()[-1][0], int(t.split()[-1][1:]))
+    )  # blended, shuffled
 
 
 def test_eval_holdout_in_prepared_data(tmp_path, tokenizer):

@@ -19,13 +19,23 @@ from rlhf.stages.dispatch import run_stage
 
 def _overrides(tiny, out, *extra) -> list[str]:
     """DPO from the untrained nano actor (its reference): fast, and it does learn the pairs."""
-    return [f"model.name_or_path={tiny.actor}", *tiny._common(out), "generation.max_prompt_len=32",
-            "generation.max_answer_len=12", "evaluation.max_prompts=6", "evaluation.checker=synthetic",
-            f"evaluation.prompts={tiny.data / 'heldout_prompts.jsonl'}", "logging.log_interval=1", *extra]
+    return [
+        f"model.name_or_path={tiny.actor}",
+        *tiny._common(out),
+        "generation.max_prompt_len=32",
+        "generation.max_answer_len=12",
+        "evaluation.max_prompts=6",
+        "evaluation.checker=synthetic",
+        f"evaluation.prompts={tiny.data / 'heldout_prompts.jsonl'}",
+        "logging.log_interval=1",
+        *extra,
+    ]
 
 
 def _rows(out, split):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+    return [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +56,20 @@ def test_dpo_learns_the_pairs_and_reports_dpo_metrics(dpo_run):
     evals = _rows(out, "eval")
     assert [r["step"] for r in evals] == [10, 20]
     m = summary["metrics"]
-    for key in ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
-                "rejected_logp"):
+    for key in (
+        "loss",
+        "reward_accuracy",
+        "reward_margin",
+        "chosen_reward",
+        "rejected_reward",
+        "chosen_logp",
+        "rejected_logp",
+    ):
         assert m[f"eval/{key}"] == pytest.approx(evals[-1][key]), key
     assert m["eval/loss"] < math.log(2) - 0.1 and m["eval/reward_accuracy"] >= 0.7, m
-    assert m["eval/reward_margin"] == pytest.approx(m["eval/chosen_reward"] - m["eval/rejected_reward"], abs=1e-5)
+    assert m["eval/reward_margin"] == pytest.approx(
+        m["eval/chosen_reward"] - m["eval/rejected_reward"], abs=1e-5
+    )
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
@@ -58,16 +77,27 @@ def test_dpo_evaluates_by_answers_before_and_after_as_ppo_does(dpo_run):
     out, cfg, summary = dpo_run
     m = summary["metrics"]
     for prefix in ("baseline", "eval"):
-        for key in ("property_rate", "content_rate", "distinct_2", "mean_words", "answer_tokens", "ended_rate"):
+        for key in (
+            "property_rate",
+            "content_rate",
+            "distinct_2",
+            "mean_words",
+            "answer_tokens",
+            "ended_rate",
+        ):
             assert f"{prefix}/{key}" in m, f"{prefix}/{key}"
     for key in ("property_gain_points", "content_ratio", "distinct_2_ratio", "length_ratio"):
         assert f"check/{key}" in m, key
     assert "eval/reward_mean" not in m  # no reward model
-    assert m["check/property_gain_points"] == pytest.approx(100 * (m["eval/property_rate"] - m["baseline/property_rate"]))
+    assert m["check/property_gain_points"] == pytest.approx(
+        100 * (m["eval/property_rate"] - m["baseline/property_rate"])
+    )
     for name in ("baseline_answers.jsonl", "eval_answers.jsonl"):
         rows = [json.loads(x) for x in (out / name).read_text().splitlines()]
         assert len(rows) == 6 and all({"prompt", "answer", "tokens", "ended"} <= set(r) for r in rows)
-    assert [r["split"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())][0] == "baseline"
+    assert [r["split"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())][
+        0
+    ] == "baseline"
     assert _rows(out, "answers")[-1]["step"] == 20
 
 
@@ -95,7 +125,9 @@ def _train_rows(out):
     return [(r["step"], r["loss"], r["chosen_logp"], r["rejected_logp"]) for r in _rows(out, "train")]
 
 
-@pytest.mark.parametrize("lora", [[], ["lora.dim=4", "lora.only_optimize_lora=true"]], ids=["copy", "adapters"])
+@pytest.mark.parametrize(
+    "lora", [[], ["lora.dim=4", "lora.only_optimize_lora=true"]], ids=["copy", "adapters"]
+)
 def test_the_live_reference_trains_exactly_as_the_cached_log_probs(tiny, tmp_path, lora):
     """Cached log-probs (scored once by the policy before its first step), and a live reference
     every batch — a frozen copy, or with LoRA on a frozen base the policy without its adapters —
@@ -103,8 +135,20 @@ def test_the_live_reference_trains_exactly_as_the_cached_log_probs(tiny, tmp_pat
     runs = {}
     for mode in ("cached", "live"):
         out = tmp_path / mode
-        run_stage(load(DPOConfig, None, _overrides(tiny, out, "optim.max_steps=5", f"dpo.reference_logps={mode}",
-                                                    "evaluation.baseline=false", *lora)))
+        run_stage(
+            load(
+                DPOConfig,
+                None,
+                _overrides(
+                    tiny,
+                    out,
+                    "optim.max_steps=5",
+                    f"dpo.reference_logps={mode}",
+                    "evaluation.baseline=false",
+                    *lora,
+                ),
+            )
+        )
         runs[mode] = out
     cached, live = (_train_rows(runs[m]) for m in ("cached", "live"))
     assert len(cached) == 5 and cached[0][1] == pytest.approx(math.log(2), abs=1e-6)
@@ -116,10 +160,19 @@ def test_the_live_reference_trains_exactly_as_the_cached_log_probs(tiny, tmp_pat
 def test_label_smoothing_and_beta_reach_the_loss(tiny, tmp_path):
     # at the first step h = 0, so the loss is log 2 whatever beta or eps; the second step differs
     rows = {}
-    for name, extra in {"plain": [], "smoothed": ["dpo.label_smoothing=0.3"], "beta": ["dpo.beta=0.5"]}.items():
+    for name, extra in {
+        "plain": [],
+        "smoothed": ["dpo.label_smoothing=0.3"],
+        "beta": ["dpo.beta=0.5"],
+    }.items():
         out = tmp_path / name
-        run_stage(load(DPOConfig, None, _overrides(tiny, out, "optim.max_steps=2", "evaluation.baseline=false",
-                                                    *extra)))
+        run_stage(
+            load(
+                DPOConfig,
+                None,
+                _overrides(tiny, out, "optim.max_steps=2", "evaluation.baseline=false", *extra),
+            )
+        )
         rows[name] = _train_rows(out)
     assert rows["plain"][0][1] == pytest.approx(math.log(2), abs=1e-6)
     assert rows["smoothed"][0][1] == pytest.approx(math.log(2), abs=1e-6)
@@ -134,8 +187,13 @@ class Killed(Exception):
 def test_a_killed_dpo_run_resumes_to_exactly_the_uninterrupted_model(tiny, tmp_path, monkeypatch):
     """Killed after its step-4 checkpoint, the rerun resumes there with the cached reference
     log-probs and the baseline read back (nothing scored again) and ends bit-identical."""
-    common = ["optim.max_steps=8", "checkpoint.save_interval=2", "optim.lr_scheduler=cosine", "optim.warmup_steps=2",
-              "model.dropout=0.1"]  # dropout: the RNG state must be restored too
+    common = [
+        "optim.max_steps=8",
+        "checkpoint.save_interval=2",
+        "optim.lr_scheduler=cosine",
+        "optim.warmup_steps=2",
+        "model.dropout=0.1",
+    ]  # dropout: the RNG state must be restored too
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stage(load(DPOConfig, None, _overrides(tiny, straight, *common)))
 
@@ -184,7 +242,9 @@ def test_a_resume_without_the_cached_log_probs_scores_them_with_a_frozen_copy(ti
     (resumed / dpo_reference.FILE).unlink()
     copies = []
     frozen_copy = dpo_reference.frozen_copy
-    monkeypatch.setattr(dpo_reference, "frozen_copy", lambda *a, **k: copies.append(1) or frozen_copy(*a, **k))
+    monkeypatch.setattr(
+        dpo_reference, "frozen_copy", lambda *a, **k: copies.append(1) or frozen_copy(*a, **k)
+    )
     summary = run_stage(load(DPOConfig, None, _overrides(tiny, resumed, *common)))
     assert copies == [1] and summary["resumed_from_step"] == 2
     assert (resumed / dpo_reference.FILE).is_file()
@@ -196,7 +256,9 @@ def test_a_resume_without_the_cached_log_probs_scores_them_with_a_frozen_copy(ti
 
 
 def test_dpo_config_refuses_what_does_not_apply_naming_the_key(tiny, tmp_path):
-    with pytest.raises(ConfigError, match=r"generation: DPO's evaluation answers greedily; generation.temperature"):
+    with pytest.raises(
+        ConfigError, match=r"generation: DPO's evaluation answers greedily; generation.temperature"
+    ):
         load(DPOConfig, None, _overrides(tiny, tmp_path, "generation.temperature=0.7"))
     with pytest.raises(ConfigError, match=r"data: DPO needs data.paths with a positive reward share"):
         load(DPOConfig, None, _overrides(tiny, tmp_path, "data.split=1,0,1"))
@@ -214,7 +276,9 @@ def test_a_reference_with_another_tokenizer_is_refused_at_start(tiny, tmp_path):
     nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
     other = tiny_models.build_tiny(tmp_path / "other", tokenizer=other_tok, **nano)
     cfg = load(DPOConfig, None, _overrides(tiny, tmp_path / "out", f"reference.name_or_path={other}"))
-    with pytest.raises(ConfigError, match=r"^reference.name_or_path: the reference's tokenizer .* differs from the model's"):
+    with pytest.raises(
+        ConfigError, match=r"^reference.name_or_path: the reference's tokenizer .* differs from the model's"
+    ):
         run_stage(cfg)
     assert not (tmp_path / "out" / "data_cache").exists()  # refused before any data work
 
@@ -222,6 +286,8 @@ def test_a_reference_with_another_tokenizer_is_refused_at_start(tiny, tmp_path):
 def test_a_missing_evaluation_prompts_file_is_named(tiny, tmp_path):
     from rlhf.data.sources import DataError
 
-    cfg = load(DPOConfig, None, _overrides(tiny, tmp_path / "out", f"evaluation.prompts={tmp_path / 'nope.jsonl'}"))
+    cfg = load(
+        DPOConfig, None, _overrides(tiny, tmp_path / "out", f"evaluation.prompts={tmp_path / 'nope.jsonl'}")
+    )
     with pytest.raises(DataError, match=r"^evaluation.prompts: "):
         run_stage(cfg)

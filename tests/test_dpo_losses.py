@@ -35,7 +35,8 @@ def test_sequence_logprobs_sums_the_masked_tokens():
     assert losses.sequence_logprobs(logits, tokens, mask).item() == pytest.approx(expected, abs=1e-6)
     full = torch.ones(1, 3)
     assert losses.sequence_logprobs(logits, tokens, full).item() == pytest.approx(
-        2 * math.log(3 / 4) + math.log(1 / 4), abs=1e-6)
+        2 * math.log(3 / 4) + math.log(1 / 4), abs=1e-6
+    )
 
 
 def test_sequence_logprobs_in_float32_from_bf16_logits():
@@ -82,5 +83,7 @@ def test_label_smoothing_keeps_a_pull_back_when_the_margin_is_large():
     smooth, *_ = losses.dpo_loss(pc, zero, zero, zero, beta=1.0, label_smoothing=0.2)
     smooth.backward()
     # -(0.8) * sigmoid(-10) + 0.2 * sigmoid(10) ~ 0.2: the loss now wants a smaller margin
-    assert pc.grad.item() == pytest.approx(0.2 * torch.sigmoid(torch.tensor(10.0)).item()
-                                           - 0.8 * torch.sigmoid(torch.tensor(-10.0)).item(), abs=1e-6)
+    assert pc.grad.item() == pytest.approx(
+        0.2 * torch.sigmoid(torch.tensor(10.0)).item() - 0.8 * torch.sigmoid(torch.tensor(-10.0)).item(),
+        abs=1e-6,
+    )

@@ -26,10 +26,17 @@ ZERO3_LOCKSTEP = ["deepspeed.stage3_max_live_parameters=0", "deepspeed.stage3_pa
 
 
 def _dpo(tiny, out, *extra) -> list[str]:
-    return [f"model.name_or_path={tiny.actor}", *tiny._common(out), "generation.max_prompt_len=32",
-            "generation.max_answer_len=12", "evaluation.max_prompts=5", "evaluation.checker=synthetic",
-            f"evaluation.prompts={tiny.data / 'heldout_prompts.jsonl'}", "deepspeed.dist_timeout_seconds=120",
-            *extra]
+    return [
+        f"model.name_or_path={tiny.actor}",
+        *tiny._common(out),
+        "generation.max_prompt_len=32",
+        "generation.max_answer_len=12",
+        "evaluation.max_prompts=5",
+        "evaluation.checker=synthetic",
+        f"evaluation.prompts={tiny.data / 'heldout_prompts.jsonl'}",
+        "deepspeed.dist_timeout_seconds=120",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,12 @@ def zero_runs(tiny, tmp_path_factory):
     runs = {}
     for zero, extra in ((2, []), (3, ZERO3_LOCKSTEP)):
         out = root / f"z{zero}"
-        results = run_two_ranks("mpirun", "dpo", _dpo(tiny, out, "optim.max_steps=6", f"deepspeed.zero_stage={zero}",
-                                                      *extra), root / f"r{zero}")
+        results = run_two_ranks(
+            "mpirun",
+            "dpo",
+            _dpo(tiny, out, "optim.max_steps=6", f"deepspeed.zero_stage={zero}", *extra),
+            root / f"r{zero}",
+        )
         runs[zero] = (out, results)
     return runs
 
@@ -51,10 +62,18 @@ def test_two_ranks_train_alike_and_report_everything(zero_runs, zero):
     out, results = zero_runs[zero]
     assert_ranks_agree(results)
     summary = results[0]["summary"]
-    assert summary["world_size"] == 2 and summary["global_step"] == 6 and summary["train_samples"] == 6 * 8 * 2
+    assert (
+        summary["world_size"] == 2 and summary["global_step"] == 6 and summary["train_samples"] == 6 * 8 * 2
+    )
     m = summary["metrics"]
-    for key in ("eval/reward_accuracy", "eval/reward_margin", "eval/chosen_logp", "baseline/property_rate",
-                "eval/property_rate", "check/property_gain_points"):
+    for key in (
+        "eval/reward_accuracy",
+        "eval/reward_margin",
+        "eval/chosen_logp",
+        "baseline/property_rate",
+        "eval/property_rate",
+        "check/property_gain_points",
+    ):
         assert key in m, key
     assert len((out / "eval_answers.jsonl").read_text().splitlines()) == 5  # 5 prompts split unevenly
     cache = torch.load(out / "reference_logps.pt", weights_only=True)
@@ -72,15 +91,30 @@ def test_zero3_trains_and_exports_what_zero2_does(zero_runs):
         torch.testing.assert_close(m2[key], m3[key], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("zero, extra", [
-    (2, ["lora.dim=4", "lora.only_optimize_lora=true"]),  # the policy without its adapters
-    (3, ZERO3_LOCKSTEP),  # a frozen copy, ZeRO-3 partitioned like the policy
-], ids=["zero2-lora-adapters", "zero3-copy"])
+@pytest.mark.parametrize(
+    "zero, extra",
+    [
+        (2, ["lora.dim=4", "lora.only_optimize_lora=true"]),  # the policy without its adapters
+        (3, ZERO3_LOCKSTEP),  # a frozen copy, ZeRO-3 partitioned like the policy
+    ],
+    ids=["zero2-lora-adapters", "zero3-copy"],
+)
 def test_a_live_reference_on_two_ranks(tiny, tmp_path, zero, extra):
     out = tmp_path / "out"
-    results = run_two_ranks("mpirun", "dpo", _dpo(tiny, out, "optim.max_steps=4", f"deepspeed.zero_stage={zero}",
-                                                   "dpo.reference_logps=live", "evaluation.baseline=false", *extra),
-                            tmp_path)
+    results = run_two_ranks(
+        "mpirun",
+        "dpo",
+        _dpo(
+            tiny,
+            out,
+            "optim.max_steps=4",
+            f"deepspeed.zero_stage={zero}",
+            "dpo.reference_logps=live",
+            "evaluation.baseline=false",
+            *extra,
+        ),
+        tmp_path,
+    )
     assert_ranks_agree(results)
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy = reference
@@ -88,8 +122,15 @@ def test_a_live_reference_on_two_ranks(tiny, tmp_path, zero, extra):
 
 
 def test_killed_dpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
-    common = ["optim.max_steps=12", "checkpoint.save_interval=2", "deepspeed.zero_stage=2", "optim.lr_scheduler=cosine",
-              "optim.warmup_steps=2", "model.dropout=0.1", "optim.gradient_accumulation_steps=2"]
+    common = [
+        "optim.max_steps=12",
+        "checkpoint.save_interval=2",
+        "deepspeed.zero_stage=2",
+        "optim.lr_scheduler=cosine",
+        "optim.warmup_steps=2",
+        "model.dropout=0.1",
+        "optim.gradient_accumulation_steps=2",
+    ]
 
     def cmd(out):
         return [*mpirun(2), sys.executable, "-m", "rlhf", "train", "dpo", *_dpo(tiny, out, *common)]
@@ -106,8 +147,10 @@ def test_killed_dpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
     assert_same_saved_model(straight, resumed)
 
     def rows(p):
-        return [(r["step"], r["split"], r.get("loss"), r.get("reward_margin"), r.get("property_rate"))
-                for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())]
+        return [
+            (r["step"], r["split"], r.get("loss"), r.get("reward_margin"), r.get("property_rate"))
+            for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
+        ]
 
     assert rows(straight) == rows(resumed)
     s = json.loads((straight / "summary.json").read_text())["metrics"]

@@ -8,16 +8,33 @@ from rlhf.engine import accelerator, distributed
 
 
 def test_openmpi_env_is_mapped_to_torch_env():
-    env = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-           "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    env = {
+        "OMPI_COMM_WORLD_RANK": "3",
+        "OMPI_COMM_WORLD_SIZE": "8",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+        "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+    }
     out = distributed.torch_env(env, master_addr="worker-0.svc")
-    assert out == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                   "MASTER_ADDR": "worker-0.svc", "MASTER_PORT": distributed.DEFAULT_MASTER_PORT}
+    assert out == {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "worker-0.svc",
+        "MASTER_PORT": distributed.DEFAULT_MASTER_PORT,
+    }
 
 
 def test_launcher_env_wins_over_mpi_and_defaults():
-    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h",
-           "MASTER_PORT": "1234", "OMPI_COMM_WORLD_RANK": "0"}
+    env = {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1234",
+        "OMPI_COMM_WORLD_RANK": "0",
+    }
     assert distributed.torch_env(env) == {}
 
 

@@ -29,8 +29,12 @@ def actor(tiny):
 
 
 def _prompts(tok):
-    texts = ["Human: Name a color.\n\nAssistant:", "Human: Hi!\n\nAssistant:",
-             "Human: What comes after 41? Please answer.\n\nAssistant:", "Human: Say cat.\n\nAssistant:"]
+    texts = [
+        "Human: Name a color.\n\nAssistant:",
+        "Human: Hi!\n\nAssistant:",
+        "Human: What comes after 41? Please answer.\n\nAssistant:",
+        "Human: Say cat.\n\nAssistant:",
+    ]
     return [tok(t)["input_ids"] for t in texts]
 
 
@@ -57,8 +61,9 @@ def test_greedy_answers_and_logprobs_equal_transformers_generate(actor, decoder)
     eos = _ending_token(model, tok, prompts)
     sampling = Sampling(max_new_tokens=12)
     ref = generate(model, prompts, eos_id=eos, pad_id=tok.pad_token_id, sampling=sampling)
-    ours = generate(model, prompts, eos_id=eos, pad_id=tok.pad_token_id, sampling=sampling, decoder=decoder,
-                    cache_len=64)
+    ours = generate(
+        model, prompts, eos_id=eos, pad_id=tok.pad_token_id, sampling=sampling, decoder=decoder, cache_len=64
+    )
     assert any(ours.ended.tolist()) and not all(ours.ended.tolist())  # some rows stop early, some run out
     assert _answers(ours) == _answers(ref)
     torch.testing.assert_close(ours.logprobs, ref.logprobs, atol=1e-5, rtol=1e-5)
@@ -67,8 +72,15 @@ def test_greedy_answers_and_logprobs_equal_transformers_generate(actor, decoder)
     forward = losses.logprobs_of(logits, ours.sequences) * ours.action_mask
     torch.testing.assert_close(ours.logprobs, forward, atol=1e-4, rtol=1e-4)
     # a smaller batch reuses the decoder (its rows filled up), the answers still those of generate()
-    small = generate(model, prompts[1:3], eos_id=eos, pad_id=tok.pad_token_id, sampling=sampling, decoder=decoder,
-                     cache_len=64)
+    small = generate(
+        model,
+        prompts[1:3],
+        eos_id=eos,
+        pad_id=tok.pad_token_id,
+        sampling=sampling,
+        decoder=decoder,
+        cache_len=64,
+    )
     assert _answers(small)[0] == _answers(ref)[0][1:3]
 
 
@@ -91,14 +103,18 @@ def test_the_compiled_step_follows_weights_updated_in_place(actor):
     assert _answers(after) != _answers(before)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.8),
-                                                       (0.8, 20, 0.9)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.8), (0.8, 20, 0.9)]
+)
 def test_warp_logits_is_transformers_warpers(temperature, top_k, top_p):
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
     expected = logits.clone()
-    for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k) if top_k else None,
-                   TopPLogitsWarper(top_p) if top_p < 1 else None):
+    for warper in (
+        TemperatureLogitsWarper(temperature),
+        TopKLogitsWarper(top_k) if top_k else None,
+        TopPLogitsWarper(top_p) if top_p < 1 else None,
+    ):
         if warper is not None:
             expected = warper(None, expected)
     torch.testing.assert_close(losses.warp_logits(logits, temperature, top_k, top_p), expected)
@@ -113,7 +129,9 @@ def test_warp_logits_by_hand():
     torch.testing.assert_close(losses.warp_logits(logits, temperature=2.0), logits / 2)
 
 
-@pytest.mark.parametrize("choice", [Choice(True, 1.0), Choice(True, 0.7, top_k=4), Choice(True, 1.0, top_p=0.7)])
+@pytest.mark.parametrize(
+    "choice", [Choice(True, 1.0), Choice(True, 0.7, top_k=4), Choice(True, 1.0, top_p=0.7)]
+)
 def test_choose_draws_from_the_warped_distribution(choice):
     """The exponential race draws token i with probability p_i of the warped softmax (a binomial
     test per token at 5 standard deviations over 40,000 draws); the returned log-prob is unwarped."""
@@ -137,8 +155,15 @@ def test_sampled_answers_follow_the_models_warped_distribution(actor, decoder):
     prompt = _prompts(tok)[0]
     n, temperature, top_k = 3000, 0.9, 12
     torch.manual_seed(11)
-    gen = generate(model, [prompt] * n, eos_id=NEVER, pad_id=NEVER + 1, decoder=decoder, cache_len=len(prompt) + 2,
-                   sampling=Sampling(max_new_tokens=2, do_sample=True, temperature=temperature, top_k=top_k))
+    gen = generate(
+        model,
+        [prompt] * n,
+        eos_id=NEVER,
+        pad_id=NEVER + 1,
+        decoder=decoder,
+        cache_len=len(prompt) + 2,
+        sampling=Sampling(max_new_tokens=2, do_sample=True, temperature=temperature, top_k=top_k),
+    )
     first = torch.tensor([a[0] for a in gen.answers])
     top = int(first.mode().values)
     second = torch.tensor([a[1] for a in gen.answers if a[0] == top])
@@ -181,7 +206,7 @@ def test_cuda_graph_decoder_answers_as_generate_on_the_gpu(actor, do_sample):
     again = generate(model, prompts, decoder="compiled", cache_len=64, **kw)  # replayed graphs
     with torch.no_grad():
         logits = model(input_ids=ours.sequences.cuda(), attention_mask=ours.attention_mask.cuda()).logits
-    forward = (losses.logprobs_of(logits, ours.sequences.cuda()).cpu() * ours.action_mask)
+    forward = losses.logprobs_of(logits, ours.sequences.cuda()).cpu() * ours.action_mask
     torch.testing.assert_close(ours.logprobs, forward, atol=1e-4, rtol=1e-4)
     if not do_sample:
         ref = generate(model, prompts, **kw)

@@ -12,8 +12,13 @@ def test_sft_labels_mask_prompt_and_padding():
     mask = (ids != PAD).long()
     prompt = torch.tensor([2, 1])
     assert losses.sft_labels(ids, mask, prompt, loss_on_prompt=False).tolist() == [
-        [-100, -100, 7, 8], [-100, 6, -100, -100]]
-    assert losses.sft_labels(ids, mask, prompt, loss_on_prompt=True).tolist() == [[5, 6, 7, 8], [5, 6, -100, -100]]
+        [-100, -100, 7, 8],
+        [-100, 6, -100, -100],
+    ]
+    assert losses.sft_labels(ids, mask, prompt, loss_on_prompt=True).tolist() == [
+        [5, 6, 7, 8],
+        [5, 6, -100, -100],
+    ]
 
 
 def test_causal_lm_loss_by_hand():
@@ -36,7 +41,9 @@ def _mask(lengths: list[int], width: int) -> torch.Tensor:
 def test_the_score_position_comes_from_the_mask_even_when_pad_is_eos_and_inside_the_prompt():
     eos = pad = 1  # Llama/GPT-2 style: no pad token, padding with eos
     # a chat-templated prompt holding eos (a turn end) at 1, answer, eos, then padding
-    ids = torch.tensor([[3, eos, 4, 5, eos, pad, pad], [eos, 4, eos, pad, pad, pad, pad], [3, 4, 5, 6, 7, 8, 9]])
+    ids = torch.tensor(
+        [[3, eos, 4, 5, eos, pad, pad], [eos, 4, eos, pad, pad, pad, pad], [3, 4, 5, 6, 7, 8, 9]]
+    )
     mask = _mask([5, 3, 7], 7)
     last = losses.last_index(mask)
     assert last.tolist() == [4, 2, 6]  # the final eos of each sequence, never an earlier one
@@ -62,8 +69,9 @@ def test_pairwise_loss_matches_deepspeed_chat_by_hand():
     rejected = torch.tensor([[7, 8, 3, 4, 0]])
     cv = torch.tensor([[0.1, 0.2, 1.0, 2.0, 3.0]])
     rv = torch.tensor([[0.1, 0.2, 0.0, -1.0, 5.0]])
-    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, chosen, rejected, _mask([3], 5), _mask([4], 5),
-                                               kind="divergence")
+    loss, cs, rs = losses.pairwise_reward_loss(
+        cv, rv, chosen, rejected, _mask([3], 5), _mask([4], 5), kind="divergence"
+    )
     # diverge at 2, chosen ends at 3, rejected at 4 -> positions 2 and 3
     expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(-3.0)))) / 2
     assert abs(loss.item() - expected) < 1e-6
@@ -75,7 +83,9 @@ def test_pairwise_loss_identical_pair_uses_last_position():
     ids = torch.tensor([[7, 8, 0]])
     cv = torch.tensor([[0.0, 1.0, 2.0]])
     rv = torch.tensor([[0.0, 1.0, 0.0]])
-    loss, cs, rs = losses.pairwise_reward_loss(cv, rv, ids, ids, _mask([2], 3), _mask([2], 3), kind="divergence")
+    loss, cs, rs = losses.pairwise_reward_loss(
+        cv, rv, ids, ids, _mask([2], 3), _mask([2], 3), kind="divergence"
+    )
     assert abs(loss.item() - (-math.log(1 / (1 + math.exp(-2.0))))) < 1e-6
     assert cs.tolist() == rs.tolist() == [1.0]
 
@@ -85,8 +95,9 @@ def test_pairwise_loss_batch_is_mean_of_pairs_and_grad_flows():
     rejected = torch.tensor([[7, 9, 0], [5, 1, 0]])
     cv = torch.zeros(2, 3, requires_grad=True)
     rv = torch.zeros(2, 3)
-    loss, _, _ = losses.pairwise_reward_loss(cv, rv, chosen, rejected, _mask([2, 3], 3), _mask([2, 2], 3),
-                                             kind="divergence")
+    loss, _, _ = losses.pairwise_reward_loss(
+        cv, rv, chosen, rejected, _mask([2, 3], 3), _mask([2, 2], 3), kind="divergence"
+    )
     assert abs(loss.item() - math.log(2)) < 1e-6
     loss.backward()
     # only positions inside each pair's divergent span get gradient

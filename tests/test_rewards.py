@@ -12,8 +12,10 @@ from rlhf.data import synthetic
 from rlhf.rewards import RewardError, RewardFunction, call, load_functions, row_of, weighted_sum
 
 PROMPTS = ["Human: What is the capital of France?\n\nAssistant:", "Human: Name a fruit.\n\nAssistant:"]
-ROWS = [row_of(PROMPTS[0], " Paris. Cheers!", " Oslo.", "pairs.jsonl: record 7 (line 8)"),
-        row_of([("system", "Be brief."), ("user", "Name a fruit.")], source="pairs.jsonl: record 9 (line 10)")]
+ROWS = [
+    row_of(PROMPTS[0], " Paris. Cheers!", " Oslo.", "pairs.jsonl: record 7 (line 8)"),
+    row_of([("system", "Be brief."), ("user", "Name a fruit.")], source="pairs.jsonl: record 9 (line 10)"),
+]
 
 
 def _fn(fn) -> RewardFunction:
@@ -21,9 +23,13 @@ def _fn(fn) -> RewardFunction:
 
 
 def test_functions_load_by_import_path_with_weights_and_distinct_metric_names():
-    cfg = RewardsConfig(functions=["rlhf.data.synthetic:reward",
-                                   {"name": "rlhf.data.synthetic:content_reward", "weight": 0.5},
-                                   "rlhf.data.synthetic:reward"])
+    cfg = RewardsConfig(
+        functions=[
+            "rlhf.data.synthetic:reward",
+            {"name": "rlhf.data.synthetic:content_reward", "weight": 0.5},
+            "rlhf.data.synthetic:reward",
+        ]
+    )
     fns = load_functions(cfg)
     assert [f.fn for f in fns] == [synthetic.reward, synthetic.content_reward, synthetic.reward]
     assert [f.weight for f in fns] == [1.0, 0.5, 1.0]
@@ -34,33 +40,57 @@ def test_functions_load_by_import_path_with_weights_and_distinct_metric_names():
 def test_an_attribute_path_and_a_module_that_fails_to_import(tmp_path, monkeypatch):
     (tmp_path / "broken_rewards_mod.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "class_rewards_mod.py").write_text(
-        "class Scorer:\n    @staticmethod\n    def score(prompts, answers, rows):\n        return [len(a) for a in answers]\n")
+        "class Scorer:\n    @staticmethod\n"
+        "    def score(prompts, answers, rows):\n        return [len(a) for a in answers]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     (f,) = load_functions(RewardsConfig(functions=["class_rewards_mod:Scorer.score"]))
     assert f(["p"], ["abc"], [{}]) == [3.0] and f.metric == "score"
-    with pytest.raises(RewardError, match=r"rewards.functions\[0\]: cannot import module 'broken_rewards_mod' .*"
-                                          r"RuntimeError: boom at import"):
+    with pytest.raises(
+        RewardError,
+        match=r"rewards.functions\[0\]: cannot import module 'broken_rewards_mod' .*"
+        r"RuntimeError: boom at import",
+    ):
         load_functions(RewardsConfig(functions=["broken_rewards_mod:f"]))
 
 
-@pytest.mark.parametrize("value", [[1, 2.5], (1, 2.5), np.array([1.0, 2.5]), torch.tensor([1.0, 2.5]),
-                                   [np.float32(1.0), np.int64(2)], (x for x in [1, 2.5])])
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, 2.5],
+        (1, 2.5),
+        np.array([1.0, 2.5]),
+        torch.tensor([1.0, 2.5]),
+        [np.float32(1.0), np.int64(2)],
+        (x for x in [1, 2.5]),
+    ],
+)
 def test_numbers_in_any_sequence_are_accepted(value):
     got = call(_fn(lambda p, a, r: value), PROMPTS, ["a", "b"], ROWS)
     assert got[0] == 1.0 and got[1] in (2.0, 2.5) and all(type(v) is float for v in got)
 
 
-@pytest.mark.parametrize("value, words", [
-    (["1", 2], r"returned '1' \(a str, not a number\) for row pairs.jsonl: record 7 \(line 8\) \(prompt 'Human: What"),
-    ([1, None], r"returned None \(a NoneType, not a number\) for row pairs.jsonl: record 9 \(line 10\) "
-                r"\(prompt 'Name a fruit.'\)"),
-    ([1, True], r"returned True \(a boolean\)"),
-    ([float("inf"), 1], r"returned inf \(not a finite number\) for row pairs.jsonl: record 7"),
-    ([1.0], r"returned 1 values for 2 answers"),
-    (3.0, r"returned a float \(3.0\), not one number per answer"),
-    ("12", r"returned a str \('12'\), not one number per answer"),
-    ({"a": 1, "b": 2}, r"returned a dict"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (
+            ["1", 2],
+            r"returned '1' \(a str, not a number\) for row pairs.jsonl: record 7 \(line 8\) "
+            r"\(prompt 'Human: What",
+        ),
+        (
+            [1, None],
+            r"returned None \(a NoneType, not a number\) for row pairs.jsonl: record 9 \(line 10\) "
+            r"\(prompt 'Name a fruit.'\)",
+        ),
+        ([1, True], r"returned True \(a boolean\)"),
+        ([float("inf"), 1], r"returned inf \(not a finite number\) for row pairs.jsonl: record 7"),
+        ([1.0], r"returned 1 values for 2 answers"),
+        (3.0, r"returned a float \(3.0\), not one number per answer"),
+        ("12", r"returned a str \('12'\), not one number per answer"),
+        ({"a": 1, "b": 2}, r"returned a dict"),
+    ],
+)
 def test_anything_else_is_an_error_naming_the_function_and_the_row(value, words):
     with pytest.raises(RewardError, match=r"^rewards.functions\[0\] \(my.mod:fn\) " + words):
         call(_fn(lambda p, a, r: value), PROMPTS, ["a", "b"], ROWS)
@@ -73,7 +103,9 @@ def test_an_exception_names_the_row_that_raises_on_its_own_and_where():
     with pytest.raises(RewardError) as e:
         call(_fn(fails_on_fruit), PROMPTS, ["a", "b"], ROWS)
     message = str(e.value)
-    assert message.startswith("rewards.functions[0] (my.mod:fn) raised ZeroDivisionError: division by zero at ")
+    assert message.startswith(
+        "rewards.functions[0] (my.mod:fn) raised ZeroDivisionError: division by zero at "
+    )
     assert "test_rewards.py:" in message and "on row pairs.jsonl: record 9 (line 10)" in message
     assert "\n" not in message
 
@@ -115,4 +147,7 @@ def test_rows_are_json_ready():
 
     assert json.loads(json.dumps(ROWS[1])) == {
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
-        "chosen": None, "rejected": None, "source": "pairs.jsonl: record 9 (line 10)"}
+        "chosen": None,
+        "rejected": None,
+        "source": "pairs.jsonl: record 9 (line 10)",
+    }

@@ -38,9 +38,18 @@ def test_static_shapes_fix_the_width_of_every_ppo_batch(tiny, tmp_path, monkeypa
     other_tok = tiny_models.train_tokenizer(corpus_texts(tiny.data), vocab_size=300)
     nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
     other = tiny_models.build_tiny(tmp_path / "other_rm", tokenizer=other_tok, seed=2, **nano)
-    cfg = load(PPOConfig, None, tiny.ppo_overrides(
-        tmp_path / "out", f"reward_model.name_or_path={other}", "ptx.coef=0.5",
-        f"data.sft_only_paths=[{tiny.data / 'sft.jsonl'}]", "ppo.max_iterations=2", "evaluation.max_prompts=3"))
+    cfg = load(
+        PPOConfig,
+        None,
+        tiny.ppo_overrides(
+            tmp_path / "out",
+            f"reward_model.name_or_path={other}",
+            "ptx.coef=0.5",
+            f"data.sft_only_paths=[{tiny.data / 'sft.jsonl'}]",
+            "ppo.max_iterations=2",
+            "evaluation.max_prompts=3",
+        ),
+    )
     assert run_stage(cfg)["status"] == "completed"
     rollout = cfg.generation.max_prompt_len + cfg.generation.max_answer_len
     assert widths == {

@@ -23,7 +23,9 @@ def _rollout(seed: int = 0, rows: int = 6, width: int = 9) -> tuple[torch.Tensor
     lengths = torch.randint(1, width + 1, (rows,), generator=g)
     starts = torch.randint(0, 3, (rows,), generator=g)
     positions = torch.arange(width)[None, :]
-    mask = ((positions >= starts[:, None]) & (positions < (starts + lengths).clamp(max=width)[:, None])).float()
+    mask = (
+        (positions >= starts[:, None]) & (positions < (starts + lengths).clamp(max=width)[:, None])
+    ).float()
     return advantages * mask, mask
 
 
@@ -64,8 +66,9 @@ def test_two_ranks_whiten_by_the_statistics_of_both_shares(tmp_path):
 
 
 @pytest.mark.parametrize("minibatch", [1, 4, 8])  # 8: the whole rollout, the critic's values from training
-def test_each_minibatch_trains_on_its_rows_of_the_whole_rollouts_whitened_advantages(tiny, tmp_path, monkeypatch,
-                                                                                     minibatch):
+def test_each_minibatch_trains_on_its_rows_of_the_whole_rollouts_whitened_advantages(
+    tiny, tmp_path, monkeypatch, minibatch
+):
     """The advantages a mini-batch's policy loss sees equal the matching rows of the whole rollout's
     whitened advantages, for any mini-batch size (two PPO epochs: the second sees them too)."""
     from rlhf.stages import rollout
@@ -91,9 +94,18 @@ def test_each_minibatch_trains_on_its_rows_of_the_whole_rollouts_whitened_advant
     monkeypatch.setattr(losses, "policy_loss", recording_policy_loss)
     monkeypatch.setattr(rollout.Experience, "select", recording_select)
     ppo_epochs = 1 if minibatch == 8 else 2
-    cfg = load(PPOConfig, None, tiny.ppo_overrides(
-        tmp_path / "out", f"optim.per_device_train_batch_size={minibatch}", f"ppo.ppo_epochs={ppo_epochs}",
-        "ppo.max_iterations=1", "evaluation.baseline=false", "evaluation.max_prompts=2"))
+    cfg = load(
+        PPOConfig,
+        None,
+        tiny.ppo_overrides(
+            tmp_path / "out",
+            f"optim.per_device_train_batch_size={minibatch}",
+            f"ppo.ppo_epochs={ppo_epochs}",
+            "ppo.max_iterations=1",
+            "evaluation.baseline=false",
+            "evaluation.max_prompts=2",
+        ),
+    )
     assert run_stage(cfg)["status"] == "completed"
 
     checked = 0

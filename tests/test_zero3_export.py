@@ -44,8 +44,11 @@ def _assert_exported(out, vocab: int) -> None:
 @pytest.mark.parametrize("stage", ["sft", "reward"])
 def test_zero3_on_one_rank_exports_an_odd_vocabulary(tiny, odd_vocab, tmp_path, stage):
     out = tmp_path / stage
-    cfg = load(STAGES[stage], None, _overrides(tiny, stage, odd_vocab, out, "optim.max_steps=2",
-                                               "deepspeed.zero_stage=3"))
+    cfg = load(
+        STAGES[stage],
+        None,
+        _overrides(tiny, stage, odd_vocab, out, "optim.max_steps=2", "deepspeed.zero_stage=3"),
+    )
     assert run_stage(cfg)["status"] == "completed"
     _assert_exported(out, odd_vocab[2])
     if stage == "sft":
@@ -57,8 +60,16 @@ def test_zero3_on_two_ranks_exports_an_odd_vocabulary(tiny, odd_vocab, tmp_path)
     from test_multirank import assert_ranks_agree, run_two_ranks
 
     out = tmp_path / "out"
-    args = _overrides(tiny, "sft", odd_vocab, out, "optim.max_steps=4", "deepspeed.zero_stage=3",
-                      "deepspeed.stage3_param_persistence_threshold=0", "deepspeed.dist_timeout_seconds=120")
+    args = _overrides(
+        tiny,
+        "sft",
+        odd_vocab,
+        out,
+        "optim.max_steps=4",
+        "deepspeed.zero_stage=3",
+        "deepspeed.stage3_param_persistence_threshold=0",
+        "deepspeed.dist_timeout_seconds=120",
+    )
     results = run_two_ranks("mpirun", "sft", args, tmp_path)
     assert_ranks_agree(results)
     assert results[0]["summary"]["global_step"] == 4

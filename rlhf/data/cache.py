@@ -36,7 +36,9 @@ from rlhf.rewards import row_of
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # bump when the cached samples change (2: the tokenizer's BOS, chat formats; 3: pairs' prompt_len;
+FORMAT_VERSION = (
+    4  # bump when the cached samples change (2: the tokenizer's BOS, chat formats; 3: pairs' prompt_len;
+)
 #                     4: prompts (phase 2) keep their dataset row, which GRPO's reward functions read)
 META = "meta.json"
 SPLITS = ("train", "eval")
@@ -68,15 +70,29 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps([getattr(tokenizer, "eos_token", None), getattr(tokenizer, "bos_token", None),
-                         getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "chat_template", None)],
-                        default=str).encode())
+    h.update(
+        json.dumps(
+            [
+                getattr(tokenizer, "eos_token", None),
+                getattr(tokenizer, "bos_token", None),
+                getattr(tokenizer, "add_bos_token", None),
+                getattr(tokenizer, "chat_template", None),
+            ],
+            default=str,
+        ).encode()
+    )
     return h.hexdigest()
 
 
 def _key_inputs(
-    data: DataConfig, phase: int, seed: int, max_prompt_len: int | None, tokenizer: Any, eot_id: int | None,
-    sources: list[ResolvedSource], sft_only: list[ResolvedSource],
+    data: DataConfig,
+    phase: int,
+    seed: int,
+    max_prompt_len: int | None,
+    tokenizer: Any,
+    eot_id: int | None,
+    sources: list[ResolvedSource],
+    sft_only: list[ResolvedSource],
 ) -> dict[str, Any]:
     def describe(src: ResolvedSource) -> dict[str, Any]:
         return {"path": src.spec, "format": src.format, "fingerprint": fingerprint(src)}
@@ -105,7 +121,11 @@ def cache_key(inputs: dict[str, Any]) -> str:
 
 
 def _phase_records(
-    data: DataConfig, phase: int, seed: int, sources: list[ResolvedSource], sft_only: list[ResolvedSource],
+    data: DataConfig,
+    phase: int,
+    seed: int,
+    sources: list[ResolvedSource],
+    sft_only: list[ResolvedSource],
     stats: dict[str, Any],
 ) -> tuple[list[Record], list[Record]]:
     """Read, split and blend every source into the phase's (train, eval) records."""
@@ -116,15 +136,22 @@ def _phase_records(
         for where, n in loaded.skipped.items():
             log.warning("skipped %d bad records in %s", n, where)
             stats["skipped_bad_records"][where] = n
-        entry: dict[str, Any] = {"path": src.spec, "format": src.format, "kind": "preference" if is_pref else "sft_only",
-                 "train_records": len(loaded.train), "eval_records": None if loaded.eval is None else len(loaded.eval)}
+        entry: dict[str, Any] = {
+            "path": src.spec,
+            "format": src.format,
+            "kind": "preference" if is_pref else "sft_only",
+            "train_records": len(loaded.train),
+            "eval_records": None if loaded.eval is None else len(loaded.eval),
+        }
         if is_pref:
             t_chunks, e_chunks = splitting.source_parts(
                 loaded.train, loaded.eval, data.split, data.eval_fraction, seed
             )
             train_parts.append(t_chunks[phase])
             eval_parts.append(e_chunks[phase])
-            entry.update(train_per_phase=[len(c) for c in t_chunks], eval_per_phase=[len(c) for c in e_chunks])
+            entry.update(
+                train_per_phase=[len(c) for c in t_chunks], eval_per_phase=[len(c) for c in e_chunks]
+            )
         else:
             t, e = splitting.sft_only_parts(loaded.train, loaded.eval, data.eval_fraction, seed)
             train_parts.append(t)
@@ -135,8 +162,16 @@ def _phase_records(
 
 
 def _build(
-    target: Path, data: DataConfig, phase: int, seed: int, tokenizer: Any, max_prompt_len: int | None,
-    eot_id: int | None, sources: list[ResolvedSource], sft_only: list[ResolvedSource], inputs: dict[str, Any],
+    target: Path,
+    data: DataConfig,
+    phase: int,
+    seed: int,
+    tokenizer: Any,
+    max_prompt_len: int | None,
+    eot_id: int | None,
+    sources: list[ResolvedSource],
+    sft_only: list[ResolvedSource],
+    inputs: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the cache for one key to ``target`` atomically; returns its stats."""
     stats: dict[str, Any] = {"phase": phase, "sources": [], "skipped_bad_records": {}, "dropped": {}}
@@ -146,17 +181,29 @@ def _build(
     try:
         for name in SPLITS:
             cols, dropped = tokenize_records(
-                records[name], tokenizer, phase,
-                max_seq_len=data.max_seq_len, max_prompt_len=max_prompt_len, eot_id=eot_id,
+                records[name],
+                tokenizer,
+                phase,
+                max_seq_len=data.max_seq_len,
+                max_prompt_len=max_prompt_len,
+                eot_id=eot_id,
                 chat_format=data.chat_format,
             )
             stats["dropped"][name] = dropped
             if sum(dropped.values()):
-                log.warning("%s: dropped %s samples of %d (%s)", name, sum(dropped.values()), len(records[name]), dropped)
+                log.warning(
+                    "%s: dropped %s samples of %d (%s)",
+                    name,
+                    sum(dropped.values()),
+                    len(records[name]),
+                    dropped,
+                )
             ds = to_dataset(cols, phase)
             if phase == 2 and ds is not None:  # every record gives a prompt: rows and samples stay aligned
-                ds = ds.add_column("row", [json.dumps(row_of(r.prompt, r.chosen, r.rejected, r.where))
-                                           for r in records[name]])
+                ds = ds.add_column(
+                    "row",
+                    [json.dumps(row_of(r.prompt, r.chosen, r.rejected, r.where)) for r in records[name]],
+                )
             stats[f"{name}_samples"] = 0 if ds is None else len(ds)
             if ds is not None:
                 ds.save_to_disk(str(tmp / name))
@@ -194,7 +241,9 @@ def prepare_phase_data(
     sources = [resolve_source(s) for s in data.paths]
     sft_only = [resolve_source(s) for s in data.sft_only_paths] if phase == 0 else []
     if not sources and not sft_only:
-        raise DataError(f"no data for phase {phase}: set data.paths" + (" or data.sft_only_paths" if phase == 0 else ""))
+        raise DataError(
+            f"no data for phase {phase}: set data.paths" + (" or data.sft_only_paths" if phase == 0 else "")
+        )
     eot_id = None if phase == 2 else eot_token_id(tokenizer, data.add_eot_token, data.eot_token)
     inputs = _key_inputs(data, phase, cfg.seed, max_prompt_len, tokenizer, eot_id, sources, sft_only)
     key = cache_key(inputs)
@@ -214,6 +263,7 @@ def prepare_phase_data(
     stats = json.loads((target / META).read_text())["stats"]
     stats.update(cache_key=key, cache_dir=str(target), reused=reused)
     loaded = {
-        name: datasets.load_from_disk(str(target / name)) if (target / name).is_dir() else None for name in SPLITS
+        name: datasets.load_from_disk(str(target / name)) if (target / name).is_dir() else None
+        for name in SPLITS
     }
     return PhaseData(train=loaded["train"], eval=loaded["eval"], stats=stats)

@@ -319,7 +319,9 @@ def answer_stats(prompts: Sequence[str], answers: Sequence[str]) -> dict[str, fl
     return {
         "n": n,
         "property_rate": sum(map(has_property, answers)) / n if n else 0.0,
-        "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n if n else 0.0,
+        "content_rate": sum(content_ok(p, a) for p, a in zip(prompts, answers, strict=True)) / n
+        if n
+        else 0.0,
         **diversity_stats(answers),
     }
 
@@ -338,12 +340,16 @@ def _question(prompt: str, row: Mapping[str, Any] | None) -> str:
     return value if isinstance(value, str) and value else prompt
 
 
-def content_reward(prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+def content_reward(
+    prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[float]:
     """1 for an answer with the asked-for content (:func:`content_ok`), else 0."""
     return [float(content_ok(_question(p, r), a)) for p, a, r in zip(prompts, answers, rows, strict=True)]
 
 
-def property_reward(prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+def property_reward(
+    prompts: Sequence[str], answers: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[float]:
     """1 for an answer with the preferred property (:func:`has_property`), else 0."""
     return [float(has_property(a)) for a in answers]
 

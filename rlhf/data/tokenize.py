@@ -71,7 +71,9 @@ def bos_prefix(tokenizer: Any) -> list[int]:
     probe = "a b"
     plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
     full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    prefix = next((full[:i] for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), [])
+    prefix = next(
+        (full[:i] for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), []
+    )
     return list(prefix)
 
 
@@ -92,7 +94,7 @@ def keep_last(ids: list[int], n: int, prefix: Sequence[int]) -> list[int]:
     if len(ids) <= n:
         return ids
     head = list(prefix) if ids[: len(prefix)] == list(prefix) and len(prefix) < n else []
-    return head + ids[len(ids) - (n - len(head)):]
+    return head + ids[len(ids) - (n - len(head)) :]
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -136,25 +138,35 @@ class Encoder:
         """Each prompt's ids (text or conversation, see :class:`Renderer`)."""
         return self.encode_prompts([self.renderer.prompt(p) for p in prompts])
 
-    def answers(self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+    def answers(
+        self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]
+    ) -> list[list[int]]:
         """Each answer's ids as it follows its prompt."""
         texts = [self.renderer.answer(p, a) for p, a in zip(prompts, answers, strict=True)]
         return self.encode_answers(texts, eot)
 
-    def rows(self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+    def rows(
+        self, prompts: Sequence[Any], answers: Sequence[str], eot: Sequence[int | None]
+    ) -> list[list[int]]:
         """``prompt + answer (+ eot)`` ids of each pair."""
-        return [p + a for p, a in zip(self.prompts(prompts), self.answers(prompts, answers, eot), strict=True)]
+        return [
+            p + a for p, a in zip(self.prompts(prompts), self.answers(prompts, answers, eot), strict=True)
+        ]
 
 
-def answer_rows(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], eot: Sequence[int | None]) -> list[list[int]]:
+def answer_rows(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], eot: Sequence[int | None]
+) -> list[list[int]]:
     """``prompt + answer (+ eot)`` token ids of texts already rendered (e.g. decoded from another
     tokenizer's ids), prompt and answer tokenized on their own and the tokenizer's prefix (BOS) first —
     the way the reward stage tokenized its pairs, so a reward model scores new answers on the same
     boundaries. ``eot[i]`` is the id appended to answer ``i`` (None: nothing, e.g. an answer cut by a
     length limit)."""
     prefix = bos_prefix(tokenizer)
-    return [with_prefix(p, prefix) + a + ([e] if e is not None else [])
-            for p, a, e in zip(_ids(tokenizer, prompts), _ids(tokenizer, answers), eot, strict=True)]
+    return [
+        with_prefix(p, prefix) + a + ([e] if e is not None else [])
+        for p, a, e in zip(_ids(tokenizer, prompts), _ids(tokenizer, answers), eot, strict=True)
+    ]
 
 
 def _render_each(records: Sequence[Record], render: Callable[[Record], str]) -> list[str]:
@@ -212,7 +224,9 @@ def tokenize_records(
         return cols, dropped
     missing = next((r for r in records if r.rejected is None), None)
     if missing is not None:
-        raise DataError(f"{missing.where or 'a record'}: reward-model data needs a 'rejected' answer in every record")
+        raise DataError(
+            f"{missing.where or 'a record'}: reward-model data needs a 'rejected' answer in every record"
+        )
     rejected = answers("rejected")
     for p, c, r in zip(prompts, chosen, rejected, strict=True):
         c_ids, r_ids = join(p, c), join(p, r)

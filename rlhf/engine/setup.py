@@ -76,7 +76,9 @@ def optimizer_groups(module: nn.Module, optim: OptimConfig, lora: LoraConfig) ->
     return out
 
 
-def build_optimizer(groups: list[dict[str, Any]], optim: OptimConfig, ds: DeepSpeedConfig, accel: Accelerator):
+def build_optimizer(
+    groups: list[dict[str, Any]], optim: OptimConfig, ds: DeepSpeedConfig, accel: Accelerator
+):
     """torch AdamW, fused (one kernel over every tensor) on CUDA and CPU, or DeepSpeedCPUAdam when
     offloading from an accelerator. On CPU the fused step took 9 ms per SFT step of the 11M
     benchmark actor where the default (foreach) one took 33 ms (``bench/step.py`` profile)."""
@@ -93,7 +95,10 @@ def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
 
     warmup = optim.warmup_steps or math.ceil(optim.warmup_ratio * total_steps)
     return get_scheduler(
-        optim.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1)
+        optim.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=max(total_steps, 1),
     )
 
 

@@ -64,7 +64,9 @@ def merge_lora(module: nn.Module) -> nn.Module:
     return merge() if merge is not None else module
 
 
-def save_hf(model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype, extra_files: dict | None = None) -> Path:
+def save_hf(
+    model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype, extra_files: dict | None = None
+) -> Path:
     """Write an HF directory atomically: a temp dir renamed into place once complete."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -12,12 +12,22 @@ from rlhf.config.base import ConfigError
 from rlhf.config.parts import DataConfig, ModelConfig
 
 _DROPOUT_ATTRS = (
-    "dropout", "attention_dropout", "hidden_dropout", "activation_dropout", "resid_pdrop", "embd_pdrop",
-    "attn_pdrop", "summary_first_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "activation_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
 )
 
 
-def load_tokenizer(model: ModelConfig, data: DataConfig | None = None, key: str = "model") -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    model: ModelConfig, data: DataConfig | None = None, key: str = "model"
+) -> PreTrainedTokenizerBase:
     """Tokenizer from ``model.tokenizer`` (default: the model path), right-padded for training.
 
     A tokenizer without a pad token pads with its eos token (as DeepSpeed-Chat does); a configured
@@ -40,14 +50,21 @@ def load_tokenizer(model: ModelConfig, data: DataConfig | None = None, key: str 
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {source} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    if data is not None and data.add_eot_token and data.eot_token and data.eot_token not in tokenizer.get_vocab():
+    if (
+        data is not None
+        and data.add_eot_token
+        and data.eot_token
+        and data.eot_token not in tokenizer.get_vocab()
+    ):
         tokenizer.add_special_tokens({"additional_special_tokens": [data.eot_token]})
     return tokenizer
 
 
 def model_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, **extra: Any):
     """The HF config with our dropout override and the tokenizer's special ids."""
-    config = AutoConfig.from_pretrained(model.name_or_path, trust_remote_code=model.trust_remote_code, **extra)
+    config = AutoConfig.from_pretrained(
+        model.name_or_path, trust_remote_code=model.trust_remote_code, **extra
+    )
     if model.dropout is not None:
         for attr in _DROPOUT_ATTRS:
             if isinstance(getattr(config, attr, None), float):
@@ -83,7 +100,9 @@ def finish_model(module: torch.nn.Module, model: ModelConfig, tokenizer: PreTrai
         module.config.use_cache = False
 
 
-def load_causal_lm(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32):
+def load_causal_lm(
+    model: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32
+):
     """A causal LM ready for training (weights in ``dtype``; DeepSpeed casts to its precision)."""
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
     if model.attn_implementation:

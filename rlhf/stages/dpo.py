@@ -51,7 +51,9 @@ class DPOStage(Stage):
         self.reference: dpo_reference.Frozen | None = None  # the live reference
         # evaluation.prompts are read now (a bad file stops the stage before any training); the
         # default prompts, those of the eval pairs, once the pairs are loaded (start)
-        self.prompts: list[list[int]] = dpo_eval.eval_prompts(cfg, tokenizer, None) if cfg.evaluation.prompts else []
+        self.prompts: list[list[int]] = (
+            dpo_eval.eval_prompts(cfg, tokenizer, None) if cfg.evaluation.prompts else []
+        )
         self.baseline: dict[str, float] = {}
 
     @staticmethod
@@ -59,16 +61,22 @@ class DPOStage(Stage):
         """Refuse at start a reference that reads other tokens or positions the pairs exceed, and
         evaluation answers longer than the policy's positions."""
         gen = cfg.generation
-        check_positions(cfg.model, "model", gen.max_prompt_len + gen.max_answer_len,
-                        "generation.max_prompt_len + max_answer_len")
+        check_positions(
+            cfg.model,
+            "model",
+            gen.max_prompt_len + gen.max_answer_len,
+            "generation.max_prompt_len + max_answer_len",
+        )
         if cfg.reference is None:
             return
         ref_tok = load_tokenizer(cfg.reference, cfg.data, "reference")  # checks the path first
         if tokenizer_fingerprint(ref_tok) != tokenizer_fingerprint(tokenizer):
             where = "reference.tokenizer" if cfg.reference.tokenizer else "reference.name_or_path"
             raise ConfigError(
-                f"{where}: the reference's tokenizer ({cfg.reference.tokenizer or cfg.reference.name_or_path}) "
-                f"differs from the model's ({cfg.model.tokenizer or cfg.model.name_or_path}); DPO compares both "
+                f"{where}: the reference's tokenizer "
+                f"({cfg.reference.tokenizer or cfg.reference.name_or_path}) "
+                f"differs from the model's ({cfg.model.tokenizer or cfg.model.name_or_path}); "
+                "DPO compares both "
                 "models' log-probs of the same tokens, so they need the same tokenizer"
             )
         check_positions(cfg.reference, "reference", cfg.data.max_seq_len, "data.max_seq_len")
@@ -76,8 +84,11 @@ class DPOStage(Stage):
     # ---- the model ----------------------------------------------------------------------------
     def build_model(self, dtype: torch.dtype):
         # dropout off unless model.dropout says otherwise: the log-prob ratios must not be noisy
-        model_cfg = self.cfg.model if self.cfg.model.dropout is not None else self.cfg.model.model_copy(
-            update={"dropout": 0.0})
+        model_cfg = (
+            self.cfg.model
+            if self.cfg.model.dropout is not None
+            else self.cfg.model.model_copy(update={"dropout": 0.0})
+        )
         model = load_causal_lm(model_cfg, self.tokenizer, dtype)
         return apply_lora(model, self.cfg.lora, "CAUSAL_LM") if self.cfg.lora.enabled else model
 
@@ -92,11 +103,16 @@ class DPOStage(Stage):
         seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
         ids, mask = pad_rows(seqs, self.tokenizer.pad_token_id, self.padded_length(max(map(len, seqs))))
         prompt_lens = torch.tensor([r["prompt_len"] for r in rows] * 2, dtype=torch.long)
-        batch = {"input_ids": ids, "attention_mask": mask, "answer_mask": losses.answer_mask(ids, mask, prompt_lens)}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "answer_mask": losses.answer_mask(ids, mask, prompt_lens),
+        }
         chosen, rejected = dpo_reference.COLUMNS
         if chosen in rows[0]:
-            batch["ref_logps"] = torch.tensor([r[chosen] for r in rows] + [r[rejected] for r in rows],
-                                              dtype=torch.float32)
+            batch["ref_logps"] = torch.tensor(
+                [r[chosen] for r in rows] + [r[rejected] for r in rows], dtype=torch.float32
+            )
         return batch
 
     def _pairs(self, engine, batch: Batch):
@@ -108,35 +124,48 @@ class DPOStage(Stage):
             ref = dpo_reference.pair_logps(self.reference, batch)
         half = logps.size(0) // 2
         algo = self.cfg.dpo
-        loss, chosen, rejected = losses.dpo_loss(logps[:half], logps[half:], ref[:half], ref[half:], algo.beta,
-                                                 algo.label_smoothing)
+        loss, chosen, rejected = losses.dpo_loss(
+            logps[:half], logps[half:], ref[:half], ref[half:], algo.beta, algo.label_smoothing
+        )
         return loss, chosen, rejected, logps.detach()
 
     def train_loss(self, engine, batch: Batch):
         loss, chosen, rejected, logps = self._pairs(engine, batch)
         half = logps.size(0) // 2
         return loss.mean(), {
-            "loss": loss.detach().mean(), "reward_accuracy": (chosen > rejected).float().mean(),
-            "reward_margin": (chosen - rejected).mean(), "chosen_reward": chosen.mean(),
-            "rejected_reward": rejected.mean(), "chosen_logp": logps[:half].mean(), "rejected_logp": logps[half:].mean(),
+            "loss": loss.detach().mean(),
+            "reward_accuracy": (chosen > rejected).float().mean(),
+            "reward_margin": (chosen - rejected).mean(),
+            "chosen_reward": chosen.mean(),
+            "rejected_reward": rejected.mean(),
+            "chosen_logp": logps[:half].mean(),
+            "rejected_logp": logps[half:].mean(),
         }
 
     def eval_sums(self, engine, batch: Batch):
         loss, chosen, rejected, logps = self._pairs(engine, batch)
         half = logps.size(0) // 2
         return {
-            "loss_sum": loss.sum(), "correct": (chosen > rejected).float().sum(), "margin_sum": (chosen - rejected).sum(),
-            "chosen_reward_sum": chosen.sum(), "rejected_reward_sum": rejected.sum(),
-            "chosen_logp_sum": logps[:half].sum(), "rejected_logp_sum": logps[half:].sum(),
+            "loss_sum": loss.sum(),
+            "correct": (chosen > rejected).float().sum(),
+            "margin_sum": (chosen - rejected).sum(),
+            "chosen_reward_sum": chosen.sum(),
+            "rejected_reward_sum": rejected.sum(),
+            "chosen_logp_sum": logps[:half].sum(),
+            "rejected_logp_sum": logps[half:].sum(),
             "pairs": torch.tensor(float(half)),
         }
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums["pairs"], 1.0)
         return {
-            "loss": sums["loss_sum"] / n, "reward_accuracy": sums["correct"] / n, "reward_margin": sums["margin_sum"] / n,
-            "chosen_reward": sums["chosen_reward_sum"] / n, "rejected_reward": sums["rejected_reward_sum"] / n,
-            "chosen_logp": sums["chosen_logp_sum"] / n, "rejected_logp": sums["rejected_logp_sum"] / n,
+            "loss": sums["loss_sum"] / n,
+            "reward_accuracy": sums["correct"] / n,
+            "reward_margin": sums["margin_sum"] / n,
+            "chosen_reward": sums["chosen_reward_sum"] / n,
+            "rejected_reward": sums["rejected_reward_sum"] / n,
+            "chosen_logp": sums["chosen_logp_sum"] / n,
+            "rejected_logp": sums["rejected_logp_sum"] / n,
         }
 
     def samples(self, batch: Batch) -> int:
@@ -153,9 +182,16 @@ class DPOStage(Stage):
         out = Path(cfg.checkpoint.output_dir)
         if cfg.dpo.reference_logps == "cached":
             t0 = time.perf_counter()
-            logps = dpo_reference.cached_logps(cfg, rt, engine, self.tokenizer, trainer.data, self.collate,
-                                               resumed=resumed_from > 0,
-                                               log=lambda m: tracker.write(f"[dpo] {m} ({time.perf_counter() - t0:.1f} s)"))
+            logps = dpo_reference.cached_logps(
+                cfg,
+                rt,
+                engine,
+                self.tokenizer,
+                trainer.data,
+                self.collate,
+                resumed=resumed_from > 0,
+                log=lambda m: tracker.write(f"[dpo] {m} ({time.perf_counter() - t0:.1f} s)"),
+            )
             trainer.data.train = dpo_reference.with_logps(trainer.data.train, logps["train"])
             trainer.data.eval = dpo_reference.with_logps(trainer.data.eval, logps["eval"])
         else:
@@ -163,8 +199,11 @@ class DPOStage(Stage):
         if not cfg.evaluation.prompts:
             self.prompts = dpo_eval.eval_prompts(cfg, self.tokenizer, trainer.data.eval)
         if not self.prompts:
-            line = ("evaluation: no held-out prompts (evaluation.prompts is unset and there are no eval pairs), so "
-                    "there are no baseline/* and answer eval/* metrics")
+            line = (
+                "evaluation: no held-out prompts (evaluation.prompts is unset and there are no eval pairs), "
+                "so "
+                "there are no baseline/* and answer eval/* metrics"
+            )
             trainer.warnings.append(line)
             tracker.write(f"[dpo] warning: {line}")
             return

@@ -27,7 +27,9 @@ def eval_prompts(cfg: DPOConfig, tokenizer, eval_pairs) -> list[list[int]]:
     prefix = bos_prefix(tokenizer)
     seen: dict[tuple[int, ...], None] = {}
     for row in eval_pairs:
-        prompt = tuple(keep_last(list(row["chosen_ids"][: row["prompt_len"]]), cfg.generation.max_prompt_len, prefix))
+        prompt = tuple(
+            keep_last(list(row["chosen_ids"][: row["prompt_len"]]), cfg.generation.max_prompt_len, prefix)
+        )
         seen.setdefault(prompt, None)
         if len(seen) >= cfg.evaluation.max_prompts:
             break
@@ -35,7 +37,9 @@ def eval_prompts(cfg: DPOConfig, tokenizer, eval_pairs) -> list[list[int]]:
 
 
 @torch.no_grad()
-def evaluate(engine: Any, cfg: DPOConfig, rt: Runtime, tokenizer, prompts: list[list[int]]) -> tuple[dict[str, float], list[dict]]:
+def evaluate(
+    engine: Any, cfg: DPOConfig, rt: Runtime, tokenizer, prompts: list[list[int]]
+) -> tuple[dict[str, float], list[dict]]:
     """Metrics over ``prompts`` and their rows (prompt, answer, tokens, ended). Every rank answers its
     share in the same number of batches (ZeRO-3 ranks generate in lockstep); the rows are gathered."""
     world, rank = rt.dist.world_size, rt.dist.rank
@@ -53,14 +57,28 @@ def evaluate(engine: Any, cfg: DPOConfig, rt: Runtime, tokenizer, prompts: list[
     try:
         for start in range(0, per_rank, bs):
             index = mine[start : start + bs]
-            out = generate(module, [prompts[i] for i in index], eos_id=tokenizer.eos_token_id,
-                           pad_id=tokenizer.pad_token_id, sampling=sampling, device=rt.device, synced_gpus=zero3,
-                           static_prompt_len=gen.max_prompt_len if rt.accel.static_shapes else None,
-                           decoder=gen.decoder, cache_len=gen.max_prompt_len + gen.max_answer_len)
+            out = generate(
+                module,
+                [prompts[i] for i in index],
+                eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id,
+                sampling=sampling,
+                device=rt.device,
+                synced_gpus=zero3,
+                static_prompt_len=gen.max_prompt_len if rt.accel.static_shapes else None,
+                decoder=gen.decoder,
+                cache_len=gen.max_prompt_len + gen.max_answer_len,
+            )
             for j, i in enumerate(index):
-                rows.append({"index": i, "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
-                             "answer": tokenizer.decode(out.answers[j], skip_special_tokens=True),
-                             "tokens": int(out.content_lens[j]), "ended": bool(out.ended[j])})
+                rows.append(
+                    {
+                        "index": i,
+                        "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
+                        "answer": tokenizer.decode(out.answers[j], skip_special_tokens=True),
+                        "tokens": int(out.content_lens[j]),
+                        "ended": bool(out.ended[j]),
+                    }
+                )
     finally:
         module.train(was_training)
     unique = {r["index"]: r for r in ppo_eval._gather(rows)}

@@ -60,13 +60,17 @@ class Frozen:
 
 
 def adapters_are_reference(cfg: DPOConfig) -> bool:
-    """The policy without its adapters is the reference: LoRA on a frozen base that is the reference's checkpoint."""
+    """The policy without its adapters is the reference: LoRA on a frozen base that is the reference's
+    checkpoint."""
     return cfg.reference is None and cfg.lora.enabled and cfg.lora.only_optimize_lora
 
 
 def pair_logps(model: Callable[..., Any], batch: Batch) -> torch.Tensor:
-    """``[2B]``: the answer tokens' log-probability of each row of a pair batch (chosen rows, then rejected)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    """``[2B]``: the answer tokens' log-probability of each row of a pair batch (chosen rows, then
+    rejected)."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
     return losses.sequence_logprobs(logits, batch["input_ids"], batch["answer_mask"])
 
 
@@ -79,9 +83,12 @@ def frozen_copy(cfg: DPOConfig, rt: Runtime, tokenizer) -> Frozen:
     from rlhf.models.loading import load_causal_lm
 
     zero3 = cfg.deepspeed.zero_stage == 3
-    ds = cfg.deepspeed.model_copy(update={"zero_stage": 3 if zero3 else 0, "offload": cfg.deepspeed.offload and zero3})
-    ds_config = build_ds_config(ds, cfg.optim, rt.dist.world_size, train=False,
-                                micro_batch_size=cfg.optim.per_device_train_batch_size)
+    ds = cfg.deepspeed.model_copy(
+        update={"zero_stage": 3 if zero3 else 0, "offload": cfg.deepspeed.offload and zero3}
+    )
+    ds_config = build_ds_config(
+        ds, cfg.optim, rt.dist.world_size, train=False, micro_batch_size=cfg.optim.per_device_train_batch_size
+    )
     model_cfg = cfg.reference_model.model_copy(update={"dropout": None, "gradient_checkpointing": False})
     with zero3_model_init(ds_config):
         model = load_causal_lm(model_cfg, tokenizer, torch_dtype(cfg.deepspeed)).eval().requires_grad_(False)
@@ -91,12 +98,15 @@ def frozen_copy(cfg: DPOConfig, rt: Runtime, tokenizer) -> Frozen:
 
 def live_reference(cfg: DPOConfig, rt: Runtime, policy: Any, tokenizer) -> Frozen:
     """The reference that scores every batch (``dpo.reference_logps: live``)."""
-    return Frozen(policy, adapters_off=True) if adapters_are_reference(cfg) else frozen_copy(cfg, rt, tokenizer)
+    return (
+        Frozen(policy, adapters_off=True) if adapters_are_reference(cfg) else frozen_copy(cfg, rt, tokenizer)
+    )
 
 
 @torch.no_grad()
-def score_pairs(model: Callable[..., Any], dataset, collate: Callable[[list[dict]], Batch], batch_size: int,
-                rt: Runtime) -> torch.Tensor:
+def score_pairs(
+    model: Callable[..., Any], dataset, collate: Callable[[list[dict]], Batch], batch_size: int, rt: Runtime
+) -> torch.Tensor:
     """``[N, 2]`` float32: (chosen, rejected) answer log-probs of every pair of ``dataset``. Each rank
     scores every ``world``-th pair, all in the same number of batches (ZeRO-3 ranks run every forward
     together); the scores are gathered to every rank."""
@@ -127,9 +137,13 @@ def score_pairs(model: Callable[..., Any], dataset, collate: Callable[[list[dict
 
 def cache_key(cfg: DPOConfig, stats: dict[str, Any]) -> dict[str, Any]:
     """What the cached log-probs depend on: the reference, its precision and the tokenized pairs."""
-    return {"reference": cfg.reference_model.name_or_path, "dtype": cfg.deepspeed.dtype,
-            "data": stats.get("cache_key"), "train_samples": stats.get("train_samples"),
-            "eval_samples": stats.get("eval_samples")}
+    return {
+        "reference": cfg.reference_model.name_or_path,
+        "dtype": cfg.deepspeed.dtype,
+        "data": stats.get("cache_key"),
+        "train_samples": stats.get("train_samples"),
+        "eval_samples": stats.get("eval_samples"),
+    }
 
 
 def read_cache(path: Path, key: dict[str, Any]) -> dict[str, torch.Tensor | None] | None:
@@ -171,8 +185,16 @@ def _scorer(cfg: DPOConfig, rt: Runtime, policy: Any, tokenizer, fresh: bool) ->
                 torch.cuda.empty_cache()
 
 
-def cached_logps(cfg: DPOConfig, rt: Runtime, policy: Any, tokenizer, data, collate: Callable[[list[dict]], Batch],
-                 resumed: bool, log: Callable[[str], None]) -> dict[str, torch.Tensor | None]:
+def cached_logps(
+    cfg: DPOConfig,
+    rt: Runtime,
+    policy: Any,
+    tokenizer,
+    data,
+    collate: Callable[[list[dict]], Batch],
+    resumed: bool,
+    log: Callable[[str], None],
+) -> dict[str, torch.Tensor | None]:
     """The reference log-probs of the train and eval pairs (``data``: the stage's PhaseData):
     scored now on a fresh start, read back on a resume (scored again when the file is missing or
     was made for other pairs or another reference)."""
@@ -183,12 +205,17 @@ def cached_logps(cfg: DPOConfig, rt: Runtime, policy: Any, tokenizer, data, coll
         return cached
     bs = cfg.optim.per_device_eval_batch_size
     with _scorer(cfg, rt, policy, tokenizer, fresh=not resumed) as model:
-        out = {name: score_pairs(model, split, collate, bs, rt) if split is not None and len(split) else None
-               for name, split in (("train", data.train), ("eval", data.eval))}
+        out = {
+            name: score_pairs(model, split, collate, bs, rt) if split is not None and len(split) else None
+            for name, split in (("train", data.train), ("eval", data.eval))
+        }
     if rt.is_main:
         write_cache(path, key, out)
     barrier()
-    log(f"reference log-probs of {len(data.train)} train and {len(data.eval or [])} eval pairs cached in {path}")
+    log(
+        f"reference log-probs of {len(data.train)} train and {len(data.eval or [])} eval pairs "
+        f"cached in {path}"
+    )
     return out
 
 

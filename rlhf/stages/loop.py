@@ -67,12 +67,17 @@ class Trainer:
         self.data = prepare_stage_data(cfg, self.tokenizer, rank=self.rt.dist.rank, barrier=barrier)["train"]
         self._lengths: list[int] | None = None  # per training sample, when data.group_by_length
         if self.data.train is None or len(self.data.train) == 0:
-            raise ValueError(f"stage {stage_cls.name}: no training samples after splitting data (stats: {self.data.stats})")
+            raise ValueError(
+                f"stage {stage_cls.name}: no training samples after splitting data (stats: {self.data.stats})"
+            )
         # Resume only from a checkpoint of the same data and settings (before config.yaml is rewritten).
         self.settings = run_settings.settings_of(cfg, {"train": self.data.stats})
         self.resume_tag, changed = resume_point(cfg, [self.ckpt_dir], self.settings)
-        self.warnings = [*deprecated_settings(cfg), *data_warnings("train", self.data.stats),
-                         *(f"resuming despite a change (checkpoint.allow_changed_config): {c}" for c in changed)]
+        self.warnings = [
+            *deprecated_settings(cfg),
+            *data_warnings("train", self.data.stats),
+            *(f"resuming despite a change (checkpoint.allow_changed_config): {c}" for c in changed),
+        ]
         if self.rt.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(dump(cfg))
@@ -80,7 +85,11 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------
     def _sampler(self, dataset, shuffle: bool) -> DistributedSampler:
         return DistributedSampler(
-            dataset, num_replicas=self.rt.dist.world_size, rank=self.rt.dist.rank, shuffle=shuffle, seed=self.cfg.seed
+            dataset,
+            num_replicas=self.rt.dist.world_size,
+            rank=self.rt.dist.rank,
+            shuffle=shuffle,
+            seed=self.cfg.seed,
         )
 
     def _epoch_order(self, epoch: int) -> Sampler[int]:
@@ -91,14 +100,20 @@ class Trainer:
             return sampler
         if self._lengths is None:
             self._lengths = column_lengths(self.data.train, self.stage.length_columns)
-        return LengthGroupedSampler(sampler, self._lengths, self.cfg.optim.per_device_train_batch_size, self.cfg.seed)
+        return LengthGroupedSampler(
+            sampler, self._lengths, self.cfg.optim.per_device_train_batch_size, self.cfg.seed
+        )
 
     def _loader(self, dataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
         # Its own generator: creating an iterator must not draw from the global RNG (which drives
         # dropout), or a resumed job would see different random numbers than an uninterrupted one.
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.stage.collate,
-            num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(self.cfg.seed),
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.stage.collate,
+            num_workers=self.cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -122,8 +137,11 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, rt, optim = self.cfg, self.rt, self.cfg.optim
         accum = optim.gradient_accumulation_steps
-        micro_per_epoch = len(self._loader(self.data.train, self._sampler(self.data.train, True),
-                                           optim.per_device_train_batch_size))
+        micro_per_epoch = len(
+            self._loader(
+                self.data.train, self._sampler(self.data.train, True), optim.per_device_train_batch_size
+            )
+        )
         total_steps = (micro_per_epoch * optim.epochs) // accum
         if optim.max_steps:
             total_steps = min(total_steps, optim.max_steps)
@@ -140,8 +158,14 @@ class Trainer:
         self.engine = engine
 
         # the checkpoint's client state (restored from it on resume)
-        state: dict[str, Any] = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0, "train_seconds": 0.0,
-                                 "real_tokens": 0, "samples": 0}
+        state: dict[str, Any] = {
+            "global_step": 0,
+            "epoch": 0,
+            "micro_in_epoch": 0,
+            "train_seconds": 0.0,
+            "real_tokens": 0,
+            "samples": 0,
+        }
         if self.resume_tag is not None:
             loaded = checkpoint.load(engine, self.ckpt_dir, rt.dist.rank, self.resume_tag)
             if loaded:
@@ -149,9 +173,15 @@ class Trainer:
         resumed_from: int = state["global_step"]
 
         tracker = Tracker(
-            self.out, enabled=rt.is_main,
-            tensorboard_dir=Path(cfg.logging.tensorboard_dir or self.out / "tensorboard") if cfg.logging.tensorboard else None,
-            progress=cfg.logging.progress_bar, total_steps=total_steps, start_step=resumed_from, desc=self.stage.name,
+            self.out,
+            enabled=rt.is_main,
+            tensorboard_dir=Path(cfg.logging.tensorboard_dir or self.out / "tensorboard")
+            if cfg.logging.tensorboard
+            else None,
+            progress=cfg.logging.progress_bar,
+            total_steps=total_steps,
+            start_step=resumed_from,
+            desc=self.stage.name,
         )
         if resumed_from:
             tracker.write(f"[{self.stage.name}] resumed from step {resumed_from} ({self.ckpt_dir})")
@@ -171,8 +201,15 @@ class Trainer:
 
         def save(epoch: int, micro: int) -> None:
             client = dict(state, global_step=step, epoch=epoch, micro_in_epoch=micro)
-            checkpoint.save(engine, self.ckpt_dir, step, client, rt.dist.rank, cfg.checkpoint.keep_last,
-                            files={run_settings.FILE: self.settings})
+            checkpoint.save(
+                engine,
+                self.ckpt_dir,
+                step,
+                client,
+                rt.dist.rank,
+                cfg.checkpoint.keep_last,
+                files={run_settings.FILE: self.settings},
+            )
 
         resume_epoch, resume_micro = state["epoch"], state["micro_in_epoch"]
         for epoch in range(resume_epoch, optim.epochs):
@@ -180,8 +217,11 @@ class Trainer:
                 break
             sampler = self._epoch_order(epoch)
             skip = resume_micro if epoch == resume_epoch else 0
-            loader = self._loader(self.data.train, SkipSampler(sampler, skip * optim.per_device_train_batch_size),
-                                  optim.per_device_train_batch_size)
+            loader = self._loader(
+                self.data.train,
+                SkipSampler(sampler, skip * optim.per_device_train_batch_size),
+                optim.per_device_train_batch_size,
+            )
             micro = skip
             for batch in loader:
                 t0 = time.perf_counter()
@@ -207,8 +247,11 @@ class Trainer:
                 if step % cfg.logging.log_interval == 0 or step == total_steps:
                     elapsed = time.perf_counter() - t_window
                     row = {k: v / window_n for k, v in window.items()}
-                    row.update(lr=engine.get_lr()[0], epoch=epoch + micro / max(micro_per_epoch, 1),
-                               tokens_per_second=tokens_window * rt.dist.world_size / max(elapsed, 1e-9))
+                    row.update(
+                        lr=engine.get_lr()[0],
+                        epoch=epoch + micro / max(micro_per_epoch, 1),
+                        tokens_per_second=tokens_window * rt.dist.world_size / max(elapsed, 1e-9),
+                    )
                     tracker.log(step, "train", row)
                     window, window_n, tokens_window, t_window = {}, 0, 0, time.perf_counter()
                 end_of_epoch = micro >= micro_per_epoch
@@ -232,8 +275,14 @@ class Trainer:
             last_eval = self.evaluate(engine)
         extra = self.stage.finish(self, engine, tracker, step)
         tracker.close()
-        return self._finish(engine, step, total_steps, {f"eval/{k}": v for k, v in last_eval.items()} | extra, state,
-                            resumed_from)
+        return self._finish(
+            engine,
+            step,
+            total_steps,
+            {f"eval/{k}": v for k, v in last_eval.items()} | extra,
+            state,
+            resumed_from,
+        )
 
     def _finish(self, engine, step, total_steps, metrics, state, resumed_from) -> dict[str, Any]:
         rt = self.rt
@@ -248,9 +297,17 @@ class Trainer:
         seconds = state["train_seconds"]
         rate = round(state["real_tokens"] * rt.dist.world_size / seconds, 1) if seconds else None
         summary = completed_summary(
-            self.stage.name, rt, step=step, total_steps=total_steps, resumed_from=resumed_from,
-            metrics=metrics, samples=state["samples"], seconds=seconds,
-            rates={"real_tokens_per_second": rate}, model_dir=model_dir, data_stats=self.data.stats,
+            self.stage.name,
+            rt,
+            step=step,
+            total_steps=total_steps,
+            resumed_from=resumed_from,
+            metrics=metrics,
+            samples=state["samples"],
+            seconds=seconds,
+            rates={"real_tokens_per_second": rate},
+            model_dir=model_dir,
+            data_stats=self.data.stats,
             warnings=self.warnings,
         )
         publish_summary(self.out, summary, rt)

@@ -20,8 +20,16 @@ FILE = "run_settings.json"
 #: Settings (dotted prefixes) that may differ on resume: they extend the run (epochs, steps), or only
 #: change where and how it reports, evaluates and checkpoints.
 MAY_CHANGE = (
-    "optim.epochs", "optim.max_steps", "ppo.max_iterations", "grpo.max_iterations", "logging", "checkpoint", "evaluation",
-    "data.cache_dir", "data.num_workers", "deepspeed.dist_timeout_seconds",
+    "optim.epochs",
+    "optim.max_steps",
+    "ppo.max_iterations",
+    "grpo.max_iterations",
+    "logging",
+    "checkpoint",
+    "evaluation",
+    "data.cache_dir",
+    "data.num_workers",
+    "deepspeed.dist_timeout_seconds",
 )
 
 
@@ -42,8 +50,10 @@ def settings_of(cfg: StageConfig, data_stats: dict[str, dict[str, Any]]) -> dict
     """The settings a checkpoint of ``cfg`` records; ``data_stats``: per dataset name, its stats
     (``train_samples``, ``cache_key``)."""
     config = {k: v for k, v in _flatten(cfg.model_dump(mode="json")).items() if not _may_change(k)}
-    data = {name: {"train_samples": stats.get("train_samples"), "cache_key": stats.get("cache_key")}
-            for name, stats in data_stats.items()}
+    data = {
+        name: {"train_samples": stats.get("train_samples"), "cache_key": stats.get("cache_key")}
+        for name, stats in data_stats.items()
+    }
     return {"config": config, "data": data}
 
 
@@ -65,11 +75,15 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     for name in sorted(set(old_data) | set(new_data)):
         a, b = old_data.get(name, {}), new_data.get(name, {})
         if a.get("train_samples") != b.get("train_samples"):
-            lines.append(f"data ({name}): {a.get('train_samples')} training samples at the checkpoint, "
-                         f"{b.get('train_samples')} now")
+            lines.append(
+                f"data ({name}): {a.get('train_samples')} training samples at the checkpoint, "
+                f"{b.get('train_samples')} now"
+            )
         elif a.get("cache_key") != b.get("cache_key"):
-            lines.append(f"data ({name}): the tokenized data differs (a data file, the tokenizer, the lengths or the "
-                         f"split changed; cache {a.get('cache_key')} at the checkpoint, {b.get('cache_key')} now)")
+            lines.append(
+                f"data ({name}): the tokenized data differs (a data file, the tokenizer, the lengths or the "
+                f"split changed; cache {a.get('cache_key')} at the checkpoint, {b.get('cache_key')} now)"
+            )
     return lines
 
 
@@ -85,7 +99,8 @@ def check_resume(step_dir: Path, current: dict[str, Any], allow_changed: bool) -
     changed = differences(saved, current)
     if changed and not allow_changed:
         raise ConfigError(
-            f"checkpoint.resume: the checkpoint {step_dir} was trained with other data or settings than this run:\n"
+            f"checkpoint.resume: the checkpoint {step_dir} was trained with other data or settings "
+            "than this run:\n"
             + "".join(f"  - {line}\n" for line in changed)
             + "Resuming would mix them. To continue from it anyway set checkpoint.allow_changed_config=true; "
             "to start over, use a new checkpoint.output_dir"

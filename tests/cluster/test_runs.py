@@ -25,12 +25,17 @@ def manifest(name: str, **changes: Any) -> dict[str, Any]:
         "models": {"actor": "facebook/opt-125m", "reward": "facebook/opt-125m"},
         "data": {"datasets": [{"path": "Dahoas/rm-static"}]},
         "storage": {"pvc": {"claimName": "rlhf-storage", "subPath": name}},
-        "stages": {s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}, "retries": 1}
-                   for s in STAGES},
+        "stages": {
+            s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}, "retries": 1} for s in STAGES
+        },
     }
     spec.update(changes)
-    return {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFRun", "metadata": {"name": name, "namespace": NS},
-            "spec": spec}
+    return {
+        "apiVersion": "rlhf.dev/v1alpha1",
+        "kind": "RLHFRun",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
 
 
 def summary(stage: str, **metrics: float) -> Exit:
@@ -42,23 +47,36 @@ def failure(reason: str) -> Exit:
     return Exit(1, json.dumps({"status": "failed", "reason": reason, "exit_code": 1}))
 
 
-SUCCESS = {"prepare": [Exit(0)], "sft": [summary("sft", **{"eval/perplexity": 3.5})],
-           "reward": [summary("reward", **{"eval/accuracy": 0.75})], "ppo": [summary("ppo", **{"eval/reward_mean": 1.5})]}
+SUCCESS = {
+    "prepare": [Exit(0)],
+    "sft": [summary("sft", **{"eval/perplexity": 3.5})],
+    "reward": [summary("reward", **{"eval/accuracy": 0.75})],
+    "ppo": [summary("ppo", **{"eval/reward_mean": 1.5})],
+}
 
 
 def run_status(k8s: Cluster, name: str) -> dict[str, Any]:
     return (k8s.get("rlhfrun", name, NS) or {}).get("status") or {}
 
 
-def wait_phase(k8s: Cluster, op: OperatorProcess, name: str, phase: str, timeout: float = 240) -> dict[str, Any]:
+def wait_phase(
+    k8s: Cluster, op: OperatorProcess, name: str, phase: str, timeout: float = 240
+) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         if op.proc is not None and op.proc.poll() is not None:
             raise AssertionError(f"the operator exited:\n{op.tail()}")
         status = run_status(k8s, name)
         return status if status.get("phase") == phase else None
-    return eventually(reached, timeout=timeout, interval=0.5,
-                      what=lambda: f"run {name} to be {phase}: {json.dumps(run_status(k8s, name), indent=1)}\n"
-                                   f"operator:\n{op.tail(30)}")
+
+    return eventually(
+        reached,
+        timeout=timeout,
+        interval=0.5,
+        what=lambda: (
+            f"run {name} to be {phase}: {json.dumps(run_status(k8s, name), indent=1)}\n"
+            f"operator:\n{op.tail(30)}"
+        ),
+    )
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -66,12 +84,18 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def launchers(k8s: Cluster, run: str, stage: str) -> list[dict[str, Any]]:
-    return k8s.list("pods", NS, f"rlhf.dev/run={run},rlhf.dev/stage={stage},training.kubeflow.org/job-role=launcher")
+    return k8s.list(
+        "pods", NS, f"rlhf.dev/run={run},rlhf.dev/stage={stage},training.kubeflow.org/job-role=launcher"
+    )
 
 
 def events(k8s: Cluster, run: str) -> list[dict[str, Any]]:
     items = k8s.list("events", NS)
-    return [e for e in items if e["involvedObject"].get("kind") == "RLHFRun" and e["involvedObject"]["name"] == run]
+    return [
+        e
+        for e in items
+        if e["involvedObject"].get("kind") == "RLHFRun" and e["involvedObject"]["name"] == run
+    ]
 
 
 @pytest.fixture
@@ -81,17 +105,24 @@ def script(k8s: Cluster) -> PodScript:
         assert not s.errors, s.errors
 
 
-def start(k8s: Cluster, script: PodScript, name: str, outcomes: dict[str, list[Exit]], **changes: Any) -> None:
+def start(
+    k8s: Cluster, script: PodScript, name: str, outcomes: dict[str, list[Exit]], **changes: Any
+) -> None:
     for step, exits in outcomes.items():
         script.set(name, step, *exits)
     k8s.apply(manifest(name, **changes))
 
 
-def test_a_run_succeeds_through_the_real_mpi_operator(k8s: Cluster, operator: OperatorProcess, script: PodScript):
+def test_a_run_succeeds_through_the_real_mpi_operator(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     start(k8s, script, "happy", SUCCESS)
     status = wait_phase(k8s, operator, "happy", "Succeeded")
     assert [(s["name"], s["state"], s["retries"]) for s in status["stages"]] == [
-        ("sft", "Succeeded", 0), ("reward", "Succeeded", 0), ("ppo", "Succeeded", 0)]
+        ("sft", "Succeeded", 0),
+        ("reward", "Succeeded", 0),
+        ("ppo", "Succeeded", 0),
+    ]
     assert status["stages"][1]["metrics"] == {"eval/accuracy": 0.75}
     for type_ in ("Valid", "Prepared", "SFTSucceeded", "RewardSucceeded", "PPOSucceeded", "Succeeded"):
         assert condition(status, type_)["status"] == "True", (type_, status)
@@ -124,11 +155,14 @@ def test_a_failed_attempt_is_retried_and_resumes(k8s: Cluster, operator: Operato
     sft = next(s for s in status["stages"] if s["name"] == "sft")
     assert sft["retries"] == 1 and sft["state"] == "Succeeded"
     assert len(script.ended[("retry", "sft")]) == 2
-    assert any(e["reason"] == "SFTRetrying" and "CUDA out of memory" in e["message"] for e in events(k8s, "retry"))
+    assert any(
+        e["reason"] == "SFTRetrying" and "CUDA out of memory" in e["message"] for e in events(k8s, "retry")
+    )
 
 
-def test_retries_exhausted_fail_the_run_and_stop_the_sibling(k8s: Cluster, operator: OperatorProcess,
-                                                            script: PodScript):
+def test_retries_exhausted_fail_the_run_and_stop_the_sibling(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     # The reward stage never ends on its own; SFT fails twice with one retry allowed.
     start(k8s, script, "doomed", {"prepare": [Exit(0)], "sft": [failure("bad data"), failure("bad data")]})
     status = wait_phase(k8s, operator, "doomed", "Failed")
@@ -137,7 +171,9 @@ def test_retries_exhausted_fail_the_run_and_stop_the_sibling(k8s: Cluster, opera
     assert states["sft"] == "Failed" and states["reward"] == "Stopped", states
     assert condition(status, "RewardSucceeded")["reason"] == "Stopped"
     # The sibling's MPIJob is gone, so its pods no longer hold GPUs; PPO never started.
-    eventually(lambda: k8s.get("mpijob", "doomed-reward", NS) is None, timeout=60, what="reward's MPIJob deleted")
+    eventually(
+        lambda: k8s.get("mpijob", "doomed-reward", NS) is None, timeout=60, what="reward's MPIJob deleted"
+    )
     assert k8s.get("mpijob", "doomed-ppo", NS) is None
 
 
@@ -145,14 +181,35 @@ def test_suspend_and_resume(k8s: Cluster, operator: OperatorProcess, script: Pod
     start(k8s, script, "pause", {"prepare": [Exit(0)]})
     eventually(lambda: launchers(k8s, "pause", "sft"), timeout=90, what="the SFT launcher")
     # both stages run: the STAGE column says so
-    eventually(lambda: run_status(k8s, "pause").get("stage") == "sft,reward", timeout=90,
-               what=lambda: f"status.stage sft,reward: {run_status(k8s, 'pause').get('stage')}")
-    k8s.kubectl("patch", "rlhfrun", "pause", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    eventually(
+        lambda: run_status(k8s, "pause").get("stage") == "sft,reward",
+        timeout=90,
+        what=lambda: f"status.stage sft,reward: {run_status(k8s, 'pause').get('stage')}",
+    )
+    k8s.kubectl(
+        "patch", "rlhfrun", "pause", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}'
+    )
     wait_phase(k8s, operator, "pause", "Suspended")
-    eventually(lambda: all(k8s.get("mpijob", f"pause-{s}", NS)["spec"]["runPolicy"]["suspend"] for s in ("sft", "reward")),
-               timeout=30, what="both MPIJobs suspended")
-    eventually(lambda: not launchers(k8s, "pause", "sft"), timeout=60, what="the MPI operator to remove the pods")
-    k8s.kubectl("patch", "rlhfrun", "pause", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    eventually(
+        lambda: all(
+            k8s.get("mpijob", f"pause-{s}", NS)["spec"]["runPolicy"]["suspend"] for s in ("sft", "reward")
+        ),
+        timeout=30,
+        what="both MPIJobs suspended",
+    )
+    eventually(
+        lambda: not launchers(k8s, "pause", "sft"), timeout=60, what="the MPI operator to remove the pods"
+    )
+    k8s.kubectl(
+        "patch",
+        "rlhfrun",
+        "pause",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"runPolicy":{"suspend":false}}}',
+    )
     script.set("pause", "sft", summary("sft"))
     script.set("pause", "reward", summary("reward"))
     script.set("pause", "ppo", summary("ppo"))
@@ -167,8 +224,15 @@ def test_a_deleted_child_is_recreated(k8s: Cluster, operator: OperatorProcess, s
     start(k8s, script, "phoenix", {"prepare": [Exit(0)]})
     first = eventually(lambda: k8s.get("mpijob", "phoenix-sft", NS), timeout=90, what="the SFT MPIJob")
     k8s.kubectl("delete", "mpijob", "phoenix-sft", "-n", NS)
-    again = eventually(lambda: (j := k8s.get("mpijob", "phoenix-sft", NS)) and j["metadata"]["uid"] != first["metadata"]["uid"] and j,
-                       timeout=60, what="the SFT MPIJob recreated")
+    again = eventually(
+        lambda: (
+            (j := k8s.get("mpijob", "phoenix-sft", NS))
+            and j["metadata"]["uid"] != first["metadata"]["uid"]
+            and j
+        ),
+        timeout=60,
+        what="the SFT MPIJob recreated",
+    )
     assert again["metadata"]["annotations"]["rlhf.dev/attempt"] == "1"
     k8s.kubectl("delete", "rlhfrun", "phoenix", "-n", NS)
 
@@ -178,25 +242,40 @@ def test_deleting_the_run_collects_its_children(k8s: Cluster, operator: Operator
     eventually(lambda: k8s.get("mpijob", "ephemeral-reward", NS), timeout=90, what="the reward MPIJob")
     k8s.kubectl("delete", "rlhfrun", "ephemeral", "-n", NS, "--wait=true")
     for kind in ("mpijob", "job", "configmap", "networkpolicy", "pod"):
-        eventually(lambda kind=kind: not k8s.list(kind, NS, "rlhf.dev/run=ephemeral"), timeout=90,
-                   what=f"the run's {kind}s to be garbage-collected")
+        eventually(
+            lambda kind=kind: not k8s.list(kind, NS, "rlhf.dev/run=ephemeral"),
+            timeout=90,
+            what=f"the run's {kind}s to be garbage-collected",
+        )
 
 
-def test_restart_after_a_finished_job_would_have_expired(k8s: Cluster, operator: OperatorProcess, script: PodScript):
+def test_restart_after_a_finished_job_would_have_expired(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     """ttlSecondsAfterFinished must not make the operator rerun a finished stage: with the operator
     down while SFT and reward finish, nothing removes their jobs before the operator has recorded
     the results; after its restart it records them, deletes the jobs, and goes on to PPO."""
     start(k8s, script, "ttl", {"prepare": [Exit(0)]}, runPolicy={"ttlSecondsAfterFinished": 1})
-    eventually(lambda: launchers(k8s, "ttl", "sft") and launchers(k8s, "ttl", "reward"), timeout=90,
-               what="both launchers")
+    eventually(
+        lambda: launchers(k8s, "ttl", "sft") and launchers(k8s, "ttl", "reward"),
+        timeout=90,
+        what="both launchers",
+    )
     operator.stop()
     try:
         script.set("ttl", "sft", summary("sft"))
         script.set("ttl", "reward", summary("reward"))
         for stage in ("sft", "reward"):
-            eventually(lambda stage=stage: any(c["type"] == "Succeeded" and c["status"] == "True"
-                                               for c in (k8s.get("mpijob", f"ttl-{stage}", NS) or {}).get("status", {}).get("conditions", [])),
-                       timeout=60, what=f"{stage}'s MPIJob to succeed")
+            eventually(
+                lambda stage=stage: any(
+                    c["type"] == "Succeeded" and c["status"] == "True"
+                    for c in (k8s.get("mpijob", f"ttl-{stage}", NS) or {})
+                    .get("status", {})
+                    .get("conditions", [])
+                ),
+                timeout=60,
+                what=f"{stage}'s MPIJob to succeed",
+            )
         time.sleep(3)  # longer than the TTL: a TTL on the job itself would have removed it by now
         assert k8s.get("mpijob", "ttl-sft", NS) is not None
     finally:
@@ -205,38 +284,69 @@ def test_restart_after_a_finished_job_would_have_expired(k8s: Cluster, operator:
     status = wait_phase(k8s, operator, "ttl", "Succeeded")
     assert [s["state"] for s in status["stages"]] == ["Succeeded"] * 3
     assert len(script.ended[("ttl", "sft")]) == 1 and len(script.ended[("ttl", "reward")]) == 1
-    eventually(lambda: k8s.get("mpijob", "ttl-ppo", NS) is None, timeout=30, what="the PPO MPIJob removed after its TTL")
+    eventually(
+        lambda: k8s.get("mpijob", "ttl-ppo", NS) is None,
+        timeout=30,
+        what="the PPO MPIJob removed after its TTL",
+    )
     assert k8s.get("mpijob", "ttl-sft", NS) is None and k8s.get("job", "ttl-prepare", NS) is None
 
 
-def test_pods_that_cannot_be_scheduled_are_reported(k8s: Cluster, operator: OperatorProcess, script: PodScript):
+def test_pods_that_cannot_be_scheduled_are_reported(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     """No node matches the prepare pod: the run says why instead of 'waiting for its pod', and
     the step is not reported as running."""
-    start(k8s, script, "stuck", {}, stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}}
-                                            for s in STAGES},
-          scheduling={"nodeSelector": {"kubernetes.io/hostname": "no-such-node"}})
-    status = eventually(lambda: (st := run_status(k8s, "stuck")) and condition(st, "Prepared").get("reason") == "Unschedulable" and st,
-                        timeout=90, what=lambda: f"Prepared=Unschedulable: {run_status(k8s, 'stuck')}")
+    start(
+        k8s,
+        script,
+        "stuck",
+        {},
+        stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in STAGES},
+        scheduling={"nodeSelector": {"kubernetes.io/hostname": "no-such-node"}},
+    )
+    status = eventually(
+        lambda: (
+            (st := run_status(k8s, "stuck"))
+            and condition(st, "Prepared").get("reason") == "Unschedulable"
+            and st
+        ),
+        timeout=90,
+        what=lambda: f"Prepared=Unschedulable: {run_status(k8s, 'stuck')}",
+    )
     assert "cannot be scheduled" in condition(status, "Prepared")["message"]
     assert status["stage"] == "prepare"
     k8s.kubectl("delete", "rlhfrun", "stuck", "-n", NS)
 
 
-def test_pods_refused_by_pod_security_are_reported(k8s: Cluster, operator: OperatorProcess, script: PodScript):
+def test_pods_refused_by_pod_security_are_reported(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     """Gaudi workers need hostIPC and SYS_NICE, which the namespace's PodSecurity level
     (restricted) forbids: the MPI operator cannot create them, and the run says so."""
-    k8s.add_node("gaudi-0", capacity={"habana.ai/gaudi": "8"},
-                 taints=[{"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}])
+    k8s.add_node(
+        "gaudi-0",
+        capacity={"habana.ai/gaudi": "8"},
+        taints=[{"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}],
+    )
     start(k8s, script, "gaudi", {"prepare": [Exit(0)]}, accelerator="habana")
-    status = eventually(lambda: (st := run_status(k8s, "gaudi")) and "PodSecurity" in condition(st, "SFTSucceeded").get("message", "") and st,
-                        timeout=120, what=lambda: f"SFT to report the PodSecurity refusal: {run_status(k8s, 'gaudi')}")
+    status = eventually(
+        lambda: (
+            (st := run_status(k8s, "gaudi"))
+            and "PodSecurity" in condition(st, "SFTSucceeded").get("message", "")
+            and st
+        ),
+        timeout=120,
+        what=lambda: f"SFT to report the PodSecurity refusal: {run_status(k8s, 'gaudi')}",
+    )
     assert condition(status, "SFTSucceeded")["reason"] == "Blocked"
     assert "hostIPC" in condition(status, "SFTSucceeded")["message"]
     k8s.kubectl("delete", "rlhfrun", "gaudi", "-n", NS)
 
 
-def test_an_invalid_run_gets_a_condition_naming_the_field_and_no_job(k8s: Cluster, operator: OperatorProcess,
-                                                                    script: PodScript):
+def test_an_invalid_run_gets_a_condition_naming_the_field_and_no_job(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     stages = {s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in STAGES}
     stages["sft"]["devicesPerNode"] = 16  # the pool's nodes have 8
     start(k8s, script, "invalid", {"prepare": [Exit(0)]}, stages=stages)
@@ -247,41 +357,79 @@ def test_an_invalid_run_gets_a_condition_naming_the_field_and_no_job(k8s: Cluste
     assert k8s.get("job", "invalid-prepare", NS) is None
     assert "InvalidSpec" in [e["reason"] for e in events(k8s, "invalid")]
     # Fixing the spec makes it valid and starts it.
-    k8s.kubectl("patch", "rlhfrun", "invalid", "-n", NS, "--type=merge",
-                "-p", '{"spec":{"stages":{"sft":{"devicesPerNode":4}}}}')
-    eventually(lambda: k8s.get("job", "invalid-prepare", NS), timeout=60, what="the prepare Job after the fix")
+    k8s.kubectl(
+        "patch",
+        "rlhfrun",
+        "invalid",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"stages":{"sft":{"devicesPerNode":4}}}}',
+    )
+    eventually(
+        lambda: k8s.get("job", "invalid-prepare", NS), timeout=60, what="the prepare Job after the fix"
+    )
     k8s.kubectl("delete", "rlhfrun", "invalid", "-n", NS)
 
 
-def test_a_same_named_object_not_owned_is_reported_and_left_alone(k8s: Cluster, operator: OperatorProcess,
-                                                                  script: PodScript):
+def test_a_same_named_object_not_owned_is_reported_and_left_alone(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     k8s.kubectl("create", "configmap", "squatter-sft-trainer", "-n", NS, "--from-literal=owner=someone")
     start(k8s, script, "squatter", {"prepare": [Exit(0)]})
-    status = eventually(lambda: (st := run_status(k8s, "squatter")) and condition(st, "SFTSucceeded").get("reason") == "NameConflict" and st,
-                        timeout=90, what=lambda: f"NameConflict: {run_status(k8s, 'squatter')}")
+    status = eventually(
+        lambda: (
+            (st := run_status(k8s, "squatter"))
+            and condition(st, "SFTSucceeded").get("reason") == "NameConflict"
+            and st
+        ),
+        timeout=90,
+        what=lambda: f"NameConflict: {run_status(k8s, 'squatter')}",
+    )
     assert "not owned by this run" in condition(status, "SFTSucceeded")["message"]
     assert k8s.get("configmap", "squatter-sft-trainer", NS)["data"] == {"owner": "someone"}
     assert k8s.get("mpijob", "squatter-sft", NS) is None
-    eventually(lambda: k8s.get("mpijob", "squatter-reward", NS), timeout=90, what="the reward stage, unaffected")
+    eventually(
+        lambda: k8s.get("mpijob", "squatter-reward", NS), timeout=90, what="the reward stage, unaffected"
+    )
     k8s.kubectl("delete", "rlhfrun", "squatter", "-n", NS)
     k8s.kubectl("delete", "configmap", "squatter-sft-trainer", "-n", NS)
 
 
-def test_a_quota_refusal_is_a_condition_until_it_goes_through(k8s: Cluster, operator: OperatorProcess,
-                                                             script: PodScript):
-    k8s.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-mpijobs", "namespace": NS},
-               "spec": {"hard": {"count/mpijobs.kubeflow.org": "0"}}})
+def test_a_quota_refusal_is_a_condition_until_it_goes_through(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
+    k8s.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-mpijobs", "namespace": NS},
+            "spec": {"hard": {"count/mpijobs.kubeflow.org": "0"}},
+        }
+    )
     try:
         start(k8s, script, "quota", {"prepare": [Exit(0)]})
-        status = eventually(lambda: (st := run_status(k8s, "quota")) and condition(st, "SFTSucceeded").get("reason") == "CreateFailed" and st,
-                            timeout=90, what=lambda: f"CreateFailed: {run_status(k8s, 'quota')}")
+        status = eventually(
+            lambda: (
+                (st := run_status(k8s, "quota"))
+                and condition(st, "SFTSucceeded").get("reason") == "CreateFailed"
+                and st
+            ),
+            timeout=90,
+            what=lambda: f"CreateFailed: {run_status(k8s, 'quota')}",
+        )
         assert "exceeded quota" in condition(status, "SFTSucceeded")["message"]
         assert status["phase"] == "Running" and k8s.get("mpijob", "quota-sft", NS) is None
         assert "SFTCreateFailed" in [e["reason"] for e in events(k8s, "quota")]
     finally:
         k8s.kubectl("delete", "resourcequota", "no-mpijobs", "-n", NS)
     # Nothing about the run changes: the operator retries on its own (requeue, then the resync).
-    eventually(lambda: k8s.get("mpijob", "quota-sft", NS), timeout=120, what="the SFT MPIJob once the quota allows it")
+    eventually(
+        lambda: k8s.get("mpijob", "quota-sft", NS),
+        timeout=120,
+        what="the SFT MPIJob once the quota allows it",
+    )
     k8s.kubectl("delete", "rlhfrun", "quota", "-n", NS)
 
 
@@ -296,12 +444,20 @@ def test_the_operator_process_serves_liveness_and_metrics(operator: OperatorProc
     assert "rlhf_operator_reconcile_duration_seconds_count" in text
 
 
-def test_a_run_may_not_choose_what_its_pool_does_not_allow(k8s: Cluster, operator: OperatorProcess,
-                                                          script: PodScript):
+def test_a_run_may_not_choose_what_its_pool_does_not_allow(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     """The platform team's pools decide images, tolerations, PriorityClasses and Secrets: a run
     asking for more is refused naming the field, and nothing is created for it."""
-    start(k8s, script, "greedy", {}, image="registry.evil.example/miner:latest",
-          scheduling={"tolerations": [{"operator": "Exists"}]}, hubTokenSecret="someone-elses-secret")
+    start(
+        k8s,
+        script,
+        "greedy",
+        {},
+        image="registry.evil.example/miner:latest",
+        scheduling={"tolerations": [{"operator": "Exists"}]},
+        hubTokenSecret="someone-elses-secret",
+    )
     status = wait_phase(k8s, operator, "greedy", "Failed")
     message = condition(status, "Valid")["message"]
     for field in ("spec.image", "spec.scheduling.tolerations[0]", "spec.hubTokenSecret"):
@@ -310,38 +466,90 @@ def test_a_run_may_not_choose_what_its_pool_does_not_allow(k8s: Cluster, operato
     k8s.kubectl("delete", "rlhfrun", "greedy", "-n", NS)
 
 
-def test_suspending_during_prepare_and_hand_edits_are_undone(k8s: Cluster, operator: OperatorProcess,
-                                                            script: PodScript):
+def test_suspending_during_prepare_and_hand_edits_are_undone(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript
+):
     """The prepare Job follows the run's suspend like the MPIJobs do, and what the operator owns
     (a stage's NetworkPolicy, its trainer config) goes back to what the run says when edited."""
     start(k8s, script, "edited", {}, runPolicy={"suspend": False})
     eventually(lambda: k8s.get("job", "edited-prepare", NS), timeout=60, what="the prepare Job")
-    k8s.kubectl("patch", "rlhfrun", "edited", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
-    eventually(lambda: k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is True, timeout=60,
-               what="the prepare Job suspended")
+    k8s.kubectl(
+        "patch",
+        "rlhfrun",
+        "edited",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"runPolicy":{"suspend":true}}}',
+    )
+    eventually(
+        lambda: k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is True,
+        timeout=60,
+        what="the prepare Job suspended",
+    )
     wait_phase(k8s, operator, "edited", "Suspended")
     policy = k8s.get("networkpolicy", "edited-sft", NS)
-    k8s.kubectl("patch", "networkpolicy", "edited-sft", "-n", NS, "--type=merge",
-                "-p", '{"spec":{"podSelector":{"matchLabels":{"opened":"by-hand"}}}}')
-    k8s.kubectl("patch", "configmap", "edited-ppo-trainer", "-n", NS, "--type=merge", "-p", '{"data":{"config.yaml":"x: 1"}}')
-    k8s.kubectl("patch", "rlhfrun", "edited", "-n", NS, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
-    eventually(lambda: k8s.get("networkpolicy", "edited-sft", NS)["spec"] == policy["spec"], timeout=60,
-               what="the NetworkPolicy restored")
-    eventually(lambda: k8s.get("configmap", "edited-ppo-trainer", NS)["data"]["config.yaml"] != "x: 1", timeout=60,
-               what="the trainer config restored")
+    k8s.kubectl(
+        "patch",
+        "networkpolicy",
+        "edited-sft",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"podSelector":{"matchLabels":{"opened":"by-hand"}}}}',
+    )
+    k8s.kubectl(
+        "patch",
+        "configmap",
+        "edited-ppo-trainer",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"data":{"config.yaml":"x: 1"}}',
+    )
+    k8s.kubectl(
+        "patch",
+        "rlhfrun",
+        "edited",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec":{"runPolicy":{"suspend":false}}}',
+    )
+    eventually(
+        lambda: k8s.get("networkpolicy", "edited-sft", NS)["spec"] == policy["spec"],
+        timeout=60,
+        what="the NetworkPolicy restored",
+    )
+    eventually(
+        lambda: k8s.get("configmap", "edited-ppo-trainer", NS)["data"]["config.yaml"] != "x: 1",
+        timeout=60,
+        what="the trainer config restored",
+    )
     assert k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is False
     k8s.kubectl("delete", "rlhfrun", "edited", "-n", NS)
 
 
 @pytest.mark.parametrize("pipeline", [["sft", "dpo"], ["sft", "reward", "grpo"]])
-def test_other_pipelines_run_their_own_stage_graph(k8s: Cluster, operator: OperatorProcess, script: PodScript,
-                                                   pipeline):
+def test_other_pipelines_run_their_own_stage_graph(
+    k8s: Cluster, operator: OperatorProcess, script: PodScript, pipeline
+):
     """SFT -> DPO, and SFT || RM -> GRPO: each stage an MPIJob through the real MPI operator, in
     the order of the run's stage graph, and only the run's stages."""
     name = "-".join(["graph", *pipeline[1:]])
     outcomes = {"prepare": [Exit(0)], **{s: [summary(s, **{"eval/x": 1.0})] for s in pipeline}}
-    start(k8s, script, name, outcomes, pipeline=pipeline,
-          stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in pipeline})
+    start(
+        k8s,
+        script,
+        name,
+        outcomes,
+        pipeline=pipeline,
+        stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in pipeline},
+    )
     status = wait_phase(k8s, operator, name, "Succeeded")
     assert [s["name"] for s in status["stages"]] == pipeline
     last = pipeline[-1]
@@ -374,10 +582,18 @@ def test_the_chart_rbac_is_exactly_what_the_operator_uses(k8s: Cluster, operator
             refused.append(key)  # RBAC said no (a 403 from a ResourceQuota is admission's, not RBAC's)
     assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"
     manifest = helm(k8s, "get", "manifest", RELEASE, "-n", SYSTEM_NS).stdout
-    role = next(d for d in yaml.safe_load_all(manifest)
-                if d and d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith("crd-discovery"))
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]}
+    role = next(
+        d
+        for d in yaml.safe_load_all(manifest)
+        if d and d["kind"] == "ClusterRole" and not d["metadata"]["name"].endswith("crd-discovery")
+    )
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     # update on rlhfruns/finalizers is checked by OwnerReferencesPermissionEnforcement when a child
     # with blockOwnerDeletion is created; it is never a request of its own.
     unused = granted - used - {("rlhf.dev", "rlhfruns/finalizers", "update")}
