@@ -24,12 +24,32 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from rlhf import losses
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+
+class CausalLM(Protocol):
+    """What decoding uses of a model: a transformers causal LM (a ``PreTrainedModel`` with
+    ``GenerationMixin``; in transformers 5 the base class has no ``generate``), or a ``PeftModel``
+    wrapping one, which forwards these to it."""
+
+    @property
+    def config(self) -> PretrainedConfig: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,7 @@ def choose(logits: torch.Tensor, choice: Choice) -> tuple[torch.Tensor, torch.Te
 
 
 @contextlib.contextmanager
-def attention(model: torch.nn.Module, implementation: str | None):
+def attention(model: CausalLM, implementation: str | None) -> Iterator[None]:
     """Run ``model`` with another attention implementation inside the block (None: unchanged)."""
     config = model.config
     before = config._attn_implementation
@@ -79,7 +99,7 @@ class StaticDecoder:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: CausalLM,
         batch_size: int,
         max_len: int,
         device: torch.device,
@@ -193,11 +213,11 @@ class StaticDecoder:
         return tokens, logps
 
 
-_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, StaticDecoder] = weakref.WeakKeyDictionary()
+_DECODERS: weakref.WeakKeyDictionary[CausalLM, StaticDecoder] = weakref.WeakKeyDictionary()
 
 
 def decoder_for(
-    model: torch.nn.Module, rows: int, length: int, device: torch.device, *, compile: bool
+    model: CausalLM, rows: int, length: int, device: torch.device, *, compile: bool
 ) -> StaticDecoder:
     """The model's decoder, reused while the batch and the length fit it (a new shape compiles anew)."""
     current = _DECODERS.get(model)

@@ -14,9 +14,12 @@ decode step through ``torch.compile``, CUDA graphs on a GPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from rlhf.decoding import CausalLM
 
 Decoder = Literal["transformers", "static", "compiled"]
 
@@ -33,8 +36,8 @@ class Sampling:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
 
-    def kwargs(self) -> dict:
-        out = {
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": self.do_sample,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
@@ -147,7 +150,7 @@ def pack(
 
 @torch.no_grad()
 def generate(
-    model: torch.nn.Module,
+    model: CausalLM,
     prompts: list[list[int]],
     *,
     eos_id: int,
@@ -172,11 +175,12 @@ def generate(
         raise ValueError("cannot answer an empty prompt")
     ids, mask = left_pad(prompts, pad_id, static_prompt_len)
     device = device or next(model.parameters()).device
+    step_logprobs: torch.Tensor | None
     if decoder != "transformers" and not (synced_gpus or static_prompt_len or sampling.repetition_controls):
         from rlhf.decoding import Choice, decoder_for
 
-        length = max(cache_len or 0, ids.size(1) + sampling.max_new_tokens)
-        run = decoder_for(model, ids.size(0), length, device, compile=decoder == "compiled")
+        cache_length = max(cache_len or 0, ids.size(1) + sampling.max_new_tokens)
+        run = decoder_for(model, ids.size(0), cache_length, device, compile=decoder == "compiled")
         choice = Choice(sampling.do_sample, sampling.temperature, sampling.top_k, sampling.top_p)
         new_ids, step_logprobs = run(ids, mask, sampling.max_new_tokens, choice, eos_id, pad_id)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +88,8 @@ def torch_env(env: Mapping[str, str], master_addr: str | None = None) -> dict[st
     return out
 
 
-def setup_env(environ: dict[str, str] | None = None) -> DistInfo:
+def setup_env(environ: MutableMapping[str, str] | None = None) -> DistInfo:
     """Fill in os.environ (or ``environ``) for torch.distributed and return this process's place."""
-    environ = os.environ if environ is None else environ
-    environ.update(torch_env(environ))
-    return DistInfo(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))
+    env = os.environ if environ is None else environ
+    env.update(torch_env(env))
+    return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))

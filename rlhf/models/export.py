@@ -52,7 +52,13 @@ def materialize(build_skeleton: Callable[[], nn.Module], state: dict[str, torch.
         raise RuntimeError(f"exported state has keys the model does not: {unexpected[:5]}")
     meta_left = [n for n, p in skeleton.named_parameters() if p.is_meta]
     if meta_left:
-        skeleton.tie_weights()
+        from transformers import PreTrainedModel
+
+        # the skeleton itself, or the transformers model a wrapper (PeftModel, RewardModel) holds
+        for sub in skeleton.modules():
+            if isinstance(sub, PreTrainedModel):
+                sub.tie_weights()
+                break
         meta_left = [n for n, p in skeleton.named_parameters() if p.is_meta]
     if meta_left:
         raise RuntimeError(f"exported state lacks parameters {meta_left[:5]} (missing {missing[:5]})")
@@ -68,11 +74,20 @@ def save_hf(
     model: nn.Module, tokenizer, out_dir: str | Path, dtype: torch.dtype, extra_files: dict | None = None
 ) -> Path:
     """Write an HF directory atomically: a temp dir renamed into place once complete."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"save_hf saves a transformers PreTrainedModel (LoRA merged), not {type(model).__name__}"
+        )
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+    # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), whose typeshed type
+    # (_Wrapped) does not bind self as a method: mypy takes ``dtype`` for ``self``.
+    model.to(dtype)  # type: ignore[arg-type]
+    model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     for name, content in (extra_files or {}).items():
         (tmp / name).write_text(json.dumps(content, indent=2) + "\n")

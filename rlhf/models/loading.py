@@ -6,7 +6,13 @@ import math
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhf.config.base import ConfigError
 from rlhf.config.parts import DataConfig, ModelConfig
@@ -75,14 +81,15 @@ def model_config(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, **extra
     return config
 
 
-def embedding_rows(module: torch.nn.Module) -> int:
+def embedding_rows(module: PreTrainedModel) -> int:
     """Rows of the input embedding — its full size even when ZeRO-3 partitioned it (``ds_shape``;
     a partitioned parameter's own shape is empty)."""
     weight = module.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)  # an nn.Parameter
     return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
-def fit_embeddings(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+def fit_embeddings(module: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Grow the embeddings to fit the tokenizer (to a multiple of 8) when it has more tokens; never shrink.
 
     The trained model, its export skeleton and a reload all take the same decision, so a
@@ -92,7 +99,7 @@ def fit_embeddings(module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) 
         module.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
 
 
-def finish_model(module: torch.nn.Module, model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+def finish_model(module: PreTrainedModel, model: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     """Grow embeddings to fit the tokenizer and switch on checkpointing."""
     fit_embeddings(module, tokenizer)
     if model.gradient_checkpointing:
