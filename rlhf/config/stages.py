@@ -147,18 +147,7 @@ class PPOConfig(StageConfig):
             )
         if self.engines.ema and self.lora.enabled:
             raise ValueError("engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0")
-        gen = self.generation
-        rollout = gen.per_device_generation_batch_size * gen.generation_batches
-        if rollout % self.optim.per_device_train_batch_size:
-            raise ValueError(
-                f"optim: per_device_train_batch_size ({self.optim.per_device_train_batch_size}) must divide the "
-                f"samples of one iteration, generation.per_device_generation_batch_size x generation_batches ({rollout})"
-            )
-        if gen.max_prompt_len + gen.max_answer_len > self.data.max_seq_len:
-            raise ValueError(
-                f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
-                f"data.max_seq_len ({self.data.max_seq_len})"
-            )
+        check_rollout(self, "samples", "generation.per_device_generation_batch_size x generation_batches", 1)
         return self
 
     @property
@@ -172,6 +161,24 @@ class PPOConfig(StageConfig):
         if self.ptx.coef > 0:
             requests["ptx"] = {"phase": 0}
         return requests
+
+
+def check_rollout(cfg: PPOConfig | GRPOConfig, rows: str, product: str, per_prompt: int) -> None:
+    """What PPO and GRPO refuse alike: mini-batches (optim.per_device_train_batch_size) that do not
+    divide the ``rows`` of an iteration (``product``: how they are counted, times ``per_prompt``),
+    and prompts plus answers longer than data.max_seq_len."""
+    gen = cfg.generation
+    count = gen.per_device_generation_batch_size * gen.generation_batches * per_prompt
+    if count % cfg.optim.per_device_train_batch_size:
+        raise ValueError(
+            f"optim: per_device_train_batch_size ({cfg.optim.per_device_train_batch_size}) must divide the "
+            f"{rows} of one iteration, {product} ({count})"
+        )
+    if gen.max_prompt_len + gen.max_answer_len > cfg.data.max_seq_len:
+        raise ValueError(
+            f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
+            f"data.max_seq_len ({cfg.data.max_seq_len})"
+        )
 
 
 #: The generation settings DPO's greedy evaluation reads.
@@ -261,19 +268,12 @@ class GRPOConfig(StageConfig):
             )
         if self.reward_model is not None and self.rewards.model_weight == 0:
             raise ValueError("rewards.model_weight: 0 with a reward_model set; drop reward_model or give it a weight")
-        gen = self.generation
-        answers = gen.per_device_generation_batch_size * gen.generation_batches * self.grpo.group_size
-        if answers % self.optim.per_device_train_batch_size:
-            raise ValueError(
-                f"optim: per_device_train_batch_size ({self.optim.per_device_train_batch_size}) must divide the "
-                f"answers of one iteration, generation.per_device_generation_batch_size x generation_batches x "
-                f"grpo.group_size ({answers})"
-            )
-        if gen.max_prompt_len + gen.max_answer_len > self.data.max_seq_len:
-            raise ValueError(
-                f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
-                f"data.max_seq_len ({self.data.max_seq_len})"
-            )
+        check_rollout(
+            self,
+            "answers",
+            "generation.per_device_generation_batch_size x generation_batches x grpo.group_size",
+            self.grpo.group_size,
+        )
         return self
 
     def data_requests(self) -> dict[str, dict[str, Any]]:

@@ -17,16 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import nn
-
-from rlhf.config import GRPOConfig, ModelConfig
+from rlhf.config import GRPOConfig
 from rlhf.data.cache import tokenizer_fingerprint
 from rlhf.engine.ds_config import build_ds_config
 from rlhf.engine.setup import Runtime, initialize_training, torch_dtype, zero3_model_init
-from rlhf.models.loading import causal_lm_skeleton, load_causal_lm, load_tokenizer
+from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.models.lora import apply_lora
 from rlhf.models.reward import load_reward_model
-from rlhf.stages.ppo_models import AdaptersOff
+from rlhf.stages.ppo_models import AdaptersOff, no_dropout
 
 Reference = Literal["none", "adapters", "copy"]
 
@@ -40,10 +38,6 @@ class GRPOModels:
     reward_tokenizer: Any
     same_reward_tokenizer: bool
     actor_ds_config: dict[str, Any]
-
-
-def no_dropout(model: ModelConfig) -> ModelConfig:
-    return model if model.dropout is not None else model.model_copy(update={"dropout": 0.0})
 
 
 def reference_kind(cfg: GRPOConfig) -> Reference:
@@ -124,8 +118,3 @@ def build_models(cfg: GRPOConfig, rt: Runtime, total_steps: int, tokenizers: tup
         reward, *_ = deepspeed.initialize(model=rm, config=frozen_ds, dist_init_required=False)
     return GRPOModels(actor_engine, reference, reward, tokenizer, reward_tokenizer, same, actor_ds)
 
-
-def actor_skeleton(cfg: GRPOConfig, tokenizer) -> nn.Module:
-    """The actor's structure without weights (export materialises the gathered weights into it)."""
-    model = causal_lm_skeleton(cfg.actor, tokenizer)
-    return apply_lora(model, cfg.lora, "CAUSAL_LM") if cfg.lora.enabled else model

@@ -2,16 +2,16 @@
 turn rewards into group-relative advantages. Everything here runs without gradients.
 
 The actor's old log-probs come from generation (as PPO's), and the reference's log-probs are
-computed only when the loss has a KL term. Answers are PPO's (:func:`rlhf.generation.generate`,
+computed only when the loss has a KL term. Answers are PPO's (:func:`rlhf.stages.rollout.answer`,
 KV-cached and batched, ``synced_gpus`` under ZeRO-3), and the reward model scores them exactly as
-PPO's does (:func:`rlhf.stages.rollout.reward_inputs`: the layout the reward stage trained on).
+PPO's does (:func:`rlhf.stages.rollout.reward_model_scores`: the layout the reward stage trained on).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,16 +19,17 @@ import torch
 from rlhf import losses
 from rlhf.config import GRPOConfig
 from rlhf.engine.setup import Runtime
-from rlhf.generation import Generated, generate
+from rlhf.generation import Generated
 from rlhf.rewards import RewardFunction, weighted_sum
 from rlhf.stages.grpo_models import GRPOModels
-from rlhf.stages.rollout import actor_logprobs, reward_inputs, sampling
+from rlhf.stages.packed import Packed
+from rlhf.stages.rollout import actor_logprobs, answer, reward_model_scores
 
 Row = Mapping[str, Any]
 
 
 @dataclass
-class Rollout:
+class Rollout(Packed):
     """Answers of one or more generation batches, right-packed ``[N, T]``; per-action tensors are
     ``[N, T-1]``; a group's ``group_size`` answers are adjacent. ``rewards`` and ``advantages`` are
     per answer ``[N]``; ``advantages`` is None until :func:`with_advantages`."""
@@ -41,57 +42,12 @@ class Rollout:
     rewards: torch.Tensor
     advantages: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return self.sequences.size(0)
 
-    def select(self, index: torch.Tensor | slice) -> Rollout:
-        return Rollout(**{f.name: None if (t := getattr(self, f.name)) is None else t[index] for f in fields(self)})
-
-    @staticmethod
-    def cat(parts: list[Rollout], pad_id: int) -> Rollout:
-        """Concatenate batches of different lengths (right-padding the shorter ones)."""
-        width = max(p.sequences.size(1) for p in parts)
-        out: dict[str, Any] = {}
-        for f in fields(Rollout):
-            tensors = [getattr(p, f.name) for p in parts]
-            if any(t is None for t in tensors):
-                out[f.name] = None
-                continue
-            if tensors[0].dim() == 2:  # [N, T] or [N, T-1]: pad each to the widest part's width
-                fill = pad_id if f.name == "sequences" else 0
-                tensors = [torch.nn.functional.pad(t, (0, width - p.sequences.size(1)), value=fill)
-                           for p, t in zip(parts, tensors, strict=True)]
-            out[f.name] = torch.cat(tensors)
-        return Rollout(**out)
-
-
-def answer(models: GRPOModels, cfg: GRPOConfig, rt: Runtime, prompts: list[list[int]], *, greedy: bool = False) -> Generated:
-    """Step 2: the actor answers every prompt once (KV cache; every rank in every forward under ZeRO-3)."""
-    tok, engine = models.tokenizer, models.actor
-    was_training = engine.module.training
-    engine.eval()
-    try:
-        return generate(
-            engine.module, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-            sampling=sampling(cfg, greedy=greedy), device=rt.device,  # type: ignore[arg-type]
-            synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
-            static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
-            decoder=cfg.generation.decoder, cache_len=cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
-        )
-    finally:
-        engine.train(was_training)
-
-
-@torch.no_grad()
 def model_scores(models: GRPOModels, cfg: GRPOConfig, gen: Generated, rt: Runtime) -> torch.Tensor:
     """The frozen reward model's scores, clipped to ``+-rewards.model_score_clip``; an answer shorter
     than ``generation.min_answer_len`` gets ``-model_score_clip`` (as PPO's)."""
-    ids, mask = (t.to(rt.device) for t in reward_inputs(models, cfg, gen, rt))  # type: ignore[arg-type]
-    values = models.reward(ids, attention_mask=mask)
-    scores = models.reward.module.scores(values, mask).float().cpu()
     clip = cfg.rewards.model_score_clip
-    too_short = gen.content_lens < cfg.generation.min_answer_len
-    return torch.where(too_short, torch.full_like(scores, -clip), scores.clamp(-clip, clip))
+    return reward_model_scores(models, cfg, gen, rt, -clip).clamp(-clip, clip)
 
 
 def texts(models: GRPOModels, prompts: list[list[int]], gen: Generated) -> tuple[list[str], list[str]]:
@@ -181,4 +137,4 @@ def with_advantages(rollout: Rollout, cfg: GRPOConfig, device: torch.device) -> 
     scale = scale_of(cfg)
     std = batch_std(rollout.rewards, device) if scale == "batch" else None
     adv = losses.group_advantages(rollout.rewards, cfg.grpo.group_size, cfg.grpo.advantage, scale, batch_std=std)
-    return Rollout(**{**{f.name: getattr(rollout, f.name) for f in fields(rollout)}, "advantages": adv})
+    return replace(rollout, advantages=adv)

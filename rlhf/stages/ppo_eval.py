@@ -3,39 +3,52 @@ synthetic task, checked by its program — so reward hacking shows (reward up, c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from rlhf.config import PPOConfig
+from rlhf.config import GRPOConfig, PPOConfig
 from rlhf.data.sources import DataError
 from rlhf.engine.setup import Runtime
+from rlhf.generation import Generated
 from rlhf.stages.ppo_models import PPOModels
 from rlhf.stages.rollout import answer, score
 from rlhf.text_metrics import diversity_stats
 
 
-def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
-    """Token ids of the evaluation prompts: ``evaluation.prompts`` (JSONL) or the PPO eval split."""
+def read_eval_prompts(cfg: PPOConfig | GRPOConfig, tokenizer, path: str) -> list[tuple[int, Any, list[int]]]:
+    """The prompts of ``path`` (``evaluation.prompts``: JSONL or text), rendered and tokenized as the training prompts were and
+    cut to their last ``generation.max_prompt_len`` tokens: (index in the file, the prompt as read,
+    token ids) of the first ``evaluation.max_prompts`` that have tokens."""
+    from rlhf.data.prompts import read_prompts
+    from rlhf.data.tokenize import Encoder, keep_last
+
+    try:
+        prompts = read_prompts(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"evaluation.prompts: {e}") from None
+    enc = Encoder(tokenizer, cfg.data.chat_format)
     keep = cfg.generation.max_prompt_len
-    ev = cfg.evaluation
-    if ev.prompts:
-        from rlhf.data.prompts import read_prompts
+    out = [(i, p, keep_last(ids, keep, enc.prefix))
+           for i, (p, ids) in enumerate(zip(prompts, enc.prompts(prompts), strict=True)) if ids]
+    if not out:
+        raise DataError(f"evaluation.prompts: {path} has no prompts")
+    return out[: cfg.evaluation.max_prompts]
 
-        try:
-            texts = read_prompts(ev.prompts)
-        except (FileNotFoundError, ValueError) as e:
-            raise DataError(f"evaluation.prompts: {e}") from None
-        from rlhf.data.tokenize import Encoder, keep_last
 
-        enc = Encoder(tokenizer, cfg.data.chat_format)  # rendered and tokenized as the PPO prompts were
-        out = [keep_last(ids, keep, enc.prefix) for ids in enc.prompts(texts) if ids]
-        if not out:
-            raise DataError(f"evaluation.prompts: {ev.prompts} has no prompts")
-        return out[: ev.max_prompts]
+def held_out(cfg: PPOConfig | GRPOConfig, eval_split) -> list[dict[str, Any]]:
+    """The first ``evaluation.max_prompts`` rows of the prompts' eval split (none without one)."""
     if eval_split is None or len(eval_split) == 0:
         return []
-    return [list(r["prompt_ids"]) for r in eval_split.select(range(min(ev.max_prompts, len(eval_split))))]
+    return list(eval_split.select(range(min(cfg.evaluation.max_prompts, len(eval_split)))))
+
+
+def eval_prompts(cfg: PPOConfig, tokenizer, eval_split) -> list[list[int]]:
+    """Token ids of the evaluation prompts: ``evaluation.prompts`` (JSONL) or the PPO eval split."""
+    if cfg.evaluation.prompts:
+        return [ids for _, _, ids in read_eval_prompts(cfg, tokenizer, cfg.evaluation.prompts)]
+    return [list(r["prompt_ids"]) for r in held_out(cfg, eval_split)]
 
 
 def _gather(rows: list[Any]) -> list[Any]:
@@ -48,26 +61,38 @@ def _gather(rows: list[Any]) -> list[Any]:
     return [r for part in out for r in part]
 
 
-@torch.no_grad()
-def evaluate(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]) -> tuple[dict[str, float], list[dict]]:
-    """Metrics over ``prompts`` (every rank answers its share, in equal numbers of batches) and the rows."""
+def answered(
+    rt: Runtime, tokenizer, prompts: list[list[int]], batch_size: int,
+    answer_scored: Callable[[list[int]], tuple[Generated, torch.Tensor]],
+) -> list[dict[str, Any]]:
+    """Every rank answers its share of ``prompts``, in equal numbers of batches (ZeRO-3 ranks generate
+    in lockstep): ``answer_scored(index)`` answers the prompts at ``index`` and scores the answers.
+    The rows of every prompt, on every rank, in the prompts' order."""
     world, rank = rt.dist.world_size, rt.dist.rank
-    bs = cfg.generation.per_device_generation_batch_size
     per_rank = -(-len(prompts) // world)
     mine = list(range(rank, len(prompts), world))
-    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))  # equal work: ZeRO-3 ranks generate in lockstep
-    tok = models.tokenizer
+    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))  # equal work
     rows = []
-    for start in range(0, per_rank, bs):
-        index = mine[start : start + bs]
-        gen = answer(models, cfg, rt, [prompts[i] for i in index], greedy=True)
-        scores = score(models, cfg, gen, rt)
+    for start in range(0, per_rank, batch_size):
+        index = mine[start : start + batch_size]
+        gen, scores = answer_scored(index)
         for j, i in enumerate(index):
-            rows.append({"index": i, "prompt": tok.decode(prompts[i], skip_special_tokens=True),
-                         "answer": tok.decode(gen.answers[j], skip_special_tokens=True),
+            rows.append({"index": i, "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
+                         "answer": tokenizer.decode(gen.answers[j], skip_special_tokens=True),
                          "score": float(scores[j]), "tokens": int(gen.content_lens[j]), "ended": bool(gen.ended[j])})
     unique = {r["index"]: r for r in _gather(rows)}
-    rows = [unique[i] for i in sorted(unique)]
+    return [unique[i] for i in sorted(unique)]
+
+
+@torch.no_grad()
+def evaluate(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]) -> tuple[dict[str, float], list[dict]]:
+    """Metrics over ``prompts`` (every rank answers its share) and the rows."""
+
+    def answer_scored(index: list[int]) -> tuple[Generated, torch.Tensor]:
+        gen = answer(models, cfg, rt, [prompts[i] for i in index], greedy=True)
+        return gen, score(models, cfg, gen, rt)
+
+    rows = answered(rt, models.tokenizer, prompts, cfg.generation.per_device_generation_batch_size, answer_scored)
     return metrics_of(rows, cfg.evaluation.checker), rows
 
 

@@ -22,7 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimConfig, OptimizerConfig, PPOConfig
+from rlhf.config import (
+    ConfigError,
+    DeepSpeedConfig,
+    GRPOConfig,
+    ModelConfig,
+    OptimConfig,
+    OptimizerConfig,
+    PPOConfig,
+)
 from rlhf.data.cache import tokenizer_fingerprint
 from rlhf.engine.ds_config import build_ds_config
 from rlhf.engine.setup import Runtime, initialize_training, torch_dtype, zero3_model_init
@@ -31,7 +39,8 @@ from rlhf.models.lora import apply_lora
 from rlhf.models.reward import RewardModel, load_reward_model
 
 
-def _no_dropout(model: ModelConfig) -> ModelConfig:
+def no_dropout(model: ModelConfig) -> ModelConfig:
+    """``model`` with dropout off unless its section sets it (PPO's and GRPO's models)."""
     return model if model.dropout is not None else model.model_copy(update={"dropout": 0.0})
 
 
@@ -151,7 +160,7 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
         raise ConfigError(f"engines.hybrid_engine: DeepSpeed's hybrid engine needs CUDA (running on {rt.accel.name})")
     tokenizer, reward_tokenizer, same = tokenizers
     world = rt.dist.world_size
-    actor_cfg, critic_cfg = _no_dropout(cfg.actor), _no_dropout(cfg.critic)
+    actor_cfg, critic_cfg = no_dropout(cfg.actor), no_dropout(cfg.critic)
 
     actor_ds = build_ds_config(cfg.deepspeed, cfg.optim, world)
     if cfg.engines.hybrid_engine:
@@ -188,7 +197,7 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
     reward_stage = cfg.engines.critic_zero_stage if reward_stage is None else reward_stage
     reward_ds = frozen_ds_config(cfg, reward_stage, cfg.engines.offload_reward_model, world)
     with zero3_model_init(reward_ds):
-        reward = load_reward_model(_no_dropout(cfg.reward), reward_tokenizer, dtype).eval().requires_grad_(False)
+        reward = load_reward_model(no_dropout(cfg.reward), reward_tokenizer, dtype).eval().requires_grad_(False)
     reward_engine, *_ = deepspeed.initialize(model=reward, config=reward_ds, dist_init_required=False)
 
     ema = None
@@ -199,8 +208,9 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
                      same, ema, actor_ds, critic_ds)
 
 
-def actor_skeleton(cfg: PPOConfig, tokenizer) -> nn.Module:
-    """The actor's structure without weights (export materialises the gathered weights into it)."""
+def actor_skeleton(cfg: PPOConfig | GRPOConfig, tokenizer) -> nn.Module:
+    """The actor's structure without weights (export materialises the gathered weights into it); PPO's
+    and GRPO's."""
     model = causal_lm_skeleton(cfg.actor, tokenizer)
     return apply_lora(model, cfg.lora, "CAUSAL_LM") if cfg.lora.enabled else model
 

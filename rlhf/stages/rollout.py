@@ -9,21 +9,26 @@ leaves ``values``/``advantages``/``returns`` empty and training fills them (:fun
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlhf import losses
-from rlhf.config import PPOConfig
+from rlhf.config import GRPOConfig, PPOConfig
 from rlhf.data.tokenize import answer_rows
 from rlhf.engine.setup import Runtime
 from rlhf.generation import Generated, Sampling, generate
 from rlhf.stages.base import pad_rows
+from rlhf.stages.packed import Packed
 from rlhf.stages.ppo_models import PPOModels
+
+if TYPE_CHECKING:
+    from rlhf.stages.grpo_models import GRPOModels
 
 
 @dataclass
-class Experience:
+class Experience(Packed):
     """One rollout batch, right-packed ``[B, T]`` sequences; per-action tensors are ``[B, T-1]``."""
 
     sequences: torch.Tensor
@@ -39,64 +44,49 @@ class Experience:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return self.sequences.size(0)
 
-    def select(self, index: torch.Tensor | slice) -> Experience:
-        return Experience(**{f.name: None if (t := getattr(self, f.name)) is None else t[index] for f in fields(self)})
-
-    @staticmethod
-    def cat(parts: list[Experience], pad_id: int) -> Experience:
-        """Concatenate batches of different lengths (right-padding the shorter ones)."""
-        width = max(p.sequences.size(1) for p in parts)
-        out = {}
-        for f in fields(Experience):
-            tensors = [getattr(p, f.name) for p in parts]
-            if any(t is None for t in tensors):
-                out[f.name] = None
-                continue
-            if tensors[0].dim() == 2:  # [B, T] or [B, T-1]: pad each to the widest part's width
-                fill = pad_id if f.name == "sequences" else 0
-                tensors = [torch.nn.functional.pad(t, (0, width - p.sequences.size(1)), value=fill)
-                           for p, t in zip(parts, tensors, strict=True)]
-            out[f.name] = torch.cat(tensors)
-        return Experience(**out)
-
-
-def sampling(cfg: PPOConfig, *, greedy: bool = False) -> Sampling:
+def sampling(cfg: PPOConfig | GRPOConfig, *, greedy: bool = False) -> Sampling:
     gen = cfg.generation
     return Sampling(max_new_tokens=gen.max_answer_len, do_sample=gen.do_sample and not greedy,
                     temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
 
 
-def answer(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]], *, greedy: bool = False) -> Generated:
-    """Step 2: the actor answers (KV cache; every rank in every forward pass under ZeRO-3)."""
+def answer(
+    models: PPOModels | GRPOModels, cfg: PPOConfig | GRPOConfig, rt: Runtime, prompts: list[list[int]],
+    *, greedy: bool = False,
+) -> Generated:
+    """Step 2: the actor answers every one of ``prompts`` (KV cache; every rank in every forward pass
+    under ZeRO-3). GRPO's too: its ``prompts`` hold each prompt ``group_size`` times."""
     tok = models.tokenizer
     engine = models.actor
     was_training = engine.module.training
     engine.eval()
-    # DeepSpeed's hybrid engine generates through the engine (its inference kernels); else the module.
-    model = engine if cfg.engines.hybrid_engine else engine.module
+    # DeepSpeed's hybrid engine (PPO's engines.hybrid_engine) generates through the engine (its
+    # inference kernels); else the module.
+    hybrid = isinstance(cfg, PPOConfig) and cfg.engines.hybrid_engine
+    model = engine if hybrid else engine.module
     try:
         return generate(
             model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
             sampling=sampling(cfg, greedy=greedy), device=rt.device,
             synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
             static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
-            decoder="transformers" if cfg.engines.hybrid_engine else cfg.generation.decoder,
+            decoder="transformers" if hybrid else cfg.generation.decoder,
             cache_len=cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
         )
     finally:
         engine.train(was_training)
 
 
-def static_length(cfg: PPOConfig, rt: Runtime) -> int | None:
+def static_length(cfg: PPOConfig | GRPOConfig, rt: Runtime) -> int | None:
     """The fixed length of PPO's reward-model inputs and ptx batches under static shapes (Gaudi, or
     data.pad_to_max_length): data.max_seq_len; None pads to the longest row."""
     return cfg.data.max_seq_len if rt.accel.static_shapes or cfg.data.pad_to_max_length else None
 
 
-def reward_inputs(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+def reward_inputs(
+    models: PPOModels | GRPOModels, cfg: PPOConfig | GRPOConfig, gen: Generated, rt: Runtime
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of the reward model for ``gen``: what the reward stage trained on,
     ``prompt + answer (+ eot if it ended)`` right-padded with a length mask — the actor's own tokens,
     or the decoded text re-tokenized (then, under static shapes, padded to :func:`static_length`,
@@ -117,14 +107,21 @@ def reward_inputs(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime
 
 
 @torch.no_grad()
+def reward_model_scores(
+    models: PPOModels | GRPOModels, cfg: PPOConfig | GRPOConfig, gen: Generated, rt: Runtime, lowest: float
+) -> torch.Tensor:
+    """The frozen reward model's score of each answer; an answer shorter than
+    ``generation.min_answer_len`` gets ``lowest`` instead."""
+    ids, mask = (t.to(rt.device) for t in reward_inputs(models, cfg, gen, rt))
+    values = models.reward(ids, attention_mask=mask)
+    scores = models.reward.module.scores(values, mask).float().cpu()
+    too_short = gen.content_lens < cfg.generation.min_answer_len
+    return torch.where(too_short, torch.full_like(scores, lowest), scores)
+
+
 def score(models: PPOModels, cfg: PPOConfig, gen: Generated, rt: Runtime) -> torch.Tensor:
     """Step 3: the frozen reward model's score of each answer (too-short answers get the lowest reward)."""
-    ids, mask = (t.to(rt.device) for t in reward_inputs(models, cfg, gen, rt))
-    module: torch.nn.Module = models.reward.module
-    values = models.reward(ids, attention_mask=mask)
-    scores = module.scores(values, mask).float().cpu()  # type: ignore[operator]
-    too_short = gen.content_lens < cfg.generation.min_answer_len
-    return torch.where(too_short, torch.full_like(scores, -cfg.ppo.clip_reward_value), scores)
+    return reward_model_scores(models, cfg, gen, rt, -cfg.ppo.clip_reward_value)
 
 
 def actor_logprobs(engine, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
