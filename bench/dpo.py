@@ -58,6 +58,19 @@ def _peak():
     return Peak(torch.cuda.is_available())
 
 
+def _timed_reference(fn, marks: dict[str, float]):
+    """``fn``, adding the seconds each call takes to ``marks["reference_seconds"]`` (both sides' reference
+    pass: our ``score_pairs``, TRL's ``_precompute_ref_logps``)."""
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        marks["reference_seconds"] = marks.get("reference_seconds", 0.0) + time.perf_counter() - t0
+        return out
+
+    return timed
+
+
 # ---- ours: one rank -----------------------------------------------------------------------------
 
 
@@ -99,15 +112,7 @@ def ours(args) -> None:
         ],
     )
     marks: dict[str, float] = {}
-    score = dpo_reference.score_pairs
-
-    def timed_score(*a, **k):
-        t0 = time.perf_counter()
-        out = score(*a, **k)
-        marks["reference_seconds"] = marks.get("reference_seconds", 0.0) + time.perf_counter() - t0
-        return out
-
-    dpo_reference.score_pairs = timed_score
+    dpo_reference.score_pairs = _timed_reference(dpo_reference.score_pairs, marks)
     trainer = Trainer(cfg, _probe_stage(DPOStage))
     marks["before_mib"] = peak.now() / MIB
     trainer.run()
@@ -190,14 +195,7 @@ def trl(args) -> None:
     marks: dict[str, float] = {}
     precompute = getattr(trainer, "_precompute_ref_logps", None)
     if precompute is not None:
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            out = precompute(*a, **k)
-            marks["reference_seconds"] = marks.get("reference_seconds", 0.0) + time.perf_counter() - t0
-            return out
-
-        trainer._precompute_ref_logps = timed
+        trainer._precompute_ref_logps = _timed_reference(precompute, marks)
     step = trainer.training_step
 
     def counted(model, inputs, *a, **k):

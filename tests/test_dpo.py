@@ -184,6 +184,21 @@ class Killed(Exception):
     """Stands in for SIGKILL right after a checkpoint."""
 
 
+def _run_killed_after(last: int, cfg_args: list[str], monkeypatch) -> None:
+    """Run the stage of ``cfg_args`` until it dies right after saving its step-``last`` checkpoint."""
+    save = checkpoint.save
+
+    def dies_after_the_step(engine, ckpt_dir, step, *args, **kwargs):
+        save(engine, ckpt_dir, step, *args, **kwargs)
+        if step == last:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", dies_after_the_step)
+    with pytest.raises(Killed):
+        run_stage(load(DPOConfig, None, cfg_args))
+    monkeypatch.setattr(checkpoint, "save", save)
+
+
 def test_a_killed_dpo_run_resumes_to_exactly_the_uninterrupted_model(tiny, tmp_path, monkeypatch):
     """Killed after its step-4 checkpoint, the rerun resumes there with the cached reference
     log-probs and the baseline read back (nothing scored again) and ends bit-identical."""
@@ -196,18 +211,7 @@ def test_a_killed_dpo_run_resumes_to_exactly_the_uninterrupted_model(tiny, tmp_p
     ]  # dropout: the RNG state must be restored too
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stage(load(DPOConfig, None, _overrides(tiny, straight, *common)))
-
-    save = checkpoint.save
-
-    def dies_after_step_4(engine, ckpt_dir, step, *args, **kwargs):
-        save(engine, ckpt_dir, step, *args, **kwargs)
-        if step == 4:
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", dies_after_step_4)
-    with pytest.raises(Killed):
-        run_stage(load(DPOConfig, None, _overrides(tiny, resumed, *common)))
-    monkeypatch.setattr(checkpoint, "save", save)
+    _run_killed_after(4, _overrides(tiny, resumed, *common), monkeypatch)
 
     def no_second_scoring(*args, **kwargs):
         raise AssertionError("the reference log-probs were scored again on resume")
@@ -228,17 +232,7 @@ def test_a_resume_without_the_cached_log_probs_scores_them_with_a_frozen_copy(ti
     common = ["optim.max_steps=4", "checkpoint.save_interval=2", "evaluation.baseline=false"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stage(load(DPOConfig, None, _overrides(tiny, straight, *common)))
-    save = checkpoint.save
-
-    def dies_after_step_2(engine, ckpt_dir, step, *args, **kwargs):
-        save(engine, ckpt_dir, step, *args, **kwargs)
-        if step == 2:
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", dies_after_step_2)
-    with pytest.raises(Killed):
-        run_stage(load(DPOConfig, None, _overrides(tiny, resumed, *common)))
-    monkeypatch.setattr(checkpoint, "save", save)
+    _run_killed_after(2, _overrides(tiny, resumed, *common), monkeypatch)
     (resumed / dpo_reference.FILE).unlink()
     copies = []
     frozen_copy = dpo_reference.frozen_copy
