@@ -14,20 +14,42 @@ from rlhf.config import ConfigError, GRPOConfig, load
 from rlhf.rewards import RewardError
 from rlhf.stages.dispatch import run_stage
 
-ITERATION_METRICS = {"reward_mean", "reward_std", "group_reward_std", "zero_std_groups", "loss", "clipfrac",
-                     "approx_kl", "kl", "answer_tokens", "generate_seconds", "reward_seconds", "train_seconds",
-                     "generate_tokens_per_second", "samples_per_second", "lr", "reward/reward"}
+ITERATION_METRICS = {
+    "reward_mean",
+    "reward_std",
+    "group_reward_std",
+    "zero_std_groups",
+    "loss",
+    "clipfrac",
+    "approx_kl",
+    "kl",
+    "answer_tokens",
+    "generate_seconds",
+    "reward_seconds",
+    "train_seconds",
+    "generate_tokens_per_second",
+    "samples_per_second",
+    "lr",
+    "reward/reward",
+}
 
 
 def _rows(out, split):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+    return [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split
+    ]
 
 
 @pytest.fixture(scope="module")
 def grpo_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
-    cfg = load(GRPOConfig, None, grpo_overrides(tiny, out, "grpo.max_iterations=3", "generation.generation_batches=2",
-                                                "grpo.rollout_epochs=2"))
+    cfg = load(
+        GRPOConfig,
+        None,
+        grpo_overrides(
+            tiny, out, "grpo.max_iterations=3", "generation.generation_batches=2", "grpo.rollout_epochs=2"
+        ),
+    )
     return out, cfg, run_stage(cfg)
 
 
@@ -45,8 +67,12 @@ def test_grpo_iterates_logs_and_saves_a_model(grpo_run):
     for prefix in ("baseline", "eval"):
         for key in ("reward_mean", "distinct_2", "mean_words", "property_rate", "content_rate"):
             assert f"{prefix}/{key}" in summary["metrics"], f"{prefix}/{key}"
-    assert {"check/property_gain_points", "check/content_ratio", "check/distinct_2_ratio",
-            "check/length_ratio"} <= summary["metrics"].keys()
+    assert {
+        "check/property_gain_points",
+        "check/content_ratio",
+        "check/distinct_2_ratio",
+        "check/length_ratio",
+    } <= summary["metrics"].keys()
     answers = [json.loads(line) for line in (out / "eval_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and all(0 <= a["score"] <= 2 for a in answers)
     from rlhf import tools
@@ -64,11 +90,25 @@ def test_rloo_with_a_reward_model_and_weighted_functions_lora_and_no_kl(tiny, tm
     """A reward model (the nano reward checkpoint, fresh head) plus two weighted functions; RLOO with
     batch scaling; LoRA on a frozen base; no KL term (no reference model)."""
     out = tmp_path / "rloo"
-    cfg = load(GRPOConfig, None, grpo_overrides(
-        tiny, out, f"reward_model.name_or_path={tiny.reward}", "rewards.model_weight=0.5",
-        "rewards.functions=[{name: rlhf.data.synthetic:content_reward, weight: 2}, rlhf.data.synthetic:property_reward]",
-        "grpo.advantage=leave_one_out", "grpo.scale_rewards=batch", "grpo.kl_coef=0", "grpo.max_iterations=1",
-        "lora.dim=4", "lora.only_optimize_lora=true", "evaluation.baseline=false"))
+    cfg = load(
+        GRPOConfig,
+        None,
+        grpo_overrides(
+            tiny,
+            out,
+            f"reward_model.name_or_path={tiny.reward}",
+            "rewards.model_weight=0.5",
+            "rewards.functions=[{name: rlhf.data.synthetic:content_reward, weight: 2}, "
+            "rlhf.data.synthetic:property_reward]",
+            "grpo.advantage=leave_one_out",
+            "grpo.scale_rewards=batch",
+            "grpo.kl_coef=0",
+            "grpo.max_iterations=1",
+            "lora.dim=4",
+            "lora.only_optimize_lora=true",
+            "evaluation.baseline=false",
+        ),
+    )
     summary = run_stage(cfg)
     row = _rows(out, "train")[0]
     assert {"reward/model", "reward/content_reward", "reward/property_reward"} <= row.keys()
@@ -88,12 +128,14 @@ def test_the_reference_is_the_actor_without_adapters_only_with_lora_on_a_frozen_
     assert kind("grpo.kl_coef=0") == "none"
     assert kind("lora.dim=4", "lora.only_optimize_lora=true") == "adapters"
     assert kind("lora.dim=4") == "copy"  # the base trains: without adapters it is no longer the SFT model
-    assert kind("lora.dim=4", "lora.only_optimize_lora=true", f"reference.name_or_path={tiny.actor}") == "copy"
+    assert (
+        kind("lora.dim=4", "lora.only_optimize_lora=true", f"reference.name_or_path={tiny.actor}") == "copy"
+    )
 
 
 # --------------------------------------------------------------------------- reward functions that fail
 
-FAILING = '''
+FAILING = """
 def on_france(prompts, answers, rows):
     out = []
     for row in rows:
@@ -117,7 +159,7 @@ def too_few(prompts, answers, rows):
 
 def nan(prompts, answers, rows):
     return [float("nan")] * len(answers)
-'''
+"""
 
 
 @pytest.fixture
@@ -131,14 +173,36 @@ def user_module(tmp_path, monkeypatch):
 def test_a_reward_function_that_raises_stops_the_stage_naming_it_and_the_row(tiny, tmp_path, user_module):
     # a data file whose one France question is its record 2, so the message can name it
     data = tmp_path / "prompts.jsonl"
-    questions = ["What is the capital of Spain?", "What is the capital of Japan?", "What is the capital of France?",
-                 "What is the capital of Peru?", "Name a fruit.", "Name a metal.", "Name a shape.", "Name a color."]
-    data.write_text("".join(json.dumps({"prompt": f"Human: {q}\n\nAssistant:", "chosen": " Yes.", "rejected": " No."})
-                            + "\n" for q in questions))
-    cfg = load(GRPOConfig, None, grpo_overrides(
-        tiny, tmp_path / "out", f"data.paths=[{data}]", "data.split=0,0,1", "data.eval_fraction=0",
-        f"rewards.functions=[rlhf.data.synthetic:reward, {user_module}:on_france]", "evaluation.baseline=false",
-        "grpo.max_iterations=2"))
+    questions = [
+        "What is the capital of Spain?",
+        "What is the capital of Japan?",
+        "What is the capital of France?",
+        "What is the capital of Peru?",
+        "Name a fruit.",
+        "Name a metal.",
+        "Name a shape.",
+        "Name a color.",
+    ]
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Human: {q}\n\nAssistant:", "chosen": " Yes.", "rejected": " No."}) + "\n"
+            for q in questions
+        )
+    )
+    cfg = load(
+        GRPOConfig,
+        None,
+        grpo_overrides(
+            tiny,
+            tmp_path / "out",
+            f"data.paths=[{data}]",
+            "data.split=0,0,1",
+            "data.eval_fraction=0",
+            f"rewards.functions=[rlhf.data.synthetic:reward, {user_module}:on_france]",
+            "evaluation.baseline=false",
+            "grpo.max_iterations=2",
+        ),
+    )
     with pytest.raises(RewardError) as e:
         run_stage(cfg)
     message = str(e.value)
@@ -147,24 +211,35 @@ def test_a_reward_function_that_raises_stops_the_stage_naming_it_and_the_row(tin
     assert f"{data}: record 2 (line 3)" in message and "What is the capital of France?" in message
 
 
-@pytest.mark.parametrize("name, words", [
-    ("a_string", r"returned 'high' \(a str, not a number\) for row .*pairs.jsonl: record"),
-    ("a_bool", r"returned True \(a boolean\)"),
-    ("too_few", r"returned 1 values for 16 answers"),
-    ("nan", r"returned nan \(not a finite number\)"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("a_string", r"returned 'high' \(a str, not a number\) for row .*pairs.jsonl: record"),
+        ("a_bool", r"returned True \(a boolean\)"),
+        ("too_few", r"returned 1 values for 16 answers"),
+        ("nan", r"returned nan \(not a finite number\)"),
+    ],
+)
 def test_a_reward_function_that_returns_no_numbers_stops_the_stage(tiny, tmp_path, user_module, name, words):
-    cfg = load(GRPOConfig, None, grpo_overrides(tiny, tmp_path / "out", f"rewards.functions=[{user_module}:{name}]",
-                                                "evaluation.baseline=false"))
+    cfg = load(
+        GRPOConfig,
+        None,
+        grpo_overrides(
+            tiny, tmp_path / "out", f"rewards.functions=[{user_module}:{name}]", "evaluation.baseline=false"
+        ),
+    )
     with pytest.raises(RewardError, match=rf"rewards.functions\[0\] \({user_module}:{name}\) {words}"):
         run_stage(cfg)
 
 
-@pytest.mark.parametrize("name, words", [
-    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
-    ("rlhf.data.synthetic:no_such_function", "'rlhf.data.synthetic' has no attribute 'no_such_function'"),
-    ("rlhf.data.synthetic:CLOSING", "is a str, not a function"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+        ("rlhf.data.synthetic:no_such_function", "'rlhf.data.synthetic' has no attribute 'no_such_function'"),
+        ("rlhf.data.synthetic:CLOSING", "is a str, not a function"),
+    ],
+)
 def test_a_reward_function_that_is_not_there_is_named_before_any_model_loads(tiny, tmp_path, name, words):
     from rlhf.stages.grpo import GRPOTrainer
 
@@ -176,17 +251,20 @@ def test_a_reward_function_that_is_not_there_is_named_before_any_model_loads(tin
 # --------------------------------------------------------------------------------------- the config
 
 
-@pytest.mark.parametrize("override, message", [
-    ("rewards.functions=[]", "rewards: no reward source"),
-    ("rewards.functions=[not-a-path]", r"rewards.functions.0.name: expected an import path"),
-    ("rewards.functions=[{name: rlhf.data.synthetic:reward, weight: .nan}]", "must be a finite number"),
-    ("optim.per_device_train_batch_size=5", "must divide the answers of one iteration"),
-    ("grpo.group_size=1", "grpo.group_size: Input should be greater than or equal to 2"),
-    ("grpo.advantage=mean", "grpo.advantage"),
-    ("grpo.kl_estimator=k4", "grpo.kl_estimator"),
-    ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
-    ("data.split=1,1,0", "GRPO needs data.paths with a positive PPO"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rewards.functions=[]", "rewards: no reward source"),
+        ("rewards.functions=[not-a-path]", r"rewards.functions.0.name: expected an import path"),
+        ("rewards.functions=[{name: rlhf.data.synthetic:reward, weight: .nan}]", "must be a finite number"),
+        ("optim.per_device_train_batch_size=5", "must divide the answers of one iteration"),
+        ("grpo.group_size=1", "grpo.group_size: Input should be greater than or equal to 2"),
+        ("grpo.advantage=mean", "grpo.advantage"),
+        ("grpo.kl_estimator=k4", "grpo.kl_estimator"),
+        ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
+        ("data.split=1,1,0", "GRPO needs data.paths with a positive PPO"),
+    ],
+)
 def test_grpo_config_checks(tiny, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load(GRPOConfig, None, grpo_overrides(tiny, tmp_path, override))
@@ -194,8 +272,13 @@ def test_grpo_config_checks(tiny, tmp_path, override, message):
 
 def test_a_reward_model_with_no_weight_is_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match="rewards.model_weight: 0 with a reward_model set"):
-        load(GRPOConfig, None, grpo_overrides(tiny, tmp_path, f"reward_model.name_or_path={tiny.reward}",
-                                              "rewards.model_weight=0"))
+        load(
+            GRPOConfig,
+            None,
+            grpo_overrides(
+                tiny, tmp_path, f"reward_model.name_or_path={tiny.reward}", "rewards.model_weight=0"
+            ),
+        )
 
 
 def test_grpo_config_sections_data_and_round_trip(tiny, tmp_path):
@@ -216,8 +299,13 @@ def test_rlhf_config_grpo_prints_every_default(tiny, tmp_path, capsys):
 
     assert main(["config", "grpo", *grpo_overrides(tiny, tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for key in ("group_size: 4", "advantage: group", "kl_estimator: k3", "model_weight: 1.0",
-                "name: rlhf.data.synthetic:reward"):
+    for key in (
+        "group_size: 4",
+        "advantage: group",
+        "kl_estimator: k3",
+        "model_weight: 1.0",
+        "name: rlhf.data.synthetic:reward",
+    ):
         assert key in printed
 
 
@@ -237,9 +325,17 @@ def test_grpo_killed_after_a_checkpoint_resumes_where_an_uninterrupted_run_would
 
     def overrides(out):
         # the untrained actor earns nothing from the checker: the reward model's random head gives the signal
-        return grpo_overrides(tiny, out, "grpo.max_iterations=4", "checkpoint.save_interval=1", "evaluation.baseline=false",
-                              "evaluation.max_prompts=2", "optim.lr_scheduler=cosine", "actor.dropout=0.1",
-                              f"reward_model.name_or_path={tiny.reward}")
+        return grpo_overrides(
+            tiny,
+            out,
+            "grpo.max_iterations=4",
+            "checkpoint.save_interval=1",
+            "evaluation.baseline=false",
+            "evaluation.max_prompts=2",
+            "optim.lr_scheduler=cosine",
+            "actor.dropout=0.1",
+            f"reward_model.name_or_path={tiny.reward}",
+        )
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_stage(load(GRPOConfig, None, overrides(straight)))
@@ -260,7 +356,11 @@ def test_grpo_killed_after_a_checkpoint_resumes_where_an_uninterrupted_run_would
     assert_same_saved_model(straight, resumed)
 
     def rows(out):
-        return [(r["step"], r["reward_mean"], r["loss"], r["answer_tokens"], r["lr"]) for r in _rows(out, "train")]
+        return [
+            (r["step"], r["reward_mean"], r["loss"], r["answer_tokens"], r["lr"]) for r in _rows(out, "train")
+        ]
 
     assert rows(straight) == rows(resumed) and len(rows(straight)) == 4
-    assert all(r[2] != 0 for r in rows(straight))  # it learnt something (else equal weights would prove nothing)
+    assert all(
+        r[2] != 0 for r in rows(straight)
+    )  # it learnt something (else equal weights would prove nothing)

@@ -15,22 +15,31 @@ REWARDS = torch.tensor([0.0, 1.0, 5.0, 2.0, 2.0, 2.0])
 SQRT7 = math.sqrt(7.0)  # sample std of [0, 1, 5]: deviations -2, -1, 3; (4 + 1 + 9) / 2 = 7
 
 
-@pytest.mark.parametrize("baseline, scale, batch_std, expected", [
-    # GRPO without scaling: reward minus the group mean
-    ("group", "none", None, [-2.0, -1.0, 3.0, 0.0, 0.0, 0.0]),
-    # RLOO: reward minus the mean of the other two: 0 - (1+5)/2, 1 - (0+5)/2, 5 - (0+1)/2
-    ("leave_one_out", "none", None, [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]),
-    # GRPO: divided by the group's sample std; a group rewarded alike stays 0 (0 / eps)
-    ("group", "group", None, [-2 / SQRT7, -1 / SQRT7, 3 / SQRT7, 0.0, 0.0, 0.0]),
-    # by the std of all six rewards: squares 14 over n-1 = 5 -> sqrt(2.8)
-    ("group", "batch", None, [-2 / math.sqrt(2.8), -1 / math.sqrt(2.8), 3 / math.sqrt(2.8), 0.0, 0.0, 0.0]),
-    # by a given (every rank's) std
-    ("group", "batch", 2.0, [-1.0, -0.5, 1.5, 0.0, 0.0, 0.0]),
-    ("leave_one_out", "batch", 3.0, [-1.0, -0.5, 1.5, 0.0, 0.0, 0.0]),
-])
+@pytest.mark.parametrize(
+    "baseline, scale, batch_std, expected",
+    [
+        # GRPO without scaling: reward minus the group mean
+        ("group", "none", None, [-2.0, -1.0, 3.0, 0.0, 0.0, 0.0]),
+        # RLOO: reward minus the mean of the other two: 0 - (1+5)/2, 1 - (0+5)/2, 5 - (0+1)/2
+        ("leave_one_out", "none", None, [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]),
+        # GRPO: divided by the group's sample std; a group rewarded alike stays 0 (0 / eps)
+        ("group", "group", None, [-2 / SQRT7, -1 / SQRT7, 3 / SQRT7, 0.0, 0.0, 0.0]),
+        # by the std of all six rewards: squares 14 over n-1 = 5 -> sqrt(2.8)
+        (
+            "group",
+            "batch",
+            None,
+            [-2 / math.sqrt(2.8), -1 / math.sqrt(2.8), 3 / math.sqrt(2.8), 0.0, 0.0, 0.0],
+        ),
+        # by a given (every rank's) std
+        ("group", "batch", 2.0, [-1.0, -0.5, 1.5, 0.0, 0.0, 0.0]),
+        ("leave_one_out", "batch", 3.0, [-1.0, -0.5, 1.5, 0.0, 0.0, 0.0]),
+    ],
+)
 def test_group_advantages_by_hand(baseline, scale, batch_std, expected):
-    got = losses.group_advantages(REWARDS, 3, baseline, scale, eps=0.0 if scale != "group" else 1e-12,
-                                  batch_std=batch_std)
+    got = losses.group_advantages(
+        REWARDS, 3, baseline, scale, eps=0.0 if scale != "group" else 1e-12, batch_std=batch_std
+    )
     torch.testing.assert_close(got, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
@@ -38,8 +47,9 @@ def test_leave_one_out_is_the_mean_of_the_others_for_any_group():
     rewards = torch.tensor([0.3, -1.2, 2.0, 0.7, 5.0, -3.0, 1.0, 1.0])
     got = losses.group_advantages(rewards, 4, "leave_one_out", "none")
     groups = rewards.view(2, 4)
-    by_definition = torch.stack([
-        torch.stack([g[i] - torch.cat([g[:i], g[i + 1:]]).mean() for i in range(4)]) for g in groups]).reshape(-1)
+    by_definition = torch.stack(
+        [torch.stack([g[i] - torch.cat([g[:i], g[i + 1 :]]).mean() for i in range(4)]) for g in groups]
+    ).reshape(-1)
     torch.testing.assert_close(got, by_definition)
 
 
@@ -54,7 +64,10 @@ def test_group_advantages_default_eps_keeps_an_all_alike_group_at_zero_and_refus
 
 
 def test_kl_estimators_by_hand():
-    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])  # log r = log(0.25/0.5) = -log 2
+    logp, ref = (
+        torch.tensor([math.log(0.5)]),
+        torch.tensor([math.log(0.25)]),
+    )  # log r = log(0.25/0.5) = -log 2
     log2 = math.log(2.0)
     assert losses.kl_estimate(logp, ref, "k1").item() == pytest.approx(log2)
     assert losses.kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5 * log2**2)
@@ -109,7 +122,8 @@ def test_grpo_policy_loss_clip_higher_and_kl_term():
     assert _loss(ref_logprobs=ref, kl_coef=0.0)[1].item() == pytest.approx(TOKEN_MEAN, abs=1e-6)
     # k1 as the KL term
     assert _loss(ref_logprobs=ref, kl_coef=0.1, estimator="k1")[1].item() == pytest.approx(
-        TOKEN_MEAN - 0.1 * math.log(2.0), abs=1e-6)
+        TOKEN_MEAN - 0.1 * math.log(2.0), abs=1e-6
+    )
 
 
 def test_positions_outside_the_mask_do_not_count():

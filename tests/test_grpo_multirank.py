@@ -23,10 +23,18 @@ def test_zero3_grpo_generates_scores_and_trains_in_lockstep(tiny, tmp_path):
     # until dist_timeout_seconds instead of passing by luck. The reference copy and the reward model
     # are partitioned too.
     out = tmp_path / "grpo"
-    cmd = _grpo(tiny, out, "deepspeed.zero_stage=3", "deepspeed.stage3_max_live_parameters=0",
-                "deepspeed.stage3_param_persistence_threshold=0", "deepspeed.dist_timeout_seconds=120",
-                f"reward_model.name_or_path={tiny.reward}", "grpo.max_iterations=2", "evaluation.max_prompts=5",
-                "grpo.scale_rewards=batch")
+    cmd = _grpo(
+        tiny,
+        out,
+        "deepspeed.zero_stage=3",
+        "deepspeed.stage3_max_live_parameters=0",
+        "deepspeed.stage3_param_persistence_threshold=0",
+        "deepspeed.dist_timeout_seconds=120",
+        f"reward_model.name_or_path={tiny.reward}",
+        "grpo.max_iterations=2",
+        "evaluation.max_prompts=5",
+        "grpo.scale_rewards=batch",
+    )
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -38,14 +46,24 @@ def test_zero3_grpo_generates_scores_and_trains_in_lockstep(tiny, tmp_path):
 
 
 def test_killed_zero2_grpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
-    common = ["grpo.max_iterations=6", "checkpoint.save_interval=1", "deepspeed.zero_stage=2",
-              "evaluation.baseline=false", "evaluation.max_prompts=4", f"reward_model.name_or_path={tiny.reward}",
-              "grpo.scale_rewards=batch", "actor.dropout=0.1"]
+    common = [
+        "grpo.max_iterations=6",
+        "checkpoint.save_interval=1",
+        "deepspeed.zero_stage=2",
+        "evaluation.baseline=false",
+        "evaluation.max_prompts=4",
+        f"reward_model.name_or_path={tiny.reward}",
+        "grpo.scale_rewards=batch",
+        "actor.dropout=0.1",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     subprocess.run(_grpo(tiny, straight, *common), env=_env(), check=True, capture_output=True, timeout=600)
 
-    kill_when_checkpointed(_grpo(tiny, resumed, *common), resumed / "checkpoints" / "actor" / "latest",
-                           ("step-1", "step-5", "step-6"))
+    kill_when_checkpointed(
+        _grpo(tiny, resumed, *common),
+        resumed / "checkpoints" / "actor" / "latest",
+        ("step-1", "step-5", "step-6"),
+    )
     assert not (resumed / "summary.json").exists()
 
     subprocess.run(_grpo(tiny, resumed, *common), env=_env(), check=True, capture_output=True, timeout=600)
@@ -54,8 +72,10 @@ def test_killed_zero2_grpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_pa
     assert_same_saved_model(straight, resumed)
 
     def rows(p):
-        return [(r["step"], r["split"], r.get("reward_mean"), r.get("loss"))
-                for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())]
+        return [
+            (r["step"], r["split"], r.get("reward_mean"), r.get("loss"))
+            for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
+        ]
 
     assert rows(straight) == rows(resumed)
     assert any(r[3] for r in rows(straight) if r[1] == "train")  # the actor was updated

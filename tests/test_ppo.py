@@ -13,20 +13,41 @@ from rlhf.config import ConfigError, PPOConfig, load
 from rlhf.generation import Sampling, cut_answer, pack
 from rlhf.stages.dispatch import run_stage
 
-ITERATION_METRICS = {"reward_mean", "reward_std", "kl", "actor_loss", "critic_loss", "actor_clipfrac",
-                     "critic_clipfrac", "approx_kl", "answer_tokens", "generate_seconds", "train_seconds",
-                     "generate_tokens_per_second", "samples_per_second", "actor_lr", "critic_lr"}
+ITERATION_METRICS = {
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "actor_loss",
+    "critic_loss",
+    "actor_clipfrac",
+    "critic_clipfrac",
+    "approx_kl",
+    "answer_tokens",
+    "generate_seconds",
+    "train_seconds",
+    "generate_tokens_per_second",
+    "samples_per_second",
+    "actor_lr",
+    "critic_lr",
+}
 
 
 def _rows(out, split):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+    return [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split
+    ]
 
 
 @pytest.fixture(scope="module")
 def ppo_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
-    cfg = load(PPOConfig, None, tiny.ppo_overrides(out, "ppo.max_iterations=3", "generation.generation_batches=2",
-                                                    "ppo.ppo_epochs=2"))
+    cfg = load(
+        PPOConfig,
+        None,
+        tiny.ppo_overrides(
+            out, "ppo.max_iterations=3", "generation.generation_batches=2", "ppo.ppo_epochs=2"
+        ),
+    )
     return out, cfg, run_stage(cfg)
 
 
@@ -42,7 +63,9 @@ def test_ppo_iterates_logs_and_saves_a_chatable_actor(ppo_run):
     for prefix in ("baseline", "eval"):
         for key in ("reward_mean", "distinct_2", "mean_words", "property_rate", "content_rate"):
             assert f"{prefix}/{key}" in summary["metrics"], f"{prefix}/{key}"
-    assert {"check/property_gain_points", "check/distinct_2_ratio", "check/length_ratio"} <= summary["metrics"].keys()
+    assert {"check/property_gain_points", "check/distinct_2_ratio", "check/length_ratio"} <= summary[
+        "metrics"
+    ].keys()
     assert len((out / "eval_answers.jsonl").read_text().splitlines()) == 6
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.vocab_size >= 512
@@ -65,9 +88,19 @@ def test_ppo_with_ptx_ema_and_a_reward_model_with_its_own_tokenizer(tiny, tmp_pa
     nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
     other = tiny_models.build_tiny(tmp_path / "other_rm", tokenizer=other_tok, seed=2, **nano)
     out = tmp_path / "ppo"
-    cfg = load(PPOConfig, None, tiny.ppo_overrides(
-        out, f"reward_model.name_or_path={other}", "ptx.coef=0.5", f"data.sft_only_paths=[{tiny.data / 'sft.jsonl'}]",
-        "engines.ema=true", "ppo.max_iterations=1", "evaluation.baseline=false"))
+    cfg = load(
+        PPOConfig,
+        None,
+        tiny.ppo_overrides(
+            out,
+            f"reward_model.name_or_path={other}",
+            "ptx.coef=0.5",
+            f"data.sft_only_paths=[{tiny.data / 'sft.jsonl'}]",
+            "engines.ema=true",
+            "ppo.max_iterations=1",
+            "evaluation.baseline=false",
+        ),
+    )
     summary = run_stage(cfg)
     assert summary["status"] == "completed"
     assert "ptx_loss" in _rows(out, "train")[0]
@@ -88,14 +121,17 @@ def test_critic_with_another_tokenizer_is_a_config_error(tiny, tmp_path):
         load_tokenizers(cfg)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.per_device_train_batch_size=3", "must divide the samples of one iteration"),
-    ("critic_optim.epochs=2", "critic_optim.epochs: unknown key"),
-    ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
-    ("data.split=1,1,0", "PPO needs data.paths with a positive PPO share"),
-    # DeepSpeed's hybrid engine would generate from the base weights, without peft's adapters
-    ("engines.hybrid_engine=true lora.dim=4", "hybrid_engine .* not peft's"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.per_device_train_batch_size=3", "must divide the samples of one iteration"),
+        ("critic_optim.epochs=2", "critic_optim.epochs: unknown key"),
+        ("generation.max_answer_len=60", "exceeds data.max_seq_len"),
+        ("data.split=1,1,0", "PPO needs data.paths with a positive PPO share"),
+        # DeepSpeed's hybrid engine would generate from the base weights, without peft's adapters
+        ("engines.hybrid_engine=true lora.dim=4", "hybrid_engine .* not peft's"),
+    ],
+)
 def test_ppo_config_checks(tiny, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load(PPOConfig, None, tiny.ppo_overrides(tmp_path, *override.split()))
@@ -170,10 +206,18 @@ def test_generation_logprobs_equal_a_forward_pass(tiny):
     from rlhf.generation import generate
 
     actor, tok = tools.load_actor(tiny.actor)
-    prompts = [tok("Human: Name a color.\n\nAssistant:")["input_ids"], tok("Human: Hi!\n\nAssistant:")["input_ids"]]
+    prompts = [
+        tok("Human: Name a color.\n\nAssistant:")["input_ids"],
+        tok("Human: Hi!\n\nAssistant:")["input_ids"],
+    ]
     torch.manual_seed(0)
-    gen = generate(actor, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                   sampling=Sampling(max_new_tokens=6, do_sample=True, temperature=0.7))
+    gen = generate(
+        actor,
+        prompts,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        sampling=Sampling(max_new_tokens=6, do_sample=True, temperature=0.7),
+    )
     with torch.no_grad():
         logits = actor(input_ids=gen.sequences, attention_mask=gen.attention_mask).logits
     forward = losses.logprobs_of(logits, gen.sequences) * gen.action_mask
@@ -206,30 +250,39 @@ def test_reward_scoring_tokenizes_like_the_reward_stage(tiny, tmp_path):
     assert rows == [cols["chosen_ids"][0], cols["rejected_ids"][0]]
     from transformers import AutoModelForSequenceClassification
 
-    AutoModelForSequenceClassification.from_pretrained(tiny.reward, num_labels=1).save_pretrained(tmp_path / "rm")
+    AutoModelForSequenceClassification.from_pretrained(tiny.reward, num_labels=1).save_pretrained(
+        tmp_path / "rm"
+    )
     tok.save_pretrained(tmp_path / "rm")  # tools.load_scorer takes reward models only
     scorer, stok = tools.load_scorer(tmp_path / "rm")
     a, b = tools.score_texts(scorer, stok, [rec.prompt] * 2, ["It is red. Cheers!", rec.chosen])
     assert a == pytest.approx(b, abs=1e-5)  # the answer format adds the leading space either way
 
 
-@pytest.mark.parametrize("overrides, once", [
-    ((), True),  # one epoch over a rollout that is one mini-batch: the training forward is the only one
-    (("ppo.ppo_epochs=2",), False),
-    (("generation.generation_batches=2",), False),
-    (("optim.per_device_train_batch_size=4",), False),
-    (("critic.dropout=0.1",), False),
-    (("critic_lora.dim=4", "critic_lora.dropout=0.1"), False),
-    (("critic_lora.dim=4",), True),
-])
+@pytest.mark.parametrize(
+    "overrides, once",
+    [
+        ((), True),  # one epoch over a rollout that is one mini-batch: the training forward is the only one
+        (("ppo.ppo_epochs=2",), False),
+        (("generation.generation_batches=2",), False),
+        (("optim.per_device_train_batch_size=4",), False),
+        (("critic.dropout=0.1",), False),
+        (("critic_lora.dim=4", "critic_lora.dropout=0.1"), False),
+        (("critic_lora.dim=4",), True),
+    ],
+)
 def test_when_the_critic_values_come_from_its_training_forward(tiny, tmp_path, overrides, once):
     from rlhf.stages.rollout import critic_values_in_training
 
-    cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, "optim.per_device_train_batch_size=8", *overrides))
+    cfg = load(
+        PPOConfig, None, tiny.ppo_overrides(tmp_path, "optim.per_device_train_batch_size=8", *overrides)
+    )
     assert critic_values_in_training(cfg) is once
 
 
-def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_forward(tiny, tmp_path, monkeypatch):
+def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_forward(
+    tiny, tmp_path, monkeypatch
+):
     """One critic forward per iteration (not an experience forward, then the same one again in
     training), with the same losses and the same trained models as the two-forward path."""
     import torch
@@ -245,6 +298,7 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
         def wrapper(engine, sequences, attention_mask):
             calls.append(module.__name__)
             return original(engine, sequences, attention_mask)
+
         return wrapper
 
     monkeypatch.setattr(ppo_train, "critic_values", counted(ppo_train))
@@ -254,8 +308,16 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
         calls.clear()
         monkeypatch.setattr(ppo_module, "critic_values_in_training", lambda cfg, once=once: once)
         out = tmp_path / f"once-{once}"
-        cfg = load(PPOConfig, None, tiny.ppo_overrides(out, "optim.per_device_train_batch_size=8",
-                                                        "evaluation.baseline=false", "evaluation.max_prompts=2"))
+        cfg = load(
+            PPOConfig,
+            None,
+            tiny.ppo_overrides(
+                out,
+                "optim.per_device_train_batch_size=8",
+                "evaluation.baseline=false",
+                "evaluation.max_prompts=2",
+            ),
+        )
         assert run_stage(cfg)["status"] == "completed"
         runs[once] = (out, list(calls))
     assert runs[True][1] == ["rlhf.stages.ppo_train"] * 2  # 2 iterations, one critic forward each
@@ -264,6 +326,9 @@ def test_the_critic_runs_once_per_iteration_and_trains_as_with_an_experience_for
     for a, b in zip(rows[True], rows[False], strict=True):
         for key in ("critic_loss", "actor_loss", "reward_mean", "kl", "critic_clipfrac"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    models = {once: AutoModelForCausalLM.from_pretrained(out / "model").state_dict() for once, (out, _) in runs.items()}
+    models = {
+        once: AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+        for once, (out, _) in runs.items()
+    }
     for name, tensor in models[True].items():
         torch.testing.assert_close(tensor, models[False][name], rtol=1e-4, atol=1e-5, msg=name)

@@ -23,8 +23,17 @@ def test_ppo_with_the_static_decoder_trains_as_with_generate(tiny, tmp_path, dec
     runs = {}
     for name in ("transformers", decoder):
         out = tmp_path / name
-        cfg = load(PPOConfig, None, tiny.ppo_overrides(out, f"generation.decoder={name}", "generation.do_sample=false",
-                                                        "ppo.max_iterations=3", "evaluation.max_prompts=4"))
+        cfg = load(
+            PPOConfig,
+            None,
+            tiny.ppo_overrides(
+                out,
+                f"generation.decoder={name}",
+                "generation.do_sample=false",
+                "ppo.max_iterations=3",
+                "evaluation.max_prompts=4",
+            ),
+        )
         summary = run_stage(cfg)
         assert summary["status"] == "completed"
         runs[name] = (_train_rows(out), summary["metrics"])

@@ -20,14 +20,18 @@ def test_shaped_rewards_kl_on_every_answer_token_and_clipped_score_on_the_last()
     mask = T([[0, 1, 1, 0], [0, 0, 1, 1]])
     logprobs = T([[0.0, -1.0, -2.0, 0.0], [9.0, 9.0, -1.0, -1.0]])
     ref = T([[0.0, -1.5, -1.0, 0.0], [0.0, 0.0, -1.0, -3.0]])
-    rewards, kl = losses.shaped_rewards(logprobs, ref, T([7.0, -0.5]), mask, kl_ctl=0.1, clip_reward_value=5.0)
+    rewards, kl = losses.shaped_rewards(
+        logprobs, ref, T([7.0, -0.5]), mask, kl_ctl=0.1, clip_reward_value=5.0
+    )
     close(kl, [[0, 0.5, -1.0, 0], [0, 0, 0, 2.0]])
     # row 0: -0.1 * kl, and the score 7 clipped to 5 on position 2; row 1: score -0.5 on position 3.
     close(rewards, [[0, -0.05, 5.1, 0], [0, 0, 0, -0.7]])
 
 
 def test_shaped_rewards_of_an_empty_answer_are_zero():
-    rewards, _ = losses.shaped_rewards(torch.zeros(1, 3), torch.zeros(1, 3), T([3.0]), torch.zeros(1, 3), 0.1, 5.0)
+    rewards, _ = losses.shaped_rewards(
+        torch.zeros(1, 3), torch.zeros(1, 3), T([3.0]), torch.zeros(1, 3), 0.1, 5.0
+    )
     assert rewards.tolist() == [[0, 0, 0]]
 
 

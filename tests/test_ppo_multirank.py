@@ -16,21 +16,33 @@ def _ppo(tiny, out, *extra) -> list[str]:
     return [*mpirun(2), sys.executable, "-m", "rlhf", "train", "ppo", *tiny.ppo_overrides(out, *extra)]
 
 
-@pytest.mark.parametrize("train_batch, extra", [
-    # EMA on the main rank only: every rank still takes part in gathering the actor's partitions
-    (4, ("engines.ema=true",)),
-    # 8 = the rollout: the critic's values come from training; the reference is the actor with
-    # its LoRA adapters disabled (a frozen partitioned base)
-    (8, ("lora.dim=4", "lora.only_optimize_lora=true")),
-])
+@pytest.mark.parametrize(
+    "train_batch, extra",
+    [
+        # EMA on the main rank only: every rank still takes part in gathering the actor's partitions
+        (4, ("engines.ema=true",)),
+        # 8 = the rollout: the critic's values come from training; the reference is the actor with
+        # its LoRA adapters disabled (a frozen partitioned base)
+        (8, ("lora.dim=4", "lora.only_optimize_lora=true")),
+    ],
+)
 def test_zero3_ppo_generates_in_lockstep(tiny, tmp_path, train_batch, extra):
     # No live parameters kept: every forward pass gathers, so a rank generating alone would hang
     # (and time out after dist_timeout_seconds) instead of passing by luck.
     out = tmp_path / "ppo"
-    cmd = _ppo(tiny, out, "deepspeed.zero_stage=3", "deepspeed.stage3_max_live_parameters=0",
-               "deepspeed.stage3_param_persistence_threshold=0", "deepspeed.dist_timeout_seconds=120",
-               "engines.critic_zero_stage=3", "ppo.max_iterations=2", "evaluation.max_prompts=5",
-               f"optim.per_device_train_batch_size={train_batch}", *extra)
+    cmd = _ppo(
+        tiny,
+        out,
+        "deepspeed.zero_stage=3",
+        "deepspeed.stage3_max_live_parameters=0",
+        "deepspeed.stage3_param_persistence_threshold=0",
+        "deepspeed.dist_timeout_seconds=120",
+        "engines.critic_zero_stage=3",
+        "ppo.max_iterations=2",
+        "evaluation.max_prompts=5",
+        f"optim.per_device_train_batch_size={train_batch}",
+        *extra,
+    )
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -42,13 +54,21 @@ def test_zero3_ppo_generates_in_lockstep(tiny, tmp_path, train_batch, extra):
 
 
 def test_killed_ppo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
-    common = ["ppo.max_iterations=6", "checkpoint.save_interval=1", "deepspeed.zero_stage=2",
-              "evaluation.baseline=false", "evaluation.max_prompts=4"]
+    common = [
+        "ppo.max_iterations=6",
+        "checkpoint.save_interval=1",
+        "deepspeed.zero_stage=2",
+        "evaluation.baseline=false",
+        "evaluation.max_prompts=4",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     subprocess.run(_ppo(tiny, straight, *common), env=_env(), check=True, capture_output=True, timeout=600)
 
-    kill_when_checkpointed(_ppo(tiny, resumed, *common), resumed / "checkpoints" / "critic" / "latest",
-                           ("step-1", "step-5", "step-6"))
+    kill_when_checkpointed(
+        _ppo(tiny, resumed, *common),
+        resumed / "checkpoints" / "critic" / "latest",
+        ("step-1", "step-5", "step-6"),
+    )
     assert not (resumed / "summary.json").exists()
 
     subprocess.run(_ppo(tiny, resumed, *common), env=_env(), check=True, capture_output=True, timeout=600)
@@ -57,7 +77,9 @@ def test_killed_ppo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
     assert_same_saved_model(straight, resumed)
 
     def rows(p):
-        return [(r["step"], r["split"], r.get("reward_mean"), r.get("actor_loss"))
-                for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())]
+        return [
+            (r["step"], r["split"], r.get("reward_mean"), r.get("actor_loss"))
+            for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
+        ]
 
     assert rows(straight) == rows(resumed)

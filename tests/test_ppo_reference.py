@@ -15,7 +15,9 @@ LORA = ("lora.dim=4", "lora.only_optimize_lora=true")
 
 
 def _train_rows(out):
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    return [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"
+    ]
 
 
 def test_the_adapters_off_reference_trains_as_a_reference_copy(tiny, tmp_path, monkeypatch):
@@ -32,9 +34,19 @@ def test_the_adapters_off_reference_trains_as_a_reference_copy(tiny, tmp_path, m
     rows = {}
     for reference in ("copy", "adapters"):
         out = tmp_path / reference
-        cfg = load(PPOConfig, None, tiny.ppo_overrides(out, *LORA, f"engines.reference={reference}",
-                                                        "generation.do_sample=false", "ppo.max_iterations=3",
-                                                        "evaluation.max_prompts=4", "evaluation.baseline=false"))
+        cfg = load(
+            PPOConfig,
+            None,
+            tiny.ppo_overrides(
+                out,
+                *LORA,
+                f"engines.reference={reference}",
+                "generation.do_sample=false",
+                "ppo.max_iterations=3",
+                "evaluation.max_prompts=4",
+                "evaluation.baseline=false",
+            ),
+        )
         assert run_stage(cfg)["status"] == "completed"
         rows[reference] = _train_rows(out)
     assert not isinstance(built[0].reference, AdaptersOff) and isinstance(built[1].reference, AdaptersOff)
@@ -45,20 +57,24 @@ def test_the_adapters_off_reference_trains_as_a_reference_copy(tiny, tmp_path, m
             assert row[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
 
 
-@pytest.mark.parametrize("overrides, adapters", [
-    ((), False),
-    (("lora.dim=4",), False),  # the base trains too: its adapters off is no longer the SFT model
-    (LORA, True),
-    ((*LORA, "engines.reference=copy"), False),
-    (("lora.dim=4", "engines.reference=copy"), False),
-])
+@pytest.mark.parametrize(
+    "overrides, adapters",
+    [
+        ((), False),
+        (("lora.dim=4",), False),  # the base trains too: its adapters off is no longer the SFT model
+        (LORA, True),
+        ((*LORA, "engines.reference=copy"), False),
+        (("lora.dim=4", "engines.reference=copy"), False),
+    ],
+)
 def test_which_reference(tiny, tmp_path, overrides, adapters):
     cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, *overrides))
     assert reference_from_adapters(cfg) is adapters
 
 
-@pytest.mark.parametrize("overrides", [("engines.reference=adapters",),
-                                       ("engines.reference=adapters", "lora.dim=4")])
+@pytest.mark.parametrize(
+    "overrides", [("engines.reference=adapters",), ("engines.reference=adapters", "lora.dim=4")]
+)
 def test_an_adapters_reference_needs_a_frozen_base(tiny, tmp_path, overrides):
     cfg = load(PPOConfig, None, tiny.ppo_overrides(tmp_path, *overrides))
     with pytest.raises(ConfigError, match="engines.reference"):

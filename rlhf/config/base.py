@@ -103,7 +103,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.learning_rate=1e-4")
+        raise ConfigError(
+            f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.learning_rate=1e-4"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:

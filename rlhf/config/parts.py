@@ -23,17 +23,22 @@ class ModelConfig(Section):
     tokenizer: str | None = Field(None, description="Tokenizer Hub id or directory; defaults to name_or_path")
     trust_remote_code: bool = False
     dropout: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="Set every dropout probability of the model to this value; 0 disables dropout "
         "(--dropout / --disable_dropout). None keeps the model's own.",
     )
-    gradient_checkpointing: bool = Field(False, description="Activation checkpointing (--gradient_checkpointing)")
+    gradient_checkpointing: bool = Field(
+        False, description="Activation checkpointing (--gradient_checkpointing)"
+    )
     attn_implementation: str | None = Field(None, description="transformers attn_implementation, e.g. sdpa")
 
 
 class RewardModelConfig(ModelConfig):
     num_padding_at_beginning: int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Deprecated and ignored (--num_padding_at_beginning): a sequence's end comes from its "
         "attention mask, so padding is never confused with real tokens equal to the pad id",
     )
@@ -47,8 +52,8 @@ class DataSource(Section):
     format: DataFormat = Field(
         "auto",
         description="How records map to prompt/chosen/rejected: hh (Dahoas rm-static, full-hh-rlhf), "
-        "gptj-pairwise (Dahoas synthetic-instruct-gptj-pairwise), yitingxie (rlhf-reward-datasets), "
-        "generic (prompt/chosen[/rejected] columns, used verbatim); auto picks by known Hub name, else generic",
+        "gptj-pairwise (Dahoas synthetic-instruct-gptj-pairwise), yitingxie (rlhf-reward-datasets), generic "
+        "(prompt/chosen[/rejected] columns, used verbatim); auto picks by known Hub name, else generic",
     )
 
     @model_validator(mode="before")
@@ -78,9 +83,12 @@ class DataConfig(Section):
     eval_fraction: float = Field(
         0.05, ge=0.0, lt=1.0, description="Held-out share of a dataset that ships no eval/test split"
     )
-    add_eot_token: bool = Field(True, description="Append the end-of-text token to every answer (--add_eot_token)")
+    add_eot_token: bool = Field(
+        True, description="Append the end-of-text token to every answer (--add_eot_token)"
+    )
     eot_token: str | None = Field(
-        None, description="End-of-text token (--eot_token); default the tokenizer's eos token, added if missing"
+        None,
+        description="End-of-text token (--eot_token); default the tokenizer's eos token, added if missing",
     )
     chat_format: ChatFormat = Field(
         "auto",
@@ -89,7 +97,8 @@ class DataConfig(Section):
         "template when the tokenizer has one. rlhf chat, prompt-eval and PPO evaluation render alike",
     )
     on_bad_record: Literal["error", "skip"] = Field(
-        "error", description="A malformed record stops the job naming file and record, or is skipped and counted"
+        "error",
+        description="A malformed record stops the job naming file and record, or is skipped and counted",
     )
     pad_to_max_length: bool = Field(
         False, description="Pad every batch to max_seq_len (static shapes; always on for Gaudi)"
@@ -109,7 +118,9 @@ class DataConfig(Section):
             try:
                 value = [float(p) for p in parts]
             except ValueError:
-                raise ValueError(f"expected three comma-separated numbers like '2,4,4', got {value!r}") from None
+                raise ValueError(
+                    f"expected three comma-separated numbers like '2,4,4', got {value!r}"
+                ) from None
         if isinstance(value, (list, tuple)) and len(value) != 3:
             raise ValueError(f"expected three shares (SFT, reward, PPO) like '2,4,4', got {len(value)}")
         return value
@@ -126,14 +137,18 @@ class OptimizerConfig(Section):
     """How one model's weights are updated: AdamW, learning-rate schedule, clipping."""
 
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (--learning_rate)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, not applied to biases and norms (--weight_decay)")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay, not applied to biases and norms (--weight_decay)"
+    )
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
     ] = Field("cosine", description="(--lr_scheduler_type)")
     warmup_steps: int = Field(0, ge=0, description="(--num_warmup_steps)")
-    warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up as a share of all steps, if warmup_steps is 0")
+    warmup_ratio: float = Field(
+        0.0, ge=0, le=1, description="Warm-up as a share of all steps, if warmup_steps is 0"
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables")
 
 
@@ -145,21 +160,29 @@ class OptimConfig(OptimizerConfig):
     per_device_train_batch_size: int = Field(8, ge=1, description="(--per_device_train_batch_size)")
     per_device_eval_batch_size: int = Field(8, ge=1, description="(--per_device_eval_batch_size)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="(--gradient_accumulation_steps)")
-    compute_fp32_loss: bool = Field(False, description="Compute the loss from fp32 logits (--compute_fp32_loss)")
+    compute_fp32_loss: bool = Field(
+        False, description="Compute the loss from fp32 logits (--compute_fp32_loss)"
+    )
 
 
 class DeepSpeedConfig(Section):
     zero_stage: int = Field(
-        0, ge=0, le=3, description="ZeRO stage 0-3 (--zero_stage); 1 and 2 run as 0 on a single rank without offload"
+        0,
+        ge=0,
+        le=3,
+        description="ZeRO stage 0-3 (--zero_stage); 1 and 2 run as 0 on a single rank without offload",
     )
     dtype: DType = Field("bf16", description="Training precision (--dtype)")
-    offload: bool = Field(False, description="Offload optimizer state (and parameters under ZeRO-3) to CPU (--offload)")
+    offload: bool = Field(
+        False, description="Offload optimizer state (and parameters under ZeRO-3) to CPU (--offload)"
+    )
     stage3_max_live_parameters: int = Field(30_000_000, ge=0)
     stage3_prefetch_bucket_size: int = Field(30_000_000, ge=0)
     stage3_param_persistence_threshold: int = Field(10_000, ge=0)
     dist_timeout_seconds: int = Field(1800, ge=1, description="Timeout of collective operations")
     overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Raw DeepSpeed config keys merged last, for options not modelled here"
+        default_factory=dict,
+        description="Raw DeepSpeed config keys merged last, for options not modelled here",
     )
 
     @model_validator(mode="after")
@@ -171,15 +194,19 @@ class DeepSpeedConfig(Section):
 
 class LoraConfig(Section):
     dim: int = Field(0, ge=0, description="LoRA rank; 0 disables LoRA (--lora_dim)")
-    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default = dim (scaling 1, as DeepSpeed-Chat)")
+    alpha: float | None = Field(
+        None, gt=0, description="LoRA alpha; default = dim (scaling 1, as DeepSpeed-Chat)"
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None,
-        description="peft target_modules: module name suffixes or 'all-linear' (replaces --lora_module_name); "
-        "default: the model family's attention and MLP projections (rlhf.models.families), 'all-linear' "
-        "for a family not listed there",
+        description="peft target_modules: module name suffixes or 'all-linear' (replaces "
+        "--lora_module_name); default: the model family's attention and MLP projections "
+        "(rlhf.models.families), 'all-linear' for a family not listed there",
     )
-    learning_rate: float | None = Field(None, gt=0, description="LR of the LoRA weights (--lora_learning_rate)")
+    learning_rate: float | None = Field(
+        None, gt=0, description="LR of the LoRA weights (--lora_learning_rate)"
+    )
     only_optimize_lora: bool = Field(False, description="Freeze the base weights (--only_optimize_lora)")
 
     @property
@@ -194,8 +221,12 @@ class LoraConfig(Section):
 
 
 class CheckpointConfig(Section):
-    output_dir: str = Field(description="Where checkpoints, metrics, the final model and summary.json go (--output_dir)")
-    save_interval: int = Field(0, ge=0, description="Checkpoint every N optimizer steps; 0: only at the end of each epoch")
+    output_dir: str = Field(
+        description="Where checkpoints, metrics, the final model and summary.json go (--output_dir)"
+    )
+    save_interval: int = Field(
+        0, ge=0, description="Checkpoint every N optimizer steps; 0: only at the end of each epoch"
+    )
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk")
     resume: bool = Field(True, description="Resume automatically from the latest checkpoint in output_dir")
     allow_changed_config: bool = Field(
@@ -206,10 +237,16 @@ class CheckpointConfig(Section):
 
 
 class LoggingConfig(Section):
-    log_interval: int = Field(10, ge=1, description="Write train metrics every N optimizer steps (--print_loss)")
-    eval_interval: int = Field(0, ge=0, description="Evaluate every N optimizer steps; 0: at the end of each epoch (--eval_interval)")
+    log_interval: int = Field(
+        10, ge=1, description="Write train metrics every N optimizer steps (--print_loss)"
+    )
+    eval_interval: int = Field(
+        0, ge=0, description="Evaluate every N optimizer steps; 0: at the end of each epoch (--eval_interval)"
+    )
     tensorboard: bool = Field(False, description="Write TensorBoard events (--enable_tensorboard)")
-    tensorboard_dir: str | None = Field(None, description="Default <output_dir>/tensorboard (--tensorboard_path)")
+    tensorboard_dir: str | None = Field(
+        None, description="Default <output_dir>/tensorboard (--tensorboard_path)"
+    )
     progress_bar: bool = True
 
 
@@ -218,20 +255,25 @@ class DPOAlgoConfig(Section):
     learns from chosen/rejected pairs against a frozen reference, without a reward model."""
 
     beta: float = Field(
-        0.1, gt=0, description="Strength of the implicit KL to the reference: the implicit reward of an answer is "
+        0.1,
+        gt=0,
+        description="Strength of the implicit KL to the reference: the implicit reward of an answer is "
         "beta * (log p_policy - log p_reference) over its tokens (--beta)",
     )
     label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5,
-        description="Conservative DPO: the assumed probability that a pair's preference label is wrong; 0 is plain "
-        "sigmoid DPO (--label_smoothing)",
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Conservative DPO: the assumed probability that a pair's preference label is wrong; 0 is "
+        "plain sigmoid DPO (--label_smoothing)",
     )
     reference_logps: Literal["cached", "live"] = Field(
         "cached",
-        description="cached: the reference's log-probs of every train and eval pair are computed once, before the "
-        "first step, and kept with the outputs (reference_logps.pt), so no reference model stays in memory while "
-        "training; live: the reference scores every batch — the policy with its LoRA adapters disabled when "
-        "lora.only_optimize_lora (no second model), else a frozen copy in its own engine",
+        description="cached: the reference's log-probs of every train and eval pair are computed once, "
+        "before the first step, and kept with the outputs (reference_logps.pt), so no reference model stays "
+        "in memory while training; live: the reference scores every batch — the policy with its LoRA "
+        "adapters disabled when lora.only_optimize_lora (no second model), else a frozen copy in its own "
+        "engine",
     )
 
 
@@ -239,8 +281,8 @@ class RewardFunctionConfig(Section):
     """One reward function, computed by code (:mod:`rlhf.rewards`): ``name`` is its import path."""
 
     name: str = Field(
-        description="Import path 'package.module:function' of a function (prompts, answers, rows) -> one number "
-        "per answer (see rlhf.rewards); e.g. rlhf.data.synthetic:reward, the synthetic task's checker"
+        description="Import path 'package.module:function' of a function (prompts, answers, rows) -> one "
+        "number per answer (see rlhf.rewards); e.g. rlhf.data.synthetic:reward, the synthetic task's checker"
     )
     weight: float = Field(1.0, description="Its weight in the reward, a weighted sum of every source")
 
@@ -278,7 +320,8 @@ class RewardsConfig(Section):
         1.0, description="Weight of the reward model's score (the stage's reward_model section) in the sum"
     )
     model_score_clip: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description="The reward model's scores are clipped to +-this; an answer shorter than "
         "generation.min_answer_len gets -this from the model instead of a score",
     )

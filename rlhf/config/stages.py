@@ -59,8 +59,11 @@ class StageConfig(Section):
 
     def model_sections(self) -> list[tuple[str, ModelConfig]]:
         """Every model this stage loads, with its config section's name."""
-        return [(name, value) for name in type(self).model_fields
-                if isinstance(value := getattr(self, name), ModelConfig)]
+        return [
+            (name, value)
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), ModelConfig)
+        ]
 
     def data_requests(self) -> dict[str, dict[str, Any]]:
         """The tokenized data the stage reads: name -> keyword arguments of
@@ -81,7 +84,9 @@ class SFTConfig(StageConfig):
     @model_validator(mode="after")
     def _check_data(self) -> SFTConfig:
         if not self.data.sft_only_paths and not (self.data.paths and self.data.split[0] > 0):
-            raise ValueError("data: SFT needs data.sft_only_paths, or data.paths with a positive SFT share in data.split")
+            raise ValueError(
+                "data: SFT needs data.sft_only_paths, or data.paths with a positive SFT share in data.split"
+            )
         return self
 
 
@@ -100,7 +105,9 @@ class RewardConfig(StageConfig):
     @model_validator(mode="after")
     def _check_data(self) -> RewardConfig:
         if not self.data.paths or self.data.split[1] <= 0:
-            raise ValueError("data: the reward stage needs data.paths with a positive reward share in data.split")
+            raise ValueError(
+                "data: the reward stage needs data.paths with a positive reward share in data.split"
+            )
         return self
 
 
@@ -118,15 +125,18 @@ class PPOConfig(StageConfig):
     actor: ModelConfig
     critic: RewardModelConfig
     reward_model: RewardModelConfig | None = Field(
-        None, description="The frozen reward model; default the critic's checkpoint (both start from the RM stage). "
-        "It may have its own tokenizer: it then scores the decoded text",
+        None,
+        description="The frozen reward model; default the critic's checkpoint (both start from the RM "
+        "stage). It may have its own tokenizer: it then scores the decoded text",
     )
     critic_optim: OptimizerConfig = Field(
         default_factory=lambda: OptimizerConfig(learning_rate=5e-6),
         description="The critic's learning rate, weight decay, schedule and warm-up (--critic_learning_rate, "
         "--critic_weight_decay); it trains on the actor's mini-batches (optim)",
     )
-    critic_lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA of the critic (--critic_lora_dim)")
+    critic_lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="LoRA of the critic (--critic_lora_dim)"
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     ppo: PPOAlgoConfig = Field(default_factory=PPOAlgoConfig)
     engines: PPOEnginesConfig = Field(default_factory=PPOEnginesConfig)
@@ -141,12 +151,14 @@ class PPOConfig(StageConfig):
             raise ValueError("data: ptx.coef > 0 needs SFT data: data.sft_only_paths or a positive SFT share")
         if self.engines.hybrid_engine and self.lora.enabled:
             raise ValueError(
-                "engines: hybrid_engine generates with DeepSpeed's inference kernels, which fuse only DeepSpeed's "
-                "own LoRA layers, not peft's: rollouts would come from the base weights without the adapters; "
-                "set engines.hybrid_engine: false or lora.dim: 0"
+                "engines: hybrid_engine generates with DeepSpeed's inference kernels, which fuse only "
+                "DeepSpeed's own LoRA layers, not peft's: rollouts would come from the base weights without "
+                "the adapters; set engines.hybrid_engine: false or lora.dim: 0"
             )
         if self.engines.ema and self.lora.enabled:
-            raise ValueError("engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0")
+            raise ValueError(
+                "engines: ema averages the actor's full weights; it cannot be combined with lora.dim > 0"
+            )
         check_rollout(self, "samples", "generation.per_device_generation_batch_size x generation_batches", 1)
         return self
 
@@ -157,7 +169,9 @@ class PPOConfig(StageConfig):
 
     def data_requests(self) -> dict[str, dict[str, Any]]:
         """PPO's prompts (its share of the split, cut to max_prompt_len) and, with ptx, SFT's data."""
-        requests: dict[str, dict[str, Any]] = {"prompts": {"phase": 2, "max_prompt_len": self.generation.max_prompt_len}}
+        requests: dict[str, dict[str, Any]] = {
+            "prompts": {"phase": 2, "max_prompt_len": self.generation.max_prompt_len}
+        }
         if self.ptx.coef > 0:
             requests["ptx"] = {"phase": 0}
         return requests
@@ -176,8 +190,8 @@ def check_rollout(cfg: PPOConfig | GRPOConfig, rows: str, product: str, per_prom
         )
     if gen.max_prompt_len + gen.max_answer_len > cfg.data.max_seq_len:
         raise ValueError(
-            f"generation: max_prompt_len + max_answer_len ({gen.max_prompt_len + gen.max_answer_len}) exceeds "
-            f"data.max_seq_len ({cfg.data.max_seq_len})"
+            "generation: max_prompt_len + max_answer_len "
+            f"({gen.max_prompt_len + gen.max_answer_len}) exceeds data.max_seq_len ({cfg.data.max_seq_len})"
         )
 
 
@@ -201,7 +215,8 @@ class DPOConfig(StageConfig):
     tokenizer_section: ClassVar[str] = "model"
     model: ModelConfig
     reference: ModelConfig | None = Field(
-        None, description="The frozen reference; default the model's checkpoint (the SFT model). It must share "
+        None,
+        description="The frozen reference; default the model's checkpoint (the SFT model). It must share "
         "the model's tokenizer: DPO compares the two models' log-probs of the same tokens",
     )
     dpo: DPOAlgoConfig = Field(default_factory=DPOAlgoConfig)
@@ -211,12 +226,16 @@ class DPOConfig(StageConfig):
     @model_validator(mode="after")
     def _check_data(self) -> DPOConfig:
         if not self.data.paths or self.data.split[1] <= 0:
-            raise ValueError("data: DPO needs data.paths with a positive reward share in data.split (it trains on "
-                             "the reward stage's pairs)")
+            raise ValueError(
+                "data: DPO needs data.paths with a positive reward share in data.split (it trains on "
+                "the reward stage's pairs)"
+            )
         sampling = sorted(self.generation.model_fields_set - set(DPO_GENERATION_KEYS))
         if sampling:
-            raise ValueError(f"generation: DPO's evaluation answers greedily; generation.{sampling[0]} does not apply "
-                             f"(only {', '.join('generation.' + k for k in DPO_GENERATION_KEYS)} do)")
+            raise ValueError(
+                f"generation: DPO's evaluation answers greedily; generation.{sampling[0]} does not apply "
+                f"(only {', '.join('generation.' + k for k in DPO_GENERATION_KEYS)} do)"
+            )
         return self
 
     @property
@@ -245,11 +264,13 @@ class GRPOConfig(StageConfig):
     tokenizer_section: ClassVar[str] = "actor"
     actor: ModelConfig
     reference: ModelConfig | None = Field(
-        None, description="The KL reference; default the actor's starting checkpoint (with LoRA on a frozen base: "
+        None,
+        description="The KL reference; default the actor's starting checkpoint (with LoRA on a frozen base: "
         "the actor with its adapters disabled, no second model). Not loaded when grpo.kl_coef is 0",
     )
     reward_model: RewardModelConfig | None = Field(
-        None, description="A trained reward model, scored as PPO scores (its score at the answer's last token; it "
+        None,
+        description="A trained reward model, scored as PPO scores (its score at the answer's last token; it "
         "may have its own tokenizer and then scores the decoded text); its weight is rewards.model_weight",
     )
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
@@ -263,11 +284,13 @@ class GRPOConfig(StageConfig):
             raise ValueError("data: GRPO needs data.paths with a positive PPO (prompt) share in data.split")
         if not self.rewards.functions and self.reward_model is None:
             raise ValueError(
-                "rewards: no reward source: give rewards.functions (e.g. [rlhf.data.synthetic:reward]) and/or "
-                "reward_model (a trained reward model)"
+                "rewards: no reward source: give rewards.functions (e.g. [rlhf.data.synthetic:reward]) "
+                "and/or reward_model (a trained reward model)"
             )
         if self.reward_model is not None and self.rewards.model_weight == 0:
-            raise ValueError("rewards.model_weight: 0 with a reward_model set; drop reward_model or give it a weight")
+            raise ValueError(
+                "rewards.model_weight: 0 with a reward_model set; drop reward_model or give it a weight"
+            )
         check_rollout(
             self,
             "answers",
@@ -287,9 +310,9 @@ def deprecated_settings(cfg: StageConfig) -> list[str]:
     for section, model in cfg.model_sections():
         if isinstance(model, RewardModelConfig) and model.num_padding_at_beginning is not None:
             lines.append(
-                f"{section}.num_padding_at_beginning is deprecated and ignored: the end of every sequence comes "
-                "from its attention mask (its length), in reward training, PPO scoring and rw-eval alike; "
-                "remove the setting"
+                f"{section}.num_padding_at_beginning is deprecated and ignored: the end of every sequence "
+                "comes from its attention mask (its length), in reward training, PPO scoring and rw-eval "
+                "alike; remove the setting"
             )
     return lines
 

@@ -13,7 +13,8 @@
 
 Before the first iteration and at the end, held-out prompts are answered greedily and rewarded
 (:mod:`rlhf.stages.grpo_eval`); the summary compares the final actor with the SFT model as PPO's does.
-Steps 1 and 6, resume, evaluation, export and the summary are PPO's (:class:`rlhf.stages.rounds.RoundsTrainer`).
+Steps 1 and 6, resume, evaluation, export and the summary are PPO's
+(:class:`rlhf.stages.rounds.RoundsTrainer`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,15 @@ class GRPOTrainer(RoundsTrainer[GRPOConfig, GRPOModels]):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _save(self, models: GRPOModels, state: dict[str, Any]) -> None:
-        checkpoint.save(models.actor, self.ckpt_dirs[0], state["iteration"], state, self.rt.dist.rank,
-                        self.cfg.checkpoint.keep_last, {run_settings.FILE: self.settings})
+        checkpoint.save(
+            models.actor,
+            self.ckpt_dirs[0],
+            state["iteration"],
+            state,
+            self.rt.dist.rank,
+            self.cfg.checkpoint.keep_last,
+            {run_settings.FILE: self.settings},
+        )
 
     def _resume(self, models: GRPOModels) -> dict[str, Any] | None:
         if self.resume_tag is None:
@@ -79,7 +87,11 @@ class GRPOTrainer(RoundsTrainer[GRPOConfig, GRPOModels]):
 
     # ---- an iteration -------------------------------------------------------------------------
     def _iteration(
-        self, models: GRPOModels, batches: list[tuple[list[list[int]], list[Row]]], state: dict[str, Any], t0: float
+        self,
+        models: GRPOModels,
+        batches: list[tuple[list[list[int]], list[Row]]],
+        state: dict[str, Any],
+        t0: float,
     ) -> tuple[int, float, dict[str, float]]:
         cfg, rt = self.cfg, self.rt
         # (1. the prompts come with their dataset rows)
@@ -105,22 +117,28 @@ class GRPOTrainer(RoundsTrainer[GRPOConfig, GRPOModels]):
             self.rt.accel.mark_step()
         return stats
 
-    def _metrics(self, rollout: Rollout, sources, gen_stats, train_stats, t0, t1, t2, models: GRPOModels) -> dict[str, float]:
+    def _metrics(
+        self, rollout: Rollout, sources, gen_stats, train_stats, t0, t1, t2, models: GRPOModels
+    ) -> dict[str, float]:
         world, g = self.rt.dist.world_size, self.cfg.grpo.group_size
         rewards = rollout.rewards
         groups = rewards.view(-1, g)
         generated = sum(s["generated_tokens"] for s in gen_stats)
         gen_seconds = sum(s["generate_seconds"] for s in gen_stats)
         row = {
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
             "group_reward_std": float(groups.std(dim=1).mean()),
             "zero_std_groups": float((groups.std(dim=1) == 0).float().mean()),
             "answer_tokens": float(rollout.action_mask.sum(dim=1).mean()),
-            "generate_seconds": gen_seconds, "reward_seconds": sum(s["reward_seconds"] for s in gen_stats),
+            "generate_seconds": gen_seconds,
+            "reward_seconds": sum(s["reward_seconds"] for s in gen_stats),
             "reference_seconds": sum(s["reference_seconds"] for s in gen_stats),
-            "train_seconds": t2 - t1, "iteration_seconds": t2 - t0,
+            "train_seconds": t2 - t1,
+            "iteration_seconds": t2 - t0,
             "generate_tokens_per_second": generated * world / max(gen_seconds, 1e-9),
-            "samples_per_second": len(rollout) * world / max(t2 - t0, 1e-9), "lr": models.actor.get_lr()[0],
+            "samples_per_second": len(rollout) * world / max(t2 - t0, 1e-9),
+            "lr": models.actor.get_lr()[0],
         }
         for name in sources[0]:
             row[f"reward/{name}"] = float(torch.cat([s[name] for s in sources]).float().mean())

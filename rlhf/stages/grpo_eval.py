@@ -31,8 +31,12 @@ def eval_set(cfg: GRPOConfig, tokenizer, eval_split) -> tuple[list[list[int]], l
 
 @torch.no_grad()
 def evaluate(
-    models: GRPOModels, cfg: GRPOConfig, rt: Runtime, functions: list[RewardFunction],
-    prompts: list[list[int]], rows: list[Row],
+    models: GRPOModels,
+    cfg: GRPOConfig,
+    rt: Runtime,
+    functions: list[RewardFunction],
+    prompts: list[list[int]],
+    rows: list[Row],
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics over ``prompts`` (every rank answers its share) and the answered rows; ``score`` is
     the stage's reward."""

@@ -58,8 +58,8 @@ def load_tokenizers(cfg: GRPOConfig) -> tuple[Any, Any, bool]:
             from rlhf.config import ConfigError
 
             raise ConfigError(
-                f"reference: its tokenizer ({cfg.reference.tokenizer or cfg.reference.name_or_path}) differs from the "
-                "actor's; the reference scores the actor's tokens, so it needs the same tokenizer"
+                f"reference: its tokenizer ({cfg.reference.tokenizer or cfg.reference.name_or_path}) differs "
+                "from the actor's; the reference scores the actor's tokens, so it needs the same tokenizer"
             )
     if cfg.reward_model is None:
         return tokenizer, tokenizer, True
@@ -82,11 +82,18 @@ def frozen_ds_config(cfg: GRPOConfig, world_size: int) -> dict[str, Any]:
     ZeRO-1/2 shard optimizer state, which a frozen model has none of)."""
     stage = 3 if cfg.deepspeed.zero_stage == 3 else 0
     ds = cfg.deepspeed.model_copy(update={"zero_stage": stage, "offload": False})
-    return build_ds_config(ds, cfg.optim, world_size, train=False,
-                           micro_batch_size=cfg.generation.per_device_generation_batch_size)
+    return build_ds_config(
+        ds,
+        cfg.optim,
+        world_size,
+        train=False,
+        micro_batch_size=cfg.generation.per_device_generation_batch_size,
+    )
 
 
-def build_models(cfg: GRPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]) -> GRPOModels:
+def build_models(
+    cfg: GRPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]
+) -> GRPOModels:
     """Load and wrap the models; ``total_steps`` sizes the lr schedule."""
     import deepspeed
 
@@ -108,13 +115,20 @@ def build_models(cfg: GRPOConfig, rt: Runtime, total_steps: int, tokenizers: tup
         reference = AdaptersOff(actor_engine)
     elif kind == "copy":
         with zero3_model_init(frozen_ds):
-            ref = load_causal_lm(no_dropout(cfg.reference or cfg.actor), tokenizer, dtype).eval().requires_grad_(False)
+            ref = (
+                load_causal_lm(no_dropout(cfg.reference or cfg.actor), tokenizer, dtype)
+                .eval()
+                .requires_grad_(False)
+            )
         reference, *_ = deepspeed.initialize(model=ref, config=frozen_ds, dist_init_required=False)
 
     reward: Any = None
     if cfg.reward_model is not None:
         with zero3_model_init(frozen_ds):
-            rm = load_reward_model(no_dropout(cfg.reward_model), reward_tokenizer, dtype).eval().requires_grad_(False)
+            rm = (
+                load_reward_model(no_dropout(cfg.reward_model), reward_tokenizer, dtype)
+                .eval()
+                .requires_grad_(False)
+            )
         reward, *_ = deepspeed.initialize(model=rm, config=frozen_ds, dist_init_required=False)
     return GRPOModels(actor_engine, reference, reward, tokenizer, reward_tokenizer, same, actor_ds)
-

@@ -58,8 +58,13 @@ def texts(models: GRPOModels, prompts: list[list[int]], gen: Generated) -> tuple
 
 
 def rewards_of(
-    models: GRPOModels, cfg: GRPOConfig, rt: Runtime, functions: list[RewardFunction],
-    prompts: list[list[int]], rows: list[Row], gen: Generated,
+    models: GRPOModels,
+    cfg: GRPOConfig,
+    rt: Runtime,
+    functions: list[RewardFunction],
+    prompts: list[list[int]],
+    rows: list[Row],
+    gen: Generated,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step 3: every answer's reward, the weighted sum of the reward functions and the reward model;
     also each source's values (``<function metric>``, ``model``) for the metrics."""
@@ -80,8 +85,12 @@ def rewards_of(
 
 @torch.no_grad()
 def make_rollout(
-    models: GRPOModels, cfg: GRPOConfig, rt: Runtime, functions: list[RewardFunction],
-    prompts: list[list[int]], rows: list[Row],
+    models: GRPOModels,
+    cfg: GRPOConfig,
+    rt: Runtime,
+    functions: list[RewardFunction],
+    prompts: list[list[int]],
+    rows: list[Row],
 ) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
     """Steps 2-4a for one generation batch of prompts: ``group_size`` answers each (adjacent), their
     rewards, and the reference's log-probs when the loss has a KL term."""
@@ -101,11 +110,21 @@ def make_rollout(
         models.actor.train()
     ref = actor_logprobs(models.reference, seqs, mask).cpu() if models.reference is not None else None
     action = gen.action_mask.float()
-    rollout = Rollout(gen.sequences, gen.attention_mask, action, logprobs * action,
-                      None if ref is None else ref * action, rewards)
+    rollout = Rollout(
+        gen.sequences,
+        gen.attention_mask,
+        action,
+        logprobs * action,
+        None if ref is None else ref * action,
+        rewards,
+    )
     t3 = time.perf_counter()
-    stats = {"generate_seconds": t1 - t0, "reward_seconds": t2 - t1, "reference_seconds": t3 - t2,
-             "generated_tokens": float(gen.answer_lens.sum())}
+    stats = {
+        "generate_seconds": t1 - t0,
+        "reward_seconds": t2 - t1,
+        "reference_seconds": t3 - t2,
+        "generated_tokens": float(gen.answer_lens.sum()),
+    }
     return rollout, parts, stats
 
 
@@ -113,8 +132,17 @@ def batch_std(rewards: torch.Tensor, device: torch.device) -> float:
     """The standard deviation of every rank's rewards together (collective; Bessel-corrected)."""
     import torch.distributed as dist
 
-    packed = torch.stack([rewards.double().sum(), (rewards.double() ** 2).sum(),
-                          torch.tensor(float(rewards.numel()), dtype=torch.float64)]).float().to(device)
+    packed = (
+        torch.stack(
+            [
+                rewards.double().sum(),
+                (rewards.double() ** 2).sum(),
+                torch.tensor(float(rewards.numel()), dtype=torch.float64),
+            ]
+        )
+        .float()
+        .to(device)
+    )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(packed)
     total, squares, n = packed.cpu().double().tolist()
@@ -136,5 +164,7 @@ def with_advantages(rollout: Rollout, cfg: GRPOConfig, device: torch.device) -> 
     rewards together (a collective every rank calls once per iteration)."""
     scale = scale_of(cfg)
     std = batch_std(rollout.rewards, device) if scale == "batch" else None
-    adv = losses.group_advantages(rollout.rewards, cfg.grpo.group_size, cfg.grpo.advantage, scale, batch_std=std)
+    adv = losses.group_advantages(
+        rollout.rewards, cfg.grpo.group_size, cfg.grpo.advantage, scale, batch_std=std
+    )
     return replace(rollout, advantages=adv)

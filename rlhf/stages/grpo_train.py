@@ -16,16 +16,25 @@ from rlhf.stages.grpo_rollout import Rollout
 from rlhf.stages.rollout import actor_logprobs
 
 
-def train_minibatch(models: GRPOModels, mb: Rollout, cfg: GRPOConfig, device: torch.device) -> dict[str, torch.Tensor]:
+def train_minibatch(
+    models: GRPOModels, mb: Rollout, cfg: GRPOConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Update the actor on ``mb`` (which has its advantages); returns the detached loss and statistics."""
     assert mb.advantages is not None, "advantages are computed before training (grpo_rollout.with_advantages)"
     seqs, mask, action = (t.to(device) for t in (mb.sequences, mb.attention_mask, mb.action_mask))
     logprobs = actor_logprobs(models.actor, seqs, mask)
     algo = cfg.grpo
     loss, stats = losses.grpo_policy_loss(
-        logprobs, mb.logprobs.to(device), mb.advantages.to(device), action, algo.cliprange, algo.cliprange_high,
-        ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(device), kl_coef=algo.kl_coef,
-        estimator=algo.kl_estimator, aggregation=algo.loss_aggregation,
+        logprobs,
+        mb.logprobs.to(device),
+        mb.advantages.to(device),
+        action,
+        algo.cliprange,
+        algo.cliprange_high,
+        ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(device),
+        kl_coef=algo.kl_coef,
+        estimator=algo.kl_estimator,
+        aggregation=algo.loss_aggregation,
     )
     models.actor.backward(loss)
     models.actor.step()

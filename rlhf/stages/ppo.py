@@ -80,9 +80,13 @@ class PPOTrainer(RoundsTrainer[PPOConfig, PPOModels]):
     # ---- data ---------------------------------------------------------------------------------
     def _ptx_batches(self, consumed: int):
         """Endless SFT-style batches for the ptx loss, starting after ``consumed`` of them."""
-        assert self.ptx is not None
+        if self.ptx is None or self.ptx.train is None:
+            raise ValueError(
+                "ptx: no SFT samples (ptx.coef > 0 trains on data.sft_only_paths or the SFT share)"
+            )
+        train = self.ptx.train
         bs = self.cfg.optim.per_device_train_batch_size
-        sampler = self._sampler(self.ptx.train)
+        sampler = self._sampler(train)
         per_epoch = len(sampler) // bs
         if per_epoch == 0:
             raise ValueError("ptx: fewer SFT samples per rank than optim.per_device_train_batch_size")
@@ -94,10 +98,15 @@ class PPOTrainer(RoundsTrainer[PPOConfig, PPOModels]):
 
         for epoch in itertools.count(consumed // per_epoch):
             sampler.set_epoch(epoch)
-            grouped = self._grouped(sampler, self.ptx.train, "input_ids", bs)
+            grouped = self._grouped(sampler, train, "input_ids", bs)
             skip = consumed % per_epoch if epoch == consumed // per_epoch else 0
-            loader = DataLoader(self.ptx.train, batch_size=bs, sampler=SkipSampler(grouped, skip * bs), drop_last=True,
-                                collate_fn=collate)
+            loader = DataLoader(
+                train,
+                batch_size=bs,
+                sampler=SkipSampler(grouped, skip * bs),
+                drop_last=True,
+                collate_fn=collate,
+            )
             yield from loader
 
     # ---- checkpoints --------------------------------------------------------------------------
@@ -138,7 +147,9 @@ class PPOTrainer(RoundsTrainer[PPOConfig, PPOModels]):
         # 2.-4. answer, score, rewards and advantages
         parts, gen_stats = [], []
         for prompts in batches:
-            exp, _, stats = make_experience(models, self.cfg, self.rt, prompts, values=not self.values_in_training)
+            exp, _, stats = make_experience(
+                models, self.cfg, self.rt, prompts, values=not self.values_in_training
+            )
             parts.append(exp)
             gen_stats.append(stats)
         experience = Experience.cat(parts, self.tokenizer.pad_token_id)
@@ -161,19 +172,26 @@ class PPOTrainer(RoundsTrainer[PPOConfig, PPOModels]):
             self.rt.accel.mark_step()
         return stats
 
-    def _metrics(self, exp: Experience, gen_stats, train_stats, t0, t1, t2, models: PPOModels) -> dict[str, float]:
+    def _metrics(
+        self, exp: Experience, gen_stats, train_stats, t0, t1, t2, models: PPOModels
+    ) -> dict[str, float]:
         world = self.rt.dist.world_size
         answer_lens = exp.action_mask.sum(dim=1)
         generated = sum(s["generated_tokens"] for s in gen_stats)
         gen_seconds = sum(s["generate_seconds"] for s in gen_stats)
         row = {
-            "reward_mean": float(exp.scores.mean()), "reward_std": float(exp.scores.std(unbiased=False)),
-            "kl": float(exp.kl.sum(dim=1).mean()), "answer_tokens": float(answer_lens.float().mean()),
-            "generate_seconds": gen_seconds, "experience_seconds": sum(s["experience_seconds"] for s in gen_stats),
-            "train_seconds": t2 - t1, "iteration_seconds": t2 - t0,
+            "reward_mean": float(exp.scores.mean()),
+            "reward_std": float(exp.scores.std(unbiased=False)),
+            "kl": float(exp.kl.sum(dim=1).mean()),
+            "answer_tokens": float(answer_lens.float().mean()),
+            "generate_seconds": gen_seconds,
+            "experience_seconds": sum(s["experience_seconds"] for s in gen_stats),
+            "train_seconds": t2 - t1,
+            "iteration_seconds": t2 - t0,
             "generate_tokens_per_second": generated * world / max(gen_seconds, 1e-9),
             "samples_per_second": len(exp) * world / max(t2 - t0, 1e-9),
-            "actor_lr": models.actor.get_lr()[0], "critic_lr": models.critic.get_lr()[0],
+            "actor_lr": models.actor.get_lr()[0],
+            "critic_lr": models.critic.get_lr()[0],
         }
         row.update({k: mean(v) for k, v in train_stats.items()})
         return row

@@ -18,9 +18,9 @@ from rlhf.text_metrics import diversity_stats
 
 
 def read_eval_prompts(cfg: PPOConfig | GRPOConfig, tokenizer, path: str) -> list[tuple[int, Any, list[int]]]:
-    """The prompts of ``path`` (``evaluation.prompts``: JSONL or text), rendered and tokenized as the training prompts were and
-    cut to their last ``generation.max_prompt_len`` tokens: (index in the file, the prompt as read,
-    token ids) of the first ``evaluation.max_prompts`` that have tokens."""
+    """The prompts of ``path`` (``evaluation.prompts``: JSONL or text), rendered and tokenized as the
+    training prompts were and cut to their last ``generation.max_prompt_len`` tokens: (index in the
+    file, the prompt as read, token ids) of the first ``evaluation.max_prompts`` that have tokens."""
     from rlhf.data.prompts import read_prompts
     from rlhf.data.tokenize import Encoder, keep_last
 
@@ -30,8 +30,11 @@ def read_eval_prompts(cfg: PPOConfig | GRPOConfig, tokenizer, path: str) -> list
         raise DataError(f"evaluation.prompts: {e}") from None
     enc = Encoder(tokenizer, cfg.data.chat_format)
     keep = cfg.generation.max_prompt_len
-    out = [(i, p, keep_last(ids, keep, enc.prefix))
-           for i, (p, ids) in enumerate(zip(prompts, enc.prompts(prompts), strict=True)) if ids]
+    out = [
+        (i, p, keep_last(ids, keep, enc.prefix))
+        for i, (p, ids) in enumerate(zip(prompts, enc.prompts(prompts), strict=True))
+        if ids
+    ]
     if not out:
         raise DataError(f"evaluation.prompts: {path} has no prompts")
     return out[: cfg.evaluation.max_prompts]
@@ -62,7 +65,10 @@ def _gather(rows: list[Any]) -> list[Any]:
 
 
 def answered(
-    rt: Runtime, tokenizer, prompts: list[list[int]], batch_size: int,
+    rt: Runtime,
+    tokenizer,
+    prompts: list[list[int]],
+    batch_size: int,
     answer_scored: Callable[[list[int]], tuple[Generated, torch.Tensor]],
 ) -> list[dict[str, Any]]:
     """Every rank answers its share of ``prompts``, in equal numbers of batches (ZeRO-3 ranks generate
@@ -77,22 +83,33 @@ def answered(
         index = mine[start : start + batch_size]
         gen, scores = answer_scored(index)
         for j, i in enumerate(index):
-            rows.append({"index": i, "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
-                         "answer": tokenizer.decode(gen.answers[j], skip_special_tokens=True),
-                         "score": float(scores[j]), "tokens": int(gen.content_lens[j]), "ended": bool(gen.ended[j])})
+            rows.append(
+                {
+                    "index": i,
+                    "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
+                    "answer": tokenizer.decode(gen.answers[j], skip_special_tokens=True),
+                    "score": float(scores[j]),
+                    "tokens": int(gen.content_lens[j]),
+                    "ended": bool(gen.ended[j]),
+                }
+            )
     unique = {r["index"]: r for r in _gather(rows)}
     return [unique[i] for i in sorted(unique)]
 
 
 @torch.no_grad()
-def evaluate(models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]) -> tuple[dict[str, float], list[dict]]:
+def evaluate(
+    models: PPOModels, cfg: PPOConfig, rt: Runtime, prompts: list[list[int]]
+) -> tuple[dict[str, float], list[dict]]:
     """Metrics over ``prompts`` (every rank answers its share) and the rows."""
 
     def answer_scored(index: list[int]) -> tuple[Generated, torch.Tensor]:
         gen = answer(models, cfg, rt, [prompts[i] for i in index], greedy=True)
         return gen, score(models, cfg, gen, rt)
 
-    rows = answered(rt, models.tokenizer, prompts, cfg.generation.per_device_generation_batch_size, answer_scored)
+    rows = answered(
+        rt, models.tokenizer, prompts, cfg.generation.per_device_generation_batch_size, answer_scored
+    )
     return metrics_of(rows, cfg.evaluation.checker), rows
 
 
@@ -106,10 +123,13 @@ def metrics_of(rows: list[dict], checker: str) -> dict[str, float]:
     if all("score" in r for r in rows):
         scores = torch.tensor([r["score"] for r in rows])
         out.update(reward_mean=float(scores.mean()), reward_std=float(scores.std(unbiased=False)))
-    out.update({
-        "answer_tokens": sum(r["tokens"] for r in rows) / len(rows), "ended_rate": sum(r["ended"] for r in rows) / len(rows),
-        **diversity_stats(answers),
-    })
+    out.update(
+        {
+            "answer_tokens": sum(r["tokens"] for r in rows) / len(rows),
+            "ended_rate": sum(r["ended"] for r in rows) / len(rows),
+            **diversity_stats(answers),
+        }
+    )
     if checker == "synthetic":
         from rlhf.data.synthetic import content_ok, has_property
 
@@ -123,8 +143,14 @@ def comparison(baseline: dict[str, float], final: dict[str, float]) -> dict[str,
     out: dict[str, float] = {}
     if "property_rate" in baseline and "property_rate" in final:
         out["property_gain_points"] = 100 * (final["property_rate"] - baseline["property_rate"])
-        out["content_ratio"] = final["content_rate"] / baseline["content_rate"] if baseline["content_rate"] else 0.0
-    for key, name in (("distinct_2", "distinct_2_ratio"), ("mean_words", "length_ratio"), ("reward_mean", None)):
+        out["content_ratio"] = (
+            final["content_rate"] / baseline["content_rate"] if baseline["content_rate"] else 0.0
+        )
+    for key, name in (
+        ("distinct_2", "distinct_2_ratio"),
+        ("mean_words", "length_ratio"),
+        ("reward_mean", None),
+    ):
         if key in baseline and key in final:
             if name is None:
                 out["reward_gain"] = final[key] - baseline[key]

@@ -17,7 +17,7 @@ copy (float32, for the precision of its small updates) lives on the main rank on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,8 +38,10 @@ from rlhf.models.loading import causal_lm_skeleton, load_causal_lm, load_tokeniz
 from rlhf.models.lora import apply_lora
 from rlhf.models.reward import RewardModel, load_reward_model
 
+M = TypeVar("M", bound=ModelConfig)
 
-def no_dropout(model: ModelConfig) -> ModelConfig:
+
+def no_dropout(model: M) -> M:
     """``model`` with dropout off unless its section sets it (PPO's and GRPO's models)."""
     return model if model.dropout is not None else model.model_copy(update={"dropout": 0.0})
 
@@ -60,8 +62,13 @@ def frozen_ds_config(cfg: PPOConfig, stage: int | None, offload: bool, world_siz
     stage = cfg.deepspeed.zero_stage if stage is None else stage
     stage = 3 if offload or stage == 3 else 0
     ds = _with_stage(cfg.deepspeed, stage, offload)
-    return build_ds_config(ds, cfg.optim, world_size, train=False,
-                           micro_batch_size=cfg.generation.per_device_generation_batch_size)
+    return build_ds_config(
+        ds,
+        cfg.optim,
+        world_size,
+        train=False,
+        micro_batch_size=cfg.generation.per_device_generation_batch_size,
+    )
 
 
 class AdaptersOff:
@@ -94,8 +101,9 @@ def reference_from_adapters(cfg: PPOConfig) -> bool:
     choice = cfg.engines.reference
     if choice == "adapters" and not frozen_base:
         raise ConfigError(
-            "engines.reference: adapters needs LoRA on a frozen base (lora.dim > 0 and lora.only_optimize_lora: "
-            "true): the base weights train otherwise, and the actor without its adapters is no longer the SFT model"
+            "engines.reference: adapters needs LoRA on a frozen base (lora.dim > 0 and "
+            "lora.only_optimize_lora: true): the base weights train otherwise, and the actor without its "
+            "adapters is no longer the SFT model"
         )
     return choice == "adapters" or (choice == "auto" and frozen_base)
 
@@ -123,9 +131,10 @@ def load_tokenizers(cfg: PPOConfig) -> tuple[Any, Any, bool]:
     if tokenizer_fingerprint(critic_tok) != actor_fp:
         where = "critic.tokenizer" if cfg.critic.tokenizer else "critic.name_or_path"
         raise ConfigError(
-            f"{where}: the critic's tokenizer ({cfg.critic.tokenizer or cfg.critic.name_or_path}) differs from "
-            f"the actor's ({cfg.actor.tokenizer or cfg.actor.name_or_path}); the critic reads the actor's tokens, "
-            "so it needs the same tokenizer (a reward model with another tokenizer goes in reward_model)"
+            f"{where}: the critic's tokenizer ({cfg.critic.tokenizer or cfg.critic.name_or_path}) differs "
+            f"from the actor's ({cfg.actor.tokenizer or cfg.actor.name_or_path}); the critic reads the "
+            "actor's tokens, so it needs the same tokenizer (a reward model with another tokenizer goes in "
+            "reward_model)"
         )
     reward = cfg.reward
     if reward is cfg.critic:
@@ -151,13 +160,17 @@ def check_positions(cfg: PPOConfig) -> None:
         check(cfg.actor, "actor", cfg.data.max_seq_len, "data.max_seq_len (ptx)")
 
 
-def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]) -> PPOModels:
+def build_models(
+    cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]
+) -> PPOModels:
     """Load and wrap all models; ``total_steps`` sizes the lr schedules, ``tokenizers`` is
     :func:`load_tokenizers`' result."""
     import deepspeed
 
     if cfg.engines.hybrid_engine and rt.accel.name != "cuda":
-        raise ConfigError(f"engines.hybrid_engine: DeepSpeed's hybrid engine needs CUDA (running on {rt.accel.name})")
+        raise ConfigError(
+            f"engines.hybrid_engine: DeepSpeed's hybrid engine needs CUDA (running on {rt.accel.name})"
+        )
     tokenizer, reward_tokenizer, same = tokenizers
     world = rt.dist.world_size
     actor_cfg, critic_cfg = no_dropout(cfg.actor), no_dropout(cfg.critic)
@@ -165,8 +178,11 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
     actor_ds = build_ds_config(cfg.deepspeed, cfg.optim, world)
     if cfg.engines.hybrid_engine:
         actor_ds["hybrid_engine"] = {
-            "enabled": True, "max_out_tokens": cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
-            "inference_tp_size": 1, "release_inference_cache": False, "pin_parameters": True,
+            "enabled": True,
+            "max_out_tokens": cfg.generation.max_prompt_len + cfg.generation.max_answer_len,
+            "inference_tp_size": 1,
+            "release_inference_cache": False,
+            "pin_parameters": True,
             "tp_gather_partition_size": 8,
         }
     dtype = torch_dtype(cfg.deepspeed)
@@ -179,7 +195,9 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
     if reference_from_adapters(cfg):
         reference_engine: Any = AdaptersOff(actor_engine)
     else:
-        ref_ds = frozen_ds_config(cfg, cfg.engines.reference_zero_stage, cfg.engines.offload_reference_model, world)
+        ref_ds = frozen_ds_config(
+            cfg, cfg.engines.reference_zero_stage, cfg.engines.offload_reference_model, world
+        )
         with zero3_model_init(ref_ds):
             reference = load_causal_lm(actor_cfg, tokenizer, dtype).eval().requires_grad_(False)
         reference_engine, *_ = deepspeed.initialize(model=reference, config=ref_ds, dist_init_required=False)
@@ -191,21 +209,35 @@ def build_models(cfg: PPOConfig, rt: Runtime, total_steps: int, tokenizers: tupl
         critic = load_reward_model(critic_cfg, tokenizer, dtype)
         if cfg.critic_lora.enabled:
             critic = RewardModel(apply_lora(critic.model, cfg.critic_lora, "SEQ_CLS"))
-    critic_engine = initialize_training(critic, rt, critic_ds, critic_ds_model, c_optim, cfg.critic_lora, total_steps)
+    critic_engine = initialize_training(
+        critic, rt, critic_ds, critic_ds_model, c_optim, cfg.critic_lora, total_steps
+    )
 
     reward_stage = cfg.engines.reward_zero_stage
     reward_stage = cfg.engines.critic_zero_stage if reward_stage is None else reward_stage
     reward_ds = frozen_ds_config(cfg, reward_stage, cfg.engines.offload_reward_model, world)
     with zero3_model_init(reward_ds):
-        reward = load_reward_model(no_dropout(cfg.reward), reward_tokenizer, dtype).eval().requires_grad_(False)
+        reward = (
+            load_reward_model(no_dropout(cfg.reward), reward_tokenizer, dtype).eval().requires_grad_(False)
+        )
     reward_engine, *_ = deepspeed.initialize(model=reward, config=reward_ds, dist_init_required=False)
 
     ema = None
     if cfg.engines.ema and rt.is_main:
         with zero3_model_init({"zero_optimization": {"stage": 0}}):
             ema = load_causal_lm(actor_cfg, tokenizer).eval().requires_grad_(False)
-    return PPOModels(actor_engine, reference_engine, critic_engine, reward_engine, tokenizer, reward_tokenizer,
-                     same, ema, actor_ds, critic_ds)
+    return PPOModels(
+        actor_engine,
+        reference_engine,
+        critic_engine,
+        reward_engine,
+        tokenizer,
+        reward_tokenizer,
+        same,
+        ema,
+        actor_ds,
+        critic_ds,
+    )
 
 
 def actor_skeleton(cfg: PPOConfig | GRPOConfig, tokenizer) -> nn.Module:

@@ -17,8 +17,13 @@ from rlhf.stages.ppo_models import PPOModels, update_ema
 from rlhf.stages.rollout import Experience, actor_logprobs, critic_values, whiten_advantages, with_values
 
 
-def train_minibatch(models: PPOModels, mb: Experience, cfg: PPOConfig, device: torch.device,
-                    ptx_batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def train_minibatch(
+    models: PPOModels,
+    mb: Experience,
+    cfg: PPOConfig,
+    device: torch.device,
+    ptx_batch: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Update actor and critic on ``mb``; returns the detached losses and statistics.
 
     When ``mb`` has no values yet (the rollout is this one mini-batch, :func:`critic_values_in_training`),
@@ -30,15 +35,19 @@ def train_minibatch(models: PPOModels, mb: Experience, cfg: PPOConfig, device: t
     if mb.values is None:  # 4b. the critic's one forward on these tokens: values for GAE and its loss
         values = critic_values(models.critic, seqs, mask)
         mb = whiten_advantages(with_values(mb, values.detach().cpu(), cfg), cfg, device)
+    assert mb.advantages is not None and mb.values is not None and mb.returns is not None  # GAE has run
     # actor: clipped policy loss (+ ptx)
     logprobs = actor_logprobs(models.actor, seqs, mask)
-    actor_loss, pstats = losses.policy_loss(logprobs, mb.logprobs.to(device), mb.advantages.to(device), action,
-                                            cfg.ppo.cliprange)
+    actor_loss, pstats = losses.policy_loss(
+        logprobs, mb.logprobs.to(device), mb.advantages.to(device), action, cfg.ppo.cliprange
+    )
     loss = actor_loss
     out: dict[str, torch.Tensor] = {}
     if ptx_batch is not None:
         batch = {k: v.to(device) for k, v in ptx_batch.items()}
-        logits = models.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = models.actor(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
         ptx_loss, _ = losses.causal_lm_loss(logits, batch["labels"], fp32=True)
         loss = loss + cfg.ptx.coef * ptx_loss
         out["ptx_loss"] = ptx_loss.detach()
@@ -49,12 +58,18 @@ def train_minibatch(models: PPOModels, mb: Experience, cfg: PPOConfig, device: t
     # critic: clipped value loss
     if values is None:
         values = critic_values(models.critic, seqs, mask)
-    critic_loss, vstats = losses.value_loss(values, mb.values.to(device), mb.returns.to(device), action,
-                                            cfg.ppo.cliprange_value)
+    critic_loss, vstats = losses.value_loss(
+        values, mb.values.to(device), mb.returns.to(device), action, cfg.ppo.cliprange_value
+    )
     models.critic.backward(critic_loss)
     models.critic.step()
-    out.update(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(), actor_clipfrac=pstats["clipfrac"],
-               approx_kl=pstats["approx_kl"], critic_clipfrac=vstats["clipfrac"])
+    out.update(
+        actor_loss=actor_loss.detach(),
+        critic_loss=critic_loss.detach(),
+        actor_clipfrac=pstats["clipfrac"],
+        approx_kl=pstats["approx_kl"],
+        critic_clipfrac=vstats["clipfrac"],
+    )
     return out
 
 

@@ -47,13 +47,22 @@ class Experience(Packed):
 
 def sampling(cfg: PPOConfig | GRPOConfig, *, greedy: bool = False) -> Sampling:
     gen = cfg.generation
-    return Sampling(max_new_tokens=gen.max_answer_len, do_sample=gen.do_sample and not greedy,
-                    temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    return Sampling(
+        max_new_tokens=gen.max_answer_len,
+        do_sample=gen.do_sample and not greedy,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
+    )
 
 
 def answer(
-    models: PPOModels | GRPOModels, cfg: PPOConfig | GRPOConfig, rt: Runtime, prompts: list[list[int]],
-    *, greedy: bool = False,
+    models: PPOModels | GRPOModels,
+    cfg: PPOConfig | GRPOConfig,
+    rt: Runtime,
+    prompts: list[list[int]],
+    *,
+    greedy: bool = False,
 ) -> Generated:
     """Step 2: the actor answers every one of ``prompts`` (KV cache; every rank in every forward pass
     under ZeRO-3). GRPO's too: its ``prompts`` hold each prompt ``group_size`` times."""
@@ -67,8 +76,12 @@ def answer(
     model = engine if hybrid else engine.module
     try:
         return generate(
-            model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-            sampling=sampling(cfg, greedy=greedy), device=rt.device,
+            model,
+            prompts,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+            sampling=sampling(cfg, greedy=greedy),
+            device=rt.device,
             synced_gpus=models.actor_ds_config["zero_optimization"]["stage"] == 3,
             static_prompt_len=cfg.generation.max_prompt_len if rt.accel.static_shapes else None,
             decoder="transformers" if hybrid else cfg.generation.decoder,
@@ -95,8 +108,10 @@ def reward_inputs(
         positions = torch.arange(gen.sequences.size(1))[None, :]
         return gen.sequences, (positions < gen.score_lens[:, None]).long()
     actor_tok, rm_tok = models.tokenizer, models.reward_tokenizer
-    prompts = [actor_tok.decode(gen.sequences[i, : int(n)].tolist(), skip_special_tokens=True)
-               for i, n in enumerate(gen.prompt_lens)]
+    prompts = [
+        actor_tok.decode(gen.sequences[i, : int(n)].tolist(), skip_special_tokens=True)
+        for i, n in enumerate(gen.prompt_lens)
+    ]
     answers = [actor_tok.decode(a, skip_special_tokens=True) for a in gen.answers]
     eot = [rm_tok.eos_token_id if ended else None for ended in gen.ended.tolist()]
     rows = answer_rows(rm_tok, prompts, answers, eot)
@@ -112,9 +127,11 @@ def reward_model_scores(
 ) -> torch.Tensor:
     """The frozen reward model's score of each answer; an answer shorter than
     ``generation.min_answer_len`` gets ``lowest`` instead."""
+    reward = models.reward
+    assert reward is not None, "no reward model to score with"  # GRPO's is optional
     ids, mask = (t.to(rt.device) for t in reward_inputs(models, cfg, gen, rt))
-    values = models.reward(ids, attention_mask=mask)
-    scores = models.reward.module.scores(values, mask).float().cpu()
+    values = reward(ids, attention_mask=mask)
+    scores = reward.module.scores(values, mask).float().cpu()
     too_short = gen.content_lens < cfg.generation.min_answer_len
     return torch.where(too_short, torch.full_like(scores, lowest), scores)
 
@@ -199,7 +216,9 @@ def make_experience(
     ref_logprobs = actor_logprobs(models.reference, seqs, mask).cpu()
     action = action.cpu().float()
     ppo = cfg.ppo
-    rewards, kl = losses.shaped_rewards(logprobs, ref_logprobs, scores, action, ppo.kl_ctl, ppo.clip_reward_value)
+    rewards, kl = losses.shaped_rewards(
+        logprobs, ref_logprobs, scores, action, ppo.kl_ctl, ppo.clip_reward_value
+    )
     exp = Experience(gen.sequences, gen.attention_mask, action, logprobs, ref_logprobs, rewards, scores, kl)
     if values:
         models.critic.eval()
@@ -207,5 +226,9 @@ def make_experience(
         models.critic.train()
     t2 = time.perf_counter()
     new_tokens = int(gen.answer_lens.sum())
-    stats = {"generate_seconds": t1 - t0, "experience_seconds": t2 - t1, "generated_tokens": float(new_tokens)}
+    stats = {
+        "generate_seconds": t1 - t0,
+        "experience_seconds": t2 - t1,
+        "generated_tokens": float(new_tokens),
+    }
     return exp, gen, stats
