@@ -19,8 +19,11 @@ Measured per run: pairs/s over the optimizer steps after ``warmup`` (a step time
 the next one's: forward, backward, optimizer, next batch), the reference pass's seconds (cached),
 the real tokens per pair, and each rank's peak resident memory (sampled every 5 ms, and the OS
 high-water mark) with the memory before training started. The ratios are ours / TRL's, same layout,
-same reference way; ``epoch`` compares one pass over the measured pairs including the reference
-pass: ``pairs / (reference seconds + pairs / steady pairs per second)``.
+same reference way; ``cpu_ratio`` compares pairs per second of process CPU time (every rank's
+``time.process_time`` at the same step marks, summed over ranks: it leaves out the time other
+processes held the cores of this shared machine, exactly with one thread per rank); ``epoch``
+compares one pass over the measured pairs including the reference pass:
+``pairs / (reference seconds + pairs / steady pairs per second)``.
 """
 
 from __future__ import annotations
@@ -113,7 +116,14 @@ def ours(args) -> None:
     )
     marks: dict[str, float] = {}
     dpo_reference.score_pairs = _timed_reference(dpo_reference.score_pairs, marks)
-    trainer = Trainer(cfg, _probe_stage(DPOStage))
+    cpu: list[float] = []
+
+    class Probe(_probe_stage(DPOStage)):  # type: ignore[misc]
+        def train_loss(self, engine, batch):
+            cpu.append(time.process_time())  # the process's CPU time at the same mark as the wall clock
+            return super().train_loss(engine, batch)
+
+    trainer = Trainer(cfg, Probe)
     marks["before_mib"] = peak.now() / MIB
     trainer.run()
     records = trainer.stage.records
@@ -124,6 +134,7 @@ def ours(args) -> None:
                 "rank": rank,
                 "world_size": trainer.rt.dist.world_size,
                 "step_starts": [r["t"] for r in records],
+                "cpu_starts": cpu,
                 "real_tokens": [r["real"] for r in records],
                 "pairs": [r["samples"] for r in records],
                 "reference_seconds": marks.get("reference_seconds", 0.0),
@@ -178,11 +189,13 @@ def trl(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.assets / "actor")
     ref = None if args.reference == "cached" else AutoModelForCausalLM.from_pretrained(args.assets / "actor")
     starts: list[float] = []
+    cpu: list[float] = []
     tokens: list[int] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_a, **_k):
             starts.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     trainer = DPOTrainer(
         model=model,
@@ -213,6 +226,7 @@ def trl(args) -> None:
                 "rank": rank,
                 "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                 "step_starts": starts,
+                "cpu_starts": cpu,
                 "real_tokens": tokens,
                 "pairs": [s["batch"]] * len(tokens),
                 "reference_seconds": marks.get("reference_seconds", 0.0),
@@ -237,10 +251,15 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     seconds = starts[-1] - starts[warmup]
     pairs = sum(sum(r["pairs"][warmup : warmup + steps]) for r in ranks)
     real = sum(sum(r["real_tokens"][warmup : warmup + steps]) for r in ranks)
+    # every rank's process CPU time over the same steps (all its threads): the time other processes held
+    # the cores is left out (exactly with one thread per rank)
+    cpu = sum(r["cpu_starts"][-1] - r["cpu_starts"][warmup] for r in ranks if r.get("cpu_starts"))
     return {
         "steps": steps,
         "seconds": seconds,
         "pairs_per_second": pairs / seconds,
+        "cpu_seconds": cpu,
+        "pairs_per_cpu_second": pairs / cpu if cpu and all(r.get("cpu_starts") for r in ranks) else None,
         "seconds_per_step": seconds / steps,
         "real_tokens_per_pair": real / pairs,
         "reference_seconds": max(r["reference_seconds"] for r in ranks),
@@ -345,6 +364,8 @@ def compare(args) -> dict[str, Any]:
                 layout[f"{side}_{reference}"] = summarize(files, args.warmup)
             a, b = layout[f"ours_{reference}"], layout[f"trl_{reference}"]
             layout[f"ratio_{reference}"] = a["pairs_per_second"] / b["pairs_per_second"]
+            if a["pairs_per_cpu_second"] and b["pairs_per_cpu_second"]:
+                layout[f"cpu_ratio_{reference}"] = a["pairs_per_cpu_second"] / b["pairs_per_cpu_second"]
             epoch = {
                 side: args.pairs / (x["reference_seconds"] + args.pairs / x["pairs_per_second"])
                 for side, x in (("ours", a), ("trl", b))
@@ -356,18 +377,20 @@ def compare(args) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| ranks | reference | ours pairs/s | TRL pairs/s | ratio | one epoch incl. reference pass | "
-        "ours / TRL peak MiB per rank | tokens per pair (ours / TRL) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ranks | reference | ours pairs/s | TRL pairs/s | ratio | ratio per CPU-second | "
+        "one epoch incl. reference pass | ours / TRL peak MiB per rank | tokens per pair (ours / TRL) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for ranks, layout in result["layouts"].items():
         for ref in REFERENCES:
             if f"ours_{ref}" not in layout:
                 continue
             a, b = layout[f"ours_{ref}"], layout[f"trl_{ref}"]
+            cpu = layout.get(f"cpu_ratio_{ref}")
             lines.append(
                 f"| {ranks} | {ref} | {a['pairs_per_second']:.1f} | {b['pairs_per_second']:.1f} | "
-                f"{layout[f'ratio_{ref}']:.2f}x | {layout[f'epoch_ratio_{ref}']:.2f}x | "
+                f"{layout[f'ratio_{ref}']:.2f}x | {f'{cpu:.2f}x' if cpu else '-'} | "
+                f"{layout[f'epoch_ratio_{ref}']:.2f}x | "
                 f"{a['peak_mib']:.0f} / {b['peak_mib']:.0f} | {a['real_tokens_per_pair']:.1f} / "
                 f"{b['real_tokens_per_pair']:.1f} |"
             )

@@ -7,17 +7,25 @@ under ``torchrun`` for 2 ranks, DDP), one after the other, each in fresh process
 JSON line: samples (answers) per second of both and their ratio. ``ours``/``trl`` run one side alone
 (every rank writes ``PREFIX<rank>.json``).
 
-Same for both (:data:`SETTINGS`): the actor (OPT 11.2M) and the reward model checkpoint (OPT 3.6M,
-a sequence classifier with a fresh head, as ``bench/trl_peer.py`` uses it), the benchmark's
-prompts (9-58 tokens), per rank and step 4 prompts x 4 answers (``group_size`` /
-``num_generations``) of at most 64 tokens sampled at temperature 1, one optimizer step per
-generation over all 16 answers, a KL term to a frozen reference copy (``kl_coef`` / ``beta`` 0.04,
-the k3 estimator both use), advantages normalised by the group's standard deviation, token-level
-loss averaging (ours ``token``, TRL's ``dapo``), bf16, AdamW at a constant learning rate. Timing:
-the wall clock of each whole step (generation, rewards, reference, update) after ``warmup`` steps
-— ours from the trainer's own per-iteration metrics, TRL's from a callback at each step's start;
-samples/s = answers of all ranks / rank 0's seconds. Both report their answers' mean length: the
-untrained actor rarely ends an answer, so most answers run the full 64 tokens in both.
+Same for both (:data:`SETTINGS`): the actor (OPT 11.2M) and the reward model checkpoint (OPT 3.6M, a
+sequence classifier with a fresh head, as ``bench/trl_peer.py`` uses it), the benchmark's prompts
+(9-58 tokens), per rank and step 4 prompts x 4 answers (``group_size`` / ``num_generations``) of at
+most 64 tokens sampled at temperature 1, one optimizer step per generation over all 16 answers, a KL
+term to a frozen reference copy (``kl_coef`` / ``beta`` 0.04, the k3 estimator both use), advantages
+normalised by the group's standard deviation, token-level loss averaging (ours ``token``, TRL's
+``dapo``), bf16, AdamW at a constant learning rate, no gradient checkpointing (TRL's default is on).
+Different by design: our models train in bf16 under DeepSpeed (fp32 master weights in the
+optimizer), TRL's in fp32 under bf16 autocast (as the Trainer's ``bf16=True`` does); our prompts are
+the stage's seeded shuffle of the same prompts. Timing: each whole step (generation, rewards,
+reference, update, logging) after ``warmup`` steps, from its start to the next one's (the last: to
+the end of training) — ours at each ``_iteration`` call, TRL's from a callback at each step's start;
+samples/s = answers of all ranks / rank 0's seconds. The same marks take each rank's process CPU
+time (``time.process_time``): samples per CPU-second = answers of all ranks / the CPU seconds of all
+ranks, which leaves out the time other processes held the cores of this shared machine (exactly with
+one thread per rank).
+
+Both report their answers' mean length: the untrained actor rarely ends an answer, so most answers
+run the full 64 tokens in both.
 """
 
 from __future__ import annotations
@@ -86,8 +94,18 @@ def run_ours(assets: Path, work: Path, steps: int, extra: list[str]) -> dict[str
 
     cfg = load(GRPOConfig, None, [*ours_overrides(assets, work, steps), *extra])
 
+    marks: list[tuple[float, float]] = []  # (wall, process CPU) at each iteration's start, and the end
+
     class Probe(GRPOTrainer):
         rows: list[dict[str, Any]] = []
+
+        def _iteration(self, *args, **kwargs):
+            if marks:
+                marks.pop()  # the previous iteration's end: this start replaces it
+            marks.append((time.perf_counter(), time.process_time()))
+            out = super()._iteration(*args, **kwargs)
+            marks.append((time.perf_counter(), time.process_time()))
+            return out
 
         def _metrics(self, rollout, *args):
             row = super()._metrics(rollout, *args)
@@ -96,11 +114,11 @@ def run_ours(assets: Path, work: Path, steps: int, extra: list[str]) -> dict[str
 
     trainer = Probe(cfg)
     trainer.run()
-    times = [r["iteration_seconds"] for r in trainer.rows]
     return {
         "rank": trainer.rt.dist.rank,
         "world_size": trainer.rt.dist.world_size,
-        "seconds": times,
+        "seconds": [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)],
+        "cpu_seconds": [b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)],
         "answers_per_step": trainer.rows[0]["answers"],
         "lengths": [r["answer_tokens"] for r in trainer.rows],
         "decoder": cfg.generation.decoder,
@@ -155,15 +173,16 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
         seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        gradient_checkpointing=False,  # TRL's default is on (recomputes every forward); ours off
     )
-    times: list[float] = []
+    marks: list[tuple[float, float]] = []  # (wall, process CPU) at each step's start, and the end
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_a, **_k):
-            times.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
         def on_train_end(self, *_a, **_k):
-            times.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
     trainer = GRPOTrainer(
         model=str(assets / "actor"),
@@ -184,7 +203,8 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
         "rank": int(os.environ.get("RANK", "0")),
         "world_size": world,
         "trl": trl.__version__,
-        "seconds": [b - a for a, b in zip(times, times[1:], strict=False)],
+        "seconds": [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)],
+        "cpu_seconds": [b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)],
         "answers_per_step": answers,
         "lengths": lengths,
     }
@@ -198,10 +218,15 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         raise ValueError(f"no steps after {warmup} warm-up steps")
     world = main["world_size"]
     lengths = main["lengths"][warmup:] or main["lengths"]
+    samples = main["answers_per_step"] * world * len(counted)
+    cpu = sum(sum(r["cpu_seconds"][warmup:]) for r in ranks) if all("cpu_seconds" in r for r in ranks) else 0
     return {
         "steps": len(counted),
         "seconds_per_step": statistics.median(counted),
-        "samples_per_second": round(main["answers_per_step"] * world * len(counted) / sum(counted), 3),
+        "samples_per_second": round(samples / sum(counted), 3),
+        # every rank's process CPU time (all its threads) of the counted steps: what the work cost, less the
+        # time other processes held the cores (with one thread per rank; two threads also count spinning)
+        "samples_per_cpu_second": round(samples / cpu, 3) if cpu else None,
         "answer_tokens_mean": round(statistics.mean(lengths), 2) if lengths else None,
         "world_size": world,
     }
@@ -319,6 +344,11 @@ def compare(
             "trl": trl,
             "threads_per_rank": threads,
             "ratio": round(ours["samples_per_second"] / trl["samples_per_second"], 3),
+            "cpu_ratio": (
+                round(ours["samples_per_cpu_second"] / trl["samples_per_cpu_second"], 3)
+                if ours["samples_per_cpu_second"] and trl["samples_per_cpu_second"]
+                else None
+            ),
         }
     return out
 

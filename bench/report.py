@@ -1,5 +1,5 @@
 """The comparison table: our figures against same-run baselines (transformers.generate, a plain
-PyTorch loop, TRL's RLOO trainer, the memory arithmetic) and the targets.
+PyTorch loop, TRL's RLOO, DPO and GRPO trainers, the memory arithmetic) and the targets.
 
 Every reference in the table is measured in the same ``python -m bench`` run on the same machine.
 DeepSpeed-Chat cannot be installed from a registry; its figures (issue 15's table, measured side by
@@ -18,6 +18,8 @@ TARGETS = {
     "operator_p99_seconds_at_1000": 1.0,
     "operator_rss_mib": 200.0,
     "gpu_sft1b_mfu": 0.45,
+    "dpo_vs_trl": 1.5,  # our DPO pairs/s vs TRL's DPOTrainer, same model, data, settings, layout (at least)
+    "grpo_vs_trl": 2.0,  # our GRPO samples/s vs TRL's GRPOTrainer, same model, prompts, settings, layout
 }
 
 
@@ -264,6 +266,7 @@ def same_process_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 note=f"trl {t['trl']}, {t['completion_mean_length']:.0f}-token answers",
             )
         )
+    out += peer_rows(result)
     for m in result.get("memory") or []:
         e = m["expected_mib"]
         out.append(
@@ -278,6 +281,59 @@ def same_process_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"critic {e['critic']:.0f}, reward {e['reward']:.0f}, EMA {e['ema']:.0f} MiB",
             )
         )
+    return out
+
+
+def peer_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our DPO and GRPO stages against TRL's trainers (``bench.dpo``, ``bench.grpo``): the reference is TRL's
+    figure in the same run, the target a multiple of it; per wall-clock second and per CPU-second."""
+    out: list[dict[str, Any]] = []
+    for ranks_key, layout in sorted(((result.get("dpo") or {}).get("layouts") or {}).items()):
+        for ref in ("live", "cached"):
+            a, b = layout.get(f"ours_{ref}"), layout.get(f"trl_{ref}")
+            if not (a and b):
+                continue
+            note = f"TRL DPOTrainer, {ref} reference, same run"
+            for key, unit, label in (
+                ("pairs_per_second", "pairs/s", ""),
+                ("pairs_per_cpu_second", "pairs/CPU-s", " per CPU-second"),
+            ):
+                if a.get(key) and b.get(key):
+                    out.append(
+                        _row(
+                            f"DPO pairs{label or '/s'} ({ref} reference)",
+                            int(ranks_key),
+                            a[key],
+                            unit,
+                            b[key],
+                            TARGETS["dpo_vs_trl"] * b[key],
+                            note=note,
+                        )
+                    )
+    for ranks_key, entry in sorted((result.get("grpo") or {}).items()):
+        if not isinstance(entry, dict) or "ours" not in entry:
+            continue  # the settings
+        a, b = entry["ours"], entry["trl"]
+        note = (
+            f"TRL GRPOTrainer, same run; answers {a['answer_tokens_mean'] or 0:.0f} / "
+            f"{b['answer_tokens_mean'] or 0:.0f} tokens (ours / TRL)"
+        )
+        for key, unit, label in (
+            ("samples_per_second", "samples/s", "GRPO samples/s"),
+            ("samples_per_cpu_second", "samples/CPU-s", "GRPO samples per CPU-second"),
+        ):
+            if a.get(key) and b.get(key):
+                out.append(
+                    _row(
+                        label,
+                        int(ranks_key),
+                        a[key],
+                        unit,
+                        b[key],
+                        TARGETS["grpo_vs_trl"] * b[key],
+                        note=note,
+                    )
+                )
     return out
 
 

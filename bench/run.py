@@ -4,7 +4,8 @@
 Order: wait for a quiet machine (1-minute load below ``--max-load``, up to ``--wait`` seconds; the
 load is recorded either way), build or reuse the assets, measure the matmul peak for each rank
 layout, train SFT, the reward model and PPO on 1 and 2 ranks, SFT of the ~50M model (on a GPU the
-~1B one), TRL's RLOO on the same setup, then the same-process comparisons (our decode loops against
+~1B one), TRL's RLOO on the same setup, our DPO and GRPO stages against TRL's ``DPOTrainer`` and
+``GRPOTrainer`` (1 and 2 ranks), then the same-process comparisons (our decode loops against
 ``transformers.generate``, our training steps against a plain PyTorch loop), PPO's peak memory
 with and without LoRA, and the operator. Each benchmark is a fresh process (2 ranks: ``mpirun``,
 one thread per rank; 1 rank: two threads), so no run warms another's caches.
@@ -53,6 +54,8 @@ SETTINGS = {
         "levels": "1,100,1000",
         "probes": 40,
         "trl": (10, 2),
+        "dpo": (30, 5),
+        "grpo": (10, 2),
         "repeats": 5,
         "memory_iterations": 3,
     },
@@ -67,6 +70,8 @@ SETTINGS = {
         "levels": "1",
         "probes": 3,
         "trl": (2, 1),
+        "dpo": (3, 1),
+        "grpo": (2, 1),
         "repeats": 1,
         "memory_iterations": 1,
     },
@@ -262,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="peak,trainer,trl,dpo,generation,step,memory,operator",
-        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, dpo, generation, "
-        "step, memory, operator",
+        default="peak,trainer,trl,dpo,grpo,generation,step,memory,operator",
+        help="comma-separated parts: peak, trainer (sft, reward, ppo, sft_big), trl, dpo, grpo, "
+        "generation, step, memory, operator",
     )
     parser.add_argument("--stages", default="sft,reward,ppo,sft_big", help="trainer benchmarks to run")
     parser.add_argument("--ranks", default="1,2", help="rank counts for the trainer benchmarks")
@@ -356,7 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         result["trainer"] = trainer
 
     assets_dir = work / ("assets-quick" if args.quick else "assets")
-    if parts & {"trl", "dpo", "generation", "step", "memory"}:
+    no_trl = importlib.util.find_spec("trl") is None  # the trl, dpo and grpo parts run against TRL
+    for part in sorted(parts & {"trl", "dpo", "grpo"} if no_trl else set()):
+        print(
+            f"[bench] trl is not installed (pip install -c constraints.txt '.[bench]'): no {part} part",
+            file=sys.stderr,
+            flush=True,
+        )
+    runnable = parts - {"trl", "dpo", "grpo"} if no_trl else parts
+    if runnable & {"trl", "dpo", "grpo", "generation", "step", "memory"}:
         assets.build(
             assets_dir,
             n_pairs=mode["pairs"],
@@ -364,13 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             models=("actor", "reward") if args.quick else ("actor", "reward", "sft50m"),
         )
     threads = layouts[0][1]
-    if "trl" in parts and importlib.util.find_spec("trl") is None:
-        print(
-            "[bench] trl is not installed (pip install -c constraints.txt '.[bench]'): no TRL peer",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif "trl" in parts:
+    if "trl" in parts and not no_trl:
         steps, warmup = mode["trl"]
         result["trl"] = {
             "1": run_module(
@@ -388,10 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                 threads,
             )
         }
-    if (
-        "dpo" in parts and importlib.util.find_spec("trl") is not None
-    ):  # our DPO stage against TRL's DPOTrainer
-        steps, warmup = (3, 1) if args.quick else (30, 5)
+    if "dpo" in parts and not no_trl:  # our DPO stage against TRL's DPOTrainer
+        steps, warmup = mode["dpo"]
         result["dpo"] = run_module(
             "bench.dpo",
             [
@@ -405,6 +410,25 @@ def main(argv: list[str] | None = None) -> int:
                 str(warmup),
                 "--pairs",
                 "64" if args.quick else "512",
+                "--ranks",
+                args.ranks,
+            ],
+            threads,
+        )
+    if "grpo" in parts and not no_trl:  # our GRPO stage against TRL's GRPOTrainer
+        steps, warmup = mode["grpo"]
+        result["grpo"] = run_module(
+            "bench.grpo",
+            [
+                "compare",
+                "--assets",
+                str(assets_dir),
+                "--work",
+                str(work / "grpo"),
+                "--steps",
+                str(steps),
+                "--warmup",
+                str(warmup),
                 "--ranks",
                 args.ranks,
             ],

@@ -14,6 +14,7 @@ def _rank(rank: int, starts: list[float], tokens: int = 100) -> dict:
         "rank": rank,
         "world_size": 2,
         "step_starts": starts,
+        "cpu_starts": [s / 2 for s in starts],
         "real_tokens": [tokens] * len(starts),
         "pairs": [8] * len(starts),
         "reference_seconds": 1.5 + rank,
@@ -30,6 +31,8 @@ def test_summarize_counts_the_steps_after_warmup_on_rank_0s_clock():
     assert s["pairs_per_second"] == pytest.approx(3 * 8 * 2 / 3.0)  # both ranks' pairs
     assert s["real_tokens_per_pair"] == pytest.approx((3 * 100 + 3 * 50) / 48)
     assert s["reference_seconds"] == 2.5 and s["peak_mib"] == 901.0 and s["world_size"] == 2
+    # every rank's CPU seconds over the same steps, its own marks: (13 - 10) / 2 + (13 - 10.2) / 2
+    assert s["cpu_seconds"] == pytest.approx(2.9) and s["pairs_per_cpu_second"] == pytest.approx(48 / 2.9)
     with pytest.raises(ValueError, match="need more than warmup"):
         dpo.summarize([_rank(0, [0.0, 1.0])], warmup=1)
 
@@ -49,9 +52,10 @@ def test_the_table_shows_each_layout_and_reference():
         "ours_live": row,
         "trl_live": {**row, "pairs_per_second": 20.0},
         "ratio_live": 1.5,
+        "cpu_ratio_live": 1.25,
         "epoch_ratio_live": 1.5,
     }
     result = {"layouts": {"1": layout}}
     text = dpo.table(result)
-    assert "| 1 | live | 30.0 | 20.0 | 1.50x | 1.50x | 900 / 900 | 138.0 / 138.0 |" in text
+    assert "| 1 | live | 30.0 | 20.0 | 1.50x | 1.25x | 1.50x | 900 / 900 | 138.0 / 138.0 |" in text
     assert "cached" not in text.splitlines()[-1]
