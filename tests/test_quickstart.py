@@ -7,6 +7,9 @@ On our synthetic task, with the example's own settings:
   held-out prompts (not by the reward model): property share >= 30 points above the SFT model's,
   content share >= 90 % of the SFT model's, distinct-2 >= 80 % of SFT's, mean length within +-30 %;
 * the same holds with PPO mini-batches of one answer;
+* the same bar for DPO (`examples/quickstart-dpo.yaml`: SFT -> DPO, no reward model) and GRPO
+  (`examples/quickstart-grpo.yaml`: SFT -> GRPO with the task's checker as its reward function),
+  each reusing the quick start's SFT stage (same storage, same SFT settings: found complete);
 * `rlhf chat --prompt` answers from the PPO actor.
 """
 
@@ -73,7 +76,9 @@ def test_reward_model_heldout_accuracy(quickstart):
     assert m["eval/chosen_score"] > m["eval/rejected_score"]
 
 
-def _assert_learns_without_hacking(m: dict) -> None:
+def _assert_learns_without_hacking(m: dict, scored: bool = True) -> None:
+    """Issue 13's bar, judged by the task's program on held-out prompts; ``scored``: the stage has
+    rewards (PPO, GRPO), which must rise too (DPO has none)."""
     report = {k: round(v, 3) for k, v in m.items()}
     assert m["baseline/content_rate"] >= 0.5, (
         report
@@ -82,7 +87,8 @@ def _assert_learns_without_hacking(m: dict) -> None:
     assert m["eval/content_rate"] >= 0.9 * m["baseline/content_rate"], report
     assert m["check/distinct_2_ratio"] >= 0.8, report
     assert 0.7 <= m["check/length_ratio"] <= 1.3, report
-    assert m["eval/reward_mean"] > m["baseline/reward_mean"], report
+    if scored:
+        assert m["eval/reward_mean"] > m["baseline/reward_mean"], report
 
 
 def test_ppo_learns_the_property_without_reward_hacking(quickstart):
@@ -109,6 +115,20 @@ def test_ppo_learns_with_a_minibatch_of_one(quickstart):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == MB1_ITERATIONS
     _assert_learns_without_hacking(summary["metrics"])
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_dpo_and_grpo_learn_the_property_without_reward_hacking(quickstart, stage):
+    """The example as a user runs it after the quick start: its SFT stage is found complete, only
+    ``stage`` trains; its summary has PPO's baseline/eval/check keys."""
+    sft_done = (quickstart / "sft" / "summary.json").stat().st_mtime_ns
+    rlhf(quickstart.parent.parent, "run", str(ROOT / "examples" / f"quickstart-{stage}.yaml"))
+    assert (quickstart / "sft" / "summary.json").stat().st_mtime_ns == sft_done  # not trained again
+    summary = _summary(quickstart, stage)
+    assert summary["status"] == "completed"
+    _assert_learns_without_hacking(summary["metrics"], scored=stage == "grpo")
+    for key in ("check/content_ratio", "check/distinct_2_ratio", "check/length_ratio"):
+        assert key in summary["metrics"], key
 
 
 def test_the_ppo_actor_chats(quickstart):
