@@ -9,7 +9,8 @@ import sys
 
 import pytest
 from grpo_setup import grpo_overrides
-from test_multirank import _env, assert_same_saved_model, kill_when_checkpointed, mpirun
+from test_multirank import _env, mpirun
+from test_ppo_multirank import resumed_as_straight
 
 pytestmark = pytest.mark.slow
 
@@ -56,26 +57,5 @@ def test_killed_zero2_grpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_pa
         "grpo.scale_rewards=batch",
         "actor.dropout=0.1",
     ]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    subprocess.run(_grpo(tiny, straight, *common), env=_env(), check=True, capture_output=True, timeout=600)
-
-    kill_when_checkpointed(
-        _grpo(tiny, resumed, *common),
-        resumed / "checkpoints" / "actor" / "latest",
-        ("step-1", "step-5", "step-6"),
-    )
-    assert not (resumed / "summary.json").exists()
-
-    subprocess.run(_grpo(tiny, resumed, *common), env=_env(), check=True, capture_output=True, timeout=600)
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert 0 < summary["resumed_from_step"] < 6 and summary["global_step"] == 6
-    assert_same_saved_model(straight, resumed)
-
-    def rows(p):
-        return [
-            (r["step"], r["split"], r.get("reward_mean"), r.get("loss"))
-            for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
-        ]
-
-    assert rows(straight) == rows(resumed)
-    assert any(r[3] for r in rows(straight) if r[1] == "train")  # the actor was updated
+    rows = resumed_as_straight(lambda out: _grpo(tiny, out, *common), tmp_path, "actor", "loss")
+    assert any(r[3] for r in rows if r[1] == "train")  # the actor was updated

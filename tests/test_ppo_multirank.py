@@ -61,25 +61,34 @@ def test_killed_ppo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
         "evaluation.baseline=false",
         "evaluation.max_prompts=4",
     ]
+    resumed_as_straight(lambda out: _ppo(tiny, out, *common), tmp_path, "critic", "actor_loss")
+
+
+def resumed_as_straight(command, tmp_path, last_engine: str, loss: str) -> list[tuple]:
+    """Run ``command(out)`` (6 iterations, a checkpoint after each) straight through, and again killed
+    right after a checkpoint of ``last_engine`` (the one a trainer saves last), then resumed: both end
+    with the same saved model and the same metrics rows (step, split, reward_mean, ``loss``), which it
+    returns."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    subprocess.run(_ppo(tiny, straight, *common), env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(straight), env=_env(), check=True, capture_output=True, timeout=600)
 
     kill_when_checkpointed(
-        _ppo(tiny, resumed, *common),
-        resumed / "checkpoints" / "critic" / "latest",
+        command(resumed),
+        resumed / "checkpoints" / last_engine / "latest",
         ("step-1", "step-5", "step-6"),
     )
     assert not (resumed / "summary.json").exists()
 
-    subprocess.run(_ppo(tiny, resumed, *common), env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(resumed), env=_env(), check=True, capture_output=True, timeout=600)
     summary = json.loads((resumed / "summary.json").read_text())
     assert 0 < summary["resumed_from_step"] < 6 and summary["global_step"] == 6
     assert_same_saved_model(straight, resumed)
 
     def rows(p):
         return [
-            (r["step"], r["split"], r.get("reward_mean"), r.get("actor_loss"))
+            (r["step"], r["split"], r.get("reward_mean"), r.get(loss))
             for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
         ]
 
     assert rows(straight) == rows(resumed)
+    return rows(straight)

@@ -24,7 +24,7 @@ from rlhf.engine.setup import Runtime, initialize_training, torch_dtype, zero3_m
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.models.lora import apply_lora
 from rlhf.models.reward import load_reward_model
-from rlhf.stages.ppo_models import AdaptersOff, no_dropout
+from rlhf.stages.ppo_models import AdaptersOff, frozen_ds_config, no_dropout
 
 Reference = Literal["none", "adapters", "copy"]
 
@@ -77,20 +77,6 @@ def check_positions(cfg: GRPOConfig) -> None:
         check(model, key, rollout, "generation.max_prompt_len + max_answer_len")
 
 
-def frozen_ds_config(cfg: GRPOConfig, world_size: int) -> dict[str, Any]:
-    """A frozen model's engine: ZeRO-3 when the actor's is (partitioned), else stage 0 (a replica:
-    ZeRO-1/2 shard optimizer state, which a frozen model has none of)."""
-    stage = 3 if cfg.deepspeed.zero_stage == 3 else 0
-    ds = cfg.deepspeed.model_copy(update={"zero_stage": stage, "offload": False})
-    return build_ds_config(
-        ds,
-        cfg.optim,
-        world_size,
-        train=False,
-        micro_batch_size=cfg.generation.per_device_generation_batch_size,
-    )
-
-
 def build_models(
     cfg: GRPOConfig, rt: Runtime, total_steps: int, tokenizers: tuple[Any, Any, bool]
 ) -> GRPOModels:
@@ -108,7 +94,7 @@ def build_models(
             actor = apply_lora(actor, cfg.lora, "CAUSAL_LM")
     actor_engine = initialize_training(actor, rt, actor_ds, cfg.deepspeed, cfg.optim, cfg.lora, total_steps)
 
-    frozen_ds = frozen_ds_config(cfg, world)
+    frozen_ds = frozen_ds_config(cfg, None, False, world)  # ZeRO-3 when the actor's is, else a replica
     reference: Any = None
     kind = reference_kind(cfg)
     if kind == "adapters":

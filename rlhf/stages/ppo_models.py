@@ -56,7 +56,9 @@ def _with_stage(ds: DeepSpeedConfig, stage: int | None, offload: bool = False) -
     return ds.model_copy(update={"zero_stage": ds.zero_stage if stage is None else stage, "offload": offload})
 
 
-def frozen_ds_config(cfg: PPOConfig, stage: int | None, offload: bool, world_size: int) -> dict[str, Any]:
+def frozen_ds_config(
+    cfg: PPOConfig | GRPOConfig, stage: int | None, offload: bool, world_size: int
+) -> dict[str, Any]:
     """Engine config of a frozen model: ZeRO-3 if asked (or to offload its parameters), else stage 0
     (a full copy per rank; ZeRO-1/2 shard only optimizer state, which a frozen model has none of)."""
     stage = cfg.deepspeed.zero_stage if stage is None else stage
