@@ -11,8 +11,10 @@ BASE = ["model.name_or_path=m", "checkpoint.output_dir=/tmp/out", "data.paths=[d
 
 def test_yaml_plus_dotted_overrides(tmp_path):
     f = tmp_path / "sft.yaml"
-    f.write_text("model: {name_or_path: m}\ncheckpoint: {output_dir: o}\ndata: {paths: [a.jsonl]}\n"
-                 "optim: {learning_rate: 1.0e-4, epochs: 2}\n")
+    f.write_text(
+        "model: {name_or_path: m}\ncheckpoint: {output_dir: o}\ndata: {paths: [a.jsonl]}\n"
+        "optim: {learning_rate: 1.0e-4, epochs: 2}\n"
+    )
     cfg = load(SFTConfig, f, ["optim.epochs=3", "deepspeed.zero_stage=2", "data.split=6,2,2", "lora.dim=8"])
     assert cfg.optim.learning_rate == 1e-4
     assert cfg.optim.epochs == 3
@@ -53,20 +55,25 @@ def test_errors_name_the_key(override, key, words):
     assert words in str(e.value)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("lora.dim=true", "lora.dim"),  # was rank-1 LoRA
-    ("deepspeed.zero_stage=true", "deepspeed.zero_stage"),  # was ZeRO-1
-    ("optim.learning_rate=true", "optim.learning_rate"),
-    ("optim.max_steps=false", "optim.max_steps"),
-    ("model.dropout=false", "model.dropout"),
-    ("data.split=[true, 1, 1]", "data.split"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lora.dim=true", "lora.dim"),  # was rank-1 LoRA
+        ("deepspeed.zero_stage=true", "deepspeed.zero_stage"),  # was ZeRO-1
+        ("optim.learning_rate=true", "optim.learning_rate"),
+        ("optim.max_steps=false", "optim.max_steps"),
+        ("model.dropout=false", "model.dropout"),
+        ("data.split=[true, 1, 1]", "data.split"),
+    ],
+)
 def test_booleans_are_never_read_as_numbers(override, key):
     with pytest.raises(ConfigError) as e:
         load(SFTConfig, None, [*BASE, override])
     assert f"  {key}: expected a number, not a boolean" in str(e.value)
     # real numbers and real booleans still load
-    cfg = load(SFTConfig, None, [*BASE, "lora.dim=2", "deepspeed.zero_stage=1", "model.gradient_checkpointing=true"])
+    cfg = load(
+        SFTConfig, None, [*BASE, "lora.dim=2", "deepspeed.zero_stage=1", "model.gradient_checkpointing=true"]
+    )
     assert (cfg.lora.dim, cfg.deepspeed.zero_stage, cfg.model.gradient_checkpointing) == (2, 1, True)
 
 
@@ -157,9 +164,18 @@ def test_config_import_does_not_import_torch():
 
 
 def test_ds_config_shapes():
-    cfg = load(SFTConfig, None, [*BASE, "deepspeed.zero_stage=3", "deepspeed.offload=true",
-                                 "optim.gradient_accumulation_steps=4", "optim.per_device_train_batch_size=2",
-                                 "deepspeed.overrides={zero_optimization: {overlap_comm: true}}"])
+    cfg = load(
+        SFTConfig,
+        None,
+        [
+            *BASE,
+            "deepspeed.zero_stage=3",
+            "deepspeed.offload=true",
+            "optim.gradient_accumulation_steps=4",
+            "optim.per_device_train_batch_size=2",
+            "deepspeed.overrides={zero_optimization: {overlap_comm: true}}",
+        ],
+    )
     ds = build_ds_config(cfg.deepspeed, cfg.optim, world_size=8)
     assert ds["train_batch_size"] == 2 * 4 * 8
     assert ds["zero_optimization"]["stage"] == 3
@@ -173,21 +189,34 @@ def test_ds_config_shapes():
     assert frozen["gradient_accumulation_steps"] == 1
 
 
-@pytest.mark.parametrize("stage, offload, world_size, expected", [
-    (2, False, 1, 0),  # nothing to shard on one rank: the same math without ZeRO's bookkeeping
-    (1, False, 1, 0),
-    (2, True, 1, 2),  # ZeRO-Offload on one device is the point of stage 2 there
-    (3, False, 1, 3),
-    (2, False, 2, 2),
-    (0, False, 4, 0),
-])
+@pytest.mark.parametrize(
+    "stage, offload, world_size, expected",
+    [
+        (2, False, 1, 0),  # nothing to shard on one rank: the same math without ZeRO's bookkeeping
+        (1, False, 1, 0),
+        (2, True, 1, 2),  # ZeRO-Offload on one device is the point of stage 2 there
+        (3, False, 1, 3),
+        (2, False, 2, 2),
+        (0, False, 4, 0),
+    ],
+)
 def test_zero_stage_on_one_rank(stage, offload, world_size, expected):
-    cfg = load(SFTConfig, None, [*BASE, f"deepspeed.zero_stage={stage}", f"deepspeed.offload={str(offload).lower()}"])
-    assert build_ds_config(cfg.deepspeed, cfg.optim, world_size=world_size)["zero_optimization"]["stage"] == expected
+    cfg = load(
+        SFTConfig, None, [*BASE, f"deepspeed.zero_stage={stage}", f"deepspeed.offload={str(offload).lower()}"]
+    )
+    assert (
+        build_ds_config(cfg.deepspeed, cfg.optim, world_size=world_size)["zero_optimization"]["stage"]
+        == expected
+    )
     forced = cfg.deepspeed.model_copy(update={"overrides": {"zero_optimization": {"stage": stage}}})
     assert build_ds_config(forced, cfg.optim, world_size=world_size)["zero_optimization"]["stage"] == stage
 
 
 def test_every_stage_registered():
     assert {"sft", "reward", "ppo", "dpo"} <= set(STAGES)
-    assert [STAGES[s].phase for s in ("sft", "reward", "ppo", "dpo")] == [0, 1, 2, 1]  # DPO trains on the RM's pairs
+    assert [STAGES[s].phase for s in ("sft", "reward", "ppo", "dpo")] == [
+        0,
+        1,
+        2,
+        1,
+    ]  # DPO trains on the RM's pairs
