@@ -12,7 +12,7 @@ import torch
 from rlhf.config import DPOConfig
 from rlhf.data.tokenize import bos_prefix, keep_last
 from rlhf.engine.setup import Runtime
-from rlhf.generation import Sampling, generate
+from rlhf.generation import Generated, Sampling, generate
 from rlhf.stages import ppo_eval
 
 
@@ -42,45 +42,30 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict]]:
     """Metrics over ``prompts`` and their rows (prompt, answer, tokens, ended). Every rank answers its
     share in the same number of batches (ZeRO-3 ranks generate in lockstep); the rows are gathered."""
-    world, rank = rt.dist.world_size, rt.dist.rank
     gen = cfg.generation
-    bs = gen.per_device_generation_batch_size
-    per_rank = -(-len(prompts) // world)
-    mine = list(range(rank, len(prompts), world))
-    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))
     zero3 = engine.zero_optimization_stage() == 3
     sampling = Sampling(max_new_tokens=gen.max_answer_len)  # greedy
     module = engine.module
+
+    def answer(index: list[int]) -> tuple[Generated, None]:
+        out = generate(
+            module,
+            [prompts[i] for i in index],
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            sampling=sampling,
+            device=rt.device,
+            synced_gpus=zero3,
+            static_prompt_len=gen.max_prompt_len if rt.accel.static_shapes else None,
+            decoder=gen.decoder,
+            cache_len=gen.max_prompt_len + gen.max_answer_len,
+        )
+        return out, None
+
     was_training = module.training
     module.eval()
-    rows = []
     try:
-        for start in range(0, per_rank, bs):
-            index = mine[start : start + bs]
-            out = generate(
-                module,
-                [prompts[i] for i in index],
-                eos_id=tokenizer.eos_token_id,
-                pad_id=tokenizer.pad_token_id,
-                sampling=sampling,
-                device=rt.device,
-                synced_gpus=zero3,
-                static_prompt_len=gen.max_prompt_len if rt.accel.static_shapes else None,
-                decoder=gen.decoder,
-                cache_len=gen.max_prompt_len + gen.max_answer_len,
-            )
-            for j, i in enumerate(index):
-                rows.append(
-                    {
-                        "index": i,
-                        "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
-                        "answer": tokenizer.decode(out.answers[j], skip_special_tokens=True),
-                        "tokens": int(out.content_lens[j]),
-                        "ended": bool(out.ended[j]),
-                    }
-                )
+        rows = ppo_eval.answered(rt, tokenizer, prompts, gen.per_device_generation_batch_size, answer)
     finally:
         module.train(was_training)
-    unique = {r["index"]: r for r in ppo_eval._gather(rows)}
-    rows = [unique[i] for i in sorted(unique)]
     return ppo_eval.metrics_of(rows, cfg.evaluation.checker), rows

@@ -69,11 +69,11 @@ def answered(
     tokenizer,
     prompts: list[list[int]],
     batch_size: int,
-    answer_scored: Callable[[list[int]], tuple[Generated, torch.Tensor]],
+    answer_scored: Callable[[list[int]], tuple[Generated, torch.Tensor | None]],
 ) -> list[dict[str, Any]]:
     """Every rank answers its share of ``prompts``, in equal numbers of batches (ZeRO-3 ranks generate
-    in lockstep): ``answer_scored(index)`` answers the prompts at ``index`` and scores the answers.
-    The rows of every prompt, on every rank, in the prompts' order."""
+    in lockstep): ``answer_scored(index)`` answers the prompts at ``index`` and scores the answers
+    (None: no scores, as in DPO). The rows of every prompt, on every rank, in the prompts' order."""
     world, rank = rt.dist.world_size, rt.dist.rank
     per_rank = -(-len(prompts) // world)
     mine = list(range(rank, len(prompts), world))
@@ -83,16 +83,15 @@ def answered(
         index = mine[start : start + batch_size]
         gen, scores = answer_scored(index)
         for j, i in enumerate(index):
-            rows.append(
-                {
-                    "index": i,
-                    "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
-                    "answer": tokenizer.decode(gen.answers[j], skip_special_tokens=True),
-                    "score": float(scores[j]),
-                    "tokens": int(gen.content_lens[j]),
-                    "ended": bool(gen.ended[j]),
-                }
-            )
+            row = {
+                "index": i,
+                "prompt": tokenizer.decode(prompts[i], skip_special_tokens=True),
+                "answer": tokenizer.decode(gen.answers[j], skip_special_tokens=True),
+                "score": None if scores is None else float(scores[j]),
+                "tokens": int(gen.content_lens[j]),
+                "ended": bool(gen.ended[j]),
+            }
+            rows.append({k: v for k, v in row.items() if v is not None})
     unique = {r["index"]: r for r in _gather(rows)}
     return [unique[i] for i in sorted(unique)]
 
