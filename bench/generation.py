@@ -109,6 +109,7 @@ def run(
     per: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
     same: dict[str, list[bool]] = {d: [] for d in decoders}
     cpu_per: dict[str, list[float]] = {d: [] for d in decoders}
+    cpu_flops: dict[str, list[float]] = {d: [] for d in decoders}
     for _ in range(repeats):
         cpu_seconds.clear()
         totals = {d: {"seconds": 0.0, "tokens": 0, "steps": 0, "flops": 0.0} for d in decoders}
@@ -125,6 +126,7 @@ def run(
                 same[decoder] += [a == b for a, b in zip(gen.answers, reference[i], strict=True)]
         for decoder, t in totals.items():
             cpu_per[decoder].append(t["tokens"] / cpu_seconds[decoder])
+            cpu_flops[decoder].append(t["flops"] / cpu_seconds[decoder])
             per[decoder].append(
                 {
                     "tokens_per_second": t["tokens"] / t["seconds"],
@@ -132,9 +134,13 @@ def run(
                     "flops_per_second": t["flops"] / t["seconds"],
                 }
             )
-    peak = max(
-        matmul_gflops(dtype if dtype != "fp16" else "bf16", n, peak_seconds, device.type)
-        for n in ((2048, 4096) if device.type == "cpu" else (8192,))
+    sizes = (2048, 4096) if device.type == "cpu" else (8192,)
+    peak_dtype = dtype if dtype != "fp16" else "bf16"
+    peak = max(matmul_gflops(peak_dtype, n, peak_seconds, device.type) for n in sizes)
+    cpu_peak = (
+        max(matmul_gflops(peak_dtype, n, peak_seconds, device.type, clock="cpu") for n in sizes)
+        if device.type == "cpu"
+        else peak
     )
     out: dict[str, Any] = {
         "model": str(model_dir),
@@ -147,6 +153,7 @@ def run(
         "repeats": repeats,
         "max_new_tokens": max_new_tokens,
         "peak_gflops": peak,
+        "cpu_peak_gflops": cpu_peak,
         "warmup_seconds": warm,
         "decoders": {},
     }
@@ -154,6 +161,7 @@ def run(
     for decoder in decoders:
         rates = [r["tokens_per_second"] for r in per[decoder]]
         ratios = [r / b for r, b in zip(rates, base, strict=True)]
+        cpu_ratios = [c / b for c, b in zip(cpu_per[decoder], cpu_per[decoders[0]], strict=True)]
         out["decoders"][decoder] = {
             "tokens_per_second": statistics.median(rates),
             "tokens_per_second_all": rates,
@@ -163,9 +171,11 @@ def run(
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
             "same_answers": sum(same[decoder]) / len(same[decoder]),
-            "cpu_ratio_to_transformers": statistics.median(
-                c / b for c, b in zip(cpu_per[decoder], cpu_per[decoders[0]], strict=True)
-            ),
+            "cpu_ratio_to_transformers": statistics.median(cpu_ratios),
+            "cpu_ratio_min": min(cpu_ratios),
+            "cpu_ratio_max": max(cpu_ratios),
+            "tokens_per_cpu_second": statistics.median(cpu_per[decoder]),
+            "cpu_fraction_of_peak": statistics.median(cpu_flops[decoder]) / 1e9 / cpu_peak,
         }
     return out
 

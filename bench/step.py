@@ -261,9 +261,13 @@ def run(
             _sync(device)
             times[name].append((time.perf_counter() - t0) / steps)
             cpu[name].append((time.process_time() - c0) / steps)
-    peak = max(
-        matmul_gflops("bf16" if dtype != "fp32" else "fp32", n, peak_seconds, device.type)
-        for n in ((2048, 4096) if device.type == "cpu" else (8192,))
+    sizes = (2048, 4096) if device.type == "cpu" else (8192,)
+    peak_dtype = "bf16" if dtype != "fp32" else "fp32"
+    peak = max(matmul_gflops(peak_dtype, n, peak_seconds, device.type) for n in sizes)
+    cpu_peak = (
+        max(matmul_gflops(peak_dtype, n, peak_seconds, device.type, clock="cpu") for n in sizes)
+        if device.type == "cpu"
+        else peak
     )
     ratios = [o / p for o, p in zip(times["ours"], times["plain"], strict=True)]
     cpu_ratios = [o / p for o, p in zip(cpu["ours"], cpu["plain"], strict=True)]
@@ -277,6 +281,7 @@ def run(
         "tokens_per_step": tokens,
         "params": params,
         "peak_gflops": peak,
+        "cpu_peak_gflops": cpu_peak,
         "repeats": repeats,
         "steps": steps,
         "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
@@ -289,6 +294,7 @@ def run(
         "cpu_ratio_min": min(cpu_ratios),
         "cpu_ratio_max": max(cpu_ratios),
         "fraction_of_peak": {k: flops / statistics.median(v) / 1e9 / peak for k, v in times.items()},
+        "cpu_fraction_of_peak": {k: flops / statistics.median(v) / 1e9 / cpu_peak for k, v in cpu.items()},
     }
 
 
