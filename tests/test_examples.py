@@ -58,7 +58,7 @@ LOSSES = {
     "reward": ("loss",),
     "ppo": ("actor_loss", "critic_loss"),
     "dpo": ("loss",),
-    "grpo": ("policy_loss",),
+    "grpo": ("loss", "kl"),
 }
 
 
@@ -115,11 +115,16 @@ def families(tmp_path_factory):
     )
     out = {}
     for family in sorted(set(FAMILY.values())):
-        actor = tiny_models.build_family(root / family / "actor", family, texts, vocab_size=400, seed=0)
+        # 2048 positions: the examples' lengths fit (qwen2-7b-grpo trains on 1024 tokens)
+        actor = tiny_models.build_family(
+            root / family / "actor", family, texts, vocab_size=400, seed=0, max_positions=2048
+        )
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(actor)
-        nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"}
+        nano = {k: v for k, v in tiny_models.PRESETS["nano"].items() if k != "family"} | {
+            "max_positions": 2048
+        }
         reward = tiny_models.build_tiny(root / family / "reward", family, tokenizer=tok, seed=1, **nano)
         out[family] = (actor, reward)
     return out
