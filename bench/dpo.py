@@ -197,6 +197,9 @@ def trl(args) -> None:
             starts.append(time.perf_counter())
             cpu.append(time.process_time())
 
+    marks: dict[str, float] = {}
+    # TRL computes the cached reference log-probs in DPOTrainer.__init__: time the method on the class
+    DPOTrainer._precompute_ref_logps = _timed_reference(DPOTrainer._precompute_ref_logps, marks)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref,
@@ -205,10 +208,6 @@ def trl(args) -> None:
         processing_class=tok,
         callbacks=[Clock()],
     )
-    marks: dict[str, float] = {}
-    precompute = getattr(trainer, "_precompute_ref_logps", None)
-    if precompute is not None:
-        trainer._precompute_ref_logps = _timed_reference(precompute, marks)
     step = trainer.training_step
 
     def counted(model, inputs, *a, **k):

@@ -122,6 +122,11 @@ def run_ours(assets: Path, work: Path, steps: int, extra: list[str]) -> dict[str
         "answers_per_step": trainer.rows[0]["answers"],
         "lengths": [r["answer_tokens"] for r in trainer.rows],
         "decoder": cfg.generation.decoder,
+        # where a step's time goes: the stage's own per-iteration timers
+        "phases": {
+            name: [r[f"{name}_seconds"] for r in trainer.rows]
+            for name in ("generate", "reward", "reference", "train")
+        },
     }
 
 
@@ -193,6 +198,22 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
         reward_processing_classes=tok,
         callbacks=[Clock()],
     )
+    phases: dict[str, list[float]] = {"generate": [], "reward": [], "rollout": []}
+
+    def timed(name: str, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            phases[name].append(time.perf_counter() - t0)
+            return out
+
+        return wrapper
+
+    # where a step's time goes: generation, the reward model, and the whole rollout (generation, rewards,
+    # the reference's log-probs, advantages); the rest of a step is the update
+    trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
+    trainer._calculate_rewards = timed("reward", trainer._calculate_rewards)
+    trainer._generate_and_score_completions = timed("rollout", trainer._generate_and_score_completions)
     trainer.train()
     lengths = [
         h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
@@ -207,6 +228,7 @@ def run_trl(assets: Path, work: Path, steps: int) -> dict[str, Any]:
         "cpu_seconds": [b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)],
         "answers_per_step": answers,
         "lengths": lengths,
+        "phases": phases,
     }
 
 
@@ -228,6 +250,11 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         # time other processes held the cores (with one thread per rank; two threads also count spinning)
         "samples_per_cpu_second": round(samples / cpu, 3) if cpu else None,
         "answer_tokens_mean": round(statistics.mean(lengths), 2) if lengths else None,
+        "phase_seconds": {  # medians over the counted steps (one call of each per step)
+            k: round(statistics.median(v[warmup:] or v), 4)
+            for k, v in (main.get("phases") or {}).items()
+            if v
+        },
         "world_size": world,
     }
 
