@@ -83,6 +83,15 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
+def wait_reason(k8s: Cluster, name: str, type_: str, reason: str, timeout: float = 90) -> dict[str, Any]:
+    """The run's status once its ``type_`` condition has ``reason``."""
+    return eventually(
+        lambda: (st := run_status(k8s, name)) and condition(st, type_).get("reason") == reason and st,
+        timeout=timeout,
+        what=lambda: f"{type_}={reason}: {run_status(k8s, name)}",
+    )
+
+
 def launchers(k8s: Cluster, run: str, stage: str) -> list[dict[str, Any]]:
     return k8s.list(
         "pods", NS, f"rlhf.dev/run={run},rlhf.dev/stage={stage},training.kubeflow.org/job-role=launcher"
@@ -305,15 +314,7 @@ def test_pods_that_cannot_be_scheduled_are_reported(
         stages={s: {"devicesPerNode": 1, "resources": {"cpu": 2, "memory": "8Gi"}} for s in STAGES},
         scheduling={"nodeSelector": {"kubernetes.io/hostname": "no-such-node"}},
     )
-    status = eventually(
-        lambda: (
-            (st := run_status(k8s, "stuck"))
-            and condition(st, "Prepared").get("reason") == "Unschedulable"
-            and st
-        ),
-        timeout=90,
-        what=lambda: f"Prepared=Unschedulable: {run_status(k8s, 'stuck')}",
-    )
+    status = wait_reason(k8s, "stuck", "Prepared", "Unschedulable")
     assert "cannot be scheduled" in condition(status, "Prepared")["message"]
     assert status["stage"] == "prepare"
     k8s.kubectl("delete", "rlhfrun", "stuck", "-n", NS)
@@ -378,15 +379,7 @@ def test_a_same_named_object_not_owned_is_reported_and_left_alone(
 ):
     k8s.kubectl("create", "configmap", "squatter-sft-trainer", "-n", NS, "--from-literal=owner=someone")
     start(k8s, script, "squatter", {"prepare": [Exit(0)]})
-    status = eventually(
-        lambda: (
-            (st := run_status(k8s, "squatter"))
-            and condition(st, "SFTSucceeded").get("reason") == "NameConflict"
-            and st
-        ),
-        timeout=90,
-        what=lambda: f"NameConflict: {run_status(k8s, 'squatter')}",
-    )
+    status = wait_reason(k8s, "squatter", "SFTSucceeded", "NameConflict")
     assert "not owned by this run" in condition(status, "SFTSucceeded")["message"]
     assert k8s.get("configmap", "squatter-sft-trainer", NS)["data"] == {"owner": "someone"}
     assert k8s.get("mpijob", "squatter-sft", NS) is None
@@ -408,17 +401,19 @@ def test_a_quota_refusal_is_a_condition_until_it_goes_through(
             "spec": {"hard": {"count/mpijobs.kubeflow.org": "0"}},
         }
     )
+    # until the quota controller has counted MPIJobs (it discovers a new CRD's resources within
+    # ~30 s), the API server refuses with "status unknown for quota" instead
+    eventually(
+        lambda: (
+            "count/mpijobs.kubeflow.org"
+            in ((k8s.get("resourcequota", "no-mpijobs", NS) or {}).get("status") or {}).get("used", {})
+        ),
+        timeout=120,
+        what="the quota controller to count MPIJobs",
+    )
     try:
         start(k8s, script, "quota", {"prepare": [Exit(0)]})
-        status = eventually(
-            lambda: (
-                (st := run_status(k8s, "quota"))
-                and condition(st, "SFTSucceeded").get("reason") == "CreateFailed"
-                and st
-            ),
-            timeout=90,
-            what=lambda: f"CreateFailed: {run_status(k8s, 'quota')}",
-        )
+        status = wait_reason(k8s, "quota", "SFTSucceeded", "CreateFailed")
         assert "exceeded quota" in condition(status, "SFTSucceeded")["message"]
         assert status["phase"] == "Running" and k8s.get("mpijob", "quota-sft", NS) is None
         assert "SFTCreateFailed" in [e["reason"] for e in events(k8s, "quota")]
