@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check an RLHFRun manifest as the cluster would; print each stage's trainer config"
     )
     p.add_argument("manifest", type=Path)
-    p.add_argument("--stage", choices=["sft", "reward", "ppo"], help="print only this stage's config")
+    p.add_argument("--stage", choices=list(STAGES), help="print only this stage's config")
     p.add_argument(
         "--operator-config",
         type=Path,

@@ -16,10 +16,9 @@ import os
 import sys
 from pathlib import Path
 
+from rlhf.api.graph import STAGE_NAMES
 from rlhf_entrypoint import sshd as sshd_mod
 from rlhf_entrypoint.env import EnvError, stage_env
-
-STAGES = ("sft", "reward", "ppo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- mpirun ...")
 
     p = sub.add_parser("stage", help="one rank: map the MPI environment, then `rlhf train STAGE`")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=STAGE_NAMES)
     p.add_argument("--config", "-c", type=Path, required=True)
     p.add_argument(
         "--dry-run", action="store_true", help="print the variables it would set and the command, then exit"

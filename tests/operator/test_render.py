@@ -520,3 +520,27 @@ def test_to_yaml_scalar_round_trips_awkward_strings():
     for text in (PAYLOAD, "\ud800", "a\u2028b", "\x00\x7f", "{{ x }}", "&x *x", ": - ? |", "'\"\\"):
         assert yaml.safe_load(render.to_yaml_scalar(text)) == text
         assert render.load_yaml(render.to_yaml_scalar({text: [text]})) == {text: [text]}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_every_launcher_command_is_one_the_trainer_image_accepts(name):
+    """The launcher runs ``rlhf-entrypoint launch -- mpirun ... rlhf-entrypoint stage STAGE``: both
+    commands must parse with the image's own entrypoint, for every stage kind of every example."""
+    from rlhf_entrypoint.entrypoint import build_parser
+
+    parser = build_parser()
+    data = example(name)
+    data["spec"]["storage"] = {"pvc": {"claimName": "rlhf"}}  # the local examples' localDir too
+    jobs = of_kind(children(data), "MPIJob")
+    assert {j["metadata"]["labels"]["rlhf.dev/stage"] for j in jobs} == set(
+        read_manifest(ROOT / "examples" / name)["spec"].get("pipeline", ["sft", "reward", "ppo"])
+    )
+    for job in jobs:
+        launcher, _ = _replicas(job)
+        command = launcher["template"]["spec"]["containers"][0]["command"]
+        assert command[0] == render.ENTRYPOINT
+        outer = parser.parse_args(command[1:])
+        assert outer.command == "launch"
+        inner = command[command.index(render.ENTRYPOINT, 1) + 1 :]
+        parsed = parser.parse_args(inner)
+        assert (parsed.command, parsed.stage) == ("stage", job["metadata"]["labels"]["rlhf.dev/stage"])
