@@ -491,6 +491,10 @@ def test_progress_lines_from_metrics_and_the_progress_bar(tmp_path):
         "1m05s",
     ]
     assert read_progress(tmp_path / "none", tmp_path / "none.log").step is None
+    # every stage kind's bar counts (its description is the stage's name), nothing else does
+    for stage in ("dpo", "grpo"):
+        (stage_dir / "stage.log").write_text(f"{stage}:  50%|#   | 5/10 [00:10<00:10]\rWriting: 100%| 1/1 [")
+        assert read_progress(stage_dir, stage_dir / "stage.log").total == 10, stage
 
 
 def test_display_redraws_on_a_terminal_and_prints_changes_otherwise():

@@ -16,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf.api.graph import STAGE_NAMES
 from rlhf_entrypoint import sshd as sshd_mod
 from rlhf_entrypoint.env import EnvError, stage_env
+
+from rlhf.api.graph import STAGE_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:

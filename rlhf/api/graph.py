@@ -41,20 +41,38 @@ class StageKind:
     phase: int
     inputs: tuple[Input, ...] = ()
     description: str = ""
+    #: The summary metrics that say how the stage went, first in `rlhf run`'s final table.
+    key_metrics: tuple[str, ...] = ()
 
 
 #: The step before every stage: ``rlhf prepare`` (a batch Job on a cluster).
 PREPARE = "prepare"
 PREPARE_TITLE = "Prepare"
 
-SFT = StageKind("sft", "SFT", 0, (), "Supervised fine-tuning of the actor")
-REWARD = StageKind("reward", "Reward", 1, (), "The reward model, trained on chosen/rejected pairs")
+#: The held-out answers' checks of the stages that train the policy (before: baseline/*, after: eval/*).
+_ANSWER_CHECKS = (
+    "eval/property_rate",
+    "baseline/property_rate",
+    "eval/content_rate",
+    "baseline/content_rate",
+)
+
+SFT = StageKind("sft", "SFT", 0, (), "Supervised fine-tuning of the actor", ("eval/perplexity", "eval/loss"))
+REWARD = StageKind(
+    "reward",
+    "Reward",
+    1,
+    (),
+    "The reward model, trained on chosen/rejected pairs",
+    ("eval/accuracy", "eval/margin", "eval/loss"),
+)
 PPO = StageKind(
     "ppo",
     "PPO",
     2,
     (Input("actor", "sft", "actor"), Input("critic", "reward", "critic")),
     "PPO of the SFT actor against the reward model, with a critic from it",
+    ("eval/reward_mean", "baseline/reward_mean", *_ANSWER_CHECKS),
 )
 DPO = StageKind(
     "dpo",
@@ -62,6 +80,7 @@ DPO = StageKind(
     1,
     (Input("policy", "sft", "model"),),
     "DPO of the SFT model on the preference pairs, against itself as the reference",
+    ("eval/reward_accuracy", "eval/reward_margin", *_ANSWER_CHECKS),
 )
 GRPO = StageKind(
     "grpo",
@@ -69,6 +88,7 @@ GRPO = StageKind(
     2,
     (Input("actor", "sft", "actor"), Input("reward model", "reward", "reward_model", required=False)),
     "GRPO or RLOO of the SFT actor: groups of answers, rewards from a reward model and/or code",
+    ("eval/reward_mean", "baseline/reward_mean", *_ANSWER_CHECKS),
 )
 
 #: Every stage kind, by name (the order stages are listed in when a run names them).

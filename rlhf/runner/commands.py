@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-STAGES_HELP = "comma-separated subset of sft,reward,ppo (default: all)"
+STAGES_HELP = "comma-separated subset of the run's stages (spec.pipeline; default: all)"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

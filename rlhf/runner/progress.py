@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from rlhf.api.graph import STAGE_NAMES
+
 #: The step counter of the trainer's progress bar in a log ("sft:  13%|#3   | 40/300 [00:10<...").
 #: Only the stage's own bar (its description is the stage name), not e.g. "Writing model shards: 1/1 [".
-_BAR = re.compile(r"(?:sft|reward|ppo): *\d+%\|[^|\r\n]*\| *(\d+)/(\d+) \[")
+_BAR = re.compile(rf"(?:{'|'.join(STAGE_NAMES)}): *\d+%\|[^|\r\n]*\| *(\d+)/(\d+) \[")
 #: Train metrics worth a place on the line, in order of preference.
 TRAIN_KEYS = ("loss", "reward_mean", "actor_loss", "accuracy")
 SKIP_KEYS = {"step", "split", "lr", "epoch", "tokens_per_second"}

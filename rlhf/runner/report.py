@@ -33,19 +33,6 @@ PENDING, RUNNING, DONE, SKIPPED, FAILED, STOPPED, NOT_RUN = (
     "stopped",
     "not run",
 )
-#: Metrics shown first in the table, per stage (others follow up to a few).
-KEY_METRICS = {
-    "sft": ("eval/perplexity", "eval/loss"),
-    "reward": ("eval/accuracy", "eval/margin", "eval/loss"),
-    "ppo": (
-        "eval/reward_mean",
-        "baseline/reward_mean",
-        "eval/property_rate",
-        "baseline/property_rate",
-        "eval/content_rate",
-        "baseline/content_rate",
-    ),
-}
 
 
 def now() -> datetime:
@@ -74,8 +61,9 @@ class StageResult:
 
     def key_metrics(self, limit: int | None = None) -> dict[str, float]:
         metrics = self.metrics
-        limit = limit or max(3, len(KEY_METRICS.get(self.stage, ())))
-        keys = [k for k in KEY_METRICS.get(self.stage, ()) if k in metrics]
+        first = graph.kind(self.stage).key_metrics  # shown first, others follow up to a few
+        limit = limit or max(3, len(first))
+        keys = [k for k in first if k in metrics]
         keys += [k for k in sorted(metrics) if k not in keys]
         return {k: metrics[k] for k in keys[:limit]}
 
