@@ -72,10 +72,8 @@ class RoundsTrainer(Generic[C, M]):
         self.settings = run_settings.settings_of(cfg, {name: d.stats for name, d in self.data.items()})
         self.resume_tag, changed = resume_point(cfg, self.ckpt_dirs, self.settings)
         self.warnings = deprecated_settings(cfg)
-        for (
-            name,
-            d,
-        ) in self.data.items():  # the prompts (an eval split expected unless evaluation.prompts), ptx
+        # the prompts (an eval split expected unless evaluation.prompts), ptx
+        for name, d in self.data.items():
             expected = name == "prompts" and not cfg.evaluation.prompts
             self.warnings += data_warnings(name, d.stats, eval_expected=expected)
         self.warnings += [
