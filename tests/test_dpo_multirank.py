@@ -111,6 +111,7 @@ def test_a_live_reference_on_two_ranks(tiny, tmp_path, zero, extra):
             f"deepspeed.zero_stage={zero}",
             "dpo.reference_logps=live",
             "evaluation.baseline=false",
+            "logging.log_interval=1",
             *extra,
         ),
         tmp_path,
