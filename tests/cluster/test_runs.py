@@ -525,7 +525,11 @@ def test_suspending_during_prepare_and_hand_edits_are_undone(
         timeout=60,
         what="the trainer config restored",
     )
-    assert k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is False
+    eventually(
+        lambda: k8s.get("job", "edited-prepare", NS)["spec"].get("suspend") is False,
+        timeout=60,
+        what="the prepare Job resumed",
+    )
     k8s.kubectl("delete", "rlhfrun", "edited", "-n", NS)
 
 
