@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -268,15 +267,8 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     }
 
 
-def _env(threads: int) -> dict[str, str]:
-    from bench.run import base_env
-
-    return base_env(threads)
-
-
 def _launch(side: str, ranks: int, threads: int, args, reference: str, work: Path) -> list[dict[str, Any]]:
-    from bench.run import mpirun
-    from rlhf.engine.distributed import free_port
+    from bench.run import launch_ranks
 
     shutil_rm(work)
     work.mkdir(parents=True)
@@ -307,33 +299,11 @@ def _launch(side: str, ranks: int, threads: int, args, reference: str, work: Pat
         "--reference",
         reference,
     ]
-    if ranks == 1:
-        cmd = [sys.executable, *inner]
-    elif side == "ours":
-        cmd = [*mpirun(ranks, free_port()), sys.executable, *inner]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *inner,
-        ]
-    log = work / "log.txt"
     print(
         f"[bench.dpo] {side} {reference}, {ranks} rank(s) x {threads} thread(s)", file=sys.stderr, flush=True
     )
-    with log.open("w") as fh:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"bench.dpo {side} {reference} on {ranks} rank(s) failed; log {log}:\n{log.read_text()[-4000:]}"
-        )
+    what = f"bench.dpo {side} {reference} on {ranks} rank(s)"
+    launch_ranks(side, ranks, threads, inner, work / "log.txt", what)
     return [json.loads(Path(f"{prefix}{r}.json").read_text()) for r in range(ranks)]
 
 

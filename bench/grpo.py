@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -259,33 +258,10 @@ def summarize(ranks: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     }
 
 
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "PYTHONPATH",
-    ):
-        env.pop(key, None)
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        DS_ACCELERATOR=env.get("DS_ACCELERATOR", "cpu"),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
-    )
-    return env
-
-
 def _launch(
     side: str, ranks: int, threads: int, assets: Path, work: Path, steps: int, extra: list[str]
 ) -> list[dict]:
-    from rlhf.engine.distributed import free_port
+    from bench.run import launch_ranks
 
     out = work / f"{side}-{ranks}r"
     shutil.rmtree(out, ignore_errors=True)
@@ -304,56 +280,8 @@ def _launch(
         str(steps),
         *extra,
     ]
-    if ranks == 1:
-        cmd = [sys.executable, *args]
-    elif side == "ours":
-        cmd = [
-            "mpirun",
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            str(ranks),
-            "--mca",
-            "btl",
-            "self,vader",
-            "--mca",
-            "oob_tcp_if_include",
-            "lo",
-            "-x",
-            f"MASTER_PORT={free_port()}",
-        ]
-        for key in (
-            "OMP_NUM_THREADS",
-            "DS_ACCELERATOR",
-            "HF_HUB_OFFLINE",
-            "HF_DATASETS_OFFLINE",
-            "TORCH_EXTENSIONS_DIR",
-            "TOKENIZERS_PARALLELISM",
-        ):
-            cmd += ["-x", key]
-        cmd += [sys.executable, *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *args,
-        ]
-    print(f"[bench] grpo {side} {ranks} rank(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
-    log = out / "log.txt"
-    with log.open("w") as fh:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"grpo {side} on {ranks} rank(s) failed ({proc.returncode}); "
-            f"log {log}:\n{log.read_text()[-4000:]}"
-        )
+    print(f"[bench] grpo {side} {ranks} rank(s) x {threads} thread(s)", file=sys.stderr, flush=True)
+    launch_ranks(side, ranks, threads, args, out / "log.txt", f"grpo {side} on {ranks} rank(s)")
     return [json.loads((out / f"result_rank{r}.json").read_text()) for r in range(ranks)]
 
 

@@ -186,6 +186,35 @@ def mpirun(n: int, port: int) -> list[str]:
     return cmd
 
 
+def launch_ranks(side: str, ranks: int, threads: int, inner: list[str], log: Path, what: str) -> None:
+    """``python INNER`` on ``ranks`` ranks of ``threads`` threads each, output to ``log``: one plain
+    process; more: ours under mpirun (as the operator launches the trainer), a peer's (``side``
+    other than "ours") under torchrun, as its documentation does."""
+    from rlhf.engine.distributed import free_port
+
+    if ranks == 1:
+        cmd = [sys.executable, *inner]
+    elif side == "ours":
+        cmd = [*mpirun(ranks, free_port()), sys.executable, *inner]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *inner,
+        ]
+    with log.open("w") as fh:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=base_env(threads), stdout=fh, stderr=subprocess.STDOUT, timeout=3600
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}); log {log}:\n{log.read_text()[-4000:]}")
+
+
 def run_trainer(
     stage: str,
     ranks: int,
