@@ -125,6 +125,7 @@ def test_a_live_reference_on_two_ranks(tiny, tmp_path, zero, extra):
 def test_killed_dpo_resumes_where_an_uninterrupted_run_would(tiny, tmp_path):
     common = [
         "optim.max_steps=12",
+        "optim.epochs=2",  # the tiny set gives 6 steps an epoch: the resumed run crosses an epoch
         "checkpoint.save_interval=2",
         "deepspeed.zero_stage=2",
         "optim.lr_scheduler=cosine",
